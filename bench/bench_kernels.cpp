@@ -1,0 +1,234 @@
+// Convolution kernels on every distinct ResNet-20 layer shape (28x28 and
+// 32x32 inputs, batch 32 and 128) and a few ResNet-50 shapes, forward and
+// backward-data, three ways each:
+//   rimc      - rimc::conv2d (the wrapper: cache lookup, packed weights, tensors)
+//   direct    - the same oneDNN primitive created and executed by hand
+//   reference - rimc::reference's plain loops (ResNet-20 at batch 32 only)
+// Each reports a GFLOPS counter (2 * MACs per second) and the oneDNN
+// implementation as its label.
+
+#include <rimc/kernels/conv2d.hpp>
+#include <rimc/kernels/reference.hpp>
+#include <rimc/core/random.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace rimc;
+
+struct conv_shape {
+  std::string net;
+  std::int64_t n, c, o, hw, k, stride, pad;
+};
+
+std::vector<conv_shape> shapes() {
+  std::vector<conv_shape> out;
+  // ResNet-20: stem, the 3x3 convs of each stage, the stride-2 3x3 convs and 1x1 projection shortcuts.
+  for (std::int64_t size : {28, 32}) {
+    const std::int64_t in_c = size == 28 ? 1 : 3;
+    const std::string net = "resnet20_" + std::to_string(size);
+    for (std::int64_t n : {32, 128}) {
+      out.push_back({net, n, in_c, 16, size, 3, 1, 1});
+      out.push_back({net, n, 16, 16, size, 3, 1, 1});
+      out.push_back({net, n, 16, 32, size, 3, 2, 1});
+      out.push_back({net, n, 16, 32, size, 1, 2, 0});
+      out.push_back({net, n, 32, 32, (size + 1) / 2, 3, 1, 1});
+      out.push_back({net, n, 32, 64, (size + 1) / 2, 3, 2, 1});
+      out.push_back({net, n, 32, 64, (size + 1) / 2, 1, 2, 0});
+      out.push_back({net, n, 64, 64, (size + 3) / 4, 3, 1, 1});
+    }
+  }
+  // ResNet-50 at 224x224, batch 8: stem, a bottleneck of layer1, and 3x3 convs of layer3 and layer4.
+  out.push_back({"resnet50_224", 8, 3, 64, 224, 7, 2, 3});
+  out.push_back({"resnet50_224", 8, 64, 64, 56, 1, 1, 0});
+  out.push_back({"resnet50_224", 8, 64, 64, 56, 3, 1, 1});
+  out.push_back({"resnet50_224", 8, 64, 256, 56, 1, 1, 0});
+  out.push_back({"resnet50_224", 8, 256, 256, 14, 3, 1, 1});
+  out.push_back({"resnet50_224", 8, 512, 512, 7, 3, 1, 1});
+  return out;
+}
+
+std::string name_of(const conv_shape& s) {
+  return s.net + "/n" + std::to_string(s.n) + "_c" + std::to_string(s.c) + "_o" + std::to_string(s.o) + "_" +
+         std::to_string(s.hw) + "x" + std::to_string(s.hw) + "_k" + std::to_string(s.k) + "_s" +
+         std::to_string(s.stride);
+}
+
+struct problem {
+  Shape src, weights, dst;
+  conv2d_params params;
+  Tensor w, b, x, dy;
+  double flops;
+};
+
+problem make_problem(const conv_shape& s) {
+  problem p;
+  p.src = Shape{s.n, s.c, s.hw, s.hw};
+  p.weights = Shape{s.o, s.c, s.k, s.k};
+  p.params.stride = {s.stride, s.stride};
+  p.params.padding = {s.pad, s.pad};
+  p.dst = conv2d_output_shape(p.src, p.weights, p.params);
+  p.w = Tensor(p.weights);
+  p.b = Tensor(Shape{s.o});
+  p.x = Tensor(p.src);
+  p.dy = Tensor(p.dst);
+  fill_uniform(p.w, counter_rng(1), -0.1f, 0.1f);
+  fill_uniform(p.b, counter_rng(2), -0.1f, 0.1f);
+  fill_uniform(p.x, counter_rng(3), -1.0f, 1.0f);
+  fill_uniform(p.dy, counter_rng(4), -1.0f, 1.0f);
+  p.flops = 2.0 * static_cast<double>(p.dst.numel()) * static_cast<double>(s.c * s.k * s.k);
+  return p;
+}
+
+void set_counters(benchmark::State& state, double flops, const std::string& label) {
+  state.counters["GFLOPS"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(label);
+}
+
+void rimc_forward(benchmark::State& state, const conv_shape& s) {
+  problem p = make_problem(s);
+  const conv2d conv(p.w, p.b, p.params);
+  const Tensor x = p.x.to_layout(layout::nhwc);  // activations as the previous layer leaves them
+  Tensor y;
+  conv.forward(x, y);
+  for (auto _ : state) {
+    conv.forward(x, y);
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_counters(state, p.flops, conv.implementation(p.src));
+}
+
+void rimc_backward_data(benchmark::State& state, const conv_shape& s) {
+  problem p = make_problem(s);
+  const conv2d conv(p.w, std::nullopt, p.params);
+  const Tensor dy = p.dy.to_layout(layout::nhwc);
+  Tensor dx;
+  conv.backward_data(dy, p.src, dx);
+  for (auto _ : state) {
+    conv.backward_data(dy, p.src, dx);
+    benchmark::DoNotOptimize(dx.data());
+  }
+  set_counters(state, p.flops, conv.implementation(p.src));
+}
+
+// The same primitives, created and executed directly: src/dst/weights
+// format `any`, falling back to channels-last exactly as the wrapper does.
+dnnl::convolution_forward::primitive_desc direct_fwd_pd(const problem& p, dnnl::prop_kind prop, bool bias) {
+  using tag = dnnl::memory::format_tag;
+  const auto& eng = detail::cpu_engine();
+  auto make = [&](tag t) {
+    const dnnl::memory::desc src(detail::to_dims(p.src), dnnl::memory::data_type::f32, t);
+    const dnnl::memory::desc dst(detail::to_dims(p.dst), dnnl::memory::data_type::f32, t);
+    const dnnl::memory::desc w(detail::to_dims(p.weights), dnnl::memory::data_type::f32, tag::any);
+    const dnnl::memory::dims st{p.params.stride[0], p.params.stride[1]}, dil{0, 0},
+        pad{p.params.padding[0], p.params.padding[1]};
+    auto d = bias ? dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct, src, w,
+                                                    detail::plain_md(Shape{p.weights[0]}), dst, st, dil, pad, pad)
+                  : dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct, src, w, dst, st, dil,
+                                                    pad, pad);
+    return dnnl::convolution_forward::primitive_desc(d, eng);
+  };
+  auto pd = make(tag::any);
+  if (!detail::layout_of(pd.src_desc(), p.src) || !detail::layout_of(pd.dst_desc(), p.dst)) pd = make(tag::nhwc);
+  return pd;
+}
+
+void direct_forward(benchmark::State& state, const conv_shape& s) {
+  const problem p = make_problem(s);
+  const auto& eng = detail::cpu_engine();
+  dnnl::stream strm(eng);
+  const auto pd = direct_fwd_pd(p, dnnl::prop_kind::forward_inference, true);
+  dnnl::memory src(pd.src_desc(), eng), w(pd.weights_desc(), eng), dst(pd.dst_desc(), eng);
+  dnnl::memory b = detail::wrap(detail::plain_md(Shape{s.o}), p.b.data());
+  dnnl::memory w_plain = detail::wrap(detail::plain_md(p.weights), p.w.data());
+  dnnl::reorder(w_plain, w).execute(strm, w_plain, w);
+  const dnnl::convolution_forward prim(pd);
+  const std::unordered_map<int, dnnl::memory> args{
+      {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, dst}};
+  for (auto _ : state) {
+    prim.execute(strm, args);
+    strm.wait();
+  }
+  set_counters(state, p.flops, pd.impl_info_str());
+}
+
+void direct_backward_data(benchmark::State& state, const conv_shape& s) {
+  using tag = dnnl::memory::format_tag;
+  const problem p = make_problem(s);
+  const auto& eng = detail::cpu_engine();
+  dnnl::stream strm(eng);
+  const auto hint = direct_fwd_pd(p, dnnl::prop_kind::forward_training, false);
+  auto make = [&](tag t) {
+    const dnnl::memory::desc src(detail::to_dims(p.src), dnnl::memory::data_type::f32, t);
+    const dnnl::memory::desc dst(detail::to_dims(p.dst), dnnl::memory::data_type::f32, t);
+    const dnnl::memory::desc w(detail::to_dims(p.weights), dnnl::memory::data_type::f32, tag::any);
+    const dnnl::memory::dims st{p.params.stride[0], p.params.stride[1]}, dil{0, 0},
+        pad{p.params.padding[0], p.params.padding[1]};
+    return dnnl::convolution_backward_data::primitive_desc(
+        dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, src, w, dst, st, dil, pad, pad),
+        eng, hint);
+  };
+  auto pd = make(tag::any);
+  if (!detail::layout_of(pd.diff_src_desc(), p.src) || !detail::layout_of(pd.diff_dst_desc(), p.dst))
+    pd = make(tag::nhwc);
+  dnnl::memory dsrc(pd.diff_src_desc(), eng), w(pd.weights_desc(), eng), ddst(pd.diff_dst_desc(), eng);
+  dnnl::memory w_plain = detail::wrap(detail::plain_md(p.weights), p.w.data());
+  dnnl::reorder(w_plain, w).execute(strm, w_plain, w);
+  const dnnl::convolution_backward_data prim(pd);
+  const std::unordered_map<int, dnnl::memory> args{
+      {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, dsrc}};
+  for (auto _ : state) {
+    prim.execute(strm, args);
+    strm.wait();
+  }
+  set_counters(state, p.flops, pd.impl_info_str());
+}
+
+void reference_forward(benchmark::State& state, const conv_shape& s) {
+  const problem p = make_problem(s);
+  Tensor y(p.dst);
+  for (auto _ : state) {
+    reference::conv2d_forward(p.x.data(), p.src, p.w.data(), p.weights, p.b.data(), p.params, y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_counters(state, p.flops, "reference");
+}
+
+void reference_backward_data(benchmark::State& state, const conv_shape& s) {
+  const problem p = make_problem(s);
+  Tensor dx(p.src);
+  for (auto _ : state) {
+    reference::conv2d_backward_data(p.dy.data(), p.w.data(), p.weights, p.params, p.src, dx.data());
+    benchmark::DoNotOptimize(dx.data());
+  }
+  set_counters(state, p.flops, "reference");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (const auto& s : shapes()) {
+    const std::string n = name_of(s);
+    benchmark::RegisterBenchmark(("conv_fwd/rimc/" + n).c_str(), rimc_forward, s)->UseRealTime();
+    benchmark::RegisterBenchmark(("conv_fwd/direct/" + n).c_str(), direct_forward, s)->UseRealTime();
+    benchmark::RegisterBenchmark(("conv_bwd_data/rimc/" + n).c_str(), rimc_backward_data, s)->UseRealTime();
+    benchmark::RegisterBenchmark(("conv_bwd_data/direct/" + n).c_str(), direct_backward_data, s)->UseRealTime();
+    if (s.net.starts_with("resnet20") && s.n == 32) {
+      benchmark::RegisterBenchmark(("conv_fwd/reference/" + n).c_str(), reference_forward, s)
+          ->UseRealTime()
+          ->Iterations(1);
+      benchmark::RegisterBenchmark(("conv_bwd_data/reference/" + n).c_str(), reference_backward_data, s)
+          ->UseRealTime()
+          ->Iterations(1);
+    }
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

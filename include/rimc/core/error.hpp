@@ -1,0 +1,65 @@
+#pragma once
+/// \file
+/// The exception hierarchy of rimc. Every error rimc throws derives from
+/// rimc::error; its message starts with "[rimc.<kind>] " and names the field
+/// and the values involved.
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace rimc {
+
+/// Root of every exception thrown by rimc.
+class error : public std::runtime_error {
+ public:
+  /// `kind` is the short id in the message prefix, e.g. "shape_error".
+  error(std::string_view kind, const std::string& what_arg)
+      : std::runtime_error("[rimc." + std::string(kind) + "] " + what_arg), kind_(kind) {}
+  explicit error(const std::string& what_arg) : error("error", what_arg) {}
+
+  /// The short id of the error kind ("shape_error", "value_error", ...).
+  [[nodiscard]] const std::string& kind() const noexcept { return kind_; }
+
+ private:
+  std::string kind_;
+};
+
+/// Shapes that do not fit together (the message names both shapes).
+class shape_error : public error {
+ public:
+  explicit shape_error(const std::string& what_arg) : error("shape_error", what_arg) {}
+};
+
+/// A parameter outside its valid range, NaN, or otherwise invalid value.
+class value_error : public error {
+ public:
+  explicit value_error(const std::string& what_arg) : error("value_error", what_arg) {}
+};
+
+/// A file that cannot be read, written or parsed.
+class io_error : public error {
+ public:
+  explicit io_error(const std::string& what_arg) : error("io_error", what_arg) {}
+};
+
+/// A failure reported by a compute backend (oneDNN).
+class backend_error : public error {
+ public:
+  explicit backend_error(const std::string& what_arg) : error("backend_error", what_arg) {}
+};
+
+namespace detail {
+
+/// Concatenates the stream representations of all arguments.
+template <class... Args>
+[[nodiscard]] std::string concat(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+
+}  // namespace detail
+}  // namespace rimc

@@ -1,0 +1,34 @@
+#pragma once
+/// \file
+/// Thread-count control. oneDNN (Debian's build) and rimc's own parallel
+/// loops run on OpenMP, so the count set here governs both.
+
+#include <rimc/core/error.hpp>
+
+#include <omp.h>
+
+namespace rimc {
+
+/// Threads the calling thread's parallel regions and oneDNN primitives use.
+[[nodiscard]] inline int num_threads() noexcept { return omp_get_max_threads(); }
+
+/// Sets the thread count for parallel work started from the calling thread.
+/// Kernels key their cached primitives on it, so changing it is safe.
+inline void set_num_threads(int n) {
+  if (n < 1) throw value_error(detail::concat("set_num_threads: n must be >= 1, got ", n));
+  omp_set_num_threads(n);
+}
+
+/// Sets the thread count for its lifetime and restores the previous one after.
+class thread_count_guard {
+ public:
+  explicit thread_count_guard(int n) : previous_(num_threads()) { set_num_threads(n); }
+  thread_count_guard(const thread_count_guard&) = delete;
+  thread_count_guard& operator=(const thread_count_guard&) = delete;
+  ~thread_count_guard() { omp_set_num_threads(previous_); }
+
+ private:
+  int previous_;
+};
+
+}  // namespace rimc

@@ -1,0 +1,257 @@
+#pragma once
+/// \file
+/// rimc::conv2d: a frozen 2-D convolution (PyTorch semantics) run by oneDNN,
+/// with its backward-data pass for input gradients.
+
+#include <rimc/core/error.hpp>
+#include <rimc/core/tensor.hpp>
+#include <rimc/kernels/onednn.hpp>
+#include <rimc/kernels/params.hpp>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace rimc {
+
+/// A frozen convolution: weights [O, C / groups, kh, kw], optional bias [O].
+///
+/// Primitives are created once per (source shape, layout, thread count) and
+/// cached; the weights are reordered into each blocked format a primitive
+/// asks for once, not per call. Outputs come back in the layout oneDNN's
+/// fastest implementation produces (channels-last on x86), which the next
+/// kernel consumes without a conversion. `forward` and `backward_data` may
+/// be called concurrently; `set_weights` may not overlap them.
+class conv2d {
+ public:
+  conv2d(Tensor weights, std::optional<Tensor> bias = std::nullopt, conv2d_params params = {})
+      : s_(std::make_unique<state>()) {
+    if (weights.rank() != 4) {
+      throw shape_error(detail::concat("conv2d: weights must be rank 4 [O, C/groups, kh, kw], got ",
+                                       weights.shape().to_string()));
+    }
+    if (bias && (bias->rank() != 1 || bias->dim(0) != weights.dim(0))) {
+      throw shape_error(detail::concat("conv2d: bias ", bias->shape().to_string(), " does not match weights ",
+                                       weights.shape().to_string(), " (expected [", weights.dim(0), "])"));
+    }
+    s_->params = params;
+    // Validates the geometry once against a source that fits the kernel.
+    const auto& w = weights.shape();
+    (void)conv2d_output_shape(Shape{1, w[1] * params.groups, params.dilation[0] * (w[2] - 1) + 1,
+                                    params.dilation[1] * (w[3] - 1) + 1},
+                              w, params);
+    const auto plain_md = plain_weights_md(w);
+    s_->weights.reset(weights.to_layout(layout::nchw), plain_md);
+    s_->bias = std::move(bias);
+  }
+
+  conv2d(conv2d&&) noexcept = default;
+  conv2d& operator=(conv2d&&) noexcept = default;
+
+  [[nodiscard]] const Tensor& weights() const noexcept { return s_->weights.plain(); }
+  [[nodiscard]] const std::optional<Tensor>& bias() const noexcept { return s_->bias; }
+  [[nodiscard]] const conv2d_params& params() const noexcept { return s_->params; }
+
+  /// Replaces the weights (same shape): packed copies are redone on next use.
+  void set_weights(Tensor weights) {
+    check_same_shape("conv2d::set_weights", weights.shape(), this->weights().shape());
+    s_->weights.reset(weights.to_layout(layout::nchw));
+  }
+
+  /// Replaces the bias (shape [O]); the bias must have existed at construction.
+  void set_bias(Tensor bias) {
+    if (!s_->bias) throw value_error("conv2d::set_bias: this convolution was built without a bias");
+    check_same_shape("conv2d::set_bias", bias.shape(), s_->bias->shape());
+    *s_->bias = std::move(bias);
+  }
+
+  /// Destination shape for a source of shape `src`.
+  [[nodiscard]] Shape output_shape(const Shape& src) const {
+    return conv2d_output_shape(src, weights().shape(), s_->params);
+  }
+
+  /// dst = conv(src) + bias (then ReLU if fused). `dst` is resized as needed.
+  void forward(const Tensor& src, Tensor& dst) const {
+    if (&src == &dst) {
+      Tensor out;
+      forward(src, out);
+      dst = std::move(out);
+      return;
+    }
+    const Shape out_shape = output_shape(src.shape());
+    const auto e = fwd_entry(src, false);
+    const Tensor& s = detail::as_layout(src, e->src_layout);
+    dst.ensure(out_shape, e->dst_layout);
+    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, detail::wrap(s)},
+                                               {DNNL_ARG_WEIGHTS, s_->weights.get(e->pd.weights_desc())},
+                                               {DNNL_ARG_DST, detail::wrap(dst)}};
+    if (s_->bias) args.emplace(DNNL_ARG_BIAS, detail::wrap(*s_->bias));
+    detail::onednn_call("conv2d forward", [&] { detail::execute(e->prim, args); });
+  }
+  [[nodiscard]] Tensor forward(const Tensor& src) const {
+    Tensor dst;
+    forward(src, dst);
+    return dst;
+  }
+
+  /// diff_src = transpose of the convolution (no bias, no ReLU) applied to
+  /// diff_dst: the input gradient dL/dsrc given dL/ddst.
+  void backward_data(const Tensor& diff_dst, const Shape& src_shape, Tensor& diff_src) const {
+    check_same_shape("conv2d::backward_data: diff_dst", diff_dst.shape(), output_shape(src_shape));
+    if (&diff_dst == &diff_src) {
+      Tensor out;
+      backward_data(diff_dst, src_shape, out);
+      diff_src = std::move(out);
+      return;
+    }
+    const auto e = bwd_entry(diff_dst, src_shape);
+    const Tensor& d = detail::as_layout(diff_dst, e->dst_layout);
+    diff_src.ensure(src_shape, e->src_layout);
+    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_DIFF_DST, detail::wrap(d)},
+                                               {DNNL_ARG_WEIGHTS, s_->weights.get(e->pd.weights_desc())},
+                                               {DNNL_ARG_DIFF_SRC, detail::wrap(diff_src)}};
+    detail::onednn_call("conv2d backward_data", [&] { detail::execute(e->prim, args); });
+  }
+  [[nodiscard]] Tensor backward_data(const Tensor& diff_dst, const Shape& src_shape) const {
+    Tensor diff_src;
+    backward_data(diff_dst, src_shape, diff_src);
+    return diff_src;
+  }
+
+  /// oneDNN's name of the implementation that runs a source of this shape and layout.
+  [[nodiscard]] std::string implementation(const Shape& src, layout l = layout::nhwc) const {
+    return fwd_entry(Tensor::empty(src, l), false)->pd.impl_info_str();
+  }
+
+  /// The source layout the forward primitive for this shape consumes directly.
+  [[nodiscard]] layout preferred_src_layout(const Shape& src) const {
+    return fwd_entry(Tensor::empty(src, layout::nhwc), false)->src_layout;
+  }
+
+  /// Packed weight copies held (one per distinct blocked format requested).
+  [[nodiscard]] std::size_t packed_weight_count() const { return s_->weights.packed_count(); }
+
+ private:
+  using fwd_pd = dnnl::convolution_forward::primitive_desc;
+
+  struct fwd_state {
+    fwd_pd pd;
+    dnnl::convolution_forward prim;
+    layout src_layout, dst_layout;
+  };
+  struct bwd_state {
+    dnnl::convolution_backward_data::primitive_desc pd;
+    dnnl::convolution_backward_data prim;
+    layout src_layout, dst_layout;
+  };
+  struct state {
+    conv2d_params params;
+    detail::packed_weights weights;
+    std::optional<Tensor> bias;
+    detail::primitive_cache<detail::kernel_key, fwd_state> fwd;
+    detail::primitive_cache<detail::kernel_key, bwd_state> bwd;
+  };
+
+  [[nodiscard]] dnnl::memory::desc weights_md(const Shape& w, dnnl::memory::format_tag tag) const {
+    const auto g = s_->params.groups;
+    if (g == 1) return {detail::to_dims(w), detail::dnnl_dt::f32, tag};
+    return {{g, w[0] / g, w[1], w[2], w[3]}, detail::dnnl_dt::f32, tag};
+  }
+  [[nodiscard]] dnnl::memory::desc plain_weights_md(const Shape& w) const {
+    return weights_md(w, s_->params.groups == 1 ? dnnl::memory::format_tag::oihw : dnnl::memory::format_tag::goihw);
+  }
+
+  /// A forward primitive descriptor with src/dst in `tag` (any = oneDNN's choice).
+  [[nodiscard]] fwd_pd make_fwd_pd(const Shape& src, dnnl::prop_kind prop, dnnl::memory::format_tag tag,
+                                   bool with_post_ops) const {
+    const auto& p = s_->params;
+    const Shape& w = weights().shape();
+    const Shape dst = output_shape(src);
+    const dnnl::memory::desc src_md(detail::to_dims(src), detail::dnnl_dt::f32, tag);
+    const dnnl::memory::desc dst_md(detail::to_dims(dst), detail::dnnl_dt::f32, tag);
+    const auto w_md = weights_md(w, dnnl::memory::format_tag::any);
+    const auto strides = detail::to_dims(p.stride), dil = detail::to_dims(p.dilation, 1),
+               pad = detail::to_dims(p.padding);
+    dnnl::primitive_attr attr;
+    if (with_post_ops && p.relu) {
+      dnnl::post_ops ops;
+      ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+      attr.set_post_ops(ops);
+    }
+    auto desc = s_->bias ? dnnl::convolution_forward::desc(
+                               prop, dnnl::algorithm::convolution_direct, src_md, w_md,
+                               detail::plain_md(Shape{w[0]}), dst_md, strides, dil, pad, pad)
+                         : dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct, src_md,
+                                                           w_md, dst_md, strides, dil, pad, pad);
+    return fwd_pd(desc, attr, detail::cpu_engine());
+  }
+
+  /// A forward primitive descriptor whose src and dst are plain rimc layouts:
+  /// oneDNN's own choice when that is plain, else channels-last.
+  [[nodiscard]] fwd_pd make_plain_fwd_pd(const Shape& src, dnnl::prop_kind prop, bool with_post_ops,
+                                         layout& src_l, layout& dst_l) const {
+    const Shape dst = output_shape(src);
+    auto pd = make_fwd_pd(src, prop, dnnl::memory::format_tag::any, with_post_ops);
+    auto sl = detail::layout_of(pd.src_desc(), src);
+    auto dl = detail::layout_of(pd.dst_desc(), dst);
+    if (!sl || !dl) {
+      pd = make_fwd_pd(src, prop, dnnl::memory::format_tag::nhwc, with_post_ops);
+      sl = dl = layout::nhwc;
+    }
+    src_l = *sl;
+    dst_l = *dl;
+    return pd;
+  }
+
+  [[nodiscard]] std::shared_ptr<const fwd_state> fwd_entry(const Tensor& src, bool training) const {
+    if (src.rank() != 4) {
+      throw shape_error(detail::concat("conv2d: src must be rank 4 (N, C, H, W), got ", src.shape().to_string()));
+    }
+    (void)output_shape(src.shape());
+    return s_->fwd.get(detail::make_key(src, training ? 1 : 0), [&] {
+      return detail::onednn_call("conv2d: creating the forward primitive", [&] {
+        layout sl{}, dl{};
+        auto pd = make_plain_fwd_pd(src.shape(), training ? dnnl::prop_kind::forward_training
+                                                          : dnnl::prop_kind::forward_inference,
+                                    true, sl, dl);
+        return fwd_state{pd, dnnl::convolution_forward(pd), sl, dl};
+      });
+    });
+  }
+
+  [[nodiscard]] std::shared_ptr<const bwd_state> bwd_entry(const Tensor& diff_dst, const Shape& src_shape) const {
+    auto key = detail::make_key(diff_dst, 2);
+    key.shape2 = src_shape;
+    return s_->bwd.get(key, [&] {
+      return detail::onednn_call("conv2d: creating the backward-data primitive", [&] {
+        const auto& p = s_->params;
+        const Shape dst = output_shape(src_shape);
+        layout sl{}, dl{};
+        const auto hint = make_plain_fwd_pd(src_shape, dnnl::prop_kind::forward_training, false, sl, dl);
+        const auto strides = detail::to_dims(p.stride), dil = detail::to_dims(p.dilation, 1),
+                   pad = detail::to_dims(p.padding);
+        auto make = [&](dnnl::memory::format_tag tag) {
+          const dnnl::memory::desc src_md(detail::to_dims(src_shape), detail::dnnl_dt::f32, tag);
+          const dnnl::memory::desc dst_md(detail::to_dims(dst), detail::dnnl_dt::f32, tag);
+          dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, src_md,
+                                                     weights_md(weights().shape(), dnnl::memory::format_tag::any),
+                                                     dst_md, strides, dil, pad, pad);
+          return dnnl::convolution_backward_data::primitive_desc(desc, detail::cpu_engine(), hint);
+        };
+        auto pd = make(dnnl::memory::format_tag::any);
+        auto bsl = detail::layout_of(pd.diff_src_desc(), src_shape);
+        auto bdl = detail::layout_of(pd.diff_dst_desc(), dst);
+        if (!bsl || !bdl) {
+          pd = make(dnnl::memory::format_tag::nhwc);
+          bsl = bdl = layout::nhwc;
+        }
+        return bwd_state{pd, dnnl::convolution_backward_data(pd), *bsl, *bdl};
+      });
+    });
+  }
+
+  std::unique_ptr<state> s_;
+};
+
+}  // namespace rimc

@@ -1,0 +1,213 @@
+#pragma once
+/// \file
+/// rimc::linear: a frozen fully-connected layer y = x W^T + b (PyTorch's
+/// nn.Linear layout, W [O, K]) run by oneDNN's matmul, with its
+/// backward-data pass; and rimc::matmul for plain matrix products.
+
+#include <rimc/core/error.hpp>
+#include <rimc/core/tensor.hpp>
+#include <rimc/kernels/onednn.hpp>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace rimc {
+
+/// A frozen fully-connected layer: weights [O, K], optional bias [O], optional fused ReLU.
+///
+/// The source is [N, K], or [N, C, H, W] with C*H*W = K flattened in
+/// channels-first order (PyTorch's `flatten(1)`). Weights are packed once
+/// per format oneDNN asks for.
+class linear {
+ public:
+  linear(Tensor weights, std::optional<Tensor> bias = std::nullopt, bool relu = false)
+      : s_(std::make_unique<state>()) {
+    if (weights.rank() != 2) {
+      throw shape_error(detail::concat("linear: weights must be rank 2 [O, K], got ", weights.shape().to_string()));
+    }
+    if (bias && (bias->rank() != 1 || bias->dim(0) != weights.dim(0))) {
+      throw shape_error(detail::concat("linear: bias ", bias->shape().to_string(), " does not match weights ",
+                                       weights.shape().to_string(), " (expected [", weights.dim(0), "])"));
+    }
+    s_->relu = relu;
+    const auto O = weights.dim(0), K = weights.dim(1);
+    // The same storage seen two ways: [K, O] transposed for the forward, [O, K] for backward-data.
+    s_->fwd_weights.reset(weights, dnnl::memory::desc({K, O}, detail::dnnl_dt::f32, detail::dnnl_tag::ba));
+    s_->bwd_weights.reset(std::move(weights), dnnl::memory::desc({O, K}, detail::dnnl_dt::f32, detail::dnnl_tag::ab));
+    if (bias) {
+      s_->bias = std::move(*bias);
+      s_->bias->reshape(Shape{1, O});
+    }
+  }
+
+  linear(linear&&) noexcept = default;
+  linear& operator=(linear&&) noexcept = default;
+
+  [[nodiscard]] const Tensor& weights() const noexcept { return s_->bwd_weights.plain(); }
+  [[nodiscard]] std::int64_t in_features() const noexcept { return weights().shape()[1]; }
+  [[nodiscard]] std::int64_t out_features() const noexcept { return weights().shape()[0]; }
+  [[nodiscard]] bool has_bias() const noexcept { return s_->bias.has_value(); }
+  [[nodiscard]] bool fused_relu() const noexcept { return s_->relu; }
+
+  /// Replaces the weights (same shape): packed copies are redone on next use.
+  void set_weights(Tensor weights) {
+    check_same_shape("linear::set_weights", weights.shape(), this->weights().shape());
+    s_->fwd_weights.reset(weights);
+    s_->bwd_weights.reset(std::move(weights));
+  }
+
+  /// dst [N, O] = src W^T + b (then ReLU if fused). `dst` is resized as needed.
+  void forward(const Tensor& src, Tensor& dst) const {
+    if (&src == &dst) {
+      Tensor out;
+      forward(src, out);
+      dst = std::move(out);
+      return;
+    }
+    const auto N = rows_of(src);
+    const Tensor& s = detail::as_layout(src, layout::nchw);
+    const auto e = fwd_entry(N);
+    dst.ensure(Shape{N, out_features()});
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, detail::wrap(e->src_md, s.data())},
+        {DNNL_ARG_WEIGHTS, s_->fwd_weights.get(e->pd.weights_desc())},
+        {DNNL_ARG_DST, detail::wrap(dst)}};
+    if (s_->bias) args.emplace(DNNL_ARG_BIAS, detail::wrap(*s_->bias));
+    detail::onednn_call("linear forward", [&] { detail::execute(e->prim, args); });
+  }
+  [[nodiscard]] Tensor forward(const Tensor& src) const {
+    Tensor dst;
+    forward(src, dst);
+    return dst;
+  }
+
+  /// diff_src [N, K] = diff_dst [N, O] W: the input gradient (no ReLU).
+  void backward_data(const Tensor& diff_dst, Tensor& diff_src) const {
+    if (diff_dst.rank() != 2 || diff_dst.dim(1) != out_features()) {
+      throw shape_error(detail::concat("linear::backward_data: diff_dst must be [N, ", out_features(), "], got ",
+                                       diff_dst.shape().to_string()));
+    }
+    if (&diff_dst == &diff_src) {
+      Tensor out;
+      backward_data(diff_dst, out);
+      diff_src = std::move(out);
+      return;
+    }
+    const auto N = diff_dst.dim(0);
+    const auto e = bwd_entry(N);
+    diff_src.ensure(Shape{N, in_features()});
+    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, detail::wrap(diff_dst)},
+                                               {DNNL_ARG_WEIGHTS, s_->bwd_weights.get(e->pd.weights_desc())},
+                                               {DNNL_ARG_DST, detail::wrap(diff_src)}};
+    detail::onednn_call("linear backward_data", [&] { detail::execute(e->prim, args); });
+  }
+  [[nodiscard]] Tensor backward_data(const Tensor& diff_dst) const {
+    Tensor diff_src;
+    backward_data(diff_dst, diff_src);
+    return diff_src;
+  }
+
+  /// oneDNN's name of the implementation that runs a batch of N rows.
+  [[nodiscard]] std::string implementation(std::int64_t N) const { return fwd_entry(N)->pd.impl_info_str(); }
+
+ private:
+  struct entry {
+    dnnl::matmul::primitive_desc pd;
+    dnnl::matmul prim;
+    dnnl::memory::desc src_md;
+  };
+  struct state {
+    bool relu = false;
+    detail::packed_weights fwd_weights, bwd_weights;
+    std::optional<Tensor> bias;
+    detail::primitive_cache<detail::kernel_key, entry> fwd, bwd;
+  };
+
+  [[nodiscard]] std::int64_t rows_of(const Tensor& src) const {
+    const bool ok = (src.rank() == 2 || src.rank() == 4) && src.dim(0) > 0 &&
+                    src.numel() / src.dim(0) == in_features();
+    if (!ok) {
+      throw shape_error(detail::concat("linear: src ", src.shape().to_string(), " does not give ", in_features(),
+                                       " features per row for weights ", weights().shape().to_string()));
+    }
+    return src.dim(0);
+  }
+
+  [[nodiscard]] static dnnl::memory::desc any_md(std::int64_t r, std::int64_t c) {
+    return {{r, c}, detail::dnnl_dt::f32, detail::dnnl_tag::any};
+  }
+
+  [[nodiscard]] std::shared_ptr<const entry> fwd_entry(std::int64_t N) const {
+    return s_->fwd.get(detail::kernel_key{Shape{N}, layout::nchw, num_threads(), 0, {}, layout::nchw}, [&] {
+      return detail::onednn_call("linear: creating the forward primitive", [&] {
+        const auto O = out_features(), K = in_features();
+        const auto src_md = detail::plain_md(Shape{N, K});
+        dnnl::primitive_attr attr;
+        if (s_->relu) {
+          dnnl::post_ops ops;
+          ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+          attr.set_post_ops(ops);
+        }
+        const auto dst_md = detail::plain_md(Shape{N, O});
+        auto desc = s_->bias ? dnnl::matmul::desc(src_md, any_md(K, O), detail::plain_md(Shape{1, O}), dst_md)
+                             : dnnl::matmul::desc(src_md, any_md(K, O), dst_md);
+        dnnl::matmul::primitive_desc pd(desc, attr, detail::cpu_engine());
+        return entry{pd, dnnl::matmul(pd), src_md};
+      });
+    });
+  }
+
+  [[nodiscard]] std::shared_ptr<const entry> bwd_entry(std::int64_t N) const {
+    return s_->bwd.get(detail::kernel_key{Shape{N}, layout::nchw, num_threads(), 1, {}, layout::nchw}, [&] {
+      return detail::onednn_call("linear: creating the backward-data primitive", [&] {
+        const auto O = out_features(), K = in_features();
+        const auto src_md = detail::plain_md(Shape{N, O});
+        dnnl::matmul::desc desc(src_md, any_md(O, K), detail::plain_md(Shape{N, K}));
+        dnnl::matmul::primitive_desc pd(desc, detail::cpu_engine());
+        return entry{pd, dnnl::matmul(pd), src_md};
+      });
+    });
+  }
+
+  std::unique_ptr<state> s_;
+};
+
+/// c [M, N] = a [M, K] b [K, N] through oneDNN's matmul (primitives cached by shape).
+inline void matmul(const Tensor& a, const Tensor& b, Tensor& c) {
+  if (a.rank() != 2 || b.rank() != 2 || a.dim(1) != b.dim(0)) {
+    throw shape_error(detail::concat("matmul: cannot multiply ", a.shape().to_string(), " by ",
+                                     b.shape().to_string()));
+  }
+  if (&c == &a || &c == &b) {
+    Tensor out;
+    matmul(a, b, out);
+    c = std::move(out);
+    return;
+  }
+  struct entry {
+    dnnl::matmul prim;
+  };
+  static detail::primitive_cache<detail::kernel_key, entry> cache(128);
+  const auto M = a.dim(0), N = b.dim(1);
+  const auto e = cache.get(detail::kernel_key{a.shape(), layout::nchw, num_threads(), 0, b.shape(), layout::nchw}, [&] {
+    return detail::onednn_call("matmul: creating the primitive", [&] {
+      dnnl::matmul::desc desc(detail::plain_md(a.shape()), detail::plain_md(b.shape()),
+                              detail::plain_md(Shape{M, N}));
+      return entry{dnnl::matmul(dnnl::matmul::primitive_desc(desc, detail::cpu_engine()))};
+    });
+  });
+  c.ensure(Shape{M, N});
+  detail::onednn_call("matmul", [&] {
+    detail::execute(e->prim, {{DNNL_ARG_SRC, detail::wrap(a)}, {DNNL_ARG_WEIGHTS, detail::wrap(b)},
+                              {DNNL_ARG_DST, detail::wrap(c)}});
+  });
+}
+[[nodiscard]] inline Tensor matmul(const Tensor& a, const Tensor& b) {
+  Tensor c;
+  matmul(a, b, c);
+  return c;
+}
+
+}  // namespace rimc

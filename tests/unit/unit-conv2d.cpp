@@ -1,0 +1,182 @@
+// Tests of rimc::conv2d (oneDNN) against the reference, and of the reference's
+// backward pass against finite differences in double precision.
+
+#include <rimc/core/parallel.hpp>
+#include <rimc/kernels/conv2d.hpp>
+#include <rimc/kernels/reference.hpp>
+
+#include "test_util.hpp"
+
+#include <doctest/doctest.h>
+
+#include <vector>
+
+using namespace rimc;
+
+namespace {
+
+struct conv_case {
+  const char* name;
+  Shape src;      // [N, C, H, W]
+  Shape weights;  // [O, C/g, kh, kw]
+  conv2d_params p;
+  bool bias;
+};
+
+std::vector<conv_case> conv_cases() {
+  auto P = [](std::int64_t s, std::int64_t pad, std::int64_t d, std::int64_t g, bool relu) {
+    conv2d_params p;
+    p.stride = {s, s};
+    p.padding = {pad, pad};
+    p.dilation = {d, d};
+    p.groups = g;
+    p.relu = relu;
+    return p;
+  };
+  conv2d_params asym;
+  asym.stride = {2, 1};
+  asym.padding = {0, 2};
+  asym.dilation = {1, 2};
+  return {
+      {"3x3 same padding, batch 1", Shape{1, 16, 8, 8}, Shape{16, 16, 3, 3}, P(1, 1, 1, 1, false), true},
+      {"3x3 stride 2, odd size, batch 7", Shape{7, 8, 11, 9}, Shape{12, 8, 3, 3}, P(2, 1, 1, 1, false), true},
+      {"1x1 stride 2 shortcut", Shape{3, 16, 10, 10}, Shape{32, 16, 1, 1}, P(2, 0, 1, 1, false), false},
+      {"dilation 2", Shape{2, 5, 13, 12}, Shape{7, 5, 3, 3}, P(1, 2, 2, 1, false), true},
+      {"groups 2 with fused relu", Shape{7, 8, 9, 9}, Shape{6, 4, 3, 3}, P(1, 1, 1, 2, true), true},
+      {"depthwise", Shape{2, 8, 7, 7}, Shape{8, 1, 3, 3}, P(1, 1, 1, 8, false), false},
+      {"first layer, 3 input channels, 7x7 stride 2", Shape{2, 3, 17, 17}, Shape{16, 3, 7, 7},
+       P(2, 3, 1, 1, true), true},
+      {"one input channel, 5x5, no padding", Shape{7, 1, 28, 28}, Shape{6, 1, 5, 5}, P(1, 0, 1, 1, false), true},
+      {"asymmetric stride, padding and dilation", Shape{2, 4, 9, 11}, Shape{5, 4, 3, 2}, asym, true},
+  };
+}
+
+}  // namespace
+
+TEST_SUITE("conv2d") {
+  TEST_CASE("oneDNN forward matches the reference") {
+    for (const auto& c : conv_cases()) {
+      for (layout l : {layout::nchw, layout::nhwc}) {
+        SUBCASE((std::string(c.name) + ", src " + std::string(to_string(l))).c_str()) {
+          const Tensor x = test::random_tensor(c.src, 1, l);
+          const Tensor w = test::random_tensor(c.weights, 2);
+          const Tensor b = test::random_tensor(Shape{c.weights[0]}, 3);
+          const conv2d conv(w, c.bias ? std::optional<Tensor>(b) : std::nullopt, c.p);
+          const Tensor y = conv.forward(x);
+          CHECK(y.shape() == conv.output_shape(c.src));
+          test::check_close(y, reference::conv2d(x, w, c.bias ? &b : nullptr, c.p));
+        }
+      }
+    }
+  }
+
+  TEST_CASE("oneDNN backward-data matches the reference and is the forward's adjoint") {
+    for (const auto& c : conv_cases()) {
+      SUBCASE(c.name) {
+        conv2d_params p = c.p;
+        p.relu = false;  // backward-data is the linear part's transpose
+        const Tensor w = test::random_tensor(c.weights, 4);
+        const conv2d conv(w, std::nullopt, p);
+        const Shape out = conv.output_shape(c.src);
+        const Tensor dy = test::random_tensor(out, 5, layout::nhwc);
+        const Tensor dx = conv.backward_data(dy, c.src);
+        CHECK(dx.shape() == c.src);
+        test::check_close(dx, reference::conv2d_backward_data(dy, w, p, c.src));
+        // <dy, conv(x)> == <conv^T(dy), x> for any x.
+        const Tensor x = test::random_tensor(c.src, 6);
+        const double lhs = test::dot(dy, conv.forward(x)), rhs = test::dot(dx, x);
+        CHECK(lhs == doctest::Approx(rhs).epsilon(1e-4));
+      }
+    }
+  }
+
+  TEST_CASE("the reference backward-data is the gradient of the reference forward (double, central differences)") {
+    for (const auto& c : conv_cases()) {
+      SUBCASE(c.name) {
+        conv2d_params p = c.p;
+        p.relu = false;
+        const auto w = test::random_doubles(c.weights.numel(), 8);
+        const Shape out = conv2d_output_shape(c.src, c.weights, p);
+        auto f = [&](const std::vector<double>& x) {
+          std::vector<double> y(static_cast<std::size_t>(out.numel()));
+          reference::conv2d_forward(x.data(), c.src, w.data(), c.weights, static_cast<const double*>(nullptr), p,
+                                    y.data());
+          return y;
+        };
+        auto g = [&](const std::vector<double>&, const std::vector<double>& dy) {
+          std::vector<double> dx(static_cast<std::size_t>(c.src.numel()));
+          reference::conv2d_backward_data(dy.data(), w.data(), c.weights, p, c.src, dx.data());
+          return dx;
+        };
+        test::check_gradient(f, g, test::random_doubles(c.src.numel(), 9), 10, 150);
+      }
+    }
+  }
+
+  TEST_CASE("weights are packed once per format, not per call") {
+    const conv2d conv(test::random_tensor(Shape{16, 16, 3, 3}, 1), std::nullopt, conv2d_params{{1, 1}, {1, 1}});
+    const Tensor x = test::random_tensor(Shape{4, 16, 8, 8}, 2, layout::nhwc);
+    Tensor y;
+    for (int i = 0; i < 5; ++i) conv.forward(x, y);
+    const auto packs = conv.packed_weight_count();
+    CHECK(packs <= 1);
+    for (int i = 0; i < 5; ++i) conv.forward(x, y);
+    CHECK(conv.packed_weight_count() == packs);
+    CHECK_FALSE(conv.implementation(x.shape()).empty());
+  }
+
+  TEST_CASE("set_weights changes the result and re-packs") {
+    const Tensor w1 = test::random_tensor(Shape{4, 3, 3, 3}, 1), w2 = test::random_tensor(Shape{4, 3, 3, 3}, 2);
+    const Tensor x = test::random_tensor(Shape{2, 3, 6, 6}, 3);
+    const conv2d_params p{{1, 1}, {1, 1}};
+    conv2d conv(w1, std::nullopt, p);
+    test::check_close(conv.forward(x), reference::conv2d(x, w1, nullptr, p));
+    conv.set_weights(w2);
+    test::check_close(conv.forward(x), reference::conv2d(x, w2, nullptr, p));
+    CHECK_THROWS_WITH(conv.set_weights(Tensor(Shape{4, 3, 1, 1})),
+                      "[rimc.shape_error] conv2d::set_weights: shapes differ: [4, 3, 1, 1] vs [4, 3, 3, 3]");
+  }
+
+  TEST_CASE("results agree across thread counts and in-place calls") {
+    const Tensor w = test::random_tensor(Shape{32, 16, 3, 3}, 1);
+    const conv2d conv(w, std::nullopt, conv2d_params{{1, 1}, {1, 1}});
+    Tensor x = test::random_tensor(Shape{8, 16, 12, 12}, 2, layout::nhwc);
+    Tensor y1, y2;
+    {
+      const thread_count_guard g(1);
+      conv.forward(x, y1);
+    }
+    {
+      const thread_count_guard g(2);
+      conv.forward(x, y2);
+    }
+    test::check_close(y1, y2, 1e-5, 1e-5);
+    conv.forward(x, x);
+    test::check_close(x, y1, 1e-5, 1e-5);
+  }
+
+  TEST_CASE("bad shapes and parameters are rejected with the values named") {
+    const Tensor w(Shape{8, 4, 3, 3});
+    CHECK_THROWS_WITH(conv2d(Tensor(Shape{8, 4})),
+                      "[rimc.shape_error] conv2d: weights must be rank 4 [O, C/groups, kh, kw], got [8, 4]");
+    CHECK_THROWS_WITH(conv2d(w, Tensor(Shape{7})),
+                      "[rimc.shape_error] conv2d: bias [7] does not match weights [8, 4, 3, 3] (expected [8])");
+    CHECK_THROWS_WITH(conv2d(w, std::nullopt, conv2d_params{{0, 1}}),
+                      "[rimc.value_error] conv2d: stride must be >= 1, got (0, 1)");
+    CHECK_THROWS_WITH(conv2d(w, std::nullopt, conv2d_params{{1, 1}, {0, 0}, {1, 1}, 3}),
+                      "[rimc.shape_error] conv2d: output channels 8 of weights [8, 4, 3, 3] are not divisible by "
+                      "groups 3");
+    const conv2d conv(w);
+    CHECK_THROWS_WITH((void)conv.forward(Tensor(Shape{2, 5, 8, 8})),
+                      "[rimc.shape_error] conv2d: src [2, 5, 8, 8] has 5 channels but weights [8, 4, 3, 3] with "
+                      "groups 1 expect 4");
+    CHECK_THROWS_WITH((void)conv.forward(Tensor(Shape{2, 4, 2, 8})),
+                      "[rimc.shape_error] conv2d: kernel [8, 4, 3, 3] with dilation (1, 1) does not fit src "
+                      "[2, 4, 2, 8] padded by (0, 0)");
+    CHECK_THROWS_WITH((void)conv.forward(Tensor(Shape{4, 8})),
+                      "[rimc.shape_error] conv2d: src must be rank 4 (N, C, H, W), got [4, 8]");
+    CHECK_THROWS_WITH((void)conv.backward_data(Tensor(Shape{1, 8, 5, 5}), Shape{1, 4, 8, 8}),
+                      "[rimc.shape_error] conv2d::backward_data: diff_dst: shapes differ: [1, 8, 5, 5] vs "
+                      "[1, 8, 6, 6]");
+  }
+}
