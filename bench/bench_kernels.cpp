@@ -12,6 +12,8 @@
 #include <rimc/core/random.hpp>
 
 #include <benchmark/benchmark.h>
+#include <immintrin.h>
+#include <omp.h>
 
 #include <string>
 #include <vector>
@@ -49,6 +51,8 @@ std::vector<conv_shape> shapes() {
   out.push_back({"resnet50_224", 8, 64, 256, 56, 1, 1, 0});
   out.push_back({"resnet50_224", 8, 256, 256, 14, 3, 1, 1});
   out.push_back({"resnet50_224", 8, 512, 512, 7, 3, 1, 1});
+  // A tiny problem whose time is almost all per-call overhead.
+  out.push_back({"overhead", 1, 8, 8, 4, 1, 1, 0});
   return out;
 }
 
@@ -112,7 +116,7 @@ void rimc_backward_data(benchmark::State& state, const conv_shape& s) {
     conv.backward_data(dy, p.src, dx);
     benchmark::DoNotOptimize(dx.data());
   }
-  set_counters(state, p.flops, conv.implementation(p.src));
+  set_counters(state, p.flops, conv.backward_implementation(p.src));
 }
 
 // The same primitives, created and executed directly: src/dst/weights
@@ -208,9 +212,50 @@ void reference_backward_data(benchmark::State& state, const conv_shape& s) {
   set_counters(state, p.flops, "reference");
 }
 
+// The machine's FMA peak: independent fused multiply-add chains on every
+// thread, with the widest vectors the CPU has (AVX-512 or AVX2), the ceiling
+// the convolution GFLOPS are compared with.
+constexpr int fma_chains = 16;
+
+__attribute__((target("avx2,fma"))) double fma_avx2(std::int64_t iters) {
+  const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(1e-6f);
+  __m256 acc[fma_chains];
+  for (auto& x : acc) x = a;
+  for (std::int64_t i = 0; i < iters; ++i)
+    for (auto& x : acc) x = _mm256_fmadd_ps(x, a, b);
+  for (int c = 1; c < fma_chains; ++c) acc[0] = _mm256_add_ps(acc[0], acc[c]);
+  benchmark::DoNotOptimize(acc[0]);
+  return 2.0 * fma_chains * 8 * static_cast<double>(iters);
+}
+
+__attribute__((target("avx512f"))) double fma_avx512(std::int64_t iters) {
+  const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-6f);
+  __m512 acc[fma_chains];
+  for (auto& x : acc) x = a;
+  for (std::int64_t i = 0; i < iters; ++i)
+    for (auto& x : acc) x = _mm512_fmadd_ps(x, a, b);
+  for (int c = 1; c < fma_chains; ++c) acc[0] = _mm512_add_ps(acc[0], acc[c]);
+  benchmark::DoNotOptimize(acc[0]);
+  return 2.0 * fma_chains * 16 * static_cast<double>(iters);
+}
+
+void fma_peak(benchmark::State& state) {
+  const bool avx512 = __builtin_cpu_supports("avx512f");
+  constexpr std::int64_t iters = 1 << 22;
+  double flops = 0;
+  for (auto _ : state) {
+    double total = 0;
+#pragma omp parallel reduction(+ : total)
+    total += avx512 ? fma_avx512(iters) : fma_avx2(iters);
+    flops = total;
+  }
+  set_counters(state, flops, avx512 ? "avx512 fma" : "avx2 fma");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  benchmark::RegisterBenchmark("fma_peak", fma_peak)->UseRealTime();
   for (const auto& s : shapes()) {
     const std::string n = name_of(s);
     benchmark::RegisterBenchmark(("conv_fwd/rimc/" + n).c_str(), rimc_forward, s)->UseRealTime();

@@ -5,6 +5,7 @@
 #include <rimc/core/random.hpp>
 #include <rimc/core/shape.hpp>
 #include <rimc/core/tensor.hpp>
+#include <rimc/version.hpp>
 
 #include "test_util.hpp"
 
@@ -18,6 +19,13 @@
 using namespace rimc;
 
 TEST_SUITE("core") {
+  TEST_CASE("the header version matches the CMake project version") {
+    CHECK(std::string(version_string) == RIMC_EXPECTED_VERSION);
+    CHECK(std::to_string(RIMC_VERSION_MAJOR) + "." + std::to_string(RIMC_VERSION_MINOR) + "." +
+              std::to_string(RIMC_VERSION_PATCH) ==
+          RIMC_EXPECTED_VERSION);
+  }
+
   TEST_CASE("errors carry their kind in the message prefix and derive from rimc::error") {
     const shape_error e("conv2d: bad");
     CHECK(std::string(e.what()) == "[rimc.shape_error] conv2d: bad");

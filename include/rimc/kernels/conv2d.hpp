@@ -44,6 +44,7 @@ class conv2d {
     const auto plain_md = plain_weights_md(w);
     s_->weights.reset(weights.to_layout(layout::nchw), plain_md);
     s_->bias = std::move(bias);
+    if (s_->bias) s_->bias_memory = detail::wrap(*s_->bias);
   }
 
   conv2d(conv2d&&) noexcept = default;
@@ -64,6 +65,7 @@ class conv2d {
     if (!s_->bias) throw value_error("conv2d::set_bias: this convolution was built without a bias");
     check_same_shape("conv2d::set_bias", bias.shape(), s_->bias->shape());
     *s_->bias = std::move(bias);
+    s_->bias_memory = detail::wrap(*s_->bias);
   }
 
   /// Destination shape for a source of shape `src`.
@@ -79,14 +81,14 @@ class conv2d {
       dst = std::move(out);
       return;
     }
-    const Shape out_shape = output_shape(src.shape());
     const auto e = fwd_entry(src, false);
     const Tensor& s = detail::as_layout(src, e->src_layout);
-    dst.ensure(out_shape, e->dst_layout);
-    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, detail::wrap(s)},
-                                               {DNNL_ARG_WEIGHTS, s_->weights.get(e->pd.weights_desc())},
-                                               {DNNL_ARG_DST, detail::wrap(dst)}};
-    if (s_->bias) args.emplace(DNNL_ARG_BIAS, detail::wrap(*s_->bias));
+    dst.ensure(e->dst_shape, e->dst_layout);
+    auto& args = detail::thread_args();
+    args[DNNL_ARG_SRC] = detail::wrap(e->pd.src_desc(), s.data());
+    args[DNNL_ARG_WEIGHTS] = s_->weights.get(e->pd.weights_desc());
+    args[DNNL_ARG_DST] = detail::wrap(e->pd.dst_desc(), dst.data());
+    if (s_->bias) args[DNNL_ARG_BIAS] = s_->bias_memory;
     detail::onednn_call("conv2d forward", [&] { detail::execute(e->prim, args); });
   }
   [[nodiscard]] Tensor forward(const Tensor& src) const {
@@ -108,9 +110,10 @@ class conv2d {
     const auto e = bwd_entry(diff_dst, src_shape);
     const Tensor& d = detail::as_layout(diff_dst, e->dst_layout);
     diff_src.ensure(src_shape, e->src_layout);
-    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_DIFF_DST, detail::wrap(d)},
-                                               {DNNL_ARG_WEIGHTS, s_->weights.get(e->pd.weights_desc())},
-                                               {DNNL_ARG_DIFF_SRC, detail::wrap(diff_src)}};
+    auto& args = detail::thread_args();
+    args[DNNL_ARG_DIFF_DST] = detail::wrap(e->pd.diff_dst_desc(), d.data());
+    args[DNNL_ARG_WEIGHTS] = s_->weights.get(e->pd.weights_desc());
+    args[DNNL_ARG_DIFF_SRC] = detail::wrap(e->pd.diff_src_desc(), diff_src.data());
     detail::onednn_call("conv2d backward_data", [&] { detail::execute(e->prim, args); });
   }
   [[nodiscard]] Tensor backward_data(const Tensor& diff_dst, const Shape& src_shape) const {
@@ -122,6 +125,11 @@ class conv2d {
   /// oneDNN's name of the implementation that runs a source of this shape and layout.
   [[nodiscard]] std::string implementation(const Shape& src, layout l = layout::nhwc) const {
     return fwd_entry(Tensor::empty(src, l), false)->pd.impl_info_str();
+  }
+
+  /// oneDNN's name of the implementation that runs backward-data for a source of this shape.
+  [[nodiscard]] std::string backward_implementation(const Shape& src) const {
+    return bwd_entry(Tensor::empty(output_shape(src), layout::nhwc), src)->pd.impl_info_str();
   }
 
   /// The source layout the forward primitive for this shape consumes directly.
@@ -139,6 +147,7 @@ class conv2d {
     fwd_pd pd;
     dnnl::convolution_forward prim;
     layout src_layout, dst_layout;
+    Shape dst_shape;
   };
   struct bwd_state {
     dnnl::convolution_backward_data::primitive_desc pd;
@@ -149,6 +158,7 @@ class conv2d {
     conv2d_params params;
     detail::packed_weights weights;
     std::optional<Tensor> bias;
+    dnnl::memory bias_memory;  ///< wraps *bias
     detail::primitive_cache<detail::kernel_key, fwd_state> fwd;
     detail::primitive_cache<detail::kernel_key, bwd_state> bwd;
   };
@@ -208,14 +218,13 @@ class conv2d {
     if (src.rank() != 4) {
       throw shape_error(detail::concat("conv2d: src must be rank 4 (N, C, H, W), got ", src.shape().to_string()));
     }
-    (void)output_shape(src.shape());
     return s_->fwd.get(detail::make_key(src, training ? 1 : 0), [&] {
       return detail::onednn_call("conv2d: creating the forward primitive", [&] {
         layout sl{}, dl{};
         auto pd = make_plain_fwd_pd(src.shape(), training ? dnnl::prop_kind::forward_training
                                                           : dnnl::prop_kind::forward_inference,
                                     true, sl, dl);
-        return fwd_state{pd, dnnl::convolution_forward(pd), sl, dl};
+        return fwd_state{pd, dnnl::convolution_forward(pd), sl, dl, output_shape(src.shape())};
       });
     });
   }

@@ -225,6 +225,13 @@ class packed_weights {
   std::vector<std::pair<dnnl::memory::desc, dnnl::memory>> packs_;
 };
 
+/// A per-thread argument map, cleared and reused by each kernel call (no allocation per call).
+[[nodiscard]] inline std::unordered_map<int, dnnl::memory>& thread_args() {
+  thread_local std::unordered_map<int, dnnl::memory> args;
+  args.clear();
+  return args;
+}
+
 /// Executes `prim` on the calling thread's stream and waits.
 template <class Prim>
 void execute(const Prim& prim, const std::unordered_map<int, dnnl::memory>& args) {
