@@ -180,3 +180,76 @@ TEST_SUITE("conv2d") {
                       "[1, 8, 6, 6]");
   }
 }
+
+TEST_SUITE("conv2d backward-weights") {
+  TEST_CASE("oneDNN backward-weights matches the reference, with and without the bias gradient") {
+    for (const auto& c : conv_cases()) {
+      for (layout l : {layout::nchw, layout::nhwc}) {
+        SUBCASE((std::string(c.name) + ", " + std::string(to_string(l))).c_str()) {
+          conv2d_params p = c.p;
+          p.relu = false;
+          const Tensor w = test::random_tensor(c.weights, 4);
+          const conv2d conv(w, test::random_tensor(Shape{c.weights[0]}, 5), p);
+          const Tensor x = test::random_tensor(c.src, 6, l);
+          const Tensor dy = test::random_tensor(conv.output_shape(c.src), 7, l);
+          Tensor dw, db;
+          conv.backward_weights(x, dy, dw, &db);
+          CHECK(dw.shape() == c.weights);
+          test::check_close(dw, reference::conv2d_backward_weights(x, dy, c.weights, p), 1e-4, 1e-3);
+          // dL/dbias sums dy over batch and positions.
+          const Tensor dyr = dy.to_layout(layout::nchw);
+          Tensor expected_db(Shape{c.weights[0]});
+          const auto per = dyr.numel() / dyr.dim(0) / c.weights[0];
+          for (std::int64_t n = 0; n < dyr.dim(0); ++n)
+            for (std::int64_t o = 0; o < c.weights[0]; ++o)
+              for (std::int64_t i = 0; i < per; ++i) expected_db[o] += dyr[(n * c.weights[0] + o) * per + i];
+          test::check_close(db, expected_db, 1e-4, 1e-3);
+          test::check_close(conv.backward_weights(x, dy), dw, 1e-6, 1e-6);
+        }
+      }
+    }
+  }
+
+  TEST_CASE("the reference backward-weights is the gradient with respect to the weights (double, central differences)") {
+    for (const auto& c : conv_cases()) {
+      SUBCASE(c.name) {
+        conv2d_params p = c.p;
+        p.relu = false;
+        const auto x = test::random_doubles(c.src.numel(), 11);
+        const Shape out = conv2d_output_shape(c.src, c.weights, p);
+        auto f = [&](const std::vector<double>& w) {
+          std::vector<double> y(static_cast<std::size_t>(out.numel()));
+          reference::conv2d_forward(x.data(), c.src, w.data(), c.weights, static_cast<const double*>(nullptr), p,
+                                    y.data());
+          return y;
+        };
+        auto g = [&](const std::vector<double>&, const std::vector<double>& dy) {
+          std::vector<double> dw(static_cast<std::size_t>(c.weights.numel()));
+          reference::conv2d_backward_weights(x.data(), c.src, dy.data(), c.weights, p, dw.data());
+          return dw;
+        };
+        test::check_gradient(f, g, test::random_doubles(c.weights.numel(), 12), 13, 150);
+      }
+    }
+  }
+
+  TEST_CASE("im2col rows times the flattened weights give the convolution") {
+    conv2d_params p;
+    p.stride = {2, 1};
+    p.padding = {1, 2};
+    p.dilation = {1, 2};
+    const Shape src{2, 3, 7, 6}, wshape{4, 3, 3, 2};
+    const Tensor x = test::random_tensor(src, 1), w = test::random_tensor(wshape, 2);
+    const Shape out = conv2d_output_shape(src, wshape, p);
+    const auto P = out[0] * out[2] * out[3], K = wshape.numel() / wshape[0];
+    Tensor cols(Shape{P, K});
+    reference::im2col(x.data(), src, wshape, p, cols.data());
+    const RowMatrixXf y = cols.matrix() * w.matrix(wshape[0], K).transpose();  // [P, O], rows (n, oh, ow)
+    const Tensor expected = reference::conv2d(x, w, nullptr, p);
+    for (std::int64_t n = 0; n < out[0]; ++n)
+      for (std::int64_t o = 0; o < out[1]; ++o)
+        for (std::int64_t i = 0; i < out[2] * out[3]; ++i)
+          REQUIRE(y(n * out[2] * out[3] + i, o) ==
+                  doctest::Approx(expected[(n * out[1] + o) * out[2] * out[3] + i]).epsilon(1e-5));
+  }
+}

@@ -122,6 +122,69 @@ class conv2d {
     return diff_src;
   }
 
+  /// diff_weights [O, C/groups, kh, kw] = dL/dweights given the forward's
+  /// source and diff_dst = dL/ddst (sum over batch and positions); with
+  /// `diff_bias`, also dL/dbias [O]. Frozen layers never need this; layers
+  /// whose weights are trained digitally (adapters) do.
+  void backward_weights(const Tensor& src, const Tensor& diff_dst, Tensor& diff_weights,
+                        Tensor* diff_bias = nullptr) const {
+    check_same_shape("conv2d::backward_weights: diff_dst", diff_dst.shape(), output_shape(src.shape()));
+    auto key = detail::make_key(src, diff_bias ? 4 : 3);
+    key.layout2 = diff_dst.memory_layout();
+    const auto e = s_->bwd_w.get(key, [&] {
+      return detail::onednn_call("conv2d: creating the backward-weights primitive", [&] {
+        const auto& p = s_->params;
+        const Shape& w = weights().shape();
+        const Shape dst = output_shape(src.shape());
+        layout sl{}, dl{};
+        const auto hint = make_plain_fwd_pd(src.shape(), dnnl::prop_kind::forward_training, false, sl, dl);
+        const auto strides = detail::to_dims(p.stride), dil = detail::to_dims(p.dilation, 1),
+                   pad = detail::to_dims(p.padding);
+        const dnnl::memory::desc src_md(detail::to_dims(src.shape()), detail::dnnl_dt::f32, detail::dnnl_tag::any);
+        const dnnl::memory::desc dst_md(detail::to_dims(dst), detail::dnnl_dt::f32, detail::dnnl_tag::any);
+        const auto w_md = weights_md(w, detail::dnnl_tag::any);
+        auto desc = diff_bias ? dnnl::convolution_backward_weights::desc(
+                                    dnnl::algorithm::convolution_direct, src_md, w_md,
+                                    detail::plain_md(Shape{w[0]}), dst_md, strides, dil, pad, pad)
+                              : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct,
+                                                                         src_md, w_md, dst_md, strides, dil, pad,
+                                                                         pad);
+        dnnl::convolution_backward_weights::primitive_desc pd(desc, detail::cpu_engine(), hint);
+        return bwd_w_state{pd, dnnl::convolution_backward_weights(pd)};
+      });
+    });
+    // Source and gradient in the formats the primitive wants (reordered only when they differ).
+    auto bring = [](const Tensor& t, const dnnl::memory::desc& want) {
+      if (detail::plain_md(t) == want) return detail::wrap(t);
+      dnnl::memory m(want, detail::cpu_engine());
+      detail::reorder(detail::wrap(t), m);
+      return m;
+    };
+    auto src_m = bring(src, e->pd.src_desc());
+    auto dst_m = bring(diff_dst, e->pd.diff_dst_desc());
+    diff_weights.ensure(weights().shape());
+    const auto plain_w = plain_weights_md(weights().shape());
+    dnnl::memory dw = e->pd.diff_weights_desc() == plain_w ? detail::wrap(plain_w, diff_weights.data())
+                                                           : dnnl::memory(e->pd.diff_weights_desc(), detail::cpu_engine());
+    auto& args = detail::thread_args();
+    args[DNNL_ARG_SRC] = src_m;
+    args[DNNL_ARG_DIFF_DST] = dst_m;
+    args[DNNL_ARG_DIFF_WEIGHTS] = dw;
+    if (diff_bias) {
+      diff_bias->ensure(Shape{weights().shape()[0]});
+      args[DNNL_ARG_DIFF_BIAS] = detail::wrap(*diff_bias);
+    }
+    detail::onednn_call("conv2d backward_weights", [&] {
+      detail::execute(e->prim, args);
+      if (!(e->pd.diff_weights_desc() == plain_w)) detail::reorder(dw, detail::wrap(plain_w, diff_weights.data()));
+    });
+  }
+  [[nodiscard]] Tensor backward_weights(const Tensor& src, const Tensor& diff_dst) const {
+    Tensor diff_weights;
+    backward_weights(src, diff_dst, diff_weights);
+    return diff_weights;
+  }
+
   /// oneDNN's name of the implementation that runs a source of this shape and layout.
   [[nodiscard]] std::string implementation(const Shape& src, layout l = layout::nhwc) const {
     return fwd_entry(Tensor::empty(src, l), false)->pd.impl_info_str();
@@ -154,6 +217,10 @@ class conv2d {
     dnnl::convolution_backward_data prim;
     layout src_layout, dst_layout;
   };
+  struct bwd_w_state {
+    dnnl::convolution_backward_weights::primitive_desc pd;
+    dnnl::convolution_backward_weights prim;
+  };
   struct state {
     conv2d_params params;
     detail::packed_weights weights;
@@ -161,6 +228,7 @@ class conv2d {
     dnnl::memory bias_memory;  ///< wraps *bias
     detail::primitive_cache<detail::kernel_key, fwd_state> fwd;
     detail::primitive_cache<detail::kernel_key, bwd_state> bwd;
+    detail::primitive_cache<detail::kernel_key, bwd_w_state> bwd_w;
   };
 
   [[nodiscard]] dnnl::memory::desc weights_md(const Shape& w, dnnl::memory::format_tag tag) const {

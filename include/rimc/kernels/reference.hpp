@@ -91,6 +91,63 @@ void conv2d_backward_data(const T* diff_dst, const T* w, const Shape& w_shape, c
   std::transform(acc.begin(), acc.end(), diff_src, [](auto v) { return static_cast<T>(v); });
 }
 
+/// diff_w[O, C/g, kh, kw] = gradient of conv2d_forward's output with respect to
+/// its weights, contracted with diff_dst (sum over batch and positions).
+template <class T>
+void conv2d_backward_weights(const T* src, const Shape& src_shape, const T* diff_dst, const Shape& w_shape,
+                             const conv2d_params& p, T* diff_w) {
+  const Shape out = conv2d_output_shape(src_shape, w_shape, p);
+  const auto N = src_shape[0], C = src_shape[1], H = src_shape[2], W = src_shape[3];
+  const auto O = w_shape[0], Cg = w_shape[1], KH = w_shape[2], KW = w_shape[3];
+  const auto OH = out[2], OW = out[3], Og = O / p.groups;
+  for (std::int64_t o = 0; o < O; ++o) {
+    const auto g = o / Og;
+    for (std::int64_t ci = 0; ci < Cg; ++ci)
+      for (std::int64_t kh = 0; kh < KH; ++kh)
+        for (std::int64_t kw = 0; kw < KW; ++kw) {
+          detail::acc_t<T> acc = 0;
+          const auto c = g * Cg + ci;
+          for (std::int64_t n = 0; n < N; ++n)
+            for (std::int64_t oh = 0; oh < OH; ++oh) {
+              const auto ih = oh * p.stride[0] - p.padding[0] + kh * p.dilation[0];
+              if (ih < 0 || ih >= H) continue;
+              for (std::int64_t ow = 0; ow < OW; ++ow) {
+                const auto iw = ow * p.stride[1] - p.padding[1] + kw * p.dilation[1];
+                if (iw < 0 || iw >= W) continue;
+                acc += detail::acc_t<T>(diff_dst[((n * O + o) * OH + oh) * OW + ow]) *
+                       src[((n * C + c) * H + ih) * W + iw];
+              }
+            }
+          diff_w[((o * Cg + ci) * KH + kh) * KW + kw] = static_cast<T>(acc);
+        }
+  }
+}
+
+/// im2col: cols[N * OH * OW, C * kh * kw] with row (n, oh, ow) holding the
+/// receptive field of that output position (zeros where it hits padding),
+/// column order (c, kh, kw) as in PyTorch's flattened conv weights; groups = 1.
+template <class T>
+void im2col(const T* src, const Shape& src_shape, const Shape& w_shape, const conv2d_params& p, T* cols) {
+  const Shape out = conv2d_output_shape(src_shape, w_shape, p);
+  const auto N = src_shape[0], C = src_shape[1], H = src_shape[2], W = src_shape[3];
+  const auto KH = w_shape[2], KW = w_shape[3], OH = out[2], OW = out[3];
+  const auto K = C * KH * KW;
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t oh = 0; oh < OH; ++oh)
+      for (std::int64_t ow = 0; ow < OW; ++ow) {
+        T* row = cols + ((n * OH + oh) * OW + ow) * K;
+        for (std::int64_t c = 0; c < C; ++c)
+          for (std::int64_t kh = 0; kh < KH; ++kh) {
+            const auto ih = oh * p.stride[0] - p.padding[0] + kh * p.dilation[0];
+            for (std::int64_t kw = 0; kw < KW; ++kw) {
+              const auto iw = ow * p.stride[1] - p.padding[1] + kw * p.dilation[1];
+              row[(c * KH + kh) * KW + kw] =
+                  (ih < 0 || ih >= H || iw < 0 || iw >= W) ? T(0) : src[((n * C + c) * H + ih) * W + iw];
+            }
+          }
+      }
+}
+
 /// dst[N, O] = src[N, K] w[O, K]^T + bias[O] (bias may be null), optional ReLU.
 template <class T>
 void linear_forward(const T* src, std::int64_t N, std::int64_t K, const T* w, std::int64_t O, const T* bias,
@@ -247,6 +304,17 @@ void add_forward(const T* a, const T* b, std::int64_t n, T* dst) {
   Tensor diff_src(src_shape);
   conv2d_backward_data(d.data(), weights.data(), weights.shape(), p, src_shape, diff_src.data());
   return diff_src;
+}
+
+/// Reference conv2d backward-weights on tensors: [O, C/g, kh, kw].
+[[nodiscard]] inline Tensor conv2d_backward_weights(const Tensor& src, const Tensor& diff_dst, const Shape& w_shape,
+                                                    const conv2d_params& p) {
+  check_same_shape("reference::conv2d_backward_weights: diff_dst", diff_dst.shape(),
+                   conv2d_output_shape(src.shape(), w_shape, p));
+  const Tensor s = src.to_layout(layout::nchw), d = diff_dst.to_layout(layout::nchw);
+  Tensor diff_w(w_shape);
+  conv2d_backward_weights(s.data(), s.shape(), d.data(), w_shape, p, diff_w.data());
+  return diff_w;
 }
 
 /// Reference linear on tensors: src [N, K] (or [N, C, H, W] flattened), weights [O, K].
