@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   g++ cmake ninja-build pkg-config
-  libeigen3-dev libdnnl-dev doctest-dev libbenchmark-dev
+  libeigen3-dev libdnnl-dev doctest-dev libbenchmark-dev nlohmann-json3-dev
   python3
 )
 
