@@ -148,6 +148,31 @@ void im2col(const T* src, const Shape& src_shape, const Shape& w_shape, const co
       }
 }
 
+/// col2im: the adjoint of im2col; accumulates cols[N * OH * OW, C * kh * kw]
+/// back into src_grad[N, C, H, W] (which it overwrites).
+template <class T>
+void col2im(const T* cols, const Shape& src_shape, const Shape& w_shape, const conv2d_params& p, T* src_grad) {
+  const Shape out = conv2d_output_shape(src_shape, w_shape, p);
+  const auto N = src_shape[0], C = src_shape[1], H = src_shape[2], W = src_shape[3];
+  const auto KH = w_shape[2], KW = w_shape[3], OH = out[2], OW = out[3];
+  const auto K = C * KH * KW;
+  std::fill_n(src_grad, src_shape.numel(), T(0));
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t oh = 0; oh < OH; ++oh)
+      for (std::int64_t ow = 0; ow < OW; ++ow) {
+        const T* row = cols + ((n * OH + oh) * OW + ow) * K;
+        for (std::int64_t c = 0; c < C; ++c)
+          for (std::int64_t kh = 0; kh < KH; ++kh) {
+            const auto ih = oh * p.stride[0] - p.padding[0] + kh * p.dilation[0];
+            if (ih < 0 || ih >= H) continue;
+            for (std::int64_t kw = 0; kw < KW; ++kw) {
+              const auto iw = ow * p.stride[1] - p.padding[1] + kw * p.dilation[1];
+              if (iw >= 0 && iw < W) src_grad[((n * C + c) * H + ih) * W + iw] += row[(c * KH + kh) * KW + kw];
+            }
+          }
+      }
+}
+
 /// dst[N, O] = src[N, K] w[O, K]^T + bias[O] (bias may be null), optional ReLU.
 template <class T>
 void linear_forward(const T* src, std::int64_t N, std::int64_t K, const T* w, std::int64_t O, const T* bias,

@@ -1,0 +1,214 @@
+#pragma once
+/// \file
+/// Adapter files compatible with Hugging Face PEFT (LoRA with use_dora):
+/// `adapter_model.safetensors` with keys
+///   base_model.model.<module>.lora_A.weight          [r, K] / [r, C, kh, kw]
+///   base_model.model.<module>.lora_B.weight          [O, r] / [O, r, 1, 1]
+///   base_model.model.<module>.lora_magnitude_vector  [O] / [1, O, 1, 1] (conv, as PEFT stores it)
+/// and `adapter_config.json` (peft_type "LORA", use_dora true, r, lora_alpha,
+/// use_rslora, target_modules, rank_pattern / alpha_pattern for modules that
+/// differ). Both files are replaced atomically.
+
+#include <rimc/adapt/dora_adapter.hpp>
+#include <rimc/core/error.hpp>
+#include <rimc/io/atomic_file.hpp>
+#include <rimc/io/safetensors.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace rimc {
+
+/// The adapter_config.json fields rimc reads and writes.
+struct peft_config {
+  std::int64_t r = 0;
+  double lora_alpha = 0;
+  bool use_rslora = false;
+  bool use_dora = true;
+  std::vector<std::string> target_modules;
+  std::map<std::string, std::int64_t> rank_pattern;
+  std::map<std::string, double> alpha_pattern;
+  std::string base_model_name_or_path;
+
+  [[nodiscard]] std::int64_t rank_of(const std::string& module) const {
+    const auto it = rank_pattern.find(module);
+    return it == rank_pattern.end() ? r : it->second;
+  }
+  [[nodiscard]] double alpha_of(const std::string& module) const {
+    const auto it = alpha_pattern.find(module);
+    return it == alpha_pattern.end() ? lora_alpha : it->second;
+  }
+};
+
+/// An adapter together with the module name it belongs to (a PyTorch
+/// state_dict prefix such as "layer1.0.conv1").
+template <class Adapter>
+struct named_adapter {
+  std::string module;
+  Adapter* adapter;
+};
+
+namespace detail {
+inline std::string peft_key(const std::string& module, const char* what) {
+  return "base_model.model." + module + "." + what;
+}
+inline Shape peft_magnitude_shape(const dora_adapter& a) {
+  return a.is_conv() ? Shape{1, a.out_features(), 1, 1} : Shape{a.out_features()};
+}
+}  // namespace detail
+
+/// Writes adapter_model.safetensors and adapter_config.json into `dir`
+/// (created if missing), each atomically.
+inline void save_peft_adapter(const std::filesystem::path& dir,
+                              const std::vector<named_adapter<const dora_adapter>>& adapters,
+                              const std::string& base_model_name_or_path = "") {
+  if (adapters.empty()) throw value_error("save_peft_adapter: no adapters given");
+  std::map<std::string, Tensor> tensors;
+  const auto& first = adapters.front().adapter->config();
+  nlohmann::ordered_json rank_pattern = nlohmann::ordered_json::object(),
+                         alpha_pattern = nlohmann::ordered_json::object();
+  std::vector<std::string> modules;
+  for (const auto& [module, a] : adapters) {
+    if (module.empty()) throw value_error("save_peft_adapter: an adapter has an empty module name");
+    if (a->config().use_rslora != first.use_rslora) {
+      throw value_error(detail::concat("save_peft_adapter: module '", module,
+                                       "' differs in use_rslora; PEFT keeps one value per adapter"));
+    }
+    Tensor m = a->magnitude();
+    m.reshape(detail::peft_magnitude_shape(*a));
+    if (!tensors.emplace(detail::peft_key(module, "lora_magnitude_vector"), std::move(m)).second) {
+      throw value_error(detail::concat("save_peft_adapter: module '", module, "' given twice"));
+    }
+    tensors.emplace(detail::peft_key(module, "lora_A.weight"), a->lora_A());
+    tensors.emplace(detail::peft_key(module, "lora_B.weight"), a->lora_B());
+    if (a->rank() != first.rank) rank_pattern[module] = a->rank();
+    if (a->config().alpha != first.alpha) alpha_pattern[module] = a->config().alpha;
+    modules.push_back(module);
+  }
+  std::filesystem::create_directories(dir);
+  save_safetensors(dir / "adapter_model.safetensors", tensors,
+                   {{"format", "pt"}, {"rimc.norm_mode", first.norm == norm_mode::exact ? "exact" : "detached"}});
+  nlohmann::ordered_json cfg = {
+      {"alpha_pattern", alpha_pattern},
+      {"auto_mapping", nullptr},
+      {"base_model_name_or_path", base_model_name_or_path.empty() ? nlohmann::ordered_json(nullptr)
+                                                                  : nlohmann::ordered_json(base_model_name_or_path)},
+      {"bias", "none"},
+      {"fan_in_fan_out", false},
+      {"inference_mode", true},
+      {"init_lora_weights", true},
+      {"layers_pattern", nullptr},
+      {"layers_to_transform", nullptr},
+      {"lora_alpha", first.alpha},
+      {"lora_dropout", 0.0},
+      {"modules_to_save", nullptr},
+      {"peft_type", "LORA"},
+      {"r", first.rank},
+      {"rank_pattern", rank_pattern},
+      {"revision", nullptr},
+      {"target_modules", modules},
+      {"task_type", nullptr},
+      {"use_dora", true},
+      {"use_rslora", first.use_rslora},
+  };
+  const std::string text = cfg.dump(2) + "\n";
+  write_file_atomically(dir / "adapter_config.json", [&](atomic_writer& w) { w.write(text); });
+}
+
+/// Reads and validates `dir`/adapter_config.json.
+[[nodiscard]] inline peft_config read_peft_config(const std::filesystem::path& dir) {
+  const auto path = dir / "adapter_config.json";
+  std::ifstream in(path);
+  if (!in) throw io_error(detail::concat(path.string(), ": cannot open for reading"));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw io_error(detail::concat(path.string(), ": not valid JSON: ", e.what()));
+  }
+  auto fail = [&](const std::string& what) -> void { throw io_error(detail::concat(path.string(), ": ", what)); };
+  if (!j.is_object()) fail("not a JSON object");
+  if (j.value("peft_type", std::string()) != "LORA") {
+    fail(detail::concat("'peft_type' must be \"LORA\", got ", j.contains("peft_type") ? j["peft_type"].dump() : "nothing"));
+  }
+  peft_config c;
+  try {
+    c.use_dora = j.value("use_dora", false);
+    if (!j.contains("r") || !j["r"].is_number_integer()) fail("'r' must be an integer");
+    c.r = j["r"].get<std::int64_t>();
+    if (!j.contains("lora_alpha") || !j["lora_alpha"].is_number()) fail("'lora_alpha' must be a number");
+    c.lora_alpha = j["lora_alpha"].get<double>();
+    c.use_rslora = j.value("use_rslora", false);
+    if (j.contains("target_modules") && j["target_modules"].is_array()) {
+      c.target_modules = j["target_modules"].get<std::vector<std::string>>();
+    }
+    if (j.contains("rank_pattern") && j["rank_pattern"].is_object()) {
+      c.rank_pattern = j["rank_pattern"].get<std::map<std::string, std::int64_t>>();
+    }
+    if (j.contains("alpha_pattern") && j["alpha_pattern"].is_object()) {
+      c.alpha_pattern = j["alpha_pattern"].get<std::map<std::string, double>>();
+    }
+    if (j.contains("base_model_name_or_path") && j["base_model_name_or_path"].is_string()) {
+      c.base_model_name_or_path = j["base_model_name_or_path"].get<std::string>();
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail(detail::concat("unexpected field type: ", e.what()));
+  }
+  if (!c.use_dora) fail("'use_dora' is not true: this is a plain LoRA adapter, not DoRA");
+  if (c.r < 1) fail(detail::concat("'r' must be >= 1, got ", c.r));
+  return c;
+}
+
+/// Loads `dir` into existing adapters (matched by module name): every
+/// adapter's three tensors must be present with the shapes the adapter has
+/// and the config's rank and alpha must match; nothing is changed unless all
+/// modules load.
+inline void load_peft_adapter(const std::filesystem::path& dir, const std::vector<named_adapter<dora_adapter>>& adapters) {
+  const peft_config cfg = read_peft_config(dir);
+  const auto file = safetensors_file::load(dir / "adapter_model.safetensors");
+  struct loaded {
+    dora_adapter* a;
+    Tensor m, A, B;
+  };
+  std::vector<loaded> staged;
+  for (const auto& [module, a] : adapters) {
+    if (cfg.rank_of(module) != a->rank()) {
+      throw value_error(detail::concat(dir.string(), ": module '", module, "' has rank ", cfg.rank_of(module),
+                                       " in adapter_config.json but the adapter has rank ", a->rank()));
+    }
+    if (cfg.alpha_of(module) != a->config().alpha || cfg.use_rslora != a->config().use_rslora) {
+      throw value_error(detail::concat(dir.string(), ": module '", module, "' has lora_alpha ", cfg.alpha_of(module),
+                                       " and use_rslora ", cfg.use_rslora, " in adapter_config.json but the adapter has ",
+                                       a->config().alpha, " and ", a->config().use_rslora));
+    }
+    auto take = [&](const char* what, const Shape& expected) {
+      const std::string key = detail::peft_key(module, what);
+      if (!file.contains(key)) throw io_error(detail::concat(file.source(), ": missing tensor '", key, "'"));
+      const auto& info = file.info(key);
+      if (info.dtype != st_dtype::F32 && info.dtype != st_dtype::F16 && info.dtype != st_dtype::BF16 &&
+          info.dtype != st_dtype::F64) {
+        throw io_error(detail::concat(file.source(), ": tensor '", key, "' has dtype ", to_string(info.dtype),
+                                      "; adapter tensors must be floating point"));
+      }
+      Tensor t = file.tensor(key);
+      if (!(t.shape() == expected)) {
+        throw shape_error(detail::concat(file.source(), ": tensor '", key, "' has shape ", t.shape().to_string(),
+                                         " but the adapter expects ", expected.to_string()));
+      }
+      return t;
+    };
+    loaded l{a, take("lora_magnitude_vector", detail::peft_magnitude_shape(*a)), take("lora_A.weight", a->lora_A().shape()),
+             take("lora_B.weight", a->lora_B().shape())};
+    l.m.reshape(a->magnitude().shape());
+    staged.push_back(std::move(l));
+  }
+  for (auto& l : staged) l.a->set_parameters(std::move(l.m), std::move(l.A), std::move(l.B));
+}
+
+}  // namespace rimc

@@ -1,0 +1,381 @@
+// Tests of rimc::dora_adapter: identity at init, the factorised forward
+// against the materialised W', hand-written gradients against finite
+// differences (double) and against PyTorch autograd, the deploy form, and
+// invalid settings.
+
+#include <rimc/adapt/dora_adapter.hpp>
+#include <rimc/adapt/dora_reference.hpp>
+#include <rimc/io/safetensors.hpp>
+#include <rimc/kernels/reference.hpp>
+
+#include "test_util.hpp"
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+
+using namespace rimc;
+using reference::dmat;
+using reference::dvec;
+
+namespace {
+
+dmat<double> to_dmat(const Tensor& t, std::int64_t rows) {
+  const Tensor p = t.to_layout(layout::nchw);
+  return p.matrix(rows, p.numel() / rows).cast<double>();
+}
+
+/// The adapter's current parameters as a double-precision reference problem.
+reference::dora_params<double> params_of(const dora_adapter& a, const Tensor* bias) {
+  reference::dora_params<double> p;
+  p.w0 = to_dmat(a.base_weights(), a.out_features());
+  p.a = to_dmat(a.lora_A(), a.rank());
+  p.b = to_dmat(a.lora_B(), a.out_features());
+  p.m = a.magnitude().vector().cast<double>();
+  if (bias) p.bias = bias->vector().cast<double>();
+  p.scale = a.config().scale();
+  return p;
+}
+
+/// Input rows for the reference: x itself for linear, im2col(x) for conv.
+dmat<double> rows_of(const dora_adapter& a, const Tensor& x) {
+  if (!a.is_conv()) return to_dmat(x, x.dim(0));
+  const Tensor xs = x.to_layout(layout::nchw);
+  const Shape w = a.base_weights().shape();
+  const Shape out = conv2d_output_shape(x.shape(), w, a.conv_params());
+  const auto P = out[0] * out[2] * out[3];
+  Tensor cols(Shape{P, a.fan_in()});
+  reference::im2col(xs.data(), x.shape(), w, a.conv_params(), cols.data());
+  return cols.matrix().cast<double>();
+}
+
+/// A reference output [P, O] as a tensor shaped like the adapter's output.
+Tensor as_output(const dmat<double>& y, const Shape& shape) {
+  Tensor t = Tensor::empty(shape, shape.rank() == 4 ? layout::nhwc : layout::nchw);
+  t.matrix(y.rows(), y.cols()) = y.cast<float>();
+  return t;
+}
+
+/// Random parameters away from the init (m perturbed, B non-zero).
+void perturb(dora_adapter& a, std::uint64_t seed) {
+  Tensor m = a.magnitude(), A = a.lora_A(), B = test::random_tensor(a.lora_B().shape(), seed, layout::nchw, -0.3f, 0.3f);
+  for (std::int64_t o = 0; o < m.numel(); ++o) m[o] *= 1.0f + 0.4f * static_cast<float>(counter_rng(seed, 1).uniform(o));
+  a.set_parameters(m, A, B);
+}
+
+struct layer_case {
+  const char* name;
+  bool conv;
+  Shape x, w;
+  conv2d_params p;
+  std::int64_t rank;
+};
+
+std::vector<layer_case> layer_cases() {
+  conv2d_params s2;
+  s2.stride = {2, 2};
+  s2.padding = {1, 1};
+  return {
+      {"linear, batch 4", false, Shape{4, 13}, Shape{6, 13}, {}, 3},
+      {"linear on a flattened image", false, Shape{3, 2, 3, 2}, Shape{5, 12}, {}, 2},
+      {"conv 3x3 stride 2 padding 1, non-square input, batch 3", true, Shape{3, 4, 9, 7}, Shape{6, 4, 3, 3}, s2, 2},
+      {"conv 1x1", true, Shape{2, 8, 5, 5}, Shape{4, 8, 1, 1}, {}, 4},
+  };
+}
+
+dora_adapter make_adapter(const layer_case& c, norm_mode mode, std::uint64_t seed = 3) {
+  dora_config cfg;
+  cfg.rank = c.rank;
+  cfg.alpha = 2.0 * static_cast<double>(c.rank);
+  cfg.norm = mode;
+  cfg.seed = seed;
+  Tensor w0 = test::random_tensor(c.w, seed + 10, layout::nchw, -0.5f, 0.5f);
+  return c.conv ? dora_adapter::conv2d(w0, c.p, cfg) : dora_adapter::linear(w0, cfg);
+}
+
+}  // namespace
+
+TEST_SUITE("dora") {
+  TEST_CASE("at init the adapted layer reproduces the base layer exactly") {
+    for (const auto& c : layer_cases()) {
+      SUBCASE(c.name) {
+        const dora_adapter a = make_adapter(c, norm_mode::detached);
+        CHECK(a.lora_B().vector().isZero(0));
+        const Tensor g = a.gamma();
+        for (float v : g.values()) REQUIRE(v == 1.0f);
+        // A is kaiming-uniform with bound 1/sqrt(fan_in), as PEFT initialises it.
+        const float bound = 1.0f / std::sqrt(static_cast<float>(a.fan_in()));
+        CHECK(a.lora_A().vector().cwiseAbs().maxCoeff() <= bound);
+        CHECK(a.lora_A().vector().cwiseAbs().maxCoeff() > 0.5f * bound);
+        const Tensor x = test::random_tensor(c.x, 1);
+        const Tensor bias = test::random_tensor(Shape{c.w[0]}, 2);
+        Tensor z0, y;
+        a.base_forward(x, z0);
+        a.forward(x, z0, &bias, y);
+        const Tensor zr = z0.to_layout(y.memory_layout());
+        const auto O = c.w[0];
+        for (std::int64_t i = 0; i < y.numel(); ++i) REQUIRE(y[i] == zr[i] + bias[i % O]);
+      }
+    }
+  }
+
+  TEST_CASE("the factorised forward equals the materialised W' for random m, A, B") {
+    for (const auto& c : layer_cases()) {
+      SUBCASE(c.name) {
+        dora_adapter a = make_adapter(c, norm_mode::detached);
+        perturb(a, 5);
+        const Tensor x = test::random_tensor(c.x, 1);
+        const Tensor bias = test::random_tensor(Shape{c.w[0]}, 2);
+        Tensor y;
+        a.forward(x, &bias, y);
+        const auto ref = reference::dora_forward(rows_of(a, x), params_of(a, &bias));
+        test::check_close(y, as_output(ref, y.shape()), 1e-5, 1e-5);
+        // The norms computed from W0 A^T and A A^T equal ||W0 + s B A||.
+        const dvec<double> n = reference::dora_norms(params_of(a, nullptr));
+        for (std::int64_t o = 0; o < a.out_features(); ++o) CHECK(a.norms()[o] == doctest::Approx(n[o]).epsilon(1e-6));
+      }
+    }
+  }
+
+  TEST_CASE("reference gradients match central differences in double, both norm modes") {
+    for (const auto& c : layer_cases()) {
+      for (norm_mode mode : {norm_mode::detached, norm_mode::exact}) {
+        SUBCASE((std::string(c.name) + (mode == norm_mode::exact ? ", exact norm" : ", detached norm")).c_str()) {
+          dora_adapter a = make_adapter(c, mode);
+          perturb(a, 7);
+          const Tensor bias = test::random_tensor(Shape{c.w[0]}, 2);
+          const auto p0 = params_of(a, &bias);
+          const Tensor x = test::random_tensor(c.x, 1);
+          const dmat<double> X = rows_of(a, x);
+          const bool exact = mode == norm_mode::exact;
+          const std::optional<dvec<double>> frozen_n =
+              exact ? std::nullopt : std::optional<dvec<double>>(reference::dora_norms(p0));
+          auto flat = [](const auto& m) { return std::vector<double>(m.data(), m.data() + m.size()); };
+          auto run = [&](const reference::dora_params<double>& p, const dmat<double>& xr) {
+            return flat(reference::dora_forward(xr, p, frozen_n));
+          };
+          auto grads = [&](const std::vector<double>& dy) {
+            const Eigen::Map<const dmat<double>> G(dy.data(), X.rows(), p0.m.size());
+            return reference::dora_backward(X, p0, dmat<double>(G), exact);
+          };
+          SUBCASE("magnitude") {
+            test::check_gradient(
+                [&](const std::vector<double>& v) {
+                  auto p = p0;
+                  p.m = Eigen::Map<const dvec<double>>(v.data(), p0.m.size());
+                  return run(p, X);
+                },
+                [&](const std::vector<double>&, const std::vector<double>& dy) { return flat(grads(dy).m); }, flat(p0.m),
+                11);
+          }
+          SUBCASE("lora_A") {
+            test::check_gradient(
+                [&](const std::vector<double>& v) {
+                  auto p = p0;
+                  p.a = Eigen::Map<const dmat<double>>(v.data(), p0.a.rows(), p0.a.cols());
+                  return run(p, X);
+                },
+                [&](const std::vector<double>&, const std::vector<double>& dy) { return flat(grads(dy).a); }, flat(p0.a),
+                12);
+          }
+          SUBCASE("lora_B") {
+            test::check_gradient(
+                [&](const std::vector<double>& v) {
+                  auto p = p0;
+                  p.b = Eigen::Map<const dmat<double>>(v.data(), p0.b.rows(), p0.b.cols());
+                  return run(p, X);
+                },
+                [&](const std::vector<double>&, const std::vector<double>& dy) { return flat(grads(dy).b); }, flat(p0.b),
+                13);
+          }
+          SUBCASE("input") {
+            // Through im2col / col2im for conv, so the input gradient of the layer itself is checked.
+            const Shape w = a.base_weights().shape();
+            const Tensor xs = x.to_layout(layout::nchw);
+            std::vector<double> x0(xs.data(), xs.data() + xs.numel());
+            auto rows = [&](const std::vector<double>& xv) {
+              if (!c.conv) return dmat<double>(Eigen::Map<const dmat<double>>(xv.data(), X.rows(), X.cols()));
+              dmat<double> cols(X.rows(), X.cols());
+              reference::im2col(xv.data(), c.x, w, c.p, cols.data());
+              return cols;
+            };
+            test::check_gradient([&](const std::vector<double>& xv) { return run(p0, rows(xv)); },
+                                 [&](const std::vector<double>&, const std::vector<double>& dy) {
+                                   const dmat<double> dxr = grads(dy).x;
+                                   if (!c.conv) return flat(dxr);
+                                   std::vector<double> dx(x0.size());
+                                   reference::col2im(dxr.data(), c.x, w, c.p, dx.data());
+                                   return dx;
+                                 },
+                                 x0, 14);
+          }
+        }
+      }
+    }
+  }
+
+  TEST_CASE("the adapter's backward matches the reference gradients, both norm modes") {
+    for (const auto& c : layer_cases()) {
+      for (norm_mode mode : {norm_mode::detached, norm_mode::exact}) {
+        SUBCASE((std::string(c.name) + (mode == norm_mode::exact ? ", exact norm" : ", detached norm")).c_str()) {
+          dora_adapter a = make_adapter(c, mode);
+          perturb(a, 9);
+          const Tensor bias = test::random_tensor(Shape{c.w[0]}, 2);
+          const Tensor x = test::random_tensor(c.x, 1);
+          dora_cache cache;
+          Tensor y;
+          a.forward(x, &bias, y, &cache);
+          const Tensor gy = test::random_tensor(y.shape(), 4);
+          dora_gradients g;
+          Tensor dx;
+          a.backward(cache, gy, g, &dx);
+          const dmat<double> X = rows_of(a, x);
+          const Tensor gyp = gy.to_layout(y.memory_layout());
+          const dmat<double> G = gyp.matrix(X.rows(), c.w[0]).cast<double>();
+          const auto ref = reference::dora_backward(X, params_of(a, &bias), G, mode == norm_mode::exact);
+          auto T = [](const auto& m, const Shape& s) {
+            Tensor t(s);
+            const dmat<double> rm = m;
+            t.matrix(rm.rows(), rm.cols()) = rm.cast<float>();
+            return t;
+          };
+          test::check_close(g.magnitude, T(dmat<double>(ref.m.transpose()), a.magnitude().shape()), 1e-4, 1e-4);
+          test::check_close(g.lora_A, T(ref.a, a.lora_A().shape()), 1e-4, 1e-4);
+          test::check_close(g.lora_B, T(ref.b, a.lora_B().shape()), 1e-4, 1e-4);
+          Tensor dx_ref(c.x);
+          if (c.conv) {
+            reference::col2im(dmat<double>(ref.x).cast<float>().eval().data(), c.x, a.base_weights().shape(), c.p,
+                              dx_ref.data());
+          } else {
+            dx_ref.matrix(ref.x.rows(), ref.x.cols()) = ref.x.cast<float>();
+          }
+          test::check_close(dx, dx_ref, 1e-4, 1e-4);
+        }
+      }
+    }
+  }
+
+  TEST_CASE("forward and gradients match PyTorch autograd (tests/data/dora_fixtures.safetensors)") {
+    const auto f = safetensors_file::load(std::filesystem::path(RIMC_TEST_DATA_DIR) / "dora_fixtures.safetensors");
+    for (std::string name : {"linear", "conv"}) {
+      for (std::string mode : {"detached", "exact"}) {
+        SUBCASE((name + ", " + mode).c_str()) {
+          const auto t = [&](const std::string& key) { return f.tensor(name + "." + key); };
+          dora_config cfg;
+          cfg.rank = std::stoll(f.metadata().at(name + ".rank"));
+          cfg.alpha = std::stod(f.metadata().at(name + ".alpha"));
+          cfg.use_rslora = f.metadata().at(name + ".use_rslora") == "true";
+          cfg.norm = mode == "exact" ? norm_mode::exact : norm_mode::detached;
+          conv2d_params p;
+          p.stride = {2, 2};
+          p.padding = {1, 1};
+          dora_adapter a = name == "conv" ? dora_adapter::conv2d(t("w0"), p, cfg) : dora_adapter::linear(t("w0"), cfg);
+          a.set_parameters(t("m"), t("A"), t("B"));
+          const Tensor x = t("x"), bias = t("bias");
+          dora_cache cache;
+          Tensor y;
+          a.forward(x, &bias, y, &cache);
+          test::check_close(y, t("y"), 1e-5, 1e-5);
+          dora_gradients g;
+          Tensor dx;
+          a.backward(cache, t("grad_y"), g, &dx);
+          test::check_close(g.magnitude, t(mode + ".dm"), 1e-5, 1e-5);
+          test::check_close(g.lora_A, t(mode + ".dA"), 1e-5, 1e-5);
+          test::check_close(g.lora_B, t(mode + ".dB"), 1e-5, 1e-5);
+          test::check_close(dx, t(mode + ".dx"), 1e-5, 1e-5);
+        }
+      }
+    }
+  }
+
+  TEST_CASE("zero-norm rows stay finite in both modes") {
+    Tensor w0 = test::random_tensor(Shape{4, 6}, 1);
+    for (std::int64_t k = 0; k < 6; ++k) w0[2 * 6 + k] = 0.0f;  // row 2 is all zeros
+    for (norm_mode mode : {norm_mode::detached, norm_mode::exact}) {
+      dora_config cfg;
+      cfg.rank = 2;
+      cfg.norm = mode;
+      const dora_adapter a = dora_adapter::linear(w0, cfg);
+      CHECK(a.norms()[2] == static_cast<float>(cfg.norm_eps));
+      const Tensor x = test::random_tensor(Shape{3, 6}, 2);
+      dora_cache cache;
+      Tensor y, dx;
+      a.forward(x, nullptr, y, &cache);
+      dora_gradients g;
+      a.backward(cache, test::random_tensor(y.shape(), 3), g, &dx);
+      for (const Tensor* t : {&y, &g.magnitude, &g.lora_A, &g.lora_B, &dx}) CHECK(t->vector().allFinite());
+    }
+  }
+
+  TEST_CASE("the deploy form computes the training forward") {
+    for (const auto& c : layer_cases()) {
+      SUBCASE(c.name) {
+        dora_adapter a = make_adapter(c, norm_mode::detached);
+        perturb(a, 5);
+        const Tensor x = test::random_tensor(c.x, 1), bias = test::random_tensor(Shape{c.w[0]}, 2);
+        Tensor z0, y, yd;
+        a.base_forward(x, z0);
+        a.forward(x, z0, &bias, y);
+        a.deploy(sram_precision::fp32).forward(x, z0, &bias, yd);
+        CHECK(yd == y);  // bitwise
+        // fp16 and int8 storage: within the rounding of the stored values.
+        a.deploy(sram_precision::fp16).forward(x, z0, &bias, yd);
+        test::check_close(yd, y, 2e-3, 2e-3);
+        a.deploy(sram_precision::int8).forward(x, z0, &bias, yd);
+        test::check_close(yd, y, 2e-2, 2e-2);
+      }
+    }
+  }
+
+  TEST_CASE("footprints count parameters, SRAM bytes and the share of RRAM weights") {
+    dora_config cfg;
+    cfg.rank = 2;
+    const dora_adapter a = dora_adapter::conv2d(Tensor(Shape{16, 8, 3, 3}), {}, cfg);
+    // O = 16, K = 72, r = 2: 16 + 144 + 32 = 192 values over 1152 weights.
+    const auto f = a.footprint();
+    CHECK(f.parameters == 192);
+    CHECK(f.rram_weights == 1152);
+    CHECK(f.sram_bytes == 768);
+    CHECK(f.share_percent() == doctest::Approx(100.0 / 6.0));
+    CHECK(a.footprint(sram_precision::fp16).sram_bytes == 384);
+    CHECK(a.footprint(sram_precision::int8).sram_bytes == 176 + 2 * (16 + 2 + 16));
+    CHECK(a.deploy(sram_precision::int8).footprint().sram_bytes == 244);
+    adapter_footprint total;
+    total += f;
+    total += f;
+    CHECK(total.share_percent() == doctest::Approx(100.0 / 6.0));
+  }
+
+  TEST_CASE("invalid settings are rejected up front with the values named") {
+    dora_config cfg;
+    cfg.rank = 0;
+    CHECK_THROWS_WITH((void)dora_adapter::linear(Tensor(Shape{4, 6}), cfg),
+                      "[rimc.value_error] dora_config: rank must be in [1, min(64, O = 4, K = 6)], got 0");
+    cfg.rank = 5;
+    CHECK_THROWS_WITH((void)dora_adapter::linear(Tensor(Shape{4, 6}), cfg),
+                      "[rimc.value_error] dora_config: rank must be in [1, min(64, O = 4, K = 6)], got 5");
+    cfg.rank = 2;
+    cfg.alpha = -1;
+    CHECK_THROWS_WITH((void)dora_adapter::linear(Tensor(Shape{4, 6}), cfg),
+                      "[rimc.value_error] dora_config: alpha must be a positive finite number, got -1");
+    cfg.alpha = 4;
+    conv2d_params g2;
+    g2.groups = 2;
+    CHECK_THROWS_WITH((void)dora_adapter::conv2d(Tensor(Shape{4, 3, 3, 3}), g2, cfg),
+                      "[rimc.value_error] dora_adapter::conv2d: groups must be 1 (PEFT's DoRA supports no grouped "
+                      "convolutions), got 2");
+    Tensor w(Shape{4, 6});
+    w[3] = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_WITH((void)dora_adapter::linear(w, cfg),
+                      "[rimc.value_error] dora_adapter::linear: base weights: element 3 of tensor [4, 6] is nan");
+    dora_adapter a = dora_adapter::linear(Tensor(Shape{4, 6}), cfg);
+    CHECK_THROWS_WITH(a.set_parameters(Tensor(Shape{4}), Tensor(Shape{2, 5}), Tensor(Shape{4, 2})),
+                      "[rimc.shape_error] dora_adapter::set_parameters: lora_A: shapes differ: [2, 5] vs [2, 6]");
+    Tensor y;
+    CHECK_THROWS_WITH(a.forward(Tensor(Shape{3, 5}), nullptr, y),
+                      "[rimc.shape_error] linear: src [3, 5] does not give 6 features per row for weights [4, 6]");
+    dora_gradients g;
+    CHECK_THROWS_WITH(a.backward(dora_cache{}, Tensor(Shape{3, 4}), g),
+                      "[rimc.value_error] dora_adapter::backward: the cache holds no forward pass");
+  }
+}
