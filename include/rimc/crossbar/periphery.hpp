@@ -1,0 +1,113 @@
+#pragma once
+/// \file
+/// Crossbar periphery: the input DAC, the per-tile output ADC, output noise
+/// and per-MVM read noise. An ideal periphery (`periphery_config::ideal()`)
+/// lets the analog layers run one oneDNN kernel on the effective weights;
+/// anything else runs tile by tile.
+///
+/// Units: the DAC maps each input vector to codes x~ in [-1, 1]; a tile
+/// column then carries the normalised current c = sum_k x~_k (G+_k - G-_k) /
+/// (g_max - g_min) (differential) or sum_k x~_k G_k / (g_max - g_min)
+/// (offset), i.e. currents in units of "one full-scale cell driven at full
+/// input". ADC ranges and output noise are in these units.
+
+#include <rimc/core/error.hpp>
+#include <rimc/device/device_config.hpp>
+#include <rimc/device/drift.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+
+namespace rimc {
+
+/// How the DAC scales an input vector before quantising it.
+enum class dac_scaling : std::uint8_t {
+  per_vector_absmax,  ///< each input vector (per tile row block) divided by its max |x|, scale restored digitally
+  fixed,              ///< inputs divided by a fixed range and clipped to [-1, 1]
+};
+
+/// Input DAC: `bits` signed levels (2^(bits-1) - 1 steps each side of 0).
+struct dac_config {
+  int bits = 8;                                         ///< resolution, 2..16
+  dac_scaling scaling = dac_scaling::per_vector_absmax;  ///< scaling mode
+  double range = 1.0;                                   ///< input full scale for `fixed` scaling (input units)
+
+  void validate() const {
+    detail::check_int_range("dac_config", "bits", bits, 2, 16);
+    detail::check_finite_value("dac_config", "range", range);
+    if (!(range > 0)) throw value_error(detail::concat("dac_config: range must be > 0, got ", range));
+  }
+  /// Steps on each side of zero.
+  [[nodiscard]] double steps() const noexcept { return std::ldexp(1.0, bits - 1) - 1; }
+};
+
+/// How the ADC range is chosen.
+enum class adc_range_mode : std::uint8_t {
+  fixed,       ///< `range` as given
+  percentile,  ///< per tile and slice, the `percentile` of |current| over calibration data (calibrate_adc)
+};
+
+/// Output ADC per tile: `bits` signed levels over [-range, range] (normalised current units).
+struct adc_config {
+  int bits = 8;                                      ///< resolution, 2..16
+  adc_range_mode mode = adc_range_mode::percentile;  ///< range selection
+  double range = 0.0;                                ///< full scale for `fixed` mode (normalised current)
+  double percentile = 99.99;                         ///< for `percentile` mode, in (0, 100]
+
+  void validate() const {
+    detail::check_int_range("adc_config", "bits", bits, 2, 16);
+    if (mode == adc_range_mode::fixed) {
+      detail::check_finite_value("adc_config", "range", range);
+      if (!(range > 0)) throw value_error(detail::concat("adc_config: range must be > 0, got ", range));
+    } else {
+      detail::check_finite_value("adc_config", "percentile", percentile);
+      if (!(percentile > 0 && percentile <= 100)) {
+        throw value_error(detail::concat("adc_config: percentile must be in (0, 100], got ", percentile));
+      }
+    }
+  }
+  /// Steps on each side of zero.
+  [[nodiscard]] double steps() const noexcept { return std::ldexp(1.0, bits - 1) - 1; }
+};
+
+/// Everything between the digital inputs/outputs and the array.
+struct periphery_config {
+  std::optional<dac_config> dac;  ///< input DAC (none: ideal, unquantised inputs)
+  std::optional<adc_config> adc;  ///< output ADC per tile and slice (none: ideal)
+  double output_noise = 0.0;      ///< sigma of Gaussian noise added to each column current, normalised units
+  read_noise read{};              ///< per-MVM read noise of each cell
+  std::uint64_t noise_seed = 0;   ///< seed of the output and read noise (one draw per call and element)
+
+  /// The ideal periphery: no quantisation, no noise.
+  [[nodiscard]] static periphery_config ideal() { return {}; }
+  /// An 8-bit-style quantised periphery: DAC with per-vector abs-max scaling and a percentile-calibrated ADC.
+  [[nodiscard]] static periphery_config quantised(int dac_bits, int adc_bits, double percentile = 99.99) {
+    periphery_config p;
+    p.dac = dac_config{dac_bits, dac_scaling::per_vector_absmax, 1.0};
+    p.adc = adc_config{adc_bits, adc_range_mode::percentile, 0.0, percentile};
+    return p;
+  }
+
+  /// True when the array computes exactly with its effective weights.
+  [[nodiscard]] bool is_ideal() const noexcept { return !dac && !adc && output_noise == 0.0 && read.is_none(); }
+
+  void validate() const {
+    if (dac) dac->validate();
+    if (adc) adc->validate();
+    detail::check_non_negative("periphery_config", "output_noise", output_noise);
+    read.validate();
+  }
+};
+
+namespace detail {
+
+/// Quantises v / scale (clipped to [-1, 1]) to `steps` levels per side; returns the code in [-1, 1].
+[[nodiscard]] inline float quantise_unit(float v, float inv_scale, float steps) noexcept {
+  const float u = std::clamp(v * inv_scale, -1.0f, 1.0f);
+  return std::nearbyint(u * steps) / steps;
+}
+
+}  // namespace detail
+}  // namespace rimc

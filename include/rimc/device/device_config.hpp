@@ -1,0 +1,142 @@
+#pragma once
+/// \file
+/// rimc::device_config: the physical description of one RRAM cell type
+/// (conductance range, levels per cell, bit slicing, weight-scale
+/// granularity, programming noise), its validation, and the random-stream
+/// ids every stochastic device effect draws from.
+
+#include <rimc/core/error.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string_view>
+
+namespace rimc {
+
+/// The independent random streams of the device and periphery effects. Each
+/// effect draws `counter_rng(seed, stream).normal(cell)`, so effects never
+/// share random numbers and results do not depend on thread count or order.
+enum class rng_stream : std::uint64_t {
+  programming = 0x5052'4f47,     ///< programming (write-verify) noise
+  drift = 0x4452'4946,           ///< drift / relaxation noise
+  drift_exponent = 0x4e55'0000,  ///< per-cell power-law drift exponent
+  read_noise = 0x5245'4144,      ///< per-MVM read noise
+  output_noise = 0x4f55'5450,    ///< per-MVM output (ADC input) noise
+};
+
+namespace detail {
+
+/// SplitMix64 finaliser: a bijective 64-bit mix.
+[[nodiscard]] constexpr std::uint64_t splitmix64(std::uint64_t x) noexcept {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+/// A seed derived from `seed` and a second key (a layer id, a call counter).
+[[nodiscard]] constexpr std::uint64_t mix_seed(std::uint64_t seed, std::uint64_t key) noexcept {
+  return splitmix64(seed ^ splitmix64(key + 0x6A09E667F3BCC909ull));
+}
+
+/// Throws value_error "<what>: <field> must be finite, got <v>" for NaN / infinity.
+inline void check_finite_value(std::string_view what, std::string_view field, double v) {
+  if (!std::isfinite(v)) throw value_error(concat(what, ": ", field, " must be finite, got ", v));
+}
+
+/// Throws value_error unless v is finite and >= 0.
+inline void check_non_negative(std::string_view what, std::string_view field, double v) {
+  check_finite_value(what, field, v);
+  if (v < 0) throw value_error(concat(what, ": ", field, " must be >= 0, got ", v));
+}
+
+/// Throws value_error unless lo <= v <= hi.
+inline void check_int_range(std::string_view what, std::string_view field, int v, int lo, int hi) {
+  if (v < lo || v > hi) {
+    throw value_error(concat(what, ": ", field, " must be in [", lo, ", ", hi, "], got ", v));
+  }
+}
+
+}  // namespace detail
+
+/// Programming (write-verify) noise: the programmed conductance is the
+/// target level plus N(0, sigma(G)^2) with sigma(G) = c0 + c1 G + c2 G^2 in
+/// uS (G in uS, the target conductance), clamped at 0. This one form covers
+/// none, constant sigma, sigma proportional to G, and the presets of
+/// PAPER.md (HfOx/CMO ReRAM affine fits, the PCM quadratic fit).
+struct programming_noise {
+  double c0_us = 0.0;  ///< constant term of sigma, uS
+  double c1 = 0.0;     ///< linear term of sigma (per uS of G), dimensionless
+  double c2_per_us = 0.0;  ///< quadratic term of sigma, 1/uS
+
+  /// No programming noise.
+  [[nodiscard]] static constexpr programming_noise none() noexcept { return {}; }
+  /// sigma = sigma_us for every level.
+  [[nodiscard]] static constexpr programming_noise constant(double sigma_us) noexcept { return {sigma_us, 0, 0}; }
+  /// sigma = ratio * G.
+  [[nodiscard]] static constexpr programming_noise proportional(double ratio) noexcept { return {0, ratio, 0}; }
+  /// sigma = c0_us + c1 G + c2_per_us G^2.
+  [[nodiscard]] static constexpr programming_noise polynomial(double c0_us, double c1, double c2_per_us) noexcept {
+    return {c0_us, c1, c2_per_us};
+  }
+
+  /// True when sigma is identically zero.
+  [[nodiscard]] constexpr bool is_none() const noexcept { return c0_us == 0 && c1 == 0 && c2_per_us == 0; }
+
+  /// sigma in uS at target conductance g_us (never negative).
+  [[nodiscard]] double sigma_us(double g_us) const noexcept {
+    return std::max(0.0, c0_us + (c1 + c2_per_us * g_us) * g_us);
+  }
+
+  /// Throws value_error naming the coefficient that is NaN or infinite.
+  void validate() const {
+    detail::check_finite_value("programming_noise", "c0_us", c0_us);
+    detail::check_finite_value("programming_noise", "c1", c1);
+    detail::check_finite_value("programming_noise", "c2_per_us", c2_per_us);
+  }
+};
+
+/// How finely the weight-to-conductance scale is chosen.
+enum class weight_scale : std::uint8_t {
+  per_layer,   ///< one scale (max |w|) for the whole matrix
+  per_column,  ///< one scale per output column (per output channel)
+};
+
+/// One RRAM cell type and how weights are written onto it.
+///
+/// A weight w of a column with scale s is quantised to an integer code
+/// q = round(w / s * q_max) (see `level_grid`), the code is split into
+/// `slices` base-2^bits_per_cell digits, and each digit d is written to a
+/// cell as g_min_us + d / (2^bits_per_cell - 1) * (g_max_us - g_min_us).
+struct device_config {
+  double g_min_us = 1.0;    ///< lowest programmable conductance (the unused device of a pair), uS
+  double g_max_us = 40.0;   ///< highest programmable conductance, uS
+  int bits_per_cell = 8;    ///< multi-level cell: 2^bits_per_cell levels, 1..8
+  int slices = 1;           ///< cells per weight (bit slicing, shift-and-add in digital), 1..4
+  weight_scale scale = weight_scale::per_column;  ///< weight-scale granularity
+  programming_noise noise{};                      ///< programming noise model
+
+  /// Conductance span g_max_us - g_min_us, uS.
+  [[nodiscard]] constexpr double range_us() const noexcept { return g_max_us - g_min_us; }
+
+  /// Throws value_error naming the first invalid field.
+  void validate() const {
+    constexpr std::string_view what = "device_config";
+    detail::check_non_negative(what, "g_min_us", g_min_us);
+    detail::check_finite_value(what, "g_max_us", g_max_us);
+    if (!(g_min_us < g_max_us)) {
+      throw value_error(detail::concat("device_config: g_min_us (", g_min_us, ") must be < g_max_us (", g_max_us,
+                                       ")"));
+    }
+    detail::check_int_range(what, "bits_per_cell", bits_per_cell, 1, 8);
+    detail::check_int_range(what, "slices", slices, 1, 4);
+    if (bits_per_cell * slices > 16) {
+      throw value_error(detail::concat("device_config: bits_per_cell * slices must be <= 16, got ", bits_per_cell,
+                                       " * ", slices));
+    }
+    noise.validate();
+  }
+};
+
+}  // namespace rimc
