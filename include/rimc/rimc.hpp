@@ -13,8 +13,20 @@
 
 #include <rimc/kernels/conv2d.hpp>
 #include <rimc/kernels/eltwise.hpp>
+#include <rimc/kernels/im2col.hpp>
 #include <rimc/kernels/linear.hpp>
 #include <rimc/kernels/onednn.hpp>
 #include <rimc/kernels/params.hpp>
 #include <rimc/kernels/pooling.hpp>
 #include <rimc/kernels/reference.hpp>
+
+#include <rimc/device/device_config.hpp>
+#include <rimc/device/drift.hpp>
+#include <rimc/device/presets.hpp>
+#include <rimc/device/programming.hpp>
+
+#include <rimc/crossbar/analog_layers.hpp>
+#include <rimc/crossbar/compensation.hpp>
+#include <rimc/crossbar/periphery.hpp>
+#include <rimc/crossbar/tile.hpp>
+#include <rimc/crossbar/tiled_array.hpp>

@@ -1,0 +1,63 @@
+#pragma once
+/// \file
+/// rimc::im2col: unfolds the receptive fields of a 2-D convolution into the
+/// rows of a matrix, so the convolution becomes one matrix product with the
+/// weights flattened as [C * kh * kw, O] (the crossbar orientation).
+
+#include <rimc/core/error.hpp>
+#include <rimc/core/shape.hpp>
+#include <rimc/core/tensor.hpp>
+#include <rimc/kernels/params.hpp>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace rimc {
+
+/// cols [N * OH * OW, C * kh * kw] from src [N, C, H, W] (either layout): row
+/// (n, oh, ow) holds the zero-padded receptive field of that output pixel in
+/// PyTorch's weight-flatten order (c, i, j). Groups must be 1. Rows come in
+/// (n, oh, ow) order, so cols x W^T is the output in channels-last order.
+inline void im2col(const Tensor& src, std::int64_t kh, std::int64_t kw, const conv2d_params& p, Tensor& cols) {
+  if (p.groups != 1) throw value_error(detail::concat("im2col: groups must be 1, got ", p.groups));
+  detail::check_rank4("im2col", "src", src.shape());
+  const Shape out = conv2d_output_shape(src.shape(), Shape{1, src.dim(1), kh, kw}, p);
+  const auto N = src.dim(0), C = src.dim(1), H = src.dim(2), W = src.dim(3);
+  const auto OH = out[2], OW = out[3], K = C * kh * kw, KK = kh * kw;
+  cols.ensure(Shape{N * OH * OW, K});
+  const bool nhwc = src.memory_layout() == layout::nhwc;
+  const float* s = src.data();
+  float* d = cols.data();
+#pragma omp parallel for schedule(static)
+  for (std::int64_t row = 0; row < N * OH; ++row) {
+    const auto n = row / OH, oh = row % OH;
+    for (std::int64_t ow = 0; ow < OW; ++ow) {
+      float* dst = d + (row * OW + ow) * K;
+      for (std::int64_t i = 0; i < kh; ++i) {
+        const auto ih = oh * p.stride[0] - p.padding[0] + i * p.dilation[0];
+        for (std::int64_t j = 0; j < kw; ++j) {
+          const auto iw = ow * p.stride[1] - p.padding[1] + j * p.dilation[1];
+          float* out_ij = dst + i * kw + j;
+          if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+            for (std::int64_t c = 0; c < C; ++c) out_ij[c * KK] = 0.0f;
+          } else if (nhwc) {
+            const float* px = s + ((n * H + ih) * W + iw) * C;
+            for (std::int64_t c = 0; c < C; ++c) out_ij[c * KK] = px[c];
+          } else {
+            const float* px = s + (n * C * H + ih) * W + iw;
+            for (std::int64_t c = 0; c < C; ++c) out_ij[c * KK] = px[c * H * W];
+          }
+        }
+      }
+    }
+  }
+}
+
+/// The im2col matrix of `src` as a new tensor.
+[[nodiscard]] inline Tensor im2col(const Tensor& src, std::int64_t kh, std::int64_t kw, const conv2d_params& p) {
+  Tensor cols;
+  im2col(src, kh, kw, p, cols);
+  return cols;
+}
+
+}  // namespace rimc

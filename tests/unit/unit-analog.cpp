@@ -1,0 +1,311 @@
+// Tests of the analog layers (analog_conv2d, analog_linear): the
+// effective-weight oneDNN path against the tile-exact path and the plain
+// references, ADC error bounds, input gradients, drift, RRAM write counts,
+// column gains, drift compensation and argument checks.
+
+#include <rimc/core/parallel.hpp>
+#include <rimc/crossbar.hpp>
+#include <rimc/device.hpp>
+#include <rimc/kernels/reference.hpp>
+
+#include "test_util.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+using namespace rimc;
+
+namespace {
+
+using small_tile = CrossbarTile<float, 128, 64>;  // 180 or 300 rows and 70 columns do not divide it
+
+void check_relative(const Tensor& got, const Tensor& expected, double rtol) {
+  const Tensor e = expected.to_layout(layout::nchw);
+  const double scale = std::max(1e-30, double(e.vector().cwiseAbs().maxCoeff()));
+  test::check_close(got, expected, rtol, rtol * scale);
+}
+
+/// Effective weights [O, K] transposed from the array readback [K, O], times the gain.
+Tensor from_array(const Tensor& ko, const std::vector<float>& gain) {
+  const auto K = ko.dim(0), O = ko.dim(1);
+  Tensor ok(Shape{O, K});
+  for (std::int64_t o = 0; o < O; ++o)
+    for (std::int64_t k = 0; k < K; ++k) ok[o * K + k] = gain[static_cast<std::size_t>(o)] * ko[k * O + o];
+  return ok;
+}
+
+/// Per output column: the largest ADC rounding error (half a step per tile and slice feeding it).
+template <class A>
+std::vector<double> adc_bound(const A& a, int bits) {
+  const double steps = std::ldexp(1.0, bits - 1) - 1;
+  std::vector<double> bound(static_cast<std::size_t>(a.cols()), 0.0);
+  const auto& g = a.grid();
+  const auto S = static_cast<std::size_t>(g.slices);
+  for (std::size_t ti = 0; ti < a.tiles().size(); ++ti) {
+    const auto& t = a.tiles()[ti];
+    for (std::size_t s = 0; s < S; ++s)
+      for (std::int64_t c = 0; c < t.cols(); ++c) {
+        const auto o = static_cast<std::size_t>(t.col0() + c);
+        bound[o] += a.scales()[o] * g.lm1 / g.q_max * g.place(static_cast<int>(s)) * a.adc_ranges()[ti * S + s] /
+                    (2 * steps);
+      }
+  }
+  return bound;
+}
+
+conv2d_params conv_params(std::int64_t stride, std::int64_t pad, bool relu) {
+  conv2d_params p;
+  p.stride = {stride, stride};
+  p.padding = {pad, pad};
+  p.relu = relu;
+  return p;
+}
+
+analog_options noisy_options(std::uint64_t layer_id = 0) {
+  analog_options opt;
+  opt.device.noise = programming_noise::proportional(0.02);
+  opt.program_seed = 5;
+  opt.layer_id = layer_id;
+  return opt;
+}
+
+}  // namespace
+
+TEST_SUITE("analog") {
+  TEST_CASE("analog linear: oneDNN on the effective weights equals the tile-exact path and the reference") {
+    const Tensor w = test::random_tensor(Shape{70, 300}, 1);
+    const Tensor b = test::random_tensor(Shape{70}, 2);
+    for (bool relu : {false, true}) {
+      CAPTURE(relu);
+      basic_analog_linear<small_tile> layer(w, b, noisy_options(), relu);
+      layer.drift_to(relative_drift{}, 0.2, 3);
+      CHECK_FALSE(layer.uses_tile_path());
+      CHECK(layer.array().tile_grid_rows() == 3);
+      CHECK(layer.array().tile_grid_cols() == 2);
+      CHECK(layer.effective_weights() == from_array(layer.array().effective_weights(), layer.column_gain()));
+      const Tensor x = test::random_tensor(Shape{17, 300}, 4);
+      const Tensor expected = reference::linear(x, layer.effective_weights(), &b, relu);
+      const Tensor fast = layer.forward(x);
+      Tensor tiles;
+      layer.forward_tiles(x, tiles);
+      check_relative(fast, expected, 1e-5);
+      check_relative(tiles, expected, 1e-5);
+      // The drifted layer is not the trained one.
+      const Tensor trained = reference::linear(x, w, &b, relu);
+      CHECK(test::dot(fast, fast) > 0);
+      CHECK_FALSE(fast == trained);
+    }
+  }
+
+  TEST_CASE("analog conv2d: oneDNN on the effective weights equals the tile-exact path and the reference") {
+    struct conv_case {
+      const char* name;
+      Shape src, weights;
+      conv2d_params p;
+    };
+    const std::vector<conv_case> cases{
+        {"3x3 same padding, K = 180", Shape{3, 20, 9, 9}, Shape{70, 20, 3, 3}, conv_params(1, 1, false)},
+        {"3x3 stride 2 with relu, K = 144", Shape{2, 16, 11, 11}, Shape{40, 16, 3, 3}, conv_params(2, 1, true)},
+        {"1x1 stride 2 shortcut", Shape{2, 32, 8, 8}, Shape{65, 32, 1, 1}, conv_params(2, 0, false)},
+    };
+    for (const auto& c : cases) {
+      for (layout l : {layout::nchw, layout::nhwc}) {
+        SUBCASE((std::string(c.name) + ", src " + std::string(to_string(l))).c_str()) {
+          const Tensor w = test::random_tensor(c.weights, 5);
+          const Tensor b = test::random_tensor(Shape{c.weights[0]}, 6);
+          basic_analog_conv2d<small_tile> layer(w, b, c.p, noisy_options());
+          layer.drift_to(presets::neurram_relaxation(), 86400.0, 7);
+          const Tensor src = test::random_tensor(c.src, 8, l);
+          const Tensor expected = reference::conv2d(src, layer.effective_weights(), &b, c.p);
+          check_relative(layer.forward(src), expected, 1e-5);
+          Tensor tiles;
+          layer.forward_tiles(src, tiles);
+          check_relative(tiles, expected, 1e-5);
+          // And the same as a plain rimc::conv2d built on the effective weights.
+          const conv2d plain(layer.effective_weights(), b, c.p);
+          check_relative(layer.forward(src), plain.forward(src), 1e-6);
+          CHECK(layer.params().stride == c.p.stride);
+          CHECK(layer.bias().has_value());
+        }
+      }
+    }
+  }
+
+  TEST_CASE("with an 8-bit ADC the analog conv2d stays within the quantisation bound of the ideal output") {
+    const Tensor w = test::random_tensor(Shape{70, 20, 3, 3}, 9);
+    basic_analog_conv2d<small_tile> layer(w, std::nullopt, conv_params(1, 1, false), noisy_options());
+    layer.drift_to(relative_drift{}, 0.1, 10);
+    const Tensor src = test::random_tensor(Shape{4, 20, 9, 9}, 11, layout::nhwc);
+    const Tensor ideal = layer.forward(src).to_layout(layout::nchw);
+    periphery_config p;
+    p.adc = adc_config{8, adc_range_mode::percentile, 0.0, 100.0};
+    layer.set_periphery(p);
+    CHECK(layer.uses_tile_path());
+    layer.calibrate_adc(src);
+    const Tensor y = layer.forward(src).to_layout(layout::nchw);
+    const auto bound = adc_bound(layer.array(), 8);
+    double worst = 0, total = 0;
+    for (std::int64_t n = 0; n < 4; ++n)
+      for (std::int64_t o = 0; o < 70; ++o)
+        for (std::int64_t i = 0; i < 81; ++i) {
+          const auto idx = (n * 70 + o) * 81 + i;
+          const double err = std::abs(double(y[idx]) - double(ideal[idx]));
+          worst = std::max(worst, err / (bound[static_cast<std::size_t>(o)] + 1e-5 * std::abs(double(ideal[idx]))));
+          total += err;
+        }
+    INFO("worst error / bound = ", worst);
+    CHECK(worst <= 1.0);
+    CHECK(total > 0);
+    // forward on a non-ideal periphery is the tile path.
+    Tensor tiles;
+    layer.forward_tiles(src, tiles);
+    CHECK(tiles == layer.forward(src));
+  }
+
+  TEST_CASE("input gradients go through the effective weights") {
+    const Tensor w = test::random_tensor(Shape{30, 8, 3, 3}, 12);
+    basic_analog_conv2d<small_tile> conv(w, std::nullopt, conv_params(2, 1, false), noisy_options());
+    conv.drift_to(relative_drift{}, 0.2, 13);
+    const Shape src{2, 8, 9, 9};
+    const Tensor dy = test::random_tensor(conv.output_shape(src), 14);
+    check_relative(conv.backward_data(dy, src),
+                   reference::conv2d_backward_data(dy, conv.effective_weights(), conv.params(), src), 1e-5);
+
+    const Tensor lw = test::random_tensor(Shape{20, 150}, 15);
+    basic_analog_linear<small_tile> lin(lw, std::nullopt, noisy_options());
+    lin.drift_to(relative_drift{}, 0.2, 16);
+    const Tensor ldy = test::random_tensor(Shape{5, 20}, 17);
+    Tensor expected(Shape{5, 150});
+    reference::linear_backward_data(ldy.data(), 5, 20, lin.effective_weights().data(), 150, expected.data());
+    check_relative(lin.backward_data(ldy), expected, 1e-5);
+  }
+
+  TEST_CASE("drift, reads and calibration never write RRAM; reprogramming does") {
+    const Tensor w = test::random_tensor(Shape{16, 8, 3, 3}, 18);
+    analog_conv2d layer(w, std::nullopt, conv_params(1, 1, false));
+    const std::uint64_t cells = 16 * 72 * 2;
+    CHECK(layer.rram_writes() == cells);
+    const Tensor programmed = layer.effective_weights();
+    const Tensor src = test::random_tensor(Shape{2, 8, 6, 6}, 19);
+    layer.drift_to(presets::pcm_drift(40.0), 1e6, 20);
+    CHECK_FALSE(layer.effective_weights() == programmed);
+    (void)layer.forward(src);
+    layer.set_periphery(periphery_config::quantised(8, 8));
+    layer.calibrate_adc(src);
+    (void)layer.forward(src);
+    drift_compensation comp(compensation_kind::per_column);
+    comp.record_reference(layer);
+    comp.apply(layer);
+    CHECK(layer.rram_writes() == cells);
+    layer.reset_drift();
+    layer.set_column_gain(std::vector<float>(16, 1.0f));
+    CHECK(layer.effective_weights() == programmed);
+    layer.reprogram(w, 1);
+    CHECK(layer.rram_writes() == 2 * cells);
+  }
+
+  TEST_CASE("drift is reproducible per seed and independent between layer ids") {
+    const Tensor w = test::random_tensor(Shape{40, 100}, 21);
+    auto drifted = [&](std::uint64_t id, std::uint64_t seed, int threads) {
+      const thread_count_guard g(threads);
+      analog_linear l(w, std::nullopt, noisy_options(id));
+      l.drift_to(relative_drift{}, 0.2, seed);
+      return l.effective_weights();
+    };
+    const Tensor a = drifted(0, 1, 1);
+    CHECK(a == drifted(0, 1, 2));
+    CHECK_FALSE(a == drifted(0, 2, 1));
+    CHECK_FALSE(a == drifted(1, 1, 1));
+  }
+
+  TEST_CASE("column gains scale the effective weights and both forward paths") {
+    const Tensor w = test::random_tensor(Shape{6, 40}, 22);
+    const Tensor b = test::random_tensor(Shape{6}, 23);
+    analog_linear layer(w, b);
+    const Tensor before = layer.effective_weights();
+    const std::vector<float> gain{1.0f, 2.0f, 0.5f, 1.0f, 3.0f, -1.0f};
+    layer.set_column_gain(gain);
+    CHECK(layer.column_gain() == gain);
+    for (std::int64_t o = 0; o < 6; ++o)
+      for (std::int64_t k = 0; k < 40; ++k)
+        CHECK(layer.effective_weights()[o * 40 + k] == gain[static_cast<std::size_t>(o)] * before[o * 40 + k]);
+    const Tensor x = test::random_tensor(Shape{9, 40}, 24);
+    Tensor tiles;
+    layer.forward_tiles(x, tiles);
+    check_relative(layer.forward(x), reference::linear(x, layer.effective_weights(), &b), 1e-5);
+    check_relative(tiles, reference::linear(x, layer.effective_weights(), &b), 1e-5);
+    // A rank-4 source is flattened channels-first, in either layout.
+    const Tensor x4 = test::random_tensor(Shape{3, 10, 2, 2}, 25, layout::nhwc);
+    Tensor x2 = x4.to_layout(layout::nchw);
+    x2.reshape(Shape{3, 40});
+    layer.forward_tiles(x4, tiles);
+    check_relative(tiles, layer.forward(x2), 1e-5);
+  }
+
+  TEST_CASE("global drift compensation undoes a uniform conductance decay, per-column does no worse") {
+    const Tensor w = test::random_tensor(Shape{64, 16, 3, 3}, 26);
+    analog_options opt;
+    opt.device = presets::pcm_device(25.0);
+    opt.device.noise = programming_noise::none();
+    auto error_to = [&](const Tensor& a) {
+      double e = 0;
+      for (std::int64_t i = 0; i < a.numel(); ++i) e += std::pow(double(a[i]) - double(w[i]), 2);
+      return std::sqrt(e);
+    };
+    double errors[3]{};
+    for (auto kind : {compensation_kind::global, compensation_kind::per_column}) {
+      analog_conv2d layer(w, std::nullopt, conv_params(1, 1, false), opt);
+      drift_compensation comp(kind);
+      CHECK_THROWS_WITH_AS((void)comp.gains(layer),
+                           "[rimc.value_error] drift_compensation: no reference read recorded (call record_reference "
+                           "first)",
+                           value_error);
+      comp.record_reference(layer);
+      for (float g : comp.gains(layer)) CHECK(g == doctest::Approx(1.0f).epsilon(1e-5));
+      layer.drift_to(presets::pcm_drift(25.0), 86400.0, 27);
+      errors[0] = error_to(layer.effective_weights());
+      comp.apply(layer);
+      errors[kind == compensation_kind::global ? 1 : 2] = error_to(layer.effective_weights());
+      CHECK(layer.column_gain()[0] > 1.2f);  // (1 day / 20 s)^0.05 or more
+    }
+    INFO("drifted ", errors[0], ", global ", errors[1], ", per column ", errors[2]);
+    CHECK(errors[1] < 0.3 * errors[0]);
+    CHECK(errors[2] <= errors[1] * 1.05);
+  }
+
+  TEST_CASE("invalid layer arguments throw with a message naming them") {
+    const Tensor w = test::random_tensor(Shape{4, 2, 3, 3}, 28);
+    conv2d_params grouped;
+    grouped.groups = 2;
+    CHECK_THROWS_WITH_AS(analog_conv2d(w, std::nullopt, grouped), "[rimc.value_error] analog_conv2d: groups must be 1, got 2",
+                         value_error);
+    CHECK_THROWS_WITH_AS(analog_conv2d(w, Tensor(Shape{3})),
+                         "[rimc.shape_error] analog_conv2d: bias [3] does not match 4 outputs", shape_error);
+    CHECK_THROWS_WITH_AS(analog_linear(Tensor(Shape{4, 2, 3})),
+                         "[rimc.shape_error] analog_linear: weights must be rank 2 [O, K], got [4, 2, 3]", shape_error);
+    analog_options bad;
+    bad.device.g_min_us = 50;
+    CHECK_THROWS_WITH(analog_linear(Tensor(Shape{2, 2}), std::nullopt, bad),
+                      "[rimc.value_error] device_config: g_min_us (50) must be < g_max_us (40)");
+    analog_linear l(Tensor(Shape{2, 3}));
+    CHECK_THROWS_WITH_AS(l.set_column_gain(std::vector<float>{1.0f}),
+                         "[rimc.shape_error] analog_linear::set_column_gain: 1 gains given for 2 output columns",
+                         shape_error);
+    CHECK_THROWS_WITH(l.set_column_gain(std::vector<float>{1.0f, std::numeric_limits<float>::quiet_NaN()}),
+                      "[rimc.value_error] analog_linear::set_column_gain: gain 1 is nan");
+    CHECK_THROWS_WITH(l.drift_to(relative_drift{}, -0.5, 1), "[rimc.value_error] relative_drift: rho must be >= 0, got -0.5");
+    CHECK_THROWS_WITH_AS((void)l.forward(Tensor(Shape{2, 4})),
+                         "[rimc.shape_error] linear: src [2, 4] does not give 3 features per row for weights [2, 3]",
+                         shape_error);
+    Tensor nan_w(Shape{2, 3});
+    nan_w[4] = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_WITH(analog_linear{nan_w}, "[rimc.value_error] analog_linear: weights: element 4 of tensor [2, 3] is nan");
+    Tensor inf_w = w;
+    inf_w[7] = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_WITH(analog_conv2d{inf_w}, "[rimc.value_error] analog_conv2d: weights: element 7 of tensor [4, 2, 3, 3] is inf");
+  }
+}
