@@ -80,6 +80,7 @@ std::vector<layer_case> layer_cases() {
       {"linear on a flattened image", false, Shape{3, 2, 3, 2}, Shape{5, 12}, {}, 2},
       {"conv 3x3 stride 2 padding 1, non-square input, batch 3", true, Shape{3, 4, 9, 7}, Shape{6, 4, 3, 3}, s2, 2},
       {"conv 1x1", true, Shape{2, 8, 5, 5}, Shape{4, 8, 1, 1}, {}, 4},
+      {"conv 3x3 stride 2, rank 8 (oneDNN low-rank path)", true, Shape{2, 4, 6, 5}, Shape{10, 4, 3, 3}, s2, 8},
   };
 }
 
@@ -323,6 +324,13 @@ TEST_SUITE("dora") {
         test::check_close(yd, y, 2e-3, 2e-3);
         a.deploy(sram_precision::int8).forward(x, z0, &bias, yd);
         test::check_close(yd, y, 2e-2, 2e-2);
+        // One frozen kernel on the merged weights gives the same output.
+        const Tensor wm = a.merged_weights();
+        const Tensor ym = c.conv ? conv2d(wm, bias, c.p).forward(x) : linear(wm, bias).forward(x);
+        test::check_close(ym, y, 1e-5, 1e-5);
+        const Tensor ymd = c.conv ? conv2d(a.deploy().merged_weights(), bias, c.p).forward(x)
+                                  : linear(a.deploy().merged_weights(), bias).forward(x);
+        test::check_close(ymd, y, 1e-5, 1e-5);
       }
     }
   }

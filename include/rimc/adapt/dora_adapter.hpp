@@ -23,6 +23,7 @@
 #include <rimc/kernels/eltwise.hpp>
 #include <rimc/kernels/linear.hpp>
 #include <rimc/kernels/params.hpp>
+#include <rimc/kernels/thin_conv2d.hpp>
 
 #include <Eigen/Core>
 
@@ -33,6 +34,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace rimc {
 
@@ -62,11 +64,14 @@ struct dora_gradients {
   Tensor magnitude, lora_A, lora_B;
 };
 
-/// What an adapter's forward keeps for its backward.
+/// What an adapter's forward keeps for its backward. It refers to the
+/// forward's input and base output, which must stay alive and unchanged
+/// until backward (calibration keeps them anyway); only A x is stored.
 struct dora_cache {
-  const Tensor* src = nullptr;  ///< the forward's input x; must stay alive and unchanged until backward
-  Tensor u;                     ///< A x: [N, r, OH, OW] channels-last, or [N, r]
-  Tensor z;                     ///< W0 x + s B (A x) before the per-channel scale: like the output
+  const Tensor* src = nullptr;       ///< the forward's input x
+  const Tensor* base_out = nullptr;  ///< the forward's W0 x
+  Tensor u;                          ///< A x: [N, r, OH, OW] channels-last, or [N, r]
+  Tensor owned_base_out;             ///< W0 x when the adapter computed it itself
 };
 
 /// Storage precision of an adapter's parameters in SRAM.
@@ -95,68 +100,98 @@ struct adapter_footprint {
 
 namespace detail {
 
-/// The low-rank path of an adapter: A as a conv2d (r output channels, the base
-/// geometry) or a linear layer, and the base W0 as a frozen kernel.
+/// The low-rank path of an adapter: A as a convolution with r output
+/// channels and the base geometry (thin_conv2d's shift-and-add for r <= 4,
+/// where oneDNN's channel padding would waste most of the work; oneDNN's
+/// direct convolution above) or as a linear layer; and W0 as a frozen oneDNN
+/// kernel.
 class dora_kernels {
  public:
+  /// Largest rank that uses thin_conv2d (measured in bench/bench_dora.cpp).
+  static constexpr std::int64_t thin_max_rank = 4;
+
   dora_kernels() = default;
   dora_kernels(bool conv, const Tensor& a, const Tensor& w0, const conv2d_params& p) : conv_(conv) {
     if (conv) {
-      a_conv_ = std::make_unique<rimc::conv2d>(a, std::nullopt, p);
+      if (a.dim(0) <= thin_max_rank) {
+        a_thin_ = std::make_unique<thin_conv2d>(a, p);
+      } else {
+        a_conv_ = std::make_unique<rimc::conv2d>(a, std::nullopt, p);
+      }
       base_conv_ = std::make_unique<rimc::conv2d>(w0, std::nullopt, p);
     } else {
       a_linear_ = std::make_unique<rimc::linear>(a);
       base_linear_ = std::make_unique<rimc::linear>(w0);
     }
   }
-  void set_a(const Tensor& a) { conv_ ? a_conv_->set_weights(a) : a_linear_->set_weights(a); }
+  void set_a(const Tensor& a) {
+    if (a_thin_) a_thin_->set_weights(a);
+    if (a_conv_) a_conv_->set_weights(a);
+    if (a_linear_) a_linear_->set_weights(a);
+  }
   void set_w0(const Tensor& w0) { conv_ ? base_conv_->set_weights(w0) : base_linear_->set_weights(w0); }
 
   /// u = A x, channels-last for conv.
   void a_forward(const Tensor& x, Tensor& u) const {
-    if (conv_) {
+    if (a_thin_) {
+      a_thin_->forward(x, u);
+    } else if (a_conv_) {
       a_conv_->forward(x, u);
       if (u.memory_layout() != layout::nhwc) u = u.to_layout(layout::nhwc);
     } else {
       a_linear_->forward(x, u);
     }
   }
+  /// dL/dA (A's shape) and, with `dx`, A's part of dL/dx, given du = dL/du (conv only).
+  void a_conv_backward(const Tensor& x, const Tensor& du, Tensor& da, Tensor* dx) const {
+    if (a_thin_) {
+      a_thin_->backward(x, du, da, dx);
+      return;
+    }
+    a_conv_->backward_weights(x, du, da);
+    if (dx) a_conv_->backward_data(du, x.shape(), *dx);
+  }
   void base_forward(const Tensor& x, Tensor& z0) const {
     conv_ ? base_conv_->forward(x, z0) : base_linear_->forward(x, z0);
   }
-  [[nodiscard]] const rimc::conv2d& a_conv() const { return *a_conv_; }
   [[nodiscard]] const rimc::conv2d& base_conv() const { return *base_conv_; }
   [[nodiscard]] const rimc::linear& a_linear() const { return *a_linear_; }
   [[nodiscard]] const rimc::linear& base_linear() const { return *base_linear_; }
 
  private:
   bool conv_ = false;
+  std::unique_ptr<thin_conv2d> a_thin_;
   std::unique_ptr<rimc::conv2d> a_conv_, base_conv_;
   std::unique_ptr<rimc::linear> a_linear_, base_linear_;
 };
 
-/// y = (z0 + s u B^T) diag(gamma) + bias over rows (positions); optionally keeps z.
+/// Rows per block of the row-wise reductions: fixed, so that partial sums
+/// are added in the same order whatever the thread count.
+inline constexpr Eigen::Index dora_block_rows = 256;
+
+/// y = (u s B^T + z0) diag(gamma) + bias in one fused oneDNN matmul pass
+/// (z0 read once, y written once).
 inline void dora_combine(const Tensor& u, const Tensor& base_out, const Eigen::Ref<const RowMatrixXf>& b,
-                         const Eigen::VectorXf& gamma, float s, const Tensor* bias, Tensor& y, Tensor* z_keep) {
+                         const Eigen::VectorXf& gamma, float s, const Tensor* bias, Tensor& y) {
   const bool conv = base_out.rank() == 4;
   const auto O = base_out.dim(1);
-  const auto P = base_out.numel() / O;
+  const Eigen::Index P = base_out.numel() / O, r = b.cols();
   const Tensor& z0 = conv ? as_layout(base_out, layout::nhwc, 1) : base_out;
-  auto combine = [&](Tensor& out) {
-    out.ensure(base_out.shape(), conv ? layout::nhwc : layout::nchw);
-    auto Z = out.matrix(P, O);
-    Z.noalias() = z0.matrix(P, O);
-    Z.noalias() += s * (u.matrix(P, b.cols()) * b.transpose());
-  };
-  if (z_keep) {
-    combine(*z_keep);
-    y.ensure(base_out.shape(), conv ? layout::nhwc : layout::nchw);
-    y.matrix(P, O).noalias() = z_keep->matrix(P, O) * gamma.asDiagonal();
-  } else {
-    combine(y);
-    y.matrix(P, O) *= gamma.asDiagonal();
-  }
-  if (bias) y.matrix(P, O).rowwise() += bias->vector().transpose();
+  y.ensure(base_out.shape(), conv ? layout::nhwc : layout::nchw);
+  const RowMatrixXf sbt = s * b.transpose();  // [r, O]
+  const Eigen::VectorXf shift = bias ? Eigen::VectorXf(bias->vector()) : Eigen::VectorXf::Zero(O);
+  gemm({P, O, r, false, false, false, true}, u.data(), sbt.data(), y.data(), z0.data(), gamma.data(), shift.data());
+}
+
+/// gamma ⊙ (W0 + s B A) with W0 [O, ...], A [r, ...], B [O, r, ...].
+[[nodiscard]] inline Tensor dora_merge(const Tensor& w0, const Tensor& a, const Tensor& b,
+                                       const Eigen::VectorXf& gamma, float s) {
+  const auto O = w0.dim(0), K = w0.numel() / O, r = a.dim(0);
+  Tensor w = w0;
+  auto W = w.matrix(O, K);
+  W.noalias() += s * (b.matrix(O, r) * a.matrix(r, K));
+  W = gamma.asDiagonal() * W;
+  return w;
 }
 
 }  // namespace detail
@@ -276,16 +311,25 @@ class dora_adapter {
   void forward(const Tensor& x, const Tensor& base_out, const Tensor* bias, Tensor& y,
                dora_cache* cache = nullptr) const {
     check_io(x, base_out, bias);
-    Tensor u_local;
+    if (&y == &x || &y == &base_out) throw value_error("dora_adapter::forward: y must not alias x or base_out");
+    thread_local Tensor u_local;
     Tensor& u = cache ? cache->u : u_local;
     kernels_.a_forward(x, u);
     const Eigen::VectorXf g = m_.vector().cwiseQuotient(n_.vector());
-    detail::dora_combine(u, base_out, b_.matrix(O_, cfg_.rank), g, scale(), bias, y, cache ? &cache->z : nullptr);
-    if (cache) cache->src = &x;
+    detail::dora_combine(u, base_out, b_.matrix(O_, cfg_.rank), g, scale(), bias, y);
+    if (cache) {
+      cache->src = &x;
+      cache->base_out = &base_out;
+    }
   }
 
-  /// As above, computing W0 x itself.
+  /// As above, computing W0 x itself (kept in the cache when one is given).
   void forward(const Tensor& x, const Tensor* bias, Tensor& y, dora_cache* cache = nullptr) const {
+    if (cache) {
+      base_forward(x, cache->owned_base_out);
+      forward(x, cache->owned_base_out, bias, y, cache);
+      return;
+    }
     Tensor z0;
     base_forward(x, z0);
     forward(x, z0, bias, y, cache);
@@ -294,43 +338,64 @@ class dora_adapter {
   /// Gradients of the loss given dL/dy for the forward that filled `cache`;
   /// with `diff_x`, also dL/dx (through W0 and the low-rank path).
   void backward(const dora_cache& cache, const Tensor& diff_y, dora_gradients& grads, Tensor* diff_x = nullptr) const {
-    if (!cache.src) throw value_error("dora_adapter::backward: the cache holds no forward pass");
-    check_same_shape("dora_adapter::backward: diff_y", diff_y.shape(), cache.z.shape());
+    if (!cache.src || !cache.base_out) throw value_error("dora_adapter::backward: the cache holds no forward pass");
+    check_same_shape("dora_adapter::backward: diff_y", diff_y.shape(), cache.base_out->shape());
     const Tensor& x = *cache.src;
     const auto r = cfg_.rank;
-    const auto P = cache.z.numel() / O_;
+    const Eigen::Index P = cache.base_out->numel() / O_;
     const float s = scale();
     const Tensor& gy = conv_ ? detail::as_layout(diff_y, layout::nhwc, 2) : diff_y;
+    const Tensor& z0t = conv_ ? detail::as_layout(*cache.base_out, layout::nhwc, 1) : *cache.base_out;
     const auto G = gy.matrix(P, O_);
-    const auto Z = cache.z.matrix(P, O_);
-    const auto U = cache.u.matrix(P, r);
     const auto B = b_.matrix(O_, r);
     const Eigen::VectorXd nd = n_.vector().cast<double>();
     const Eigen::VectorXf gamma = m_.vector().cwiseQuotient(n_.vector());
 
-    // c_o = sum_p G[p, o] z[p, o], accumulated in double.
+    // c_o = sum_p G[p, o] z[p, o] with z = z0 + s u B^T splits into
+    // sum_p G z0 (one pass, per-block partials added in order) and
+    // s sum_j B[o, j] (G^T u)[o, j]; G^T u and s G diag(gamma) B are matmuls.
+    const Eigen::Index blocks = (P + detail::dora_block_rows - 1) / detail::dora_block_rows;
+    Eigen::MatrixXd c_part(O_, blocks);
+    const float* g_ptr = gy.data();
+    const float* z_ptr = z0t.data();
+#pragma omp parallel for schedule(static)
+    for (Eigen::Index blk = 0; blk < blocks; ++blk) {
+      const Eigen::Index p0 = blk * detail::dora_block_rows, p1 = std::min(P, p0 + detail::dora_block_rows);
+      std::vector<double> acc(static_cast<std::size_t>(O_), 0.0);
+      for (Eigen::Index p = p0; p < p1; ++p) {
+        const float* gr = g_ptr + p * O_;
+        const float* zr = z_ptr + p * O_;
+        for (Eigen::Index o = 0; o < O_; ++o) acc[static_cast<std::size_t>(o)] += static_cast<double>(gr[o] * zr[o]);
+      }
+      c_part.col(blk) = Eigen::Map<const Eigen::VectorXd>(acc.data(), O_);
+    }
+    RowMatrixXf gtu(O_, r);  // G^T u
+    detail::gemm({O_, r, P, true, false, false}, g_ptr, cache.u.data(), gtu.data());
+    const RowMatrixXf w_gb = s * (gamma.asDiagonal() * B);  // [O, r]
+    thread_local Tensor ghb_t;                              // s G diag(gamma) B = s Ĝ B
+    ghb_t.ensure(cache.u.shape(), cache.u.memory_layout());
+    detail::gemm({P, r, O_, false, false, false}, g_ptr, w_gb.data(), ghb_t.data());
+    Tensor gh_t;  // Ĝ = G diag(gamma), for the input gradient through W0
+    if (diff_x) {
+      gh_t.ensure(cache.base_out->shape(), conv_ ? layout::nhwc : layout::nchw);
+      gh_t.matrix(P, O_).noalias() = G * gamma.asDiagonal();
+    }
     Eigen::VectorXd c = Eigen::VectorXd::Zero(O_);
-    for (Eigen::Index p = 0; p < P; ++p)
-      for (Eigen::Index o = 0; o < O_; ++o) c[o] += static_cast<double>(G(p, o)) * Z(p, o);
-
-    Tensor gh_t = Tensor::empty(cache.z.shape(), cache.z.memory_layout());  // Ĝ = G diag(gamma)
-    auto Gh = gh_t.matrix(P, O_);
-    Gh.noalias() = G * gamma.asDiagonal();
-    Tensor ghb_t = Tensor::empty(cache.u.shape(), cache.u.memory_layout());  // s Ĝ B
-    auto GhB = ghb_t.matrix(P, r);
-    GhB.noalias() = s * (Gh * B);
+    for (Eigen::Index blk = 0; blk < blocks; ++blk) c += c_part.col(blk);
+    c += static_cast<double>(s) * (B.cast<double>().cwiseProduct(gtu.cast<double>())).rowwise().sum();
 
     grads.magnitude.ensure(m_.shape());
     grads.magnitude.vector() = c.cwiseQuotient(nd).cast<float>();
     grads.lora_B.ensure(b_.shape());
     auto dB = grads.lora_B.matrix(O_, r);
-    dB.noalias() = s * (Gh.transpose() * U);
+    dB.noalias() = s * (gamma.asDiagonal() * gtu);
     grads.lora_A.ensure(a_.shape());
+    Tensor dx_low;
     if (conv_) {
-      kernels_.a_conv().backward_weights(x, ghb_t, grads.lora_A);
+      kernels_.a_conv_backward(x, ghb_t, grads.lora_A, diff_x ? &dx_low : nullptr);
     } else {
       const Tensor& xs = detail::as_layout(x, layout::nchw, 3);
-      grads.lora_A.matrix(r, K_).noalias() = GhB.transpose() * xs.matrix(P, K_);
+      detail::gemm({r, K_, P, true, false, false}, ghb_t.data(), xs.data(), grads.lora_A.data());
     }
     if (cfg_.norm == norm_mode::exact) {
       const Eigen::VectorXd md = m_.vector().cast<double>();
@@ -344,10 +409,8 @@ class dora_adapter {
       grads.lora_A.matrix(r, K_) -= (sd * corr).cast<float>();
     }
     if (diff_x) {
-      Tensor dx_low;
       if (conv_) {
         kernels_.base_conv().backward_data(gh_t, x.shape(), *diff_x);
-        kernels_.a_conv().backward_data(ghb_t, x.shape(), dx_low);
       } else {
         kernels_.base_linear().backward_data(gh_t, *diff_x);
         kernels_.a_linear().backward_data(ghb_t, dx_low);
@@ -359,6 +422,13 @@ class dora_adapter {
       add(*diff_x, dx_low, *diff_x);
     }
   }
+
+  /// W' = gamma ⊙ (W0 + s B A) in the base weights' layout: the single weight
+  /// tensor that gives the same output as base + adapter. A simulator whose
+  /// crossbar path is ideal can run the adapted layer as one frozen kernel on
+  /// W' (no per-image adapter work); a non-ideal crossbar output needs the
+  /// factorised forward.
+  [[nodiscard]] Tensor merged_weights() const { return detail::dora_merge(w0_, a_, b_, gamma().vector(), scale()); }
 
   /// Adapter values: O + r K + O r.
   [[nodiscard]] std::int64_t parameter_count() const noexcept { return O_ + cfg_.rank * K_ + O_ * cfg_.rank; }
@@ -477,7 +547,8 @@ class dora_deployed {
       quantise_rows(lora_a_, r_);
       quantise_rows(lora_b_, O_);
     }
-    kernels_ = detail::dora_kernels(a.is_conv(), lora_a_, a.base_weights(), a.conv_params());
+    w0_ = a.base_weights();
+    kernels_ = detail::dora_kernels(a.is_conv(), lora_a_, w0_, a.conv_params());
   }
 
   [[nodiscard]] sram_precision precision() const noexcept { return precision_; }
@@ -489,11 +560,14 @@ class dora_deployed {
   /// Parameters, SRAM bytes and share of the RRAM weights.
   [[nodiscard]] const adapter_footprint& footprint() const noexcept { return footprint_; }
 
+  /// W' = gamma ⊙ (W0 + s B A) from the stored values (see dora_adapter::merged_weights).
+  [[nodiscard]] Tensor merged_weights() const { return detail::dora_merge(w0_, lora_a_, lora_b_, gamma_.vector(), scale_); }
+
   /// y = gamma ⊙ (base_out + s B(A x)) + bias, base_out = W0 x from the crossbar.
   void forward(const Tensor& x, const Tensor& base_out, const Tensor* bias, Tensor& y) const {
-    Tensor u;
+    thread_local Tensor u;
     kernels_.a_forward(x, u);
-    detail::dora_combine(u, base_out, lora_b_.matrix(O_, r_), gamma_.vector(), scale_, bias, y, nullptr);
+    detail::dora_combine(u, base_out, lora_b_.matrix(O_, r_), gamma_.vector(), scale_, bias, y);
   }
 
  private:
@@ -516,7 +590,7 @@ class dora_deployed {
   float scale_;
   adapter_footprint footprint_;
   std::int64_t O_, r_;
-  Tensor gamma_, lora_a_, lora_b_;
+  Tensor gamma_, lora_a_, lora_b_, w0_;
   detail::dora_kernels kernels_;
 };
 

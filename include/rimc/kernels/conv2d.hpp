@@ -140,17 +140,25 @@ class conv2d {
         const auto hint = make_plain_fwd_pd(src.shape(), dnnl::prop_kind::forward_training, false, sl, dl);
         const auto strides = detail::to_dims(p.stride), dil = detail::to_dims(p.dilation, 1),
                    pad = detail::to_dims(p.padding);
-        const dnnl::memory::desc src_md(detail::to_dims(src.shape()), detail::dnnl_dt::f32, detail::dnnl_tag::any);
-        const dnnl::memory::desc dst_md(detail::to_dims(dst), detail::dnnl_dt::f32, detail::dnnl_tag::any);
         const auto w_md = weights_md(w, detail::dnnl_tag::any);
-        auto desc = diff_bias ? dnnl::convolution_backward_weights::desc(
-                                    dnnl::algorithm::convolution_direct, src_md, w_md,
-                                    detail::plain_md(Shape{w[0]}), dst_md, strides, dil, pad, pad)
-                              : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct,
-                                                                         src_md, w_md, dst_md, strides, dil, pad,
-                                                                         pad);
-        dnnl::convolution_backward_weights::primitive_desc pd(desc, detail::cpu_engine(), hint);
-        return bwd_w_state{pd, dnnl::convolution_backward_weights(pd)};
+        auto make = [&](const dnnl::memory::desc& src_md, const dnnl::memory::desc& dst_md) {
+          auto desc = diff_bias ? dnnl::convolution_backward_weights::desc(
+                                      dnnl::algorithm::convolution_direct, src_md, w_md,
+                                      detail::plain_md(Shape{w[0]}), dst_md, strides, dil, pad, pad)
+                                : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct,
+                                                                           src_md, w_md, dst_md, strides, dil, pad,
+                                                                           pad);
+          return dnnl::convolution_backward_weights::primitive_desc(desc, detail::cpu_engine(), hint);
+        };
+        // The tensors' own layouts first (no reorders per call), oneDNN's choice if that is not supported.
+        std::optional<dnnl::convolution_backward_weights::primitive_desc> pd;
+        try {
+          pd = make(detail::plain_md(src), detail::plain_md(dst, diff_dst.memory_layout()));
+        } catch (const dnnl::error&) {
+          pd = make(dnnl::memory::desc(detail::to_dims(src.shape()), detail::dnnl_dt::f32, detail::dnnl_tag::any),
+                    dnnl::memory::desc(detail::to_dims(dst), detail::dnnl_dt::f32, detail::dnnl_tag::any));
+        }
+        return bwd_w_state{*pd, dnnl::convolution_backward_weights(*pd)};
       });
     });
     // Source and gradient in the formats the primitive wants (reordered only when they differ).
@@ -179,6 +187,16 @@ class conv2d {
       if (!(e->pd.diff_weights_desc() == plain_w)) detail::reorder(dw, detail::wrap(plain_w, diff_weights.data()));
     });
   }
+  /// oneDNN's name of the implementation of backward_weights for these operands.
+  [[nodiscard]] std::string backward_weights_implementation(const Tensor& src, const Tensor& diff_dst) const {
+    Tensor dw;
+    backward_weights(src, diff_dst, dw);
+    auto key = detail::make_key(src, 3);
+    key.layout2 = diff_dst.memory_layout();
+    return s_->bwd_w.get(key, [&]() -> bwd_w_state { throw backend_error("conv2d: no backward-weights primitive"); })
+        ->pd.impl_info_str();
+  }
+
   [[nodiscard]] Tensor backward_weights(const Tensor& src, const Tensor& diff_dst) const {
     Tensor diff_weights;
     backward_weights(src, diff_dst, diff_weights);

@@ -174,6 +174,60 @@ class linear {
   std::unique_ptr<state> s_;
 };
 
+namespace detail {
+
+/// A plain row-major GEMM c = op(a) op(b) through oneDNN's matmul, where
+/// op(x) reads x transposed when its flag is set (x stored as the transpose,
+/// row-major), and c may be written transposed. With `epilogue`, the result
+/// becomes (a b + full) ⊙ col_scale + col_shift, fused in the same pass
+/// (full is [M, N] row-major; col_scale and col_shift are [N]).
+struct gemm_spec {
+  std::int64_t M = 0, N = 0, K = 0;
+  bool ta = false, tb = false, tc = false, epilogue = false;
+  int threads = 1;
+  friend bool operator==(const gemm_spec&, const gemm_spec&) = default;
+};
+
+inline void gemm(gemm_spec spec, const float* a, const float* b, float* c, const float* full = nullptr,
+                 const float* col_scale = nullptr, const float* col_shift = nullptr) {
+  struct entry {
+    dnnl::matmul prim;
+  };
+  static primitive_cache<gemm_spec, entry> cache(256);
+  spec.threads = num_threads();
+  using dims = dnnl::memory::dims;
+  const auto M = spec.M, N = spec.N, K = spec.K;
+  const dnnl::memory::desc a_md({M, K}, dnnl_dt::f32, spec.ta ? dims{1, M} : dims{K, 1});
+  const dnnl::memory::desc b_md({K, N}, dnnl_dt::f32, spec.tb ? dims{1, K} : dims{N, 1});
+  const dnnl::memory::desc c_md({M, N}, dnnl_dt::f32, spec.tc ? dims{1, M} : dims{N, 1});
+  const dnnl::memory::desc full_md({M, N}, dnnl_dt::f32, dims{N, 1}), col_md({1, N}, dnnl_dt::f32, dims{N, 1});
+  const auto e = cache.get(spec, [&] {
+    return onednn_call("gemm: creating the primitive", [&] {
+      dnnl::primitive_attr attr;
+      if (spec.epilogue) {
+        dnnl::post_ops ops;
+        ops.append_binary(dnnl::algorithm::binary_add, full_md);
+        ops.append_binary(dnnl::algorithm::binary_mul, col_md);
+        ops.append_binary(dnnl::algorithm::binary_add, col_md);
+        attr.set_post_ops(ops);
+      }
+      return entry{dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md), attr, cpu_engine()))};
+    });
+  });
+  auto& args = thread_args();
+  args[DNNL_ARG_SRC] = wrap(a_md, a);
+  args[DNNL_ARG_WEIGHTS] = wrap(b_md, b);
+  args[DNNL_ARG_DST] = wrap(c_md, c);
+  if (spec.epilogue) {
+    args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = wrap(full_md, full);
+    args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1] = wrap(col_md, col_scale);
+    args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(2) | DNNL_ARG_SRC_1] = wrap(col_md, col_shift);
+  }
+  onednn_call("gemm", [&] { execute(e->prim, args); });
+}
+
+}  // namespace detail
+
 /// c [M, N] = a [M, K] b [K, N] through oneDNN's matmul (primitives cached by shape).
 inline void matmul(const Tensor& a, const Tensor& b, Tensor& c) {
   if (a.rank() != 2 || b.rank() != 2 || a.dim(1) != b.dim(0)) {

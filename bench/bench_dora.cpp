@@ -1,0 +1,154 @@
+// The DoRA adapter's cost next to the frozen convolution it corrects, on
+// ResNet-20 and ResNet-50 conv shapes, r = 2, 4, 8, batch 10 and 32:
+//   frozen_conv      - the base layer's forward (what the crossbar computes)
+//   adapter_fwd      - the adapter's training forward given W0 x (A x, B, scale, bias)
+//   adapter_fwd_bwd  - that forward plus the backward for m, A, B (no input gradient)
+//   adapter_infer    - the deploy form's factorised forward (fp32) given W0 x: the per-image
+//                      digital work when the crossbar output is not ideal
+//   merged_conv      - one frozen conv on W' = gamma (W0 + s B A): the whole adapted layer
+//                      when the crossbar path is ideal (compare with frozen_conv)
+// Counters: images/s; the label names the shape. bench/dora_ratios.py turns a
+// JSON run into the adapter/frozen ratios.
+
+#include <rimc/dora.hpp>
+#include <rimc/kernels/conv2d.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace rimc;
+
+struct conv_shape {
+  std::string net;
+  std::int64_t c, o, hw, k, stride, pad;
+};
+
+std::vector<conv_shape> shapes() {
+  return {
+      {"resnet20_32", 16, 16, 32, 3, 1, 1}, {"resnet20_32", 16, 32, 32, 3, 2, 1}, {"resnet20_32", 32, 32, 16, 3, 1, 1},
+      {"resnet20_32", 64, 64, 8, 3, 1, 1},  {"resnet50_224", 64, 64, 56, 3, 1, 1}, {"resnet50_224", 64, 256, 56, 1, 1, 0},
+      {"resnet50_224", 256, 256, 14, 3, 1, 1},
+  };
+}
+
+struct problem {
+  Tensor x, w0, bias, z0;
+  conv2d_params p;
+};
+
+problem make(const conv_shape& s, std::int64_t n) {
+  problem pr;
+  pr.p.stride = {s.stride, s.stride};
+  pr.p.padding = {s.pad, s.pad};
+  pr.x = Tensor(Shape{n, s.c, s.hw, s.hw});
+  pr.w0 = Tensor(Shape{s.o, s.c, s.k, s.k});
+  pr.bias = Tensor(Shape{s.o});
+  fill_uniform(pr.x, counter_rng(1), -1, 1);
+  fill_uniform(pr.w0, counter_rng(2), -0.1f, 0.1f);
+  pr.x = pr.x.to_layout(layout::nhwc);
+  return pr;
+}
+
+dora_adapter adapter_for(const problem& pr, std::int64_t r) {
+  dora_config cfg;
+  cfg.rank = r;
+  cfg.alpha = 2.0 * static_cast<double>(r);
+  dora_adapter a = dora_adapter::conv2d(pr.w0, pr.p, cfg);
+  Tensor b(a.lora_B().shape());
+  fill_uniform(b, counter_rng(3), -0.1f, 0.1f);
+  a.set_parameters(a.magnitude(), a.lora_A(), b);
+  return a;
+}
+
+void finish(benchmark::State& state, std::int64_t n, const std::string& label) {
+  state.counters["images/s"] =
+      benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(label);
+}
+
+void frozen_conv(benchmark::State& state, const conv_shape& s, std::int64_t n) {
+  problem pr = make(s, n);
+  const conv2d conv(pr.w0, pr.bias, pr.p);
+  Tensor y;
+  conv.forward(pr.x, y);
+  for (auto _ : state) conv.forward(pr.x, y);
+  finish(state, n, conv.implementation(pr.x.shape()));
+}
+
+void adapter_fwd(benchmark::State& state, const conv_shape& s, std::int64_t n, std::int64_t r) {
+  problem pr = make(s, n);
+  const dora_adapter a = adapter_for(pr, r);
+  a.base_forward(pr.x, pr.z0);
+  Tensor y;
+  a.forward(pr.x, pr.z0, &pr.bias, y);
+  for (auto _ : state) a.forward(pr.x, pr.z0, &pr.bias, y);
+  finish(state, n, "adapter");
+}
+
+void adapter_fwd_bwd(benchmark::State& state, const conv_shape& s, std::int64_t n, std::int64_t r) {
+  problem pr = make(s, n);
+  const dora_adapter a = adapter_for(pr, r);
+  a.base_forward(pr.x, pr.z0);
+  Tensor y;
+  dora_cache cache;
+  dora_gradients g;
+  a.forward(pr.x, pr.z0, &pr.bias, y, &cache);
+  Tensor gy = y;
+  fill_uniform(gy, counter_rng(4), -1, 1);
+  for (auto _ : state) {
+    a.forward(pr.x, pr.z0, &pr.bias, y, &cache);
+    a.backward(cache, gy, g);
+  }
+  finish(state, n, "adapter");
+}
+
+void adapter_infer(benchmark::State& state, const conv_shape& s, std::int64_t n, std::int64_t r) {
+  problem pr = make(s, n);
+  const dora_adapter a = adapter_for(pr, r);
+  const dora_deployed d = a.deploy();
+  a.base_forward(pr.x, pr.z0);
+  Tensor y;
+  d.forward(pr.x, pr.z0, &pr.bias, y);
+  for (auto _ : state) d.forward(pr.x, pr.z0, &pr.bias, y);
+  finish(state, n, "deployed");
+}
+
+void merged_conv(benchmark::State& state, const conv_shape& s, std::int64_t n, std::int64_t r) {
+  problem pr = make(s, n);
+  const dora_adapter a = adapter_for(pr, r);
+  const conv2d conv(a.merged_weights(), pr.bias, pr.p);
+  Tensor y;
+  conv.forward(pr.x, y);
+  for (auto _ : state) conv.forward(pr.x, y);
+  finish(state, n, conv.implementation(pr.x.shape()));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (const auto& s : shapes()) {
+    for (std::int64_t n : {10, 32}) {
+      const std::string shape = s.net + "/c" + std::to_string(s.c) + "_o" + std::to_string(s.o) + "_" +
+                                std::to_string(s.hw) + "_k" + std::to_string(s.k) + "_s" + std::to_string(s.stride) +
+                                "/n" + std::to_string(n);
+      if (s.net == "resnet50_224" && n == 32) continue;  // keeps the run short; batch 10 shows the ratios
+      benchmark::RegisterBenchmark(("frozen_conv/" + shape).c_str(), frozen_conv, s, n)->UseRealTime();
+      for (std::int64_t r : {2, 4, 8}) {
+        const std::string tail = shape + "/r" + std::to_string(r);
+        benchmark::RegisterBenchmark(("adapter_fwd/" + tail).c_str(), adapter_fwd, s, n, r)->UseRealTime();
+        benchmark::RegisterBenchmark(("adapter_fwd_bwd/" + tail).c_str(), adapter_fwd_bwd, s, n, r)->UseRealTime();
+        benchmark::RegisterBenchmark(("adapter_infer/" + tail).c_str(), adapter_infer, s, n, r)->UseRealTime();
+        if (r == 4) benchmark::RegisterBenchmark(("merged_conv/" + tail).c_str(), merged_conv, s, n, r)->UseRealTime();
+      }
+    }
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

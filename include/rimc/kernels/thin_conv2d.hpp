@@ -1,0 +1,171 @@
+#pragma once
+/// \file
+/// rimc::thin_conv2d: a convolution with few output channels (a DoRA
+/// adapter's A, r = 1..64) computed by shift-and-add ("kn2row"): one GEMM
+/// Y = X [H W, C] · A_cat [C, T r] per image over all T = kh kw taps, then
+/// each output pixel adds the r-vectors of its in-bounds taps. Its weight
+/// and data gradients reuse the same scatter of dL/du. oneDNN's direct
+/// convolutions pad the output channels to a full vector (16 on AVX-512),
+/// so an r = 2 convolution there costs as much as a 16-channel one; this
+/// costs about r T / 16 of that in GEMM work plus one pass over the input.
+///
+/// Activations are channels-last; groups must be 1. The GEMMs run on
+/// oneDNN's matmul (runtime-dispatched AVX2/AVX-512 code); the weight
+/// gradient's reduction over pixels is oneDNN's, reproducible run to run at a
+/// given thread count and equal across thread counts to float rounding.
+
+#include <rimc/core/error.hpp>
+#include <rimc/core/tensor.hpp>
+#include <rimc/kernels/linear.hpp>
+#include <rimc/kernels/onednn.hpp>
+#include <rimc/kernels/params.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace rimc {
+
+/// A convolution with few output channels: weights [r, C, kh, kw] (PyTorch layout).
+class thin_conv2d {
+ public:
+  thin_conv2d() = default;
+  thin_conv2d(const Tensor& weights, conv2d_params params) : params_(params) {
+    if (params.groups != 1) throw value_error(detail::concat("thin_conv2d: groups must be 1, got ", params.groups));
+    if (weights.rank() != 4) {
+      throw shape_error(detail::concat("thin_conv2d: weights must be rank 4 [r, C, kh, kw], got ",
+                                       weights.shape().to_string()));
+    }
+    shape_ = weights.shape();
+    (void)conv2d_output_shape(Shape{1, shape_[1], params.dilation[0] * (shape_[2] - 1) + 1,
+                                    params.dilation[1] * (shape_[3] - 1) + 1},
+                              shape_, params);
+    set_weights(weights);
+  }
+
+  [[nodiscard]] const Shape& weight_shape() const noexcept { return shape_; }
+  [[nodiscard]] const conv2d_params& params() const noexcept { return params_; }
+  [[nodiscard]] Shape output_shape(const Shape& src) const { return conv2d_output_shape(src, shape_, params_); }
+
+  /// Replaces the weights (same shape).
+  void set_weights(const Tensor& weights) {
+    check_same_shape("thin_conv2d::set_weights", weights.shape(), shape_);
+    const Tensor w = weights.to_layout(layout::nchw);
+    const auto r = shape_[0], C = shape_[1], T = shape_[2] * shape_[3];
+    a_cat_.resize(C, T * r);
+    for (std::int64_t j = 0; j < r; ++j)
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t t = 0; t < T; ++t) a_cat_(c, t * r + j) = w[(j * C + c) * T + t];
+  }
+
+  /// u [N, r, OH, OW] (channels-last) = conv(src, weights).
+  void forward(const Tensor& src, Tensor& u) const {
+    const Shape out = output_shape(src.shape());
+    const Tensor& x = detail::as_layout(src, layout::nhwc, 3);
+    const auto N = out[0], r = shape_[0], OHW = out[2] * out[3], HW = x.dim(2) * x.dim(3), C = shape_[1];
+    const auto OW = out[3], W = x.dim(3), sw = params_.stride[1], Tr = a_cat_.cols();
+    // Y^T [T r, N H W]: row t r + j holds tap t of output channel j for every input pixel.
+    thread_local Tensor yt;
+    yt.ensure(Shape{Tr, N * HW});
+    detail::gemm({Tr, N * HW, C, true, true, false}, a_cat_.data(), x.data(), yt.data());  // A_cat^T X^T
+    u.ensure(out, layout::nhwc);
+    const float* Y = yt.data();
+    float* U = u.data();
+#pragma omp parallel
+    {
+      std::vector<float> ut(static_cast<std::size_t>(r * OHW));  // one image's u, channel-major
+#pragma omp for schedule(static)
+      for (std::int64_t n = 0; n < N; ++n) {
+        std::fill(ut.begin(), ut.end(), 0.0f);
+        for_each_run(out, x.shape(), [&](std::int64_t t, std::int64_t oh, std::int64_t ih, std::int64_t lo,
+                                         std::int64_t hi, std::int64_t off) {
+          for (std::int64_t j = 0; j < r; ++j) {
+            float* dst = ut.data() + j * OHW + oh * OW;
+            const float* from = Y + (t * r + j) * N * HW + n * HW + ih * W + off;
+            for (std::int64_t ow = lo; ow < hi; ++ow) dst[ow] += from[ow * sw];
+          }
+        });
+        float* un = U + n * OHW * r;
+        for (std::int64_t p = 0; p < OHW; ++p)
+          for (std::int64_t j = 0; j < r; ++j) un[p * r + j] = ut[static_cast<std::size_t>(j * OHW + p)];
+      }
+    }
+  }
+
+  /// The weight gradient [r, C, kh, kw] and, with `diff_src`, the input
+  /// gradient (channels-last) of L given du = dL/du ([N, r, OH, OW]).
+  void backward(const Tensor& src, const Tensor& diff_u, Tensor& diff_weights, Tensor* diff_src = nullptr) const {
+    const Shape out = output_shape(src.shape());
+    check_same_shape("thin_conv2d::backward: diff_u", diff_u.shape(), out);
+    const Tensor& x = detail::as_layout(src, layout::nhwc, 3);
+    const Tensor& du = detail::as_layout(diff_u, layout::nhwc, 2);
+    const auto N = out[0], r = shape_[0], OHW = out[2] * out[3], HW = x.dim(2) * x.dim(3), C = shape_[1];
+    const auto OW = out[3], W = x.dim(3), sw = params_.stride[1], Tr = a_cat_.cols();
+    // D^T [T r, N H W]: du scattered back to the input pixel each tap read.
+    thread_local Tensor dt;
+    dt.ensure(Shape{Tr, N * HW});
+    float* D = dt.data();
+    const float* DU = du.data();
+#pragma omp parallel
+    {
+      std::vector<float> dut(static_cast<std::size_t>(r * OHW));
+#pragma omp for schedule(static)
+      for (std::int64_t n = 0; n < N; ++n) {
+        for (std::int64_t t = 0; t < Tr; ++t) std::fill_n(D + t * N * HW + n * HW, HW, 0.0f);
+        const float* dun = DU + n * OHW * r;
+        for (std::int64_t p = 0; p < OHW; ++p)
+          for (std::int64_t j = 0; j < r; ++j) dut[static_cast<std::size_t>(j * OHW + p)] = dun[p * r + j];
+        for_each_run(out, x.shape(), [&](std::int64_t t, std::int64_t oh, std::int64_t ih, std::int64_t lo,
+                                         std::int64_t hi, std::int64_t off) {
+          for (std::int64_t j = 0; j < r; ++j) {
+            const float* from = dut.data() + j * OHW + oh * OW;
+            float* dst = D + (t * r + j) * N * HW + n * HW + ih * W + off;
+            for (std::int64_t ow = lo; ow < hi; ++ow) dst[ow * sw] += from[ow];
+          }
+        });
+      }
+    }
+    // dA_cat [C, T r] = X^T D;  dX [N H W, C] = D A_cat^T.
+    thread_local RowMatrixXf g;
+    g.resize(C, Tr);
+    detail::gemm({C, Tr, N * HW, true, true, false}, x.data(), D, g.data());
+    if (diff_src) {
+      diff_src->ensure(src.shape(), layout::nhwc);
+      detail::gemm({N * HW, C, Tr, true, true, false}, D, a_cat_.data(), diff_src->data());
+    }
+    diff_weights.ensure(shape_);
+    const auto T = shape_[2] * shape_[3];
+    for (std::int64_t j = 0; j < r; ++j)
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t t = 0; t < T; ++t) diff_weights[(j * C + c) * T + t] = g(c, t * r + j);
+  }
+
+ private:
+  /// For every tap t and output row oh of one image whose input row ih is in
+  /// bounds, calls f(t, oh, ih, lo, hi, off): output columns [lo, hi) read
+  /// input column ow * stride + off, all in bounds.
+  template <class F>
+  void for_each_run(const Shape& out, const Shape& src, F&& f) const {
+    const auto OH = out[2], OW = out[3], H = src[2], W = src[3], KH = shape_[2], KW = shape_[3];
+    const auto sw = params_.stride[1];
+    for (std::int64_t kh = 0; kh < KH; ++kh)
+      for (std::int64_t kw = 0; kw < KW; ++kw) {
+        const auto off = kw * params_.dilation[1] - params_.padding[1];
+        const std::int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
+        const std::int64_t hi = W - 1 - off < 0 ? 0 : std::min(OW, (W - 1 - off) / sw + 1);
+        if (lo >= hi) continue;
+        for (std::int64_t oh = 0; oh < OH; ++oh) {
+          const auto ih = oh * params_.stride[0] - params_.padding[0] + kh * params_.dilation[0];
+          if (ih >= 0 && ih < H) f(kh * KW + kw, oh, ih, lo, hi, off);
+        }
+      }
+  }
+
+  conv2d_params params_;
+  Shape shape_;
+  RowMatrixXf a_cat_;  ///< [C, T r]: column t r + j holds tap t of output channel j
+};
+
+}  // namespace rimc
