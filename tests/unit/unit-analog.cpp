@@ -166,6 +166,120 @@ TEST_SUITE("analog") {
     CHECK(tiles == layer.forward(src));
   }
 
+  TEST_CASE("conv tiles keep whole input channels and both tile kernels agree") {
+    // 40 channels of 3x3 = 360 rows: 128-row tiles hold 14 channels (126 rows) each -> 3 row blocks.
+    const Tensor w = test::random_tensor(Shape{70, 40, 3, 3}, 30);
+    const Tensor b = test::random_tensor(Shape{70}, 31);
+    device_config two_slices;
+    two_slices.bits_per_cell = 4;
+    two_slices.slices = 2;
+    for (const auto& dev : {device_config{}, two_slices}) {
+      analog_options opt = noisy_options();
+      opt.device = dev;
+      opt.device.noise = programming_noise::proportional(0.02);
+      basic_analog_conv2d<small_tile> layer(w, b, conv_params(2, 1, true), opt);
+      CHECK(layer.array().row_group() == 9);
+      CHECK(layer.array().tile_grid_rows() == 3);
+      CHECK(layer.array().tile(0, 0).rows() == 126);
+      CHECK(layer.array().tile(2, 0).rows() == 108);
+      layer.drift_to(presets::cmo_reram_drift(), 3600.0, 32);
+      const Tensor src = test::random_tensor(Shape{5, 40, 10, 10}, 33, layout::nhwc);
+      const Tensor expected = reference::conv2d(src, layer.effective_weights(), &b, layer.params());
+      Tensor by_conv, by_gemm;
+      layer.forward_tiles(src, by_conv, tile_kernel::conv);
+      layer.forward_tiles(src, by_gemm, tile_kernel::gemm);
+      check_relative(by_conv, expected, 1e-5);
+      check_relative(by_gemm, expected, 1e-5);
+      // With a fixed-range 8-bit DAC, an 8-bit ADC and output noise the two kernels see the same
+      // quantised inputs and draw the same noise (same call count); they differ by float rounding,
+      // and by one ADC step where that rounding moves a current across a step boundary.
+      periphery_config p;
+      p.dac = dac_config{8, dac_scaling::fixed, 1.0};
+      p.adc = adc_config{8, adc_range_mode::percentile, 0.0, 99.0};
+      p.output_noise = 0.01;
+      p.noise_seed = 34;
+      auto noisy = [&](tile_kernel kernel) {  // a fresh layer: the noise draw depends on the call count
+        basic_analog_conv2d<small_tile> twin(w, b, conv_params(2, 1, true), opt);
+        twin.drift_to(presets::cmo_reram_drift(), 3600.0, 32);
+        twin.set_periphery(p);
+        twin.calibrate_adc(src);
+        CHECK(twin.conv_kernel_exact());
+        Tensor y;
+        twin.forward_tiles(src, y, kernel);
+        return std::make_pair(y, std::move(twin));
+      };
+      auto [after_conv, with_conv] = noisy(tile_kernel::conv);
+      by_gemm = noisy(tile_kernel::gemm).first;
+      const auto& calibrated = with_conv;
+      const Tensor c = after_conv.to_layout(layout::nchw), g = by_gemm.to_layout(layout::nchw);
+      const auto bound = adc_bound(calibrated.array(), 8);  // half a step per tile and slice
+      const double floor = 1e-5 * double(c.vector().cwiseAbs().maxCoeff());
+      const auto O = c.dim(1), HW = c.dim(2) * c.dim(3);
+      std::int64_t stepped = 0;
+      double worst = 0;
+      for (std::int64_t i = 0; i < c.numel(); ++i) {
+        const double d = std::abs(double(c[i]) - double(g[i]));
+        stepped += d > floor;
+        worst = std::max(worst, d / (2 * bound[static_cast<std::size_t>((i / HW) % O)] + floor));
+      }
+      CHECK(stepped < c.numel() / 50);
+      CHECK(worst <= 1.0);
+    }
+  }
+
+  TEST_CASE("the tile kernel is chosen by the periphery and the mapping") {
+    const Tensor w = test::random_tensor(Shape{8, 4, 3, 3}, 35);
+    analog_conv2d layer(w);
+    CHECK(layer.conv_kernel_exact());
+    periphery_config p = periphery_config::quantised(8, 8);  // per-vector abs-max DAC: rows, not elements
+    layer.set_periphery(p);
+    CHECK_FALSE(layer.conv_kernel_exact());
+    const Tensor src = test::random_tensor(Shape{2, 4, 5, 5}, 36);
+    layer.calibrate_adc(src);
+    Tensor y;
+    CHECK_THROWS_WITH_AS(layer.forward_tiles(src, y, tile_kernel::conv),
+                         "[rimc.value_error] analog_conv2d: tile_kernel::conv needs differential mapping, no DAC or a "
+                         "fixed-range DAC, and no read noise",
+                         value_error);
+    p.dac.reset();
+    p.read = read_noise::constant(0.1);
+    layer.set_periphery(p);
+    CHECK_FALSE(layer.conv_kernel_exact());
+    basic_analog_conv2d<CrossbarTile<float, 256, 256, offset_mapping>> offset(w);
+    CHECK_FALSE(offset.conv_kernel_exact());
+    // Offset mapping runs the GEMM kernel, exactly.
+    check_relative(
+        [&] {
+          Tensor t;
+          offset.forward_tiles(src, t);
+          return t;
+        }(),
+        reference::conv2d(src, offset.effective_weights(), nullptr, offset.params()), 1e-5);
+  }
+
+  TEST_CASE("noisy tile-exact convolutions are identical for any thread count") {
+    const Tensor w = test::random_tensor(Shape{40, 30, 3, 3}, 37);
+    const Tensor src = test::random_tensor(Shape{6, 30, 12, 12}, 38, layout::nhwc);
+    for (auto kernel : {tile_kernel::conv, tile_kernel::gemm}) {
+      auto run = [&](int threads) {
+        const thread_count_guard g(threads);
+        basic_analog_conv2d<small_tile> layer(w, std::nullopt, conv_params(1, 1, false), noisy_options());
+        periphery_config p;
+        p.adc = adc_config{6, adc_range_mode::percentile, 0.0, 99.9};
+        p.output_noise = 0.02;
+        p.noise_seed = 1;
+        layer.set_periphery(p);
+        layer.calibrate_adc(src);
+        Tensor a, b;
+        layer.forward_tiles(src, a, kernel);
+        layer.forward_tiles(src, b, kernel);
+        CHECK_FALSE(a == b);  // fresh noise per call
+        return a;
+      };
+      CHECK(run(1) == run(2));
+    }
+  }
+
   TEST_CASE("input gradients go through the effective weights") {
     const Tensor w = test::random_tensor(Shape{30, 8, 3, 3}, 12);
     basic_analog_conv2d<small_tile> conv(w, std::nullopt, conv_params(2, 1, false), noisy_options());

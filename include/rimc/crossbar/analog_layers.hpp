@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -43,9 +44,9 @@ template <crossbar_tile Tile>
 class analog_core {
  public:
   /// `w_ok` is the weight matrix in PyTorch orientation [O, K].
-  analog_core(std::string_view who, const Tensor& w_ok, const analog_options& opt)
+  analog_core(std::string_view who, const Tensor& w_ok, const analog_options& opt, std::int64_t row_group = 1)
       : who_(who), opt_(opt), array_(transposed(w_ok), opt.device, mix_seed(opt.program_seed, opt.layer_id),
-                                     opt.periphery),
+                                     opt.periphery, row_group),
         gain_(static_cast<std::size_t>(w_ok.dim(0)), 1.0f) {}
 
   [[nodiscard]] const TiledArray<Tile>& array() const noexcept { return array_; }
@@ -76,7 +77,6 @@ class analog_core {
     array_.set_periphery(p);
     opt_.periphery = std::move(p);
   }
-  void calibrate_adc(const Tensor& x) { array_.calibrate_adc(x); }
   void set_gain(std::span<const float> g) {
     if (static_cast<std::int64_t>(g.size()) != array_.cols()) {
       throw shape_error(concat(who_, "::set_column_gain: ", g.size(), " gains given for ", array_.cols(),
@@ -88,17 +88,31 @@ class analog_core {
     gain_.assign(g.begin(), g.end());
   }
 
-  /// y [rows, O] = gain * (tile-exact x W) + bias, then ReLU if asked.
-  void tile_forward(const Tensor& x, float* y, const std::optional<Tensor>& bias, bool relu) const {
-    array_.mvm(x, y);
-    const auto N = x.dim(0), O = array_.cols();
+  /// y [rows, O] = gain * (tile-exact product of the rows `fill` produces) + bias, then ReLU if asked.
+  template <class Fill>
+  void tile_forward(std::int64_t rows, Fill&& fill, float* y, const std::optional<Tensor>& bias, bool relu) const {
+    const auto O = array_.cols();
     const float* b = bias ? bias->data() : nullptr;
-#pragma omp parallel for schedule(static)
-    for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t o = 0; o < O; ++o) {
-        float v = y[n * O + o] * gain_[static_cast<std::size_t>(o)] + (b ? b[o] : 0.0f);
-        y[n * O + o] = relu ? std::max(v, 0.0f) : v;
+    const float* g = gain_.data();
+    array_.mvm_rows(rows, fill, y, [=](std::int64_t r0, std::int64_t r1, float* yr) {
+      epilogue(r1 - r0, O, 0, O, g, b, relu, yr);
+    });
+  }
+
+  /// Columns [o0, o0 + C) of rows [M, O] <- rows * gain + bias, then ReLU if asked.
+  static void epilogue(std::int64_t M, std::int64_t O, std::int64_t o0, std::int64_t C, const float* gain,
+                       const float* bias, bool relu, float* rows) noexcept {
+    for (std::int64_t n = 0; n < M; ++n) {
+      float* row = rows + n * O;
+      for (std::int64_t o = o0; o < o0 + C; ++o) {
+        const float v = row[o] * gain[o] + (bias ? bias[o] : 0.0f);
+        row[o] = relu ? std::max(v, 0.0f) : v;
       }
+    }
+  }
+  template <class Fill>
+  void calibrate_adc(std::int64_t rows, Fill&& fill) {
+    array_.calibrate_adc_rows(rows, fill);
   }
 
  private:
@@ -126,6 +140,14 @@ class analog_core {
 }
 
 }  // namespace detail
+
+/// How the tile-exact path of an analog convolution multiplies its tiles.
+enum class tile_kernel : std::uint8_t {
+  automatic,  ///< `conv` where it is exact, else `gemm`
+  gemm,       ///< im2col rows times each tile's matrix (rimc::matmul, in cache-sized row chunks); any periphery
+  conv,       ///< one oneDNN convolution per tile and slice over the tile's input channels; needs
+              ///< differential mapping, no DAC or a fixed-range DAC (element-wise), and no read noise
+};
 
 /// A linear layer y = x W^T + b whose W [O, K] is programmed onto RRAM crossbars.
 template <crossbar_tile Tile = CrossbarTile<>>
@@ -167,10 +189,19 @@ class basic_analog_linear {
   }
   /// The tile-exact forward whatever the periphery (what `forward` runs when it is not ideal).
   void forward_tiles(const Tensor& src, Tensor& dst) const {
-    const Tensor x = as_rows(src);
-    Tensor out = Tensor::empty(Shape{x.dim(0), out_features()});
-    core_.tile_forward(x, out.data(), bias_, relu_);
-    dst = std::move(out);
+    if (&src == &dst) {
+      Tensor y;
+      forward_tiles(src, y);
+      dst = std::move(y);
+      return;
+    }
+    std::optional<Tensor> converted;
+    const float* x = rows_of(src, converted);
+    const auto N = src.dim(0), K = in_features();
+    dst.ensure(Shape{N, out_features()});
+    core_.tile_forward(
+        N, [=](std::int64_t r0, std::int64_t r1, float* d) { std::copy(x + r0 * K, x + r1 * K, d); }, dst.data(),
+        bias_, relu_);
   }
   [[nodiscard]] Tensor forward(const Tensor& src) const {
     Tensor dst;
@@ -201,7 +232,13 @@ class basic_analog_linear {
   /// Replaces the periphery (no RRAM write).
   void set_periphery(periphery_config p) { core_.set_periphery(std::move(p)); }
   /// Calibrates a percentile ADC on representative inputs src.
-  void calibrate_adc(const Tensor& src) { core_.calibrate_adc(as_rows(src)); }
+  void calibrate_adc(const Tensor& src) {
+    std::optional<Tensor> converted;
+    const float* x = rows_of(src, converted);
+    const auto K = in_features();
+    core_.calibrate_adc(src.dim(0),
+                        [=](std::int64_t r0, std::int64_t r1, float* d) { std::copy(x + r0 * K, x + r1 * K, d); });
+  }
   /// Sets the digital per-output gain (drift compensation); no RRAM write.
   void set_column_gain(std::span<const float> gain) {
     core_.set_gain(gain);
@@ -218,16 +255,17 @@ class basic_analog_linear {
     check_finite("analog_linear: weights", w);
     return w;
   }
-  [[nodiscard]] Tensor as_rows(const Tensor& src) const {
+  /// The rows of src ([N, K], or [N, C, H, W] flattened channels-first), converting an nhwc source into `converted`.
+  [[nodiscard]] const float* rows_of(const Tensor& src, std::optional<Tensor>& converted) const {
     const bool ok = (src.rank() == 2 || src.rank() == 4) && src.dim(0) > 0 &&
                     src.numel() / src.dim(0) == in_features();
     if (!ok) {
       throw shape_error(detail::concat("analog_linear: src ", src.shape().to_string(), " does not give ",
                                        in_features(), " features per row"));
     }
-    Tensor x = src.rank() == 4 ? src.to_layout(layout::nchw) : src;
-    x.reshape(Shape{src.dim(0), in_features()});
-    return x;
+    if (src.memory_layout() == layout::nchw) return src.data();
+    converted = src.to_layout(layout::nchw);
+    return converted->data();
   }
   void refresh() { digital_.set_weights(core_.effective_ok()); }
 
@@ -246,11 +284,19 @@ class basic_analog_conv2d {
 
   basic_analog_conv2d(const Tensor& weights, std::optional<Tensor> bias = std::nullopt, conv2d_params params = {},
                       analog_options options = {})
-      : core_("analog_conv2d", checked_weights(weights, params), options),
+      : core_("analog_conv2d", checked_weights(weights, params), options, weights.dim(2) * weights.dim(3)),
         bias_(bias ? std::optional<Tensor>(detail::checked_bias("analog_conv2d", std::move(bias), weights.dim(0)))
                    : std::nullopt),
         wshape_(weights.shape()),
-        digital_(effective(), bias_, params) {}
+        digital_(effective(), bias_, params) {
+    if constexpr (Tile::devices == 2) {
+      conv2d_params tp = params;
+      tp.relu = false;
+      const auto& a = core_.array();
+      for (const auto& t : a.tiles())
+        for (int s = 0; s < a.grid().slices; ++s) tile_convs_.emplace_back(tile_weights(t, s), std::nullopt, tp);
+    }
+  }
 
   /// The weights [O, C, kh, kw] the layer applies now (array readback times column gain), bias excluded.
   [[nodiscard]] const Tensor& effective_weights() const noexcept { return digital_.weights(); }
@@ -277,13 +323,30 @@ class basic_analog_conv2d {
     forward_tiles(src, dst);
   }
   /// The tile-exact forward whatever the periphery (what `forward` runs when it is not ideal).
-  void forward_tiles(const Tensor& src, Tensor& dst) const {
+  void forward_tiles(const Tensor& src, Tensor& dst, tile_kernel kernel = tile_kernel::automatic) const {
     const Shape out = output_shape(src.shape());
-    Tensor cols;
-    im2col(src, wshape_[2], wshape_[3], params(), cols);
-    Tensor y = Tensor::empty(out, layout::nhwc);
-    core_.tile_forward(cols, y.data(), bias_, params().relu);
-    dst = std::move(y);
+    if (kernel == tile_kernel::conv && !conv_kernel_exact()) {
+      throw value_error(
+          "analog_conv2d: tile_kernel::conv needs differential mapping, no DAC or a fixed-range DAC, and no read noise");
+    }
+    if (&src == &dst) {
+      Tensor y;
+      forward_tiles(src, y, kernel);
+      dst = std::move(y);
+      return;
+    }
+    dst.ensure(out, layout::nhwc);
+    if (kernel == tile_kernel::conv || (kernel == tile_kernel::automatic && conv_kernel_exact())) {
+      conv_tiles(src, out, dst);
+      return;
+    }
+    core_.tile_forward(out[0] * out[2] * out[3], im2col_fill(src, out), dst.data(), bias_, params().relu);
+  }
+
+  /// True when the per-tile convolution kernel computes the tile-exact result (see tile_kernel::conv).
+  [[nodiscard]] bool conv_kernel_exact() const noexcept {
+    const auto& p = periphery();
+    return Tile::devices == 2 && (!p.dac || p.dac->scaling == dac_scaling::fixed) && p.read.is_none();
   }
   [[nodiscard]] Tensor forward(const Tensor& src) const {
     Tensor dst;
@@ -320,9 +383,8 @@ class basic_analog_conv2d {
   void set_periphery(periphery_config p) { core_.set_periphery(std::move(p)); }
   /// Calibrates a percentile ADC on representative inputs src [N, C, H, W].
   void calibrate_adc(const Tensor& src) {
-    Tensor cols;
-    im2col(src, wshape_[2], wshape_[3], params(), cols);
-    core_.calibrate_adc(cols);
+    const Shape out = output_shape(src.shape());
+    core_.calibrate_adc(out[0] * out[2] * out[3], im2col_fill(src, out));
   }
   /// Sets the digital per-output-channel gain (drift compensation); no RRAM write.
   void set_column_gain(std::span<const float> gain) {
@@ -344,17 +406,111 @@ class basic_analog_conv2d {
     ok.reshape(Shape{w.dim(0), w.numel() / w.dim(0)});
     return ok;
   }
+  /// Fills im2col rows of src on demand (the crossbar's input vectors).
+  [[nodiscard]] auto im2col_fill(const Tensor& src, const Shape& out) const {
+    return [&src, out, kh = wshape_[2], kw = wshape_[3], p = params()](std::int64_t r0, std::int64_t r1, float* d) {
+      im2col_rows(src, kh, kw, p, out, r0, r1, d);
+    };
+  }
   [[nodiscard]] Tensor effective() const {
     Tensor w = core_.effective_ok();
     w.reshape(wshape_);
     return w;
   }
-  void refresh() { digital_.set_weights(effective()); }
+  void refresh() {
+    digital_.set_weights(effective());
+    const auto& a = core_.array();
+    const auto S = static_cast<std::size_t>(a.grid().slices);
+    for (std::size_t i = 0; i < tile_convs_.size(); ++i)
+      tile_convs_[i].set_weights(tile_weights(a.tiles()[i / S], static_cast<int>(i % S)));
+  }
+
+  /// Slice s of tile t as convolution weights [cols, channels, kh, kw] (the tile's rows are whole channels).
+  [[nodiscard]] Tensor tile_weights(const Tile& t, int s) const {
+    const Tensor& m = t.analog_matrix(s);
+    const auto R = t.rows(), C = t.cols(), KK = wshape_[2] * wshape_[3];
+    Tensor w = Tensor::empty(Shape{C, R / KK, wshape_[2], wshape_[3]});
+    for (std::int64_t r = 0; r < R; ++r)
+      for (std::int64_t j = 0; j < C; ++j) w[j * R + r] = m[r * C + j];
+    return w;
+  }
+
+  /// The tile-exact forward with one oneDNN convolution per tile and slice:
+  /// the tile's column currents are the convolution of its input channels
+  /// (DAC-quantised element-wise) with its normalised conductance matrix.
+  ///
+  /// Images go in fixed groups of about 4 MiB of output (the group size
+  /// depends on the shape only), one group per thread with single-threaded
+  /// convolutions: one parallel region per call, each group's currents and
+  /// partial sums stay in that core's cache, and results do not depend on
+  /// the thread count.
+  void conv_tiles(const Tensor& src, const Shape& out, Tensor& y) const {
+    const auto& a = core_.array();
+    const auto& P = a.periphery();
+    const auto N = out[0], O = out[1], pixels = out[2] * out[3];
+    const auto C_in = src.dim(1), H = src.dim(2), W = src.dim(3), KK = wshape_[2] * wshape_[3];
+    const int S = a.grid().slices;
+    const auto plan = a.begin_call();
+    const float* b = bias_ ? bias_->data() : nullptr;
+    const float* g = core_.gain().data();
+    const bool relu = params().relu;
+    const bool dac = P.dac.has_value();
+    const float xs_all = dac ? static_cast<float>(P.dac->range) : 1.0f;
+    const float inv = 1.0f / xs_all, steps = dac ? static_cast<float>(P.dac->steps()) : 1.0f;
+    const auto group = std::clamp<std::int64_t>((1 << 20) / std::max<std::int64_t>(pixels * O, 1), 1, N);
+    const auto groups = (N + group - 1) / group;
+    std::exception_ptr failure;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::int64_t gi = 0; gi < groups; ++gi) {
+      try {
+        const thread_count_guard single(1);
+        thread_local Tensor xb, c;  // this thread's scratch, reused across calls
+        const auto n0 = gi * group, ng = std::min(group, N - n0), rows = ng * pixels, r_base = n0 * pixels;
+        float* yg = y.data() + r_base * O;
+        for (std::int64_t rb = 0; rb < a.tile_grid_rows(); ++rb) {
+          const Tile& block = a.tile(rb, 0);
+          const auto ch0 = block.row0() / KK, chn = block.rows() / KK;
+          const Tensor* xin = &src;
+          if (ng < N || chn < C_in || dac) {
+            // The group's images, the tile's input channels, through the DAC.
+            xb.ensure(Shape{ng, chn, H, W}, layout::nhwc);
+            for (std::int64_t n = 0; n < ng; ++n)
+              for (std::int64_t h = 0; h < H; ++h)
+                for (std::int64_t w = 0; w < W; ++w) {
+                  float* d = xb.data() + xb.offset(n, 0, h, w);
+                  for (std::int64_t ch = 0; ch < chn; ++ch) {
+                    const float v = src.at(n0 + n, ch0 + ch, h, w);
+                    d[ch] = dac ? detail::quantise_unit(v, inv, steps) : v;
+                  }
+                }
+            xin = &xb;
+          }
+          for (std::int64_t cb = 0; cb < a.tile_grid_cols(); ++cb) {
+            const auto ti = static_cast<std::size_t>(rb * a.tile_grid_cols() + cb);
+            const auto C = a.tiles()[ti].cols(), o0 = a.tiles()[ti].col0();
+            for (int s = 0; s < S; ++s) {
+              tile_convs_[ti * static_cast<std::size_t>(S) + static_cast<std::size_t>(s)].forward(*xin, c);
+              if (c.memory_layout() != layout::nhwc) c = c.to_layout(layout::nhwc);
+              // The first partial sum of each column assigns, the last applies gain, bias and ReLU.
+              const bool assign = rb == 0 && s == 0, finish = rb + 1 == a.tile_grid_rows() && s + 1 == S;
+              a.accumulate(plan, ti, s, r_base, rows, c.data(), nullptr, nullptr, xs_all, yg, assign);
+              if (finish) detail::analog_core<Tile>::epilogue(rows, O, o0, C, g, b, relu, yg);
+            }
+          }
+        }
+      } catch (...) {
+#pragma omp critical(rimc_analog_conv2d_failure)
+        if (!failure) failure = std::current_exception();
+      }
+    }
+    if (failure) std::rethrow_exception(failure);
+  }
 
   detail::analog_core<Tile> core_;
   std::optional<Tensor> bias_;
   Shape wshape_;
   conv2d digital_;
+  std::vector<conv2d> tile_convs_;  ///< per (tile, slice): the tile as a convolution (differential mapping only)
 };
 
 /// Analog linear layer on 256 x 256 float tiles, differential mapping, nearest-level programming.

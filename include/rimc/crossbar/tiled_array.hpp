@@ -6,6 +6,7 @@
 /// read noise, partial sums accumulated digitally).
 
 #include <rimc/core/error.hpp>
+#include <rimc/core/parallel.hpp>
 #include <rimc/core/random.hpp>
 #include <rimc/core/tensor.hpp>
 #include <rimc/crossbar/periphery.hpp>
@@ -19,6 +20,8 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <exception>
+#include <limits>
 #include <optional>
 #include <span>
 #include <vector>
@@ -49,21 +52,31 @@ class TiledArray {
   using tile_type = Tile;
 
   /// Programs `w` ([K, O]) onto tiles with device `dev`; `seed` draws the programming noise.
+  ///
+  /// `row_group` keeps groups of that many consecutive rows on one tile (a
+  /// convolution passes kh * kw, so each input channel's receptive field sits
+  /// on one tile): each tile then uses floor(Rows / row_group) * row_group rows.
   TiledArray(const Tensor& w, const device_config& dev, std::uint64_t seed = 0,
-             periphery_config periphery = periphery_config::ideal())
+             periphery_config periphery = periphery_config::ideal(), std::int64_t row_group = 1)
       : dev_(dev), grid_(make_level_grid<typename Tile::mapping_type, typename Tile::quantiser_type>(dev)) {
     if (w.rank() != 2 || w.dim(0) < 1 || w.dim(1) < 1) {
       throw shape_error(detail::concat("TiledArray: weights must be a non-empty [K, O] matrix, got ",
                                        w.shape().to_string()));
     }
+    if (row_group < 1 || row_group > Tile::max_rows || w.dim(0) % row_group != 0) {
+      throw shape_error(detail::concat("TiledArray: a row group of ", row_group, " rows must divide K = ", w.dim(0),
+                                       " and fit a tile of ", Tile::max_rows, " rows"));
+    }
     K_ = w.dim(0);
     O_ = w.dim(1);
-    grid_rows_ = (K_ + Tile::max_rows - 1) / Tile::max_rows;
+    row_group_ = row_group;
+    const auto rows_per_tile = Tile::max_rows / row_group * row_group;
+    grid_rows_ = (K_ + rows_per_tile - 1) / rows_per_tile;
     grid_cols_ = (O_ + Tile::max_cols - 1) / Tile::max_cols;
     for (std::int64_t i = 0; i < grid_rows_; ++i)
       for (std::int64_t j = 0; j < grid_cols_; ++j) {
-        const auto r0 = i * Tile::max_rows, c0 = j * Tile::max_cols;
-        tiles_.emplace_back(r0, c0, std::min(Tile::max_rows, K_ - r0), std::min(Tile::max_cols, O_ - c0), O_, grid_);
+        const auto r0 = i * rows_per_tile, c0 = j * Tile::max_cols;
+        tiles_.emplace_back(r0, c0, std::min(rows_per_tile, K_ - r0), std::min(Tile::max_cols, O_ - c0), O_, grid_);
       }
     set_periphery(std::move(periphery));
     reprogram(w, seed);
@@ -76,6 +89,7 @@ class TiledArray {
     K_ = o.K_;
     O_ = o.O_;
     grid_rows_ = o.grid_rows_;
+    row_group_ = o.row_group_;
     grid_cols_ = o.grid_cols_;
     tiles_ = std::move(o.tiles_);
     scales_ = std::move(o.scales_);
@@ -91,6 +105,8 @@ class TiledArray {
   [[nodiscard]] std::int64_t cols() const noexcept { return O_; }  ///< O (outputs)
   [[nodiscard]] std::int64_t tile_grid_rows() const noexcept { return grid_rows_; }
   [[nodiscard]] std::int64_t tile_grid_cols() const noexcept { return grid_cols_; }
+  /// Consecutive rows kept on one tile (kh * kw for a convolution, else 1).
+  [[nodiscard]] std::int64_t row_group() const noexcept { return row_group_; }
   [[nodiscard]] const Tile& tile(std::int64_t i, std::int64_t j) const {
     return tiles_.at(static_cast<std::size_t>(i * grid_cols_ + j));
   }
@@ -161,9 +177,20 @@ class TiledArray {
   /// Sets each (tile, slice) ADC range to the configured percentile of
   /// |column current| over the rows of `x` ([N, K]), without noise.
   void calibrate_adc(const Tensor& x) {
+    check_input(x);
+    calibrate_adc_rows(x.dim(0), row_copier(x));
+  }
+
+  /// calibrate_adc over `rows` input rows produced by `fill` (see mvm_rows).
+  template <class Fill>
+  void calibrate_adc_rows(std::int64_t rows, Fill&& fill) {
     if (!periphery_.adc) throw value_error("TiledArray::calibrate_adc: the periphery has no ADC");
     std::vector<std::vector<float>> samples(tiles_.size() * static_cast<std::size_t>(grid_.slices));
-    run(x, static_cast<float*>(nullptr), &samples);
+    const auto plan = make_plan(0);
+    const auto chunk = chunk_rows();
+    for (std::int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      run_chunk(plan, r0, std::min(rows, r0 + chunk), fill, nullptr, &samples);
+    }
     const double pct = periphery_.adc->percentile;
     adc_ranges_.assign(samples.size(), 0.0f);
     for (std::size_t i = 0; i < samples.size(); ++i) {
@@ -185,16 +212,116 @@ class TiledArray {
   /// The same product written to `y`, which must hold N * O floats (row-major [N, O]).
   void mvm(const Tensor& x, float* y) const {
     check_input(x);
-    if (periphery_.adc && adc_ranges_.empty()) {
-      throw value_error(
-          "TiledArray: the ADC range is not calibrated (adc_range_mode::percentile): call calibrate_adc first");
-    }
-    run(x, y, nullptr);
+    mvm_rows(x.dim(0), row_copier(x), y, [](std::int64_t, std::int64_t, float*) {});
   }
   [[nodiscard]] Tensor mvm(const Tensor& x) const {
     Tensor y;
     mvm(x, y);
     return y;
+  }
+
+  /// The tile-exact product over `rows` input vectors produced on demand:
+  /// `fill(r0, r1, dst)` writes input rows [r0, r1) as a row-major
+  /// [r1 - r0, K] block to dst; outputs go to y (row-major [rows, O]), and
+  /// `epilogue(r0, r1, y + r0 * O)` runs on each finished block of rows.
+  ///
+  /// Rows are processed in fixed-size chunks, in parallel over chunks: each
+  /// chunk's inputs, column currents and outputs stay in cache, and every
+  /// output is computed by one thread in a fixed order, so results do not
+  /// depend on the thread count. Tile blocks are multiplied by rimc::matmul.
+  template <class Fill, class Epilogue>
+  void mvm_rows(std::int64_t rows, Fill&& fill, float* y, Epilogue&& epilogue) const {
+    if (periphery_.adc && adc_ranges_.empty()) {
+      throw value_error(
+          "TiledArray: the ADC range is not calibrated (adc_range_mode::percentile): call calibrate_adc first");
+    }
+    const auto plan = make_plan(calls_.fetch_add(1));
+    const auto chunk = chunk_rows();
+    const auto chunks = (rows + chunk - 1) / chunk;
+    std::exception_ptr failure;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::int64_t ch = 0; ch < chunks; ++ch) {
+      try {
+        const auto r0 = ch * chunk, r1 = std::min(rows, r0 + chunk);
+        run_chunk(plan, r0, r1, fill, y, nullptr);
+        epilogue(r0, r1, y + r0 * O_);
+      } catch (...) {
+#pragma omp critical(rimc_tiled_array_failure)
+        if (!failure) failure = std::current_exception();
+      }
+    }
+    if (failure) std::rethrow_exception(failure);
+  }
+
+  /// Per-call constants of the tile-exact product (column factors, offset, noise seed).
+  struct call_plan {
+    std::vector<float> factor;  ///< per column: scale * lm1 / q_max (normalised current -> weight units)
+    float offset_code = 0;      ///< offset mapping: code removed per unit input, in units of factor
+    std::uint64_t seed = 0;     ///< noise seed of this call
+  };
+
+  /// The constants of one tile-exact product; each call draws fresh output / read noise.
+  [[nodiscard]] call_plan begin_call() const { return make_plan(calls_.fetch_add(1)); }
+
+  /// The periphery after tile `ti`, slice `s` for input rows [r0, r0 + M):
+  /// `current` holds the normalised column currents (row-major [M, tile
+  /// cols]), `variance` their read-noise variances (or null); each value gets
+  /// read noise, output noise and the ADC, then y_rows[m * O + o] +=
+  /// xscale_m * place(s) * factor_o * value, with xscale_m = xscale[m] or,
+  /// when xscale is null, xscale_all. `y_rows` points at row r0 of y [rows, O];
+  /// with `overwrite` the tile's columns are assigned instead of added to.
+  void accumulate(const call_plan& plan, std::size_t ti, int s, std::int64_t r0, std::int64_t M, const float* current,
+                  const float* variance, const float* xscale, float xscale_all, float* y_rows,
+                  bool overwrite = false) const {
+    const auto& P = periphery_;
+    const Tile& t = tiles_[ti];
+    const auto o0 = t.col0(), C = t.cols();
+    const auto ts = ti * static_cast<std::size_t>(grid_.slices) + static_cast<std::size_t>(s);
+    const bool reading = variance != nullptr, out_noise = P.output_noise > 0, adc = P.adc.has_value();
+    const float adc_steps = adc ? static_cast<float>(P.adc->steps()) : 1.0f;
+    const float sigma_out = static_cast<float>(P.output_noise);
+    const float place = static_cast<float>(grid_.place(s));
+    const float range = adc ? adc_ranges_[ts] : 1.0f, inv_range = 1.0f / range;
+    const auto stream_tail = (static_cast<std::uint64_t>(ts) + 1) << 32;
+    const counter_rng read_rng(plan.seed, static_cast<std::uint64_t>(rng_stream::read_noise) + stream_tail);
+    const counter_rng out_rng(plan.seed, static_cast<std::uint64_t>(rng_stream::output_noise) + stream_tail);
+    const float* f = plan.factor.data() + o0;
+    for (std::int64_t m = 0; m < M; ++m) {
+      const float xs = (xscale ? xscale[m] : xscale_all) * place;
+      const float* cm = current + m * C;
+      float* ym = y_rows + m * O_ + o0;
+      if (overwrite) std::fill_n(ym, C, 0.0f);
+      if (!reading && !out_noise) {
+        if (adc) {
+          // The ADC, branch-free so it vectorises: clip to the range, round to the nearest step.
+          const float lsb = range / adc_steps, to_steps = inv_range * adc_steps;
+          for (std::int64_t j = 0; j < C; ++j) {
+            const float code = std::min(std::max(cm[j] * to_steps, -adc_steps), adc_steps);
+            ym[j] += xs * f[j] * (detail::round_half_even(code) * lsb);
+          }
+        } else {
+          for (std::int64_t j = 0; j < C; ++j) ym[j] += xs * f[j] * cm[j];
+        }
+        continue;
+      }
+      const auto base = static_cast<std::uint64_t>((r0 + m) * C);
+      for (std::int64_t j = 0; j < C; ++j) {
+        float val = cm[j];
+        const auto i = base + static_cast<std::uint64_t>(j);
+        if (reading) val += std::sqrt(std::max(variance[m * C + j], 0.0f)) * static_cast<float>(read_rng.normal(i));
+        if (out_noise) val += sigma_out * static_cast<float>(out_rng.normal(i));
+        if (adc) val = detail::quantise_unit(val, inv_range, adc_steps) * range;
+        ym[j] += xs * f[j] * val;
+      }
+    }
+  }
+
+  /// Input vectors per chunk of the tile-exact product (depends on the shape only).
+  /// About 256 KiB of column currents and 512 KiB of inputs per chunk, so they stay in cache.
+  [[nodiscard]] std::int64_t chunk_rows() const noexcept {
+    const auto width = std::min<std::int64_t>(O_, Tile::max_cols);
+    const auto rows = std::min(65536 / std::max<std::int64_t>(width, 1), 131072 / std::max<std::int64_t>(K_, 1));
+    return std::clamp<std::int64_t>(rows / 16 * 16, 64, 2048);
   }
 
  private:
@@ -218,127 +345,118 @@ class TiledArray {
     }
   }
 
-  void run(const Tensor& x, float* y, std::vector<std::vector<float>>* samples) const {
-    check_input(x);
-    const auto N = x.dim(0);
-    const int S = grid_.slices;
-    const bool calibrating = samples != nullptr;
-    const auto& P = periphery_;
-    const bool reading = !calibrating && !P.read.is_none();
-    const bool out_noise = !calibrating && P.output_noise > 0;
-    const bool adc = !calibrating && P.adc.has_value();
-    const float adc_steps = adc ? static_cast<float>(P.adc->steps()) : 1.0f;
-    const std::uint64_t call_seed = detail::mix_seed(P.noise_seed, calls_.fetch_add(1));
-    if (y) std::fill_n(y, N * O_, 0.0f);
-    std::vector<float> factor(static_cast<std::size_t>(O_));
-    for (std::int64_t o = 0; o < O_; ++o) factor[static_cast<std::size_t>(o)] = static_cast<float>(column_factor(o));
-    // Offset mapping: the digit-0 conductance and the code offset, removed
-    // digitally as offset_code * sum(x~) (in units of factor_o).
-    double offset_code = 0;
-    if constexpr (Tile::devices == 1) {
-      for (int s = 0; s < S; ++s) offset_code += grid_.place(s);
-      offset_code = offset_code * grid_.g_min_us / grid_.range_us + grid_.q_off / grid_.lm1;
-    }
+  /// A fill function copying rows of a row-major [N, K] tensor.
+  [[nodiscard]] auto row_copier(const Tensor& x) const {
+    return [p = x.data(), K = K_](std::int64_t r0, std::int64_t r1, float* dst) {
+      std::copy(p + r0 * K, p + r1 * K, dst);
+    };
+  }
 
-    Tensor xb, xb2, c, v;
-    std::vector<float> xscale(static_cast<std::size_t>(N), 1.0f);
-    std::vector<double> xsum(static_cast<std::size_t>(N), 0.0);
-    const float* xp = x.data();
+  [[nodiscard]] call_plan make_plan(std::uint64_t call) const {
+    call_plan p;
+    p.factor.resize(static_cast<std::size_t>(O_));
+    for (std::int64_t o = 0; o < O_; ++o) p.factor[static_cast<std::size_t>(o)] = static_cast<float>(column_factor(o));
+    // Offset mapping: sum_s radix^s (G_s - g_min) / range * lm1 - q_off is the code, so the
+    // digit-0 conductance and q_off come off digitally as offset_code * sum(x~).
+    if constexpr (Tile::devices == 1) {
+      double places = 0;
+      for (int s = 0; s < grid_.slices; ++s) places += grid_.place(s);
+      p.offset_code = static_cast<float>(places * grid_.g_min_us / grid_.range_us + grid_.q_off / grid_.lm1);
+    }
+    p.seed = detail::mix_seed(periphery_.noise_seed, call);
+    return p;
+  }
+
+  /// Per-thread buffers of the chunked product, reused across calls.
+  struct scratch_t {
+    Tensor in, block, block_sq, current, variance;
+    std::vector<float> xscale;
+    std::vector<double> xsum;
+  };
+
+  /// One chunk of input rows [r0, r1): DAC, every tile and slice, ADC and
+  /// noise, digital accumulation into y (or, with `samples`, collection of
+  /// |current| for ADC calibration).
+  template <class Fill>
+  void run_chunk(const call_plan& plan, std::int64_t r0, std::int64_t r1, Fill& fill, float* y,
+                 std::vector<std::vector<float>>* samples) const {
+    thread_local scratch_t sc;
+    const thread_count_guard single(1);  // each chunk is one thread's work; its matmuls run single-threaded
+    const auto M = r1 - r0;
+    const int S = grid_.slices;
+    const auto& P = periphery_;
+    const bool calibrating = samples != nullptr;
+    const bool reading = !calibrating && !P.read.is_none();
+    constexpr bool offset = Tile::devices == 1;
+
+    sc.in.ensure(Shape{M, K_});
+    fill(r0, r1, sc.in.data());
+    sc.xscale.assign(static_cast<std::size_t>(M), 1.0f);
+    sc.xsum.assign(static_cast<std::size_t>(M), 0.0);
+    float* yc = y ? y + r0 * O_ : nullptr;
+
     for (std::int64_t rb = 0; rb < grid_rows_; ++rb) {
       const Tile& first = tiles_[static_cast<std::size_t>(rb * grid_cols_)];
       const auto k0 = first.row0(), R = first.rows();
-      // DAC: the row block of every input vector, scaled and quantised.
       const bool direct = !P.dac && grid_rows_ == 1;
       if (!direct) {
-        xb.ensure(Shape{N, R});
-        float* xbp = xb.data();
-        const auto& dac = P.dac;
-#pragma omp parallel for schedule(static)
-        for (std::int64_t n = 0; n < N; ++n) {
-          const float* src = xp + n * K_ + k0;
-          float* dst = xbp + n * R;
-          if (!dac) {
+        sc.block.ensure(Shape{M, R});
+        for (std::int64_t m = 0; m < M; ++m) {
+          const float* src = sc.in.data() + m * K_ + k0;
+          float* dst = sc.block.data() + m * R;
+          if (!P.dac) {
             std::copy(src, src + R, dst);
             continue;
           }
-          float s = static_cast<float>(dac->range);
-          if (dac->scaling == dac_scaling::per_vector_absmax) {
-            s = 0.0f;
-            for (std::int64_t r = 0; r < R; ++r) s = std::max(s, std::abs(src[r]));
-            if (s == 0.0f) s = 1.0f;
+          float scale = static_cast<float>(P.dac->range);
+          if (P.dac->scaling == dac_scaling::per_vector_absmax) {
+            scale = 0.0f;
+            for (std::int64_t r = 0; r < R; ++r) scale = std::max(scale, std::abs(src[r]));
+            if (scale == 0.0f) scale = 1.0f;
           }
-          xscale[static_cast<std::size_t>(n)] = s;
-          const float inv = 1.0f / s, steps = static_cast<float>(dac->steps());
+          sc.xscale[static_cast<std::size_t>(m)] = scale;
+          const float inv = 1.0f / scale, steps = static_cast<float>(P.dac->steps());
           for (std::int64_t r = 0; r < R; ++r) dst[r] = detail::quantise_unit(src[r], inv, steps);
         }
       }
-      const Tensor& xin = direct ? x : xb;
-      if (Tile::devices == 1 || reading) {
-        if (reading) xb2.ensure(Shape{N, R});
-        const float* in = xin.data();
-#pragma omp parallel for schedule(static)
-        for (std::int64_t n = 0; n < N; ++n) {
+      const Tensor& xin = direct ? sc.in : sc.block;
+      if (offset || reading) {
+        if (reading) sc.block_sq.ensure(Shape{M, R});
+        for (std::int64_t m = 0; m < M; ++m) {
+          const float* a = xin.data() + m * R;
           double acc = 0;
           for (std::int64_t r = 0; r < R; ++r) {
-            const float a = in[n * R + r];
-            acc += a;
-            if (reading) xb2[n * R + r] = a * a;
+            acc += a[r];
+            if (reading) sc.block_sq[m * R + r] = a[r] * a[r];
           }
-          xsum[static_cast<std::size_t>(n)] = acc;
+          sc.xsum[static_cast<std::size_t>(m)] = acc;
         }
       }
 
       for (std::int64_t cb = 0; cb < grid_cols_; ++cb) {
         const auto ti = static_cast<std::size_t>(rb * grid_cols_ + cb);
         const Tile& t = tiles_[ti];
-        const auto o0 = t.col0(), C = t.cols();
+        const auto C = t.cols();
         for (int s = 0; s < S; ++s) {
           const auto ts = ti * static_cast<std::size_t>(S) + static_cast<std::size_t>(s);
-          matmul(xin, t.analog_matrix(s), c);
-          if (reading) matmul(xb2, read_var_[ts], v);
+          matmul(xin, t.analog_matrix(s), sc.current);
+          const float* cp = sc.current.data();
           if (calibrating) {
             auto& dst = (*samples)[ts];
-            const auto base = dst.size();
-            dst.resize(base + static_cast<std::size_t>(N * C));
-            for (std::int64_t i = 0; i < N * C; ++i) dst[base + static_cast<std::size_t>(i)] = std::abs(c[i]);
+            for (std::int64_t i = 0; i < M * C; ++i) dst.push_back(std::abs(cp[i]));
             continue;
           }
-          const float place = static_cast<float>(grid_.place(s));
-          const float range = adc ? adc_ranges_[ts] : 1.0f;
-          const float inv_range = 1.0f / range;
-          const auto stream_tail = (static_cast<std::uint64_t>(ts) + 1) << 32;
-          const counter_rng read_rng(call_seed, static_cast<std::uint64_t>(rng_stream::read_noise) + stream_tail);
-          const counter_rng out_rng(call_seed, static_cast<std::uint64_t>(rng_stream::output_noise) + stream_tail);
-          const float sigma_out = static_cast<float>(P.output_noise);
-          const float* cp = c.data();
-          const float* vp = reading ? v.data() : nullptr;
-          float* yp = y;
-#pragma omp parallel for schedule(static)
-          for (std::int64_t n = 0; n < N; ++n) {
-            const float xs = xscale[static_cast<std::size_t>(n)] * place;
-            for (std::int64_t j = 0; j < C; ++j) {
-              const auto i = n * C + j;
-              float val = cp[i];
-              if (reading) {
-                val += std::sqrt(std::max(vp[i], 0.0f)) *
-                       static_cast<float>(read_rng.normal(static_cast<std::uint64_t>(i)));
-              }
-              if (out_noise) val += sigma_out * static_cast<float>(out_rng.normal(static_cast<std::uint64_t>(i)));
-              if (adc) val = detail::quantise_unit(val, inv_range, adc_steps) * range;
-              yp[n * O_ + o0 + j] += xs * factor[static_cast<std::size_t>(o0 + j)] * val;
-            }
-          }
+          if (reading) matmul(sc.block_sq, read_var_[ts], sc.variance);
+          accumulate(plan, ti, s, r0, M, cp, reading ? sc.variance.data() : nullptr, sc.xscale.data(), 1.0f, yc,
+                     rb == 0 && s == 0);
         }
       }
-      if constexpr (Tile::devices == 1) {
-        if (!calibrating) {
-          const float off = static_cast<float>(offset_code);
-          float* yp = y;
-#pragma omp parallel for schedule(static)
-          for (std::int64_t n = 0; n < N; ++n) {
-            const float a = xscale[static_cast<std::size_t>(n)] * off * static_cast<float>(xsum[static_cast<std::size_t>(n)]);
-            for (std::int64_t o = 0; o < O_; ++o) yp[n * O_ + o] -= a * factor[static_cast<std::size_t>(o)];
-          }
+      if (offset && !calibrating) {
+        for (std::int64_t m = 0; m < M; ++m) {
+          const float a = sc.xscale[static_cast<std::size_t>(m)] * plan.offset_code *
+                          static_cast<float>(sc.xsum[static_cast<std::size_t>(m)]);
+          float* ym = yc + m * O_;
+          for (std::int64_t o = 0; o < O_; ++o) ym[o] -= a * plan.factor[static_cast<std::size_t>(o)];
         }
       }
     }
@@ -346,7 +464,7 @@ class TiledArray {
 
   device_config dev_{};
   level_grid grid_{};
-  std::int64_t K_ = 0, O_ = 0, grid_rows_ = 0, grid_cols_ = 0;
+  std::int64_t K_ = 0, O_ = 0, grid_rows_ = 0, grid_cols_ = 0, row_group_ = 1;
   std::vector<Tile> tiles_;
   std::vector<float> scales_;
   periphery_config periphery_{};
