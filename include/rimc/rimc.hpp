@@ -6,6 +6,7 @@
 #include <rimc/version.hpp>
 
 #include <rimc/core/error.hpp>
+#include <rimc/core/half.hpp>
 #include <rimc/core/parallel.hpp>
 #include <rimc/core/random.hpp>
 #include <rimc/core/shape.hpp>
@@ -19,6 +20,15 @@
 #include <rimc/kernels/params.hpp>
 #include <rimc/kernels/pooling.hpp>
 #include <rimc/kernels/reference.hpp>
+#include <rimc/kernels/thin_conv2d.hpp>
+
+#include <rimc/adapt/dora_adapter.hpp>
+#include <rimc/adapt/dora_reference.hpp>
+#include <rimc/adapt/optim.hpp>
+
+#include <rimc/io/atomic_file.hpp>
+#include <rimc/io/peft.hpp>
+#include <rimc/io/safetensors.hpp>
 
 #include <rimc/device/device_config.hpp>
 #include <rimc/device/drift.hpp>
