@@ -11,27 +11,15 @@ non-zero so the test is not the identity-at-init case.
 
 Run with Debian's python3-torch:  /usr/bin/python3 tools/make_dora_fixtures.py
 """
-import json
 import math
 import pathlib
-import struct
+import sys
 
 import torch
 import torch.nn.functional as F
 
-
-def save_safetensors(path, tensors, metadata):
-    """Minimal safetensors writer (F64, names sorted, header padded to 8 bytes)."""
-    header, blobs, offset = {"__metadata__": metadata}, [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().to(torch.float64)
-        data = struct.pack(f"<{t.numel()}d", *t.flatten().tolist())
-        header[name] = {"dtype": "F64", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from st_write import save_safetensors  # noqa: E402
 
 
 def dora(x, w0, a, b, m, bias, s, detach, conv):
