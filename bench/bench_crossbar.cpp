@@ -3,7 +3,9 @@
 //   program     - building the layer: quantising and programming every cell (cells/s)
 //   drift       - drift_to(relative_drift, rho = 0.2) and the effective-weight rebuild (cells/s)
 //   effective   - the forward with an ideal periphery: one oneDNN kernel on the effective weights
-//   tile_adc8   - the tile-exact forward with an 8-bit per-tile ADC (im2col + one matmul per tile)
+//   tile_adc8   - the tile-exact forward with an 8-bit per-tile ADC (convs: one oneDNN convolution per
+//                 tile; linear: one matmul per tile on cache-sized row chunks)
+//   tile_dac8_adc8 - the same with an 8-bit per-vector abs-max DAC too (convs then use im2col + matmul)
 //   ratio       - both forwards timed back to back in one run; counter tile_over_effective
 // Forward benchmarks report GFLOPS (2 * MACs per second) and images/s; the
 // label names the path (and oneDNN's implementation for the effective path).
@@ -178,7 +180,26 @@ void tile_adc8(benchmark::State& state, const layer_shape& s) {
     l.visit([&](auto& a) { a.forward(p.x, y); });
     benchmark::DoNotOptimize(y.data());
   }
-  set_forward_counters(state, p.flops, "tile-exact, 256x256 tiles, 8-bit ADC (im2col + oneDNN matmul per tile)");
+  set_forward_counters(state, p.flops,
+                       s.k == 0 ? "tile-exact, 256x256 tiles, 8-bit ADC (matmul per tile)"
+                                : "tile-exact, 256x256 tiles, 8-bit ADC (oneDNN convolution per tile)");
+}
+
+void tile_dac8_adc8(benchmark::State& state, const layer_shape& s) {
+  const problem p(s);
+  layer l(p);
+  l.visit([&](auto& a) {
+    a.drift_to(relative_drift{}, 0.2, 7);
+    a.set_periphery(periphery_config::quantised(8, 8));
+    a.calibrate_adc(p.x);
+  });
+  Tensor y;
+  l.visit([&](auto& a) { a.forward(p.x, y); });
+  for (auto _ : state) {
+    l.visit([&](auto& a) { a.forward(p.x, y); });
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_forward_counters(state, p.flops, "tile-exact, 256x256 tiles, 8-bit per-vector DAC + 8-bit ADC (im2col + matmul)");
 }
 
 /// Both forwards, back to back in every iteration; the counter is their time ratio.
@@ -221,6 +242,9 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("drift/" + n).c_str(), drift, s)->UseRealTime()->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("effective/" + n).c_str(), effective, s)->UseRealTime()->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("tile_adc8/" + n).c_str(), tile_adc8, s)->UseRealTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("tile_dac8_adc8/" + n).c_str(), tile_dac8_adc8, s)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("ratio/" + n).c_str(), ratio, s)->UseRealTime()->Unit(benchmark::kMillisecond);
   }
   benchmark::Initialize(&argc, argv);

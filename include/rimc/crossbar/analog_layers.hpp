@@ -3,7 +3,10 @@
 /// Analog conv2d and linear layers: the weights live on a TiledArray of RRAM
 /// crossbars, the bias (and an optional per-column gain) stays digital. With
 /// an ideal periphery the forward is one oneDNN kernel on the effective
-/// weights; otherwise it runs tile by tile (im2col for convolutions).
+/// weights; otherwise it runs tile by tile: per tile and slice a oneDNN
+/// convolution (convolutions whose DAC acts element-wise) or a matmul of
+/// im2col rows (any periphery), with the DAC, per-tile ADC and noise
+/// between tiles and the partial sums added digitally (see tile_kernel).
 
 #include <rimc/core/error.hpp>
 #include <rimc/core/tensor.hpp>
