@@ -244,6 +244,11 @@ TEST_SUITE("crossbar") {
                          shape_error);
     CHECK_THROWS_WITH(a.calibrate_adc(Tensor(Shape{2, 8})),
                       "[rimc.value_error] TiledArray::calibrate_adc: the periphery has no ADC");
+    using small_array = TiledArray<CrossbarTile<float, 32, 32>>;
+    CHECK_THROWS_WITH_AS(small_array(Tensor(Shape{98, 4}), device_config{}, 0, periphery_config::ideal(), 49),
+                         "[rimc.shape_error] TiledArray: a row group of 49 rows must divide K = 98 and fit a tile of 32 rows",
+                         shape_error);
+    CHECK_THROWS_AS(TiledArray<>(Tensor(Shape{10, 4}), device_config{}, 0, periphery_config::ideal(), 4), shape_error);
     CHECK(periphery_config::ideal().is_ideal());
     CHECK_FALSE(periphery_config::quantised(8, 8).is_ideal());
   }

@@ -82,7 +82,7 @@ struct periphery_config {
 
   /// The ideal periphery: no quantisation, no noise.
   [[nodiscard]] static periphery_config ideal() { return {}; }
-  /// An 8-bit-style quantised periphery: DAC with per-vector abs-max scaling and a percentile-calibrated ADC.
+  /// A quantised periphery: a DAC with per-vector abs-max scaling and a percentile-calibrated ADC.
   [[nodiscard]] static periphery_config quantised(int dac_bits, int adc_bits, double percentile = 99.99) {
     periphery_config p;
     p.dac = dac_config{dac_bits, dac_scaling::per_vector_absmax, 1.0};
