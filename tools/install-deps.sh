@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(
   g++ cmake ninja-build pkg-config
-  libeigen3-dev libdnnl-dev doctest-dev libbenchmark-dev nlohmann-json3-dev
+  libeigen3-dev libdnnl-dev doctest-dev libbenchmark-dev nlohmann-json3-dev zlib1g-dev
+  dataset-fashion-mnist
   python3
 )
 

@@ -1,0 +1,142 @@
+#pragma once
+/// \file
+/// Readers for image datasets in their distribution formats: IDX (MNIST,
+/// Fashion-MNIST; raw or gzip-compressed, read through zlib) and the CIFAR-10
+/// / CIFAR-100 binary format. Every size is checked against the header
+/// before any byte is used; errors name the file, the field and the values.
+
+#include <rimc/core/error.hpp>
+
+#include <zlib.h>
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace rimc {
+
+/// An IDX array of unsigned bytes: dims outermost first and the data.
+struct idx_array {
+  std::vector<std::int64_t> dims;
+  std::vector<std::uint8_t> data;
+};
+
+namespace detail {
+
+/// The whole file, inflated if it is gzip (magic 1f 8b); at most `limit` bytes out.
+[[nodiscard]] inline std::vector<std::uint8_t> read_maybe_gzip(const std::filesystem::path& path,
+                                                               std::size_t limit = std::size_t{1} << 30) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw io_error(concat(path.string(), ": cannot open for reading"));
+  std::vector<std::uint8_t> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (raw.size() < 2 || raw[0] != 0x1f || raw[1] != 0x8b) return raw;
+  z_stream z{};
+  if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) throw io_error(concat(path.string(), ": zlib initialisation failed"));
+  std::vector<std::uint8_t> out;
+  z.next_in = raw.data();
+  z.avail_in = static_cast<uInt>(raw.size());
+  int rc = Z_OK;
+  std::uint8_t chunk[1 << 16];
+  while (rc != Z_STREAM_END) {
+    z.next_out = chunk;
+    z.avail_out = sizeof(chunk);
+    rc = inflate(&z, Z_NO_FLUSH);
+    if (rc != Z_OK && rc != Z_STREAM_END) {
+      const std::string msg = z.msg ? z.msg : "truncated or corrupt stream";
+      inflateEnd(&z);
+      throw io_error(concat(path.string(), ": gzip data is corrupt (", msg, ") after ", out.size(), " bytes"));
+    }
+    out.insert(out.end(), chunk, chunk + (sizeof(chunk) - z.avail_out));
+    if (out.size() > limit) {
+      inflateEnd(&z);
+      throw io_error(concat(path.string(), ": inflates to more than ", limit, " bytes"));
+    }
+    if (rc == Z_OK && z.avail_in == 0 && z.avail_out != 0) {
+      inflateEnd(&z);
+      throw io_error(concat(path.string(), ": gzip stream is truncated after ", out.size(), " bytes"));
+    }
+  }
+  inflateEnd(&z);
+  return out;
+}
+
+}  // namespace detail
+
+/// Parses an IDX file held in memory (`source` names it in errors). Only the
+/// unsigned-byte element type (0x08) is accepted, as MNIST-style data use.
+[[nodiscard]] inline idx_array parse_idx(const std::vector<std::uint8_t>& bytes, const std::string& source) {
+  if (bytes.size() < 4) throw io_error(detail::concat(source, ": ", bytes.size(), " bytes, too short for an IDX header"));
+  if (bytes[0] != 0 || bytes[1] != 0) {
+    throw io_error(detail::concat(source, ": bad IDX magic: the first two bytes are ", int(bytes[0]), ", ",
+                                  int(bytes[1]), " (expected 0, 0)"));
+  }
+  if (bytes[2] != 0x08) {
+    throw io_error(detail::concat(source, ": IDX element type 0x", std::hex, int(bytes[2]), std::dec,
+                                  " is not supported (only unsigned bytes, 0x08)"));
+  }
+  const int ndim = bytes[3];
+  if (ndim < 1 || ndim > 4) throw io_error(detail::concat(source, ": IDX rank ", ndim, " out of range [1, 4]"));
+  const std::size_t header = 4 + 4 * static_cast<std::size_t>(ndim);
+  if (bytes.size() < header) {
+    throw io_error(detail::concat(source, ": ", bytes.size(), " bytes, too short for a rank-", ndim, " IDX header"));
+  }
+  idx_array a;
+  std::uint64_t count = 1;
+  for (int d = 0; d < ndim; ++d) {
+    const std::uint8_t* p = bytes.data() + 4 + 4 * d;
+    const std::uint64_t v = (std::uint64_t{p[0]} << 24) | (std::uint64_t{p[1]} << 16) | (std::uint64_t{p[2]} << 8) | p[3];
+    a.dims.push_back(static_cast<std::int64_t>(v));
+    count *= v;  // at most (2^32)^4 does not overflow for rank <= 2; larger ranks are checked below
+    if (count > (std::uint64_t{1} << 40)) throw io_error(detail::concat(source, ": IDX dimensions are implausibly large"));
+  }
+  if (bytes.size() - header != count) {
+    throw io_error(detail::concat(source, ": IDX header promises ", count, " bytes of data, the file holds ",
+                                  bytes.size() - header));
+  }
+  a.data.assign(bytes.begin() + static_cast<std::ptrdiff_t>(header), bytes.end());
+  return a;
+}
+
+/// Reads an IDX file, raw or gzip-compressed.
+[[nodiscard]] inline idx_array read_idx(const std::filesystem::path& path) {
+  return parse_idx(detail::read_maybe_gzip(path), path.string());
+}
+
+/// One record of a CIFAR binary file: label(s) and a 3x32x32 image (channel-major bytes).
+struct cifar_records {
+  std::int64_t count = 0;
+  std::vector<std::int32_t> labels;  ///< fine labels for CIFAR-100
+  std::vector<std::uint8_t> pixels;  ///< count x 3072
+};
+
+/// Reads a CIFAR-10 (`label_bytes` = 1) or CIFAR-100 (`label_bytes` = 2: coarse, fine) binary file.
+[[nodiscard]] inline cifar_records read_cifar(const std::filesystem::path& path, int label_bytes = 1,
+                                              int num_classes = 10) {
+  if (label_bytes != 1 && label_bytes != 2) {
+    throw value_error(detail::concat("read_cifar: label_bytes must be 1 (CIFAR-10) or 2 (CIFAR-100), got ", label_bytes));
+  }
+  const auto bytes = detail::read_maybe_gzip(path);
+  const std::size_t record = static_cast<std::size_t>(label_bytes) + 3072;
+  if (bytes.empty() || bytes.size() % record != 0) {
+    throw io_error(detail::concat(path.string(), ": ", bytes.size(), " bytes is not a whole number of ", record,
+                                  "-byte CIFAR records"));
+  }
+  cifar_records r;
+  r.count = static_cast<std::int64_t>(bytes.size() / record);
+  r.pixels.resize(static_cast<std::size_t>(r.count) * 3072);
+  for (std::int64_t i = 0; i < r.count; ++i) {
+    const std::uint8_t* rec = bytes.data() + static_cast<std::size_t>(i) * record;
+    const int label = rec[label_bytes - 1];
+    if (label >= num_classes) {
+      throw io_error(detail::concat(path.string(), ": record ", i, " has label ", label, ", not below ", num_classes));
+    }
+    r.labels.push_back(label);
+    std::memcpy(r.pixels.data() + static_cast<std::size_t>(i) * 3072, rec + label_bytes, 3072);
+  }
+  return r;
+}
+
+}  // namespace rimc
