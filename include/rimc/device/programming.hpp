@@ -10,6 +10,7 @@
 #include <rimc/device/device_config.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <concepts>
 #include <cstdint>
@@ -79,13 +80,14 @@ struct level_grid {
   double q_off = 0;      ///< code offset (offset mapping)
   double g_min_us = 0;   ///< conductance of digit 0, uS
   double range_us = 1;   ///< conductance span, uS
+  std::array<double, 4> places{1, 256, 65536, 16777216};  ///< radix^s for s = 0..3
 
   /// Conductance of digit d, uS.
   [[nodiscard]] double conductance_us(double digit) const noexcept { return g_min_us + digit / lm1 * range_us; }
   /// Digit value of conductance g (real-valued), the inverse of conductance_us.
   [[nodiscard]] double digit(double g_us) const noexcept { return (g_us - g_min_us) / range_us * lm1; }
   /// Place value radix^s of slice s.
-  [[nodiscard]] double place(int s) const noexcept { return std::pow(radix, s); }
+  [[nodiscard]] double place(int s) const noexcept { return places[static_cast<std::size_t>(s)]; }
 
   /// Splits a non-negative code u into `out.size()` == slices digits, least significant first.
   void split(double u, std::span<double> out) const noexcept {
@@ -135,6 +137,7 @@ template <mapping_policy M, quantiser_policy Q>
     g.q_max = M::devices == 2 ? 1.0 : 0.5;
     g.q_off = M::devices == 2 ? 0.0 : 0.5;
   }
+  for (std::size_t s = 0; s < g.places.size(); ++s) g.places[s] = std::pow(g.radix, static_cast<double>(s));
   return g;
 }
 
