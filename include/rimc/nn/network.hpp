@@ -12,6 +12,7 @@
 /// node's output can be captured by name (calibration needs the teacher's
 /// and the student's features).
 
+#include <rimc/adapt/dora_adapter.hpp>
 #include <rimc/core/error.hpp>
 #include <rimc/core/tensor.hpp>
 #include <rimc/io/safetensors.hpp>
@@ -108,6 +109,7 @@ struct network_node {
   std::map<std::string, Tensor> params;  ///< "weight", "bias", "running_mean", "running_var", "num_batches_tracked"
   std::shared_ptr<frozen_layer> layer;   ///< conv2d / linear compute, built on demand
   std::shared_ptr<rimc::pool2d> pool_kernel;  ///< max_pool / avg_pool compute, built on demand
+  std::shared_ptr<const dora_adapter> adapter;  ///< conv2d / linear: a DoRA adapter applied on top of the layer
 };
 
 /// A small DAG of named layers (see the file comment).
@@ -280,6 +282,10 @@ class network {
       if (bn.kind != op_kind::batch_norm || bn.bypass) continue;
       network_node& conv = nodes_[static_cast<std::size_t>(bn.inputs[0])];
       if (conv.kind != op_kind::conv2d || consumers(bn.inputs[0]) != 1 || conv.conv.relu) continue;
+      if (conv.layer && conv.layer->is_analog()) {
+        throw value_error(detail::concat("network::fold_batch_norm: '", conv.name,
+                                         "' is already on crossbars; fold batch norm before deploying"));
+      }
       const auto O = conv.shape[0];
       Tensor& w = conv.params["weight"];
       if (!conv.params.contains("bias")) conv.params["bias"] = Tensor(Shape{O});
@@ -305,7 +311,7 @@ class network {
       if (r.kind != op_kind::relu || r.bypass) continue;
       const int src = resolve(r.inputs[0]);
       network_node& p = nodes_[static_cast<std::size_t>(src)];
-      if (consumers(src) != 1) continue;
+      if (consumers(src) != 1 || (p.layer && p.layer->is_analog())) continue;  // analog layers keep their epilogue
       if (p.kind == op_kind::conv2d && !p.conv.relu) {
         p.conv.relu = true;
       } else if ((p.kind == op_kind::linear || p.kind == op_kind::add) && !p.relu_after) {
@@ -330,6 +336,31 @@ class network {
 
   /// The compute of conv2d / linear node `name` (built from its parameters on first use).
   [[nodiscard]] const frozen_layer& layer(std::string_view name) const { return layer_of(nodes_[static_cast<std::size_t>(id(name))]); }
+
+  /// Applies `adapter` on top of conv2d / linear node `name`: its output
+  /// becomes the adapter's gamma (W0 x + s B A x) + bias, with W0 x from the
+  /// node's (possibly analog) layer. The node must not have a fused ReLU.
+  void attach_adapter(std::string_view name, std::shared_ptr<const dora_adapter> adapter) {
+    network_node& n = node(name);
+    if (n.kind != op_kind::conv2d && n.kind != op_kind::linear) {
+      throw value_error(detail::concat("network::attach_adapter: node '", name, "' is a ", to_string(n.kind),
+                                       ", not a conv2d or linear"));
+    }
+    if (n.conv.relu || n.relu_after) {
+      throw value_error(detail::concat("network::attach_adapter: node '", name,
+                                       "' has a fused ReLU; attach adapters to a network without fuse_relu()"));
+    }
+    if (adapter && !(adapter->base_weights().shape() == n.params.at("weight").shape())) {
+      throw shape_error(detail::concat("network::attach_adapter: adapter for ", adapter->base_weights().shape().to_string(),
+                                       " weights on node '", name, "' with weights ",
+                                       n.params.at("weight").shape().to_string()));
+    }
+    n.adapter = std::move(adapter);
+  }
+  /// Removes every adapter.
+  void detach_adapters() {
+    for (auto& n : nodes_) n.adapter.reset();
+  }
 
   /// Total RRAM programming events over all layers.
   [[nodiscard]] std::uint64_t rram_writes() const {
@@ -434,7 +465,23 @@ class network {
     switch (n.kind) {
       case op_kind::input: out = *in[0]; break;
       case op_kind::conv2d:
-      case op_kind::linear: layer_of(n).forward(*in[0], out); break;
+      case op_kind::linear: {
+        if (!n.adapter) {
+          layer_of(n).forward(*in[0], out);
+          break;
+        }
+        thread_local Tensor z0;
+        layer_of(n).forward(*in[0], z0);
+        if (z0.rank() == 4 && z0.memory_layout() != layout::nhwc) z0 = z0.to_layout(layout::nhwc);
+        const auto b = n.params.find("bias");
+        const Tensor* bias = b == n.params.end() ? nullptr : &b->second;
+        if (bias) {  // the adapter scales W0 x, so take the bias off the layer's output
+          const auto O = bias->numel();
+          z0.matrix(z0.numel() / O, O).rowwise() -= bias->vector().transpose();
+        }
+        n.adapter->forward(*in[0], z0, bias, out);
+        break;
+      }
       case op_kind::batch_norm: batch_norm_forward(n, *in[0], out); break;
       case op_kind::relu: rimc::relu(*in[0], out); break;
       case op_kind::max_pool:

@@ -1,0 +1,193 @@
+#pragma once
+/// \file
+/// Layer-wise feature-distillation calibration (Dong et al., arXiv 2504.03763):
+/// DoRA adapters are attached to the student's layers one at a time in
+/// forward order. For layer l the input is what the already-calibrated
+/// student produces at that point on the calibration images, the target is
+/// the teacher's output of layer l (pre-activation, folded batch-norm bias
+/// included) on the same images, and only layer l's adapter is trained to
+/// minimise the mean squared error between them; it is then frozen. The
+/// crossbar weights are only read: no RRAM write happens.
+
+#include <rimc/adapt/dora_adapter.hpp>
+#include <rimc/adapt/optim.hpp>
+#include <rimc/core/error.hpp>
+#include <rimc/nn/network.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace rimc {
+
+/// Settings of a calibration run.
+struct calibration_config {
+  std::int64_t rank = 2;                ///< adapter rank r
+  double alpha = 0;                     ///< lora_alpha; 0 means alpha = rank (s = 1)
+  bool use_rslora = false;
+  norm_mode norm = norm_mode::detached;
+  int steps = 100;                      ///< Adam steps per layer
+  double lr = 1e-2;                     ///< Adam learning rate
+  std::uint64_t seed = 0;               ///< seeds each adapter's A (mixed with the layer's index)
+  bool magnitude_from_teacher = false;  ///< init m from the teacher's (ideal) row norms, not the drifted ones
+  std::vector<std::string> targets;     ///< layers to adapt; empty: every conv2d and linear node
+
+  void validate() const {
+    if (rank < 1) throw value_error(detail::concat("calibration_config: rank must be >= 1, got ", rank));
+    if (steps < 0) throw value_error(detail::concat("calibration_config: steps must be >= 0, got ", steps));
+    if (!(lr > 0) || !std::isfinite(lr)) throw value_error(detail::concat("calibration_config: lr must be positive, got ", lr));
+    if (alpha < 0 || !std::isfinite(alpha)) throw value_error(detail::concat("calibration_config: alpha must be >= 0, got ", alpha));
+  }
+};
+
+/// What calibrating one layer did.
+struct layer_calibration {
+  std::string name;
+  double mse_before = 0, mse_after = 0;  ///< feature MSE to the teacher before and after
+  int steps = 0;
+  int divergences = 0;  ///< steps whose loss was NaN/Inf or exploded: parameters restored, lr halved
+  double seconds = 0;
+  adapter_footprint footprint;
+};
+
+/// What a calibration run did.
+struct calibration_result {
+  std::vector<layer_calibration> layers;
+  adapter_footprint footprint;     ///< all adapters together (fp32 SRAM)
+  double seconds = 0;              ///< wall time of the whole calibration
+  std::uint64_t rram_writes = 0;   ///< RRAM programming events during calibration (always 0)
+  std::map<std::string, std::shared_ptr<dora_adapter>> adapters;  ///< by node name, attached to the student
+};
+
+namespace detail {
+inline void check_no_fused_relu(const network& net, const std::string& name, const char* who) {
+  const auto& n = net.node(name);
+  if (n.conv.relu || n.relu_after) {
+    throw value_error(concat("calibrate_feature_kd: ", who, " node '", name,
+                             "' has a fused ReLU; its pre-activation output is needed (do not call fuse_relu())"));
+  }
+}
+
+inline double mse(const Tensor& y, const Tensor& t, Tensor* grad) {
+  const auto n = y.numel();
+  double s = 0;
+  if (grad) grad->ensure(y.shape(), y.memory_layout());
+  for (std::int64_t i = 0; i < n; ++i) {
+    const double d = double(y[i]) - double(t[i]);
+    s += d * d;
+    if (grad) (*grad)[i] = static_cast<float>(2.0 * d / static_cast<double>(n));
+  }
+  return s / static_cast<double>(n);
+}
+}  // namespace detail
+
+/// Calibrates `student` against `teacher` on `images` (see the file comment);
+/// the adapters stay attached to the student and are returned.
+[[nodiscard]] inline calibration_result calibrate_feature_kd(const network& teacher, network& student, const Tensor& images,
+                                                             const calibration_config& cfg) {
+  cfg.validate();
+  if (images.rank() < 2 || images.dim(0) < 1) {
+    throw value_error(detail::concat("calibrate_feature_kd: need at least one calibration image, got ",
+                                     images.shape().to_string()));
+  }
+  const auto t_start = std::chrono::steady_clock::now();
+  std::vector<std::string> targets = cfg.targets;
+  if (targets.empty()) {
+    for (const auto& n : student.nodes())
+      if (n.kind == op_kind::conv2d || n.kind == op_kind::linear) targets.push_back(n.name);
+  }
+  for (const auto& t : targets) {
+    detail::check_no_fused_relu(student, t, "student");
+    detail::check_no_fused_relu(teacher, t, "teacher");
+  }
+  // The teacher's features for every target, once.
+  std::map<std::string, Tensor> teacher_out;
+  (void)teacher.forward(images, targets, teacher_out);
+  const std::uint64_t writes_before = student.rram_writes();
+
+  calibration_result result;
+  for (const auto& name : targets) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const network_node& node = student.node(name);
+    const std::string input_name = student.nodes()[static_cast<std::size_t>(student.resolve(node.inputs[0]))].name;
+    // The calibrated-so-far student's input to this layer, and W0 x: both fixed during this layer's calibration.
+    std::map<std::string, Tensor> got;
+    (void)student.forward_from(0, images, student.id(input_name), {input_name}, got);
+    const Tensor x = std::move(got.at(input_name));
+    const frozen_layer& layer = student.layer(name);
+    Tensor z0;
+    layer.forward(x, z0);
+    if (z0.rank() == 4) z0 = z0.to_layout(layout::nhwc);
+    const auto b = node.params.find("bias");
+    const Tensor* bias = b == node.params.end() ? nullptr : &b->second;
+    if (bias) z0.matrix(z0.numel() / bias->numel(), bias->numel()).rowwise() -= bias->vector().transpose();
+    Tensor target = teacher_out.at(name);
+    if (target.rank() == 4) target = target.to_layout(layout::nhwc);
+
+    dora_config dc;
+    dc.rank = cfg.rank;
+    dc.alpha = cfg.alpha > 0 ? cfg.alpha : static_cast<double>(cfg.rank);
+    dc.use_rslora = cfg.use_rslora;
+    dc.norm = cfg.norm;
+    dc.seed = cfg.seed ^ (0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(student.id(name) + 1));
+    auto adapter = std::make_shared<dora_adapter>(node.kind == op_kind::conv2d
+                                                      ? dora_adapter::conv2d(layer.effective_weights(), node.conv, dc)
+                                                      : dora_adapter::linear(layer.effective_weights(), dc));
+    if (cfg.magnitude_from_teacher) {
+      adapter->init_magnitude_from(teacher.node(name).params.at("weight"));
+      adapter->refresh();
+    }
+    layer_calibration rep;
+    rep.name = name;
+    adam opt(cfg.lr);
+    Tensor y, grad;
+    dora_cache cache;
+    dora_gradients g;
+    double last_good = 0;
+    std::array<Tensor, 3> good{adapter->magnitude(), adapter->lora_A(), adapter->lora_B()};
+    for (int step = 0; step <= cfg.steps; ++step) {
+      adapter->forward(x, z0, bias, y, &cache);
+      const double loss = detail::mse(y, target, &grad);
+      if (step == 0) {
+        rep.mse_before = loss;
+        last_good = loss;
+      }
+      // Divergence guard: restore the last good parameters and halve the step size.
+      if (!std::isfinite(loss) || loss > 1e3 * std::max(rep.mse_before, 1e-30)) {
+        ++rep.divergences;
+        adapter->set_parameters(good[0], good[1], good[2]);
+        opt = adam(opt.lr() * 0.5);
+        continue;
+      }
+      if (loss <= last_good) {
+        last_good = loss;
+        good = {adapter->magnitude(), adapter->lora_A(), adapter->lora_B()};
+      }
+      if (step == cfg.steps) break;
+      adapter->backward(cache, grad, g);
+      const auto p = adapter->parameters();
+      const param_slot slots[] = {{p[0], &g.magnitude}, {p[1], &g.lora_A}, {p[2], &g.lora_B}};
+      opt.step(slots);
+      adapter->refresh();
+      ++rep.steps;
+    }
+    // Keep the best parameters seen (never worse than the start).
+    adapter->set_parameters(good[0], good[1], good[2]);
+    adapter->forward(x, z0, bias, y);
+    rep.mse_after = detail::mse(y, target, nullptr);
+    rep.footprint = adapter->footprint();
+    rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    result.footprint += rep.footprint;
+    result.layers.push_back(rep);
+    student.attach_adapter(name, adapter);
+    result.adapters[name] = adapter;
+  }
+  result.rram_writes = student.rram_writes() - writes_before;
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  return result;
+}
+
+}  // namespace rimc

@@ -1,0 +1,115 @@
+// Tests of layer-wise feature-distillation calibration on a drifted toy network.
+
+#include <rimc/adapt/feature_kd.hpp>
+#include <rimc/nn/deploy.hpp>
+#include <rimc/nn/network.hpp>
+
+#include "test_util.hpp"
+
+#include <doctest/doctest.h>
+
+using namespace rimc;
+
+namespace {
+
+network toy(std::uint64_t seed) {
+  network net;
+  int x = net.input(Shape{2, 10, 10});
+  x = net.conv2d("c1", x, 8, 3, conv2d_params{{1, 1}, {1, 1}});
+  x = net.batch_norm("b1", x);
+  x = net.relu("r1", x);
+  int y = net.conv2d("c2", x, 8, 3, conv2d_params{{1, 1}, {1, 1}});
+  y = net.batch_norm("b2", y);
+  x = net.add("add", y, x);
+  x = net.relu("r2", x);
+  x = net.conv2d("c3", x, 12, 3, conv2d_params{{2, 2}, {1, 1}}, true);
+  x = net.relu("r3", x);
+  x = net.global_avg_pool("gap", x);
+  x = net.flatten("flat", x);
+  net.linear("fc", x, 4);
+  for (const auto& n : net.nodes())
+    for (auto& [p, t] : net.node(n.name).params) {
+      if (p == "num_batches_tracked") continue;
+      fill_uniform(t, counter_rng(seed++), p == "running_var" ? 0.5f : -0.4f, p == "running_var" ? 1.5f : 0.4f);
+    }
+  net.fold_batch_norm();
+  return net;
+}
+
+}  // namespace
+
+TEST_SUITE("calibration") {
+  TEST_CASE("feature-KD calibration reduces every layer's feature MSE and writes no RRAM cell") {
+    const network teacher = toy(1);
+    network student = toy(1);
+    analog_options opt;
+    opt.device.g_min_us = 0.0;
+    auto chip = deploy_analog(student, opt);
+    const auto programmed = chip.rram_writes();
+    CHECK(programmed > 0);
+    chip.drift_to(relative_drift{}, 0.2, 7);
+    const Tensor images = test::random_tensor(Shape{6, 2, 10, 10}, 3);
+    const Tensor drifted = student.forward(images);
+    calibration_config cfg;
+    cfg.rank = 2;
+    cfg.steps = 40;
+    cfg.lr = 0.02;
+    const calibration_result r = calibrate_feature_kd(teacher, student, images, cfg);
+    REQUIRE(r.layers.size() == 4);
+    for (const auto& l : r.layers) {
+      INFO(l.name, ": ", l.mse_before, " -> ", l.mse_after);
+      CHECK(l.mse_after < l.mse_before);
+      CHECK(l.divergences == 0);
+    }
+    CHECK(r.rram_writes == 0);
+    CHECK(chip.rram_writes() == programmed);
+    // The calibrated network is closer to the teacher than the drifted one.
+    const Tensor ideal = teacher.forward(images), calibrated = student.forward(images);
+    double e_drift = 0, e_cal = 0;
+    for (std::int64_t i = 0; i < ideal.numel(); ++i) {
+      e_drift += std::pow(drifted[i] - ideal[i], 2);
+      e_cal += std::pow(calibrated[i] - ideal[i], 2);
+    }
+    CHECK(e_cal < e_drift);
+    CHECK(r.footprint.parameters > 0);
+    CHECK(r.footprint.share_percent() > 0);
+  }
+
+  TEST_CASE("the merged deploy form of a calibrated network gives the training form's logits") {
+    const network teacher = toy(5);
+    network student = toy(5);
+    auto chip = deploy_analog(student, analog_options{});
+    chip.drift_to(relative_drift{}, 0.1, 3);
+    const Tensor images = test::random_tensor(Shape{4, 2, 10, 10}, 4);
+    calibration_config cfg;
+    cfg.steps = 20;
+    const calibration_result r = calibrate_feature_kd(teacher, student, images, cfg);
+    // A digital network whose weights are the adapters' merged W' = gamma (W0 + s B A).
+    network merged = toy(5);
+    for (const auto& [name, a] : r.adapters) merged.node(name).params["weight"] = a->merged_weights();
+    test::check_close(merged.forward(images), student.forward(images), 1e-4, 1e-4);
+  }
+
+  TEST_CASE("invalid calibration settings are rejected up front") {
+    const network teacher = toy(1);
+    network student = toy(1);
+    const Tensor images = test::random_tensor(Shape{2, 2, 10, 10}, 1);
+    calibration_config cfg;
+    cfg.rank = 0;
+    CHECK_THROWS_WITH((void)calibrate_feature_kd(teacher, student, images, cfg),
+                      "[rimc.value_error] calibration_config: rank must be >= 1, got 0");
+    cfg.rank = 2;
+    cfg.lr = -1;
+    CHECK_THROWS_WITH((void)calibrate_feature_kd(teacher, student, images, cfg),
+                      "[rimc.value_error] calibration_config: lr must be positive, got -1");
+    cfg.lr = 0.01;
+    cfg.rank = 9;  // more than min(O, K) of the first layer (O = 8)
+    CHECK_THROWS_AS((void)calibrate_feature_kd(teacher, student, images, cfg), value_error);
+    network fused = toy(1);
+    fused.fuse_relu();
+    cfg.rank = 2;
+    CHECK_THROWS_WITH((void)calibrate_feature_kd(teacher, fused, images, cfg),
+                      "[rimc.value_error] calibrate_feature_kd: student node 'c1' has a fused ReLU; its pre-activation "
+                      "output is needed (do not call fuse_relu())");
+  }
+}
