@@ -298,7 +298,7 @@ TEST_SUITE("analog") {
     check_relative(lin.backward_data(ldy), expected, 1e-5);
   }
 
-  TEST_CASE("drift, reads and calibration never write RRAM; reprogramming does") {
+  TEST_CASE("drift, reads and calibration never write RRAM cells and reprogramming does") {
     const Tensor w = test::random_tensor(Shape{16, 8, 3, 3}, 18);
     analog_conv2d layer(w, std::nullopt, conv_params(1, 1, false));
     const std::uint64_t cells = 16 * 72 * 2;
