@@ -9,7 +9,7 @@
 // writes it as CSV (network, strategy, quantity, value, unit).
 //
 //   calibration_cost [--rho 0.2] [--tol 0.1] [--bits 8] [--slices 1] [--samples 10] [--steps 100]
-//                    [--endurance 1e6] [--parallel-writes 1] [--csv calibration_cost.csv]
+//                    [--endurance 1e6] [--parallel-writes 1] [--deploy fp32|fp16|int8] [--csv calibration_cost.csv]
 
 #include <rimc/cost.hpp>
 #include <rimc/io/atomic_file.hpp>
@@ -31,8 +31,16 @@ struct args {
   double rho = 0.2, tol = 0.1, endurance = 1e6, parallel_writes = 1;
   int bits = 8, slices = 1;
   std::int64_t samples = 10, steps = 100;
+  sram_precision deploy = sram_precision::fp32;
   std::string csv = "calibration_cost.csv";
 };
+
+sram_precision precision_of(std::string_view v) {
+  if (v == "fp32") return sram_precision::fp32;
+  if (v == "fp16") return sram_precision::fp16;
+  if (v == "int8") return sram_precision::int8;
+  throw value_error(detail::concat("calibration_cost: --deploy must be fp32, fp16 or int8, got '", v, "'"));
+}
 
 args parse(int argc, char** argv) {
   args a;
@@ -50,6 +58,7 @@ args parse(int argc, char** argv) {
     else if (k == "--steps") a.steps = std::atoll(next());
     else if (k == "--endurance") a.endurance = std::atof(next());
     else if (k == "--parallel-writes") a.parallel_writes = std::atof(next());
+    else if (k == "--deploy") a.deploy = precision_of(next());
     else if (k == "--csv") a.csv = next();
     else throw value_error(detail::concat("calibration_cost: unknown option '", k, "'"));
   }
@@ -108,6 +117,7 @@ int main(int argc, char** argv) try {
     w.steps_per_layer = a.steps;
     w.backprop_steps = a.steps;
     w.drifted_fraction = fraction;
+    w.deploy_precision = a.deploy;
     const auto layers = layer_geometries(j.net);
     auto rep = compare_calibration_costs(layers, layers, dev, model, w);
     calibration_workload wg = w;
