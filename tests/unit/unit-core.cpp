@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <limits>
 #include <set>
+#include <vector>
 
 using namespace rimc;
 
@@ -93,6 +94,14 @@ TEST_SUITE("core") {
     CHECK(a.numel() == 0);  // NOLINT(bugprone-use-after-move): moved-from state is specified
     a = c;
     CHECK(a[1] == 2.0f);
+    // Copies of a default-constructed tensor are empty too.
+    const Tensor none;
+    const Tensor copy = none;
+    CHECK(copy.empty());
+    a = none;
+    CHECK(a.empty());
+    std::vector<Tensor> many(3, Tensor());
+    CHECK(many[2].empty());
   }
 
   TEST_CASE("matrix views map the storage without copying") {

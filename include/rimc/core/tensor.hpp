@@ -94,15 +94,18 @@ class Tensor {
     return from(shape, std::span<const float>(values.begin(), values.size()), l);
   }
 
-  Tensor(const Tensor& o) : shape_(o.shape_), layout_(o.layout_), capacity_(o.shape_.numel()) {
+  Tensor(const Tensor& o) : shape_(o.shape_), layout_(o.layout_), capacity_(o.numel()) {
     data_ = detail::aligned_alloc_floats(capacity_);
     if (capacity_ > 0) std::memcpy(data_.get(), o.data_.get(), bytes());
   }
   Tensor& operator=(const Tensor& o) {
-    if (this != &o) {
-      ensure(o.shape_, o.layout_);
-      if (numel() > 0) std::memcpy(data_.get(), o.data_.get(), bytes());
+    if (this == &o) return *this;
+    if (!o.data_) {  // a default-constructed (empty) tensor
+      *this = Tensor();
+      return *this;
     }
+    ensure(o.shape_, o.layout_);
+    if (numel() > 0) std::memcpy(data_.get(), o.data_.get(), bytes());
     return *this;
   }
   Tensor(Tensor&& o) noexcept

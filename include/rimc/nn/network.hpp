@@ -112,6 +112,14 @@ struct network_node {
   std::shared_ptr<const dora_adapter> adapter;  ///< conv2d / linear: a DoRA adapter applied on top of the layer
 };
 
+/// What a training forward keeps for the backward pass: every node's output,
+/// and for adapted nodes W0 x and the adapter's cache.
+struct network_tape {
+  std::vector<Tensor> values;               ///< output of node i (empty for identities)
+  std::map<int, Tensor> base_out;           ///< adapted node -> W0 x (no bias)
+  std::map<int, dora_cache> caches;         ///< adapted node -> adapter cache
+};
+
 /// A small DAG of named layers (see the file comment).
 class network {
  public:
@@ -387,6 +395,108 @@ class network {
   [[nodiscard]] Tensor forward_from(int from, const Tensor& value, int to, const std::vector<std::string>& capture,
                                     std::map<std::string, Tensor>& captured) const {
     return run(value, from, to, capture, captured, nullptr);
+  }
+
+  /// A forward pass that keeps every node's output in `tape` for backward().
+  /// Nodes with adapters keep their caches; fused ReLUs are not supported here.
+  [[nodiscard]] Tensor forward_train(const Tensor& x, network_tape& tape) const {
+    const auto count = static_cast<int>(nodes_.size());
+    tape.values.assign(static_cast<std::size_t>(count), Tensor());
+    tape.base_out.clear();
+    tape.caches.clear();
+    tape.values[0] = x;
+    for (int i = 1; i < count; ++i) {
+      const network_node& n = nodes_[static_cast<std::size_t>(i)];
+      if (n.bypass) continue;
+      if (n.conv.relu) {
+        throw value_error(detail::concat("network::forward_train: node '", n.name,
+                                         "' has a fused ReLU; build the training network without fuse_relu()"));
+      }
+      std::vector<const Tensor*> in;
+      for (int j : n.inputs) in.push_back(&tape.values[static_cast<std::size_t>(resolve(j))]);
+      Tensor& out = tape.values[static_cast<std::size_t>(i)];
+      if ((n.kind == op_kind::conv2d || n.kind == op_kind::linear) && n.adapter) {
+        if (n.relu_after) {
+          throw value_error(detail::concat("network::forward_train: adapted node '", n.name, "' has a fused ReLU"));
+        }
+        Tensor& z0 = tape.base_out[i];
+        layer_of(n).forward(*in[0], z0);
+        if (z0.rank() == 4 && z0.memory_layout() != layout::nhwc) z0 = z0.to_layout(layout::nhwc);
+        const auto b = n.params.find("bias");
+        const Tensor* bias = b == n.params.end() ? nullptr : &b->second;
+        if (bias) z0.matrix(z0.numel() / bias->numel(), bias->numel()).rowwise() -= bias->vector().transpose();
+        n.adapter->forward(*in[0], z0, bias, out, &tape.caches[i]);
+      } else {
+        apply(n, in, out);
+      }
+    }
+    return tape.values[static_cast<std::size_t>(resolve(output()))];
+  }
+
+  /// Back-propagates dL/d(output) through the network recorded in `tape`:
+  /// adapter parameter gradients go to `grads` by node name; frozen layers
+  /// pass input gradients only (no weight gradients). Returns dL/d(input).
+  Tensor backward(const network_tape& tape, const Tensor& diff_out, std::map<std::string, dora_gradients>& grads) const {
+    const auto count = static_cast<int>(nodes_.size());
+    std::vector<Tensor> g(static_cast<std::size_t>(count));
+    g[static_cast<std::size_t>(resolve(output()))] = diff_out;
+    auto accumulate = [&](int to, Tensor&& d) {
+      Tensor& slot = g[static_cast<std::size_t>(resolve(to))];
+      if (slot.empty()) {
+        slot = std::move(d);
+      } else {
+        rimc::add(slot, d, slot);
+      }
+    };
+    for (int i = count - 1; i >= 1; --i) {
+      const network_node& n = nodes_[static_cast<std::size_t>(i)];
+      Tensor& gi = g[static_cast<std::size_t>(i)];
+      if (n.bypass || gi.empty()) continue;
+      const Tensor& x = tape.values[static_cast<std::size_t>(resolve(n.inputs[0]))];
+      const Tensor& y = tape.values[static_cast<std::size_t>(i)];
+      Tensor dx;
+      switch (n.kind) {
+        case op_kind::input: break;
+        case op_kind::conv2d:
+        case op_kind::linear: {
+          if (n.relu_after) rimc::relu_backward(gi, y, gi);
+          if (n.adapter) {
+            n.adapter->backward(tape.caches.at(i), gi, grads[n.name], &dx);
+          } else {
+            layer_of(n).backward_data(gi, x.shape(), dx);
+          }
+          break;
+        }
+        case op_kind::batch_norm: {
+          dx = gi.to_layout(layout::nhwc);
+          const auto C = dx.dim(1);
+          Eigen::VectorXf scale(C);
+          for (std::int64_t c = 0; c < C; ++c)
+            scale[c] = static_cast<float>(n.params.at("weight")[c] /
+                                          std::sqrt(static_cast<double>(n.params.at("running_var")[c]) + n.bn_eps));
+          dx.matrix(dx.numel() / C, C) *= scale.asDiagonal();
+          break;
+        }
+        case op_kind::relu: rimc::relu_backward(gi, x, dx); break;
+        case op_kind::max_pool:
+        case op_kind::avg_pool: n.pool_kernel->backward_data(gi, x, dx); break;
+        case op_kind::global_avg_pool: global_avg_pool2d_backward(gi, x.shape(), dx, x.rank() == 4 ? x.memory_layout() : layout::nchw); break;
+        case op_kind::add: {
+          if (n.relu_after) rimc::relu_backward(gi, y, gi);
+          accumulate(n.inputs[1], Tensor(gi));
+          dx = std::move(gi);
+          break;
+        }
+        case op_kind::flatten: {
+          dx = gi;
+          dx.reshape(x.shape());
+          break;
+        }
+      }
+      if (n.kind != op_kind::input) accumulate(n.inputs[0], std::move(dx));
+      gi = Tensor();
+    }
+    return std::move(g[0]);
   }
 
   /// The node a node's value really comes from (skipping identities).

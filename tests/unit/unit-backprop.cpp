@@ -1,0 +1,141 @@
+// Tests of back-propagation through a network (input gradients through frozen
+// layers, adapter gradients) and of the backprop calibration baseline.
+
+#include <rimc/adapt/backprop.hpp>
+#include <rimc/nn/deploy.hpp>
+#include <rimc/nn/network.hpp>
+
+#include "test_util.hpp"
+
+#include <doctest/doctest.h>
+
+using namespace rimc;
+
+namespace {
+
+network toy(std::uint64_t seed) {
+  network net;
+  int x = net.input(Shape{2, 9, 9});
+  x = net.conv2d("c1", x, 6, 3, conv2d_params{{1, 1}, {1, 1}});
+  x = net.batch_norm("b1", x);
+  x = net.relu("r1", x);
+  int y = net.conv2d("c2", x, 6, 3, conv2d_params{{1, 1}, {1, 1}}, true);
+  x = net.add("add", y, x, true);
+  x = net.max_pool("pool", x, pool2d_params{pool_kind::max, {3, 3}, {2, 2}, {1, 1}});
+  x = net.conv2d("c3", x, 8, 3, conv2d_params{{2, 2}, {1, 1}}, true);
+  x = net.relu("r3", x);
+  x = net.global_avg_pool("gap", x);
+  x = net.flatten("flat", x);
+  net.linear("fc", x, 5);
+  for (const auto& n : net.nodes())
+    for (auto& [p, t] : net.node(n.name).params) {
+      if (p == "num_batches_tracked") continue;
+      fill_uniform(t, counter_rng(seed++), p == "running_var" ? 0.5f : -0.5f, p == "running_var" ? 1.5f : 0.5f);
+    }
+  return net;
+}
+
+double dot_double(const Tensor& a, const Tensor& r) { return test::dot(a, r); }
+
+}  // namespace
+
+TEST_SUITE("backprop") {
+  TEST_CASE("network backward matches finite differences for the input and the adapters' magnitudes") {
+    network net = toy(1);
+    std::vector<std::shared_ptr<dora_adapter>> adapters;
+    for (const char* name : {"c2", "fc"}) {
+      const auto& n = net.node(name);
+      dora_config dc;
+      dc.rank = 2;
+      auto a = std::make_shared<dora_adapter>(n.kind == op_kind::conv2d ? dora_adapter::conv2d(n.params.at("weight"), n.conv, dc)
+                                                                        : dora_adapter::linear(n.params.at("weight"), dc));
+      a->set_parameters(test::random_tensor(a->magnitude().shape(), 3, layout::nchw, 0.5f, 1.5f), a->lora_A(),
+                        test::random_tensor(a->lora_B().shape(), 4, layout::nchw, -0.3f, 0.3f));
+      net.attach_adapter(name, a);
+      adapters.push_back(a);
+    }
+    const Tensor x = test::random_tensor(Shape{3, 2, 9, 9}, 5);
+    network_tape tape;
+    const Tensor y = net.forward_train(x, tape);
+    test::check_close(y, net.forward(x), 1e-6, 1e-6);  // the training forward computes the same output
+    const Tensor r = test::random_tensor(y.shape(), 6);
+    std::map<std::string, dora_gradients> grads;
+    const Tensor dx = net.backward(tape, r, grads).to_layout(layout::nchw);
+    // L = <r, y> is piecewise linear in x and linear in m (norms detached): central differences are exact up to rounding.
+    auto loss_at = [&](const Tensor& xx) { return dot_double(net.forward(xx), r); };
+    Tensor xp = x;
+    for (std::int64_t i : {0, 17, 100, 333, 485}) {
+      const float h = 1e-2f;
+      Tensor a = xp, b = xp;
+      a[i] += h;
+      b[i] -= h;
+      const double fd = (loss_at(a) - loss_at(b)) / (2 * h);
+      CHECK(dx[i] == doctest::Approx(fd).epsilon(2e-2).scale(1.0));
+    }
+    for (std::size_t k = 0; k < adapters.size(); ++k) {
+      auto& a = *adapters[k];
+      const std::string name = k == 0 ? "c2" : "fc";
+      for (std::int64_t o : {0, 3}) {
+        const Tensor m0 = a.magnitude();
+        auto at = [&](float delta) {
+          Tensor m = m0;
+          m[o] += delta;
+          a.set_parameters(m, a.lora_A(), a.lora_B());
+          const double l = loss_at(x);
+          a.set_parameters(m0, a.lora_A(), a.lora_B());
+          return l;
+        };
+        const double fd = (at(1e-2f) - at(-1e-2f)) / 2e-2;
+        CHECK(grads.at(name).magnitude[o] == doctest::Approx(fd).epsilon(2e-2).scale(1.0));
+      }
+    }
+  }
+
+  TEST_CASE("the distillation loss gradient matches finite differences") {
+    const Tensor logits = test::random_tensor(Shape{4, 6}, 1, layout::nchw, -3, 3);
+    const Tensor teacher = test::random_tensor(Shape{4, 6}, 2, layout::nchw, -3, 3);
+    const std::vector<std::int32_t> labels{0, 5, 2, 2};
+    backprop_config cfg;
+    cfg.kl_weight = 0.5;
+    cfg.temperature = 2.0;
+    Tensor g, unused;
+    (void)distillation_loss(logits, labels, &teacher, cfg, g);
+    for (std::int64_t i = 0; i < logits.numel(); ++i) {
+      Tensor a = logits, b = logits;
+      a[i] += 1e-3f;
+      b[i] -= 1e-3f;
+      const double fd = (distillation_loss(a, labels, &teacher, cfg, unused) - distillation_loss(b, labels, &teacher, cfg, unused)) / 2e-3;
+      CHECK(g[i] == doctest::Approx(fd).epsilon(1e-3).scale(1.0));
+    }
+  }
+
+  TEST_CASE("backprop calibration lowers the loss and writes no RRAM cell") {
+    network teacher = toy(7);
+    network student = toy(7);
+    analog_options opt;
+    opt.device.g_min_us = 0.0;
+    auto chip = deploy_analog(student, opt);
+    chip.drift_to(relative_drift{}, 0.2, 3);
+    const Tensor images = test::random_tensor(Shape{8, 2, 9, 9}, 8);
+    std::vector<std::int32_t> labels;
+    const Tensor t = teacher.forward(images);
+    for (std::int64_t i = 0; i < 8; ++i) {
+      std::int32_t best = 0;
+      for (std::int32_t k = 1; k < 5; ++k)
+        if (t[i * 5 + k] > t[i * 5 + best]) best = k;
+      labels.push_back(best);
+    }
+    backprop_config cfg;
+    cfg.steps = 40;
+    cfg.kl_weight = 1.0;
+    const calibration_result r = calibrate_backprop(teacher, student, images, labels, cfg);
+    REQUIRE(r.layers.size() == 1);
+    CHECK(r.layers[0].mse_after < r.layers[0].mse_before);
+    CHECK(r.rram_writes == 0);
+    CHECK(r.adapters.size() == 4);
+    cfg.ce_weight = 0;
+    cfg.kl_weight = 0;
+    CHECK_THROWS_WITH((void)calibrate_backprop(teacher, student, images, labels, cfg),
+                      "[rimc.value_error] backprop_config: ce_weight (0) and kl_weight (0) must be >= 0 and not both 0");
+  }
+}
