@@ -1,6 +1,8 @@
 // Tests of rimc::linear and rimc::matmul (oneDNN) against the reference and Eigen,
 // and of the reference backward against finite differences in double precision.
 
+#include <rimc/core/parallel.hpp>
+#include <rimc/kernels/conv2d.hpp>
 #include <rimc/kernels/linear.hpp>
 #include <rimc/kernels/reference.hpp>
 
@@ -99,5 +101,37 @@ TEST_SUITE("linear") {
                       "[rimc.shape_error] linear: src [2, 5] does not give 3 features per row for weights [4, 3]");
     CHECK_THROWS_WITH((void)fc.backward_data(Tensor(Shape{2, 3})),
                       "[rimc.shape_error] linear::backward_data: diff_dst must be [N, 4], got [2, 3]");
+  }
+}
+
+TEST_SUITE("concurrency") {
+  TEST_CASE("primitives executed from several threads at once give the serial results") {
+    // oneDNN's default scratchpad is shared by all primitives; rimc gives each thread its own.
+    std::vector<Tensor> a, b, serial(8), parallel(8);
+    for (int i = 0; i < 8; ++i) {
+      a.push_back(test::random_tensor(Shape{96, 300}, 10 + static_cast<std::uint64_t>(i)));
+      b.push_back(test::random_tensor(Shape{300, 70}, 30 + static_cast<std::uint64_t>(i)));
+    }
+    const conv2d conv(test::random_tensor(Shape{16, 16, 3, 3}, 1), std::nullopt, conv2d_params{{1, 1}, {1, 1}});
+    const Tensor x = test::random_tensor(Shape{4, 16, 12, 12}, 2, layout::nhwc);
+    std::vector<Tensor> cs(8), cp(8);
+    {
+      const thread_count_guard one(1);
+      for (int i = 0; i < 8; ++i) {
+        serial[static_cast<std::size_t>(i)] = matmul(a[static_cast<std::size_t>(i)], b[static_cast<std::size_t>(i)]);
+        conv.forward(x, cs[static_cast<std::size_t>(i)]);
+      }
+    }
+    const thread_count_guard two(2);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < 8; ++i) {
+      const thread_count_guard one(1);
+      parallel[static_cast<std::size_t>(i)] = matmul(a[static_cast<std::size_t>(i)], b[static_cast<std::size_t>(i)]);
+      conv.forward(x, cp[static_cast<std::size_t>(i)]);
+    }
+    for (std::size_t i = 0; i < 8; ++i) {
+      CHECK(parallel[i] == serial[i]);
+      CHECK(cp[i] == cs[i]);
+    }
   }
 }

@@ -89,6 +89,7 @@ class conv2d {
     args[DNNL_ARG_WEIGHTS] = s_->weights.get(e->pd.weights_desc());
     args[DNNL_ARG_DST] = detail::wrap(e->pd.dst_desc(), dst.data());
     if (s_->bias) args[DNNL_ARG_BIAS] = s_->bias_memory;
+    args[DNNL_ARG_SCRATCHPAD] = detail::thread_scratchpad(e->pd.scratchpad_desc());
     detail::onednn_call("conv2d forward", [&] { detail::execute(e->prim, args); });
   }
   [[nodiscard]] Tensor forward(const Tensor& src) const {
@@ -114,6 +115,7 @@ class conv2d {
     args[DNNL_ARG_DIFF_DST] = detail::wrap(e->pd.diff_dst_desc(), d.data());
     args[DNNL_ARG_WEIGHTS] = s_->weights.get(e->pd.weights_desc());
     args[DNNL_ARG_DIFF_SRC] = detail::wrap(e->pd.diff_src_desc(), diff_src.data());
+    args[DNNL_ARG_SCRATCHPAD] = detail::thread_scratchpad(e->pd.scratchpad_desc());
     detail::onednn_call("conv2d backward_data", [&] { detail::execute(e->prim, args); });
   }
   [[nodiscard]] Tensor backward_data(const Tensor& diff_dst, const Shape& src_shape) const {
@@ -148,7 +150,8 @@ class conv2d {
                                 : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct,
                                                                            src_md, w_md, dst_md, strides, dil, pad,
                                                                            pad);
-          return dnnl::convolution_backward_weights::primitive_desc(desc, detail::cpu_engine(), hint);
+          return dnnl::convolution_backward_weights::primitive_desc(desc, detail::user_scratchpad(),
+                                                                    detail::cpu_engine(), hint);
         };
         // The tensors' own layouts first (no reorders per call), oneDNN's choice if that is not supported.
         std::optional<dnnl::convolution_backward_weights::primitive_desc> pd;
@@ -178,6 +181,7 @@ class conv2d {
     args[DNNL_ARG_SRC] = src_m;
     args[DNNL_ARG_DIFF_DST] = dst_m;
     args[DNNL_ARG_DIFF_WEIGHTS] = dw;
+    args[DNNL_ARG_SCRATCHPAD] = detail::thread_scratchpad(e->pd.scratchpad_desc());
     if (diff_bias) {
       diff_bias->ensure(Shape{weights().shape()[0]});
       args[DNNL_ARG_DIFF_BIAS] = detail::wrap(*diff_bias);
@@ -269,7 +273,7 @@ class conv2d {
     const auto w_md = weights_md(w, dnnl::memory::format_tag::any);
     const auto strides = detail::to_dims(p.stride), dil = detail::to_dims(p.dilation, 1),
                pad = detail::to_dims(p.padding);
-    dnnl::primitive_attr attr;
+    dnnl::primitive_attr attr = detail::user_scratchpad();
     if (with_post_ops && p.relu) {
       dnnl::post_ops ops;
       ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
@@ -332,7 +336,8 @@ class conv2d {
           dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, src_md,
                                                      weights_md(weights().shape(), dnnl::memory::format_tag::any),
                                                      dst_md, strides, dil, pad, pad);
-          return dnnl::convolution_backward_data::primitive_desc(desc, detail::cpu_engine(), hint);
+          return dnnl::convolution_backward_data::primitive_desc(desc, detail::user_scratchpad(), detail::cpu_engine(),
+                                                                 hint);
         };
         auto pd = make(dnnl::memory::format_tag::any);
         auto bsl = detail::layout_of(pd.diff_src_desc(), src_shape);

@@ -75,6 +75,7 @@ class linear {
         {DNNL_ARG_WEIGHTS, s_->fwd_weights.get(e->pd.weights_desc())},
         {DNNL_ARG_DST, detail::wrap(dst)}};
     if (s_->bias) args.emplace(DNNL_ARG_BIAS, detail::wrap(*s_->bias));
+    args.emplace(DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->pd.scratchpad_desc()));
     detail::onednn_call("linear forward", [&] { detail::execute(e->prim, args); });
   }
   [[nodiscard]] Tensor forward(const Tensor& src) const {
@@ -101,6 +102,7 @@ class linear {
     std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, detail::wrap(diff_dst)},
                                                {DNNL_ARG_WEIGHTS, s_->bwd_weights.get(e->pd.weights_desc())},
                                                {DNNL_ARG_DST, detail::wrap(diff_src)}};
+    args.emplace(DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->pd.scratchpad_desc()));
     detail::onednn_call("linear backward_data", [&] { detail::execute(e->prim, args); });
   }
   [[nodiscard]] Tensor backward_data(const Tensor& diff_dst) const {
@@ -144,7 +146,7 @@ class linear {
       return detail::onednn_call("linear: creating the forward primitive", [&] {
         const auto O = out_features(), K = in_features();
         const auto src_md = detail::plain_md(Shape{N, K});
-        dnnl::primitive_attr attr;
+        dnnl::primitive_attr attr = detail::user_scratchpad();
         if (s_->relu) {
           dnnl::post_ops ops;
           ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
@@ -165,7 +167,7 @@ class linear {
         const auto O = out_features(), K = in_features();
         const auto src_md = detail::plain_md(Shape{N, O});
         dnnl::matmul::desc desc(src_md, any_md(O, K), detail::plain_md(Shape{N, K}));
-        dnnl::matmul::primitive_desc pd(desc, detail::cpu_engine());
+        dnnl::matmul::primitive_desc pd(desc, detail::user_scratchpad(), detail::cpu_engine());
         return entry{pd, dnnl::matmul(pd), src_md};
       });
     });
@@ -191,6 +193,7 @@ struct gemm_spec {
 inline void gemm(gemm_spec spec, const float* a, const float* b, float* c, const float* full = nullptr,
                  const float* col_scale = nullptr, const float* col_shift = nullptr) {
   struct entry {
+    dnnl::matmul::primitive_desc pd;
     dnnl::matmul prim;
   };
   static primitive_cache<gemm_spec, entry> cache(256);
@@ -203,7 +206,7 @@ inline void gemm(gemm_spec spec, const float* a, const float* b, float* c, const
   const dnnl::memory::desc full_md({M, N}, dnnl_dt::f32, dims{N, 1}), col_md({1, N}, dnnl_dt::f32, dims{N, 1});
   const auto e = cache.get(spec, [&] {
     return onednn_call("gemm: creating the primitive", [&] {
-      dnnl::primitive_attr attr;
+      dnnl::primitive_attr attr = user_scratchpad();
       if (spec.epilogue) {
         dnnl::post_ops ops;
         ops.append_binary(dnnl::algorithm::binary_add, full_md);
@@ -211,13 +214,15 @@ inline void gemm(gemm_spec spec, const float* a, const float* b, float* c, const
         ops.append_binary(dnnl::algorithm::binary_add, col_md);
         attr.set_post_ops(ops);
       }
-      return entry{dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md), attr, cpu_engine()))};
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), attr, cpu_engine());
+      return entry{pd, dnnl::matmul(pd)};
     });
   });
   auto& args = thread_args();
   args[DNNL_ARG_SRC] = wrap(a_md, a);
   args[DNNL_ARG_WEIGHTS] = wrap(b_md, b);
   args[DNNL_ARG_DST] = wrap(c_md, c);
+  args[DNNL_ARG_SCRATCHPAD] = thread_scratchpad(e->pd.scratchpad_desc());
   if (spec.epilogue) {
     args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = wrap(full_md, full);
     args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1] = wrap(col_md, col_scale);
@@ -241,6 +246,7 @@ inline void matmul(const Tensor& a, const Tensor& b, Tensor& c) {
     return;
   }
   struct entry {
+    dnnl::matmul::primitive_desc pd;
     dnnl::matmul prim;
   };
   static detail::primitive_cache<detail::kernel_key, entry> cache(128);
@@ -249,13 +255,16 @@ inline void matmul(const Tensor& a, const Tensor& b, Tensor& c) {
     return detail::onednn_call("matmul: creating the primitive", [&] {
       dnnl::matmul::desc desc(detail::plain_md(a.shape()), detail::plain_md(b.shape()),
                               detail::plain_md(Shape{M, N}));
-      return entry{dnnl::matmul(dnnl::matmul::primitive_desc(desc, detail::cpu_engine()))};
+      const dnnl::matmul::primitive_desc pd(desc, detail::user_scratchpad(), detail::cpu_engine());
+      return entry{pd, dnnl::matmul(pd)};
     });
   });
   c.ensure(Shape{M, N});
   detail::onednn_call("matmul", [&] {
-    detail::execute(e->prim, {{DNNL_ARG_SRC, detail::wrap(a)}, {DNNL_ARG_WEIGHTS, detail::wrap(b)},
-                              {DNNL_ARG_DST, detail::wrap(c)}});
+    detail::execute(e->prim, {{DNNL_ARG_SRC, detail::wrap(a)},
+                              {DNNL_ARG_WEIGHTS, detail::wrap(b)},
+                              {DNNL_ARG_DST, detail::wrap(c)},
+                              {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->pd.scratchpad_desc())}});
   });
 }
 [[nodiscard]] inline Tensor matmul(const Tensor& a, const Tensor& b) {

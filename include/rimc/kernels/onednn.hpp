@@ -225,6 +225,28 @@ class packed_weights {
   std::vector<std::pair<dnnl::memory::desc, dnnl::memory>> packs_;
 };
 
+/// Attributes with a user-provided scratchpad. oneDNN's default (library)
+/// scratchpad is one buffer shared by all primitives, so executing primitives
+/// from several threads at once (tiles in parallel) would corrupt results;
+/// every rimc primitive therefore runs on a per-thread scratchpad.
+[[nodiscard]] inline dnnl::primitive_attr user_scratchpad(dnnl::primitive_attr attr = {}) {
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+/// The calling thread's scratchpad memory for a primitive descriptor's `scratchpad_desc()`.
+[[nodiscard]] inline dnnl::memory thread_scratchpad(const dnnl::memory::desc& md) {
+  thread_local std::unique_ptr<float[], aligned_deleter> buffer;
+  thread_local std::size_t capacity = 0;
+  const std::size_t bytes = md.get_size();
+  if (bytes > capacity || !buffer) {
+    const auto floats = static_cast<std::int64_t>((bytes + sizeof(float) - 1) / sizeof(float)) + 1;
+    buffer = aligned_alloc_floats(floats);
+    capacity = static_cast<std::size_t>(floats) * sizeof(float);
+  }
+  return {md, cpu_engine(), buffer.get()};
+}
+
 /// A per-thread argument map, cleared and reused by each kernel call (no allocation per call).
 [[nodiscard]] inline std::unordered_map<int, dnnl::memory>& thread_args() {
   thread_local std::unordered_map<int, dnnl::memory> args;
