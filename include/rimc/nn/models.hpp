@@ -61,7 +61,6 @@ inline int conv_bn(network& net, const std::string& prefix, const std::string& c
   x = net.relu("relu", x);
   x = net.max_pool("maxpool", x, pool2d_params{pool_kind::max, {3, 3}, {2, 2}, {1, 1}});
   const int blocks[] = {3, 4, 6, 3};
-  std::int64_t cin = 64;
   for (int stage = 0; stage < 4; ++stage) {
     const std::int64_t width = 64 << stage, cout = width * 4;
     for (int b = 0; b < blocks[stage]; ++b) {
@@ -76,10 +75,8 @@ inline int conv_bn(network& net, const std::string& prefix, const std::string& c
       if (b == 0) shortcut = detail::conv_bn(net, pre, "downsample.0", "downsample.1", x, cout, 1, stride, 0);
       x = net.add(pre + "add", y, shortcut);
       x = net.relu(pre + "relu3", x);
-      cin = cout;
     }
   }
-  (void)cin;
   x = net.global_avg_pool("avgpool", x);
   x = net.flatten("flatten", x);
   net.linear("fc", x, num_classes);

@@ -387,14 +387,14 @@ class network {
   /// As forward(x), also copying the outputs of the nodes named in `capture` into `captured`.
   [[nodiscard]] Tensor forward(const Tensor& x, const std::vector<std::string>& capture,
                                std::map<std::string, Tensor>& captured) const {
-    return run(x, 0, output(), capture, captured, nullptr);
+    return run(x, 0, output(), capture, captured);
   }
 
   /// Runs nodes (from, to] given the output of node `from` (e.g. the student's
   /// activation entering a layer), capturing as forward does.
   [[nodiscard]] Tensor forward_from(int from, const Tensor& value, int to, const std::vector<std::string>& capture,
                                     std::map<std::string, Tensor>& captured) const {
-    return run(value, from, to, capture, captured, nullptr);
+    return run(value, from, to, capture, captured);
   }
 
   /// A forward pass that keeps every node's output in `tape` for backward().
@@ -624,7 +624,7 @@ class network {
   }
 
   Tensor run(const Tensor& x, int from, int to, const std::vector<std::string>& capture,
-             std::map<std::string, Tensor>& captured, void*) const {
+             std::map<std::string, Tensor>& captured) const {
     std::set<int> wanted;
     for (const auto& c : capture) wanted.insert(id(c));
     const auto count = static_cast<int>(nodes_.size());
