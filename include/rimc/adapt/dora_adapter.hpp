@@ -111,6 +111,7 @@ class dora_kernels {
   static constexpr std::int64_t thin_max_rank = 4;
 
   dora_kernels() = default;
+  /// An empty `w0` builds no frozen W0 kernel (base_forward and the input gradient through W0 are then unavailable).
   dora_kernels(bool conv, const Tensor& a, const Tensor& w0, const conv2d_params& p) : conv_(conv) {
     if (conv) {
       if (a.dim(0) <= thin_max_rank) {
@@ -118,10 +119,10 @@ class dora_kernels {
       } else {
         a_conv_ = std::make_unique<rimc::conv2d>(a, std::nullopt, p);
       }
-      base_conv_ = std::make_unique<rimc::conv2d>(w0, std::nullopt, p);
+      if (!w0.empty()) base_conv_ = std::make_unique<rimc::conv2d>(w0, std::nullopt, p);
     } else {
       a_linear_ = std::make_unique<rimc::linear>(a);
-      base_linear_ = std::make_unique<rimc::linear>(w0);
+      if (!w0.empty()) base_linear_ = std::make_unique<rimc::linear>(w0);
     }
   }
   void set_a(const Tensor& a) {
@@ -548,7 +549,8 @@ class dora_deployed {
       quantise_rows(lora_b_, O_);
     }
     w0_ = a.base_weights();
-    kernels_ = detail::dora_kernels(a.is_conv(), lora_a_, w0_, a.conv_params());
+    // The deploy form only adds to W0 x from the crossbar: no frozen W0 kernel of its own.
+    kernels_ = detail::dora_kernels(a.is_conv(), lora_a_, Tensor(), a.conv_params());
   }
 
   [[nodiscard]] sram_precision precision() const noexcept { return precision_; }
