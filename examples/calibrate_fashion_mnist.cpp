@@ -2,23 +2,21 @@
 // crossbars, the conductances drift (20% relative drift by default), and
 // DoRA adapters in SRAM are calibrated layer by layer from N = 10 training
 // images by feature distillation, with the RRAM left untouched. Prints a
-// table (ideal, drifted, per-column drift compensation and calibrated
-// accuracy, adapter share, SRAM bytes, RRAM writes, calibration time) and
-// writes it as CSV.
+// table (ideal, drifted, per-column drift compensation, feature-KD and
+// backprop calibrated accuracy, adapter share, SRAM bytes, RRAM writes,
+// calibration time) and writes it as CSV, with the time of each phase.
 //
-//   calibrate_fashion_mnist [--rho 0.2] [--samples 10] [--rank 2] [--steps 100] [--lr 0.01]
+//   calibrate_fashion_mnist [--preset relative|cmo|neurram] [--rho 0.2] [--time 86400] [--g-min-ratio 0]
+//                           [--samples 10] [--rank 2] [--steps 100] [--lr 0.01] [--from-teacher-norms]
 //                           [--seed 0] [--drift-seed 1] [--threads 2] [--test-images 10000]
-//                           [--from-teacher-norms] [--bp-steps 200] [--bp-lr 0.01] [--bp-kl 1]
-//                           [--csv calibration.csv]
+//                           [--bp-steps 200] [--bp-lr 0.01] [--bp-ce 1] [--bp-kl 1] [--no-backprop]
+//                           [--csv calibration.csv] [--model path.safetensors]
+//
+// --rho applies to the relative preset, --time (seconds since programming) to cmo and neurram.
 
-#include <rimc/adapt/backprop.hpp>
-#include <rimc/adapt/feature_kd.hpp>
-#include <rimc/crossbar/compensation.hpp>
-#include <rimc/data/dataset.hpp>
+#include "fashion_mnist_lab.hpp"
+
 #include <rimc/io/atomic_file.hpp>
-#include <rimc/nn/deploy.hpp>
-#include <rimc/nn/evaluate.hpp>
-#include <rimc/nn/models.hpp>
 
 #include <cstdio>
 #include <cstdlib>
@@ -26,16 +24,20 @@
 #include <string>
 #include <string_view>
 
+#include <sys/resource.h>
+
 namespace {
 
 using namespace rimc;
 
 struct args {
-  double rho = 0.2, lr = 1e-2, bp_lr = 1e-2, bp_kl = 1.0;
+  lab::chip_config chip;
+  double lr = 1e-2, bp_lr = 1e-2, bp_ce = 1.0, bp_kl = 1.0;
   int bp_steps = 200;
+  bool backprop = true;
   std::int64_t samples = 10, rank = 2, test_images = 10000;
   int steps = 100, threads = 2;
-  std::uint64_t seed = 0, drift_seed = 1;
+  std::uint64_t seed = 0;
   bool from_teacher_norms = false;
   std::string csv = "calibration.csv";
   std::string model = RIMC_MODEL_DIR "/resnet20_fmnist.safetensors";
@@ -49,31 +51,39 @@ args parse(int argc, char** argv) {
       if (i + 1 >= argc) throw value_error(detail::concat("calibrate_fashion_mnist: ", k, " needs a value"));
       return argv[++i];
     };
-    if (k == "--rho") a.rho = std::atof(next());
+    if (k == "--preset") a.chip.preset = lab::parse_preset(next());
+    else if (k == "--rho") a.chip.rho = std::atof(next());
+    else if (k == "--time") a.chip.time_s = std::atof(next());
+    else if (k == "--g-min-ratio") a.chip.g_min_ratio = std::atof(next());
     else if (k == "--lr") a.lr = std::atof(next());
     else if (k == "--samples") a.samples = std::atoll(next());
     else if (k == "--rank") a.rank = std::atoll(next());
     else if (k == "--steps") a.steps = std::atoi(next());
     else if (k == "--threads") a.threads = std::atoi(next());
     else if (k == "--seed") a.seed = std::strtoull(next(), nullptr, 10);
-    else if (k == "--drift-seed") a.drift_seed = std::strtoull(next(), nullptr, 10);
+    else if (k == "--drift-seed") a.chip.drift_seed = std::strtoull(next(), nullptr, 10);
     else if (k == "--test-images") a.test_images = std::atoll(next());
     else if (k == "--from-teacher-norms") a.from_teacher_norms = true;
     else if (k == "--bp-steps") a.bp_steps = std::atoi(next());
     else if (k == "--bp-lr") a.bp_lr = std::atof(next());
+    else if (k == "--bp-ce") a.bp_ce = std::atof(next());
     else if (k == "--bp-kl") a.bp_kl = std::atof(next());
+    else if (k == "--no-backprop") a.backprop = false;
     else if (k == "--csv") a.csv = next();
     else if (k == "--model") a.model = next();
     else throw value_error(detail::concat("calibrate_fashion_mnist: unknown option '", k, "'"));
   }
+  if (a.samples < 1) throw value_error(detail::concat("calibrate_fashion_mnist: --samples must be >= 1, got ", a.samples));
+  if (a.threads < 1) throw value_error(detail::concat("calibrate_fashion_mnist: --threads must be >= 1, got ", a.threads));
+  a.chip.program_seed = a.seed;
+  a.chip.validate();
   return a;
 }
 
-network load_folded(const std::string& path) {
-  network net = resnet20(1, 10, 28);
-  net.load(path);
-  net.fold_batch_norm();
-  return net;
+double peak_rss_mib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
 }  // namespace
@@ -82,104 +92,103 @@ int main(int argc, char** argv) try {
   const args a = parse(argc, argv);
   set_num_threads(a.threads);
   std::fprintf(stderr, "loading Fashion-MNIST and the teacher...\n");
-  const dataset train = load_mnist_like(fashion_mnist_dir, "train");
-  dataset test = load_mnist_like(fashion_mnist_dir, "test");
-  if (a.test_images < test.size()) {
-    std::vector<std::int64_t> first(static_cast<std::size_t>(a.test_images));
-    for (std::size_t i = 0; i < first.size(); ++i) first[i] = static_cast<std::int64_t>(i);
-    test = test.subset(first);
+  const lab::fashion_mnist_lab lab(a.model, a.test_images);
+  const eval_result ideal = lab.evaluate(lab.teacher());
+
+  // Program every conv and linear layer onto crossbars (differential pairs, 8-bit cells), then drift.
+  if (a.chip.preset == lab::drift_preset::relative) {
+    std::fprintf(stderr, "programming and drifting (relative drift %.2f, g_min = %.2f g_max, seed %llu)...\n", a.chip.rho,
+                 a.chip.g_min_ratio, static_cast<unsigned long long>(a.chip.drift_seed));
+  } else {
+    std::fprintf(stderr, "programming and drifting (%s preset, t = %g s, seed %llu)...\n", lab::to_string(a.chip.preset),
+                 a.chip.time_s, static_cast<unsigned long long>(a.chip.drift_seed));
   }
-  const network teacher = load_folded(a.model);
-  const eval_result ideal = evaluate(teacher, test);
+  const auto chip = lab.drift(a.chip);
+  const eval_result drifted = lab.evaluate(chip->net());
+  chip->compensate(true);
+  const eval_result compensated = lab.evaluate(chip->net());
+  chip->reset();
 
-  // Program every conv and linear layer onto crossbars (differential pairs, 8-bit cells, g_min = 0).
-  network student = load_folded(a.model);
-  analog_options opt;
-  opt.device.g_min_us = 0.0;
-  opt.device.g_max_us = 40.0;
-  opt.program_seed = a.seed;
-  auto chip = deploy_analog(student, opt);
-  const std::uint64_t writes_programmed = chip.rram_writes();
-  const eval_result programmed = evaluate(student, test);
-
-  // Per-column drift compensation needs a reference read right after programming.
-  std::vector<drift_compensation> comp(chip.convs_.size() + chip.linears_.size(), drift_compensation(compensation_kind::per_column));
-  for (std::size_t i = 0; i < chip.convs_.size(); ++i) comp[i].record_reference(chip.convs_[i]->analog());
-  for (std::size_t i = 0; i < chip.linears_.size(); ++i) comp[chip.convs_.size() + i].record_reference(chip.linears_[i]->analog());
-
-  std::fprintf(stderr, "drifting (relative drift %.2f, seed %llu)...\n", a.rho, static_cast<unsigned long long>(a.drift_seed));
-  chip.drift_to(relative_drift{}, a.rho, a.drift_seed);
-  const eval_result drifted = evaluate(student, test);
-
-  for (std::size_t i = 0; i < chip.convs_.size(); ++i) chip.convs_[i]->analog().set_column_gain(comp[i].gains(chip.convs_[i]->analog()));
-  for (std::size_t i = 0; i < chip.linears_.size(); ++i)
-    chip.linears_[i]->analog().set_column_gain(comp[chip.convs_.size() + i].gains(chip.linears_[i]->analog()));
-  const eval_result compensated = evaluate(student, test);
-  for (auto& c : chip.convs_) c->analog().set_column_gain(std::vector<float>(static_cast<std::size_t>(c->effective_weights().dim(0)), 1.0f));
-  for (auto& l : chip.linears_) l->analog().set_column_gain(std::vector<float>(static_cast<std::size_t>(l->effective_weights().dim(0)), 1.0f));
-
-  std::fprintf(stderr, "calibrating with %lld samples, rank %lld, %d steps per layer...\n",
+  std::fprintf(stderr, "feature-KD calibration with %lld samples, rank %lld, %d steps per layer...\n",
                static_cast<long long>(a.samples), static_cast<long long>(a.rank), a.steps);
-  const dataset calib = train.subset(sample_indices(train.size(), a.samples, a.seed));
+  const dataset calib = lab.calibration_set(a.samples, a.seed);
   calibration_config cfg;
   cfg.rank = a.rank;
   cfg.steps = a.steps;
   cfg.lr = a.lr;
   cfg.seed = a.seed;
   cfg.magnitude_from_teacher = a.from_teacher_norms;
-  const calibration_result cal = calibrate_feature_kd(teacher, student, calib.images, cfg);
-  const eval_result calibrated = evaluate(student, test);
+  const calibration_result cal = calibrate_feature_kd(lab.teacher(), chip->net(), calib.images, cfg);
+  const eval_result calibrated = lab.evaluate(chip->net());
 
-  // The baseline: the same chip (same programming and drift seeds), adapters trained jointly by backprop.
-  std::fprintf(stderr, "backprop baseline: %d joint steps, CE + %.1f x KL...\n", a.bp_steps, a.bp_kl);
-  network bp_student = load_folded(a.model);
-  auto bp_chip = deploy_analog(bp_student, opt);
-  bp_chip.drift_to(relative_drift{}, a.rho, a.drift_seed);
-  backprop_config bcfg;
-  bcfg.rank = a.rank;
-  bcfg.steps = a.bp_steps;
-  bcfg.lr = a.bp_lr;
-  bcfg.kl_weight = a.bp_kl;
-  bcfg.seed = a.seed;
-  const calibration_result bp = calibrate_backprop(teacher, bp_student, calib.images, calib.labels, bcfg);
-  const eval_result backprop = evaluate(bp_student, test);
+  // The baseline: the same drifted chip, adapters trained jointly by backprop.
+  calibration_result bp;
+  eval_result backprop;
+  if (a.backprop) {
+    std::fprintf(stderr, "backprop baseline: %d joint steps, %.1f x CE + %.1f x KL...\n", a.bp_steps, a.bp_ce, a.bp_kl);
+    chip->reset();
+    backprop_config bcfg;
+    bcfg.rank = a.rank;
+    bcfg.steps = a.bp_steps;
+    bcfg.lr = a.bp_lr;
+    bcfg.ce_weight = a.bp_ce;
+    bcfg.kl_weight = a.bp_kl;
+    bcfg.seed = a.seed;
+    bp = calibrate_backprop(lab.teacher(), chip->net(), calib.images, calib.labels, bcfg);
+    backprop = lab.evaluate(chip->net());
+  }
 
   const auto& f = cal.footprint;
-  std::printf("ResNet-20 on Fashion-MNIST (%lld test images), relative drift %.2f, N = %lld, rank %lld\n\n",
-              static_cast<long long>(test.size()), a.rho, static_cast<long long>(a.samples), static_cast<long long>(a.rank));
+  const auto pct = [](const eval_result& r) { return 100 * r.top1; };
+  if (a.chip.preset == lab::drift_preset::relative) {
+    std::printf("ResNet-20 on Fashion-MNIST (%lld test images), relative drift %.2f (g_min = %.2f g_max), N = %lld, rank %lld\n\n",
+                static_cast<long long>(lab.test().size()), a.chip.rho, a.chip.g_min_ratio, static_cast<long long>(a.samples),
+                static_cast<long long>(a.rank));
+  } else {
+    std::printf("ResNet-20 on Fashion-MNIST (%lld test images), %s drift at t = %g s, N = %lld, rank %lld\n\n",
+                static_cast<long long>(lab.test().size()), lab::to_string(a.chip.preset), a.chip.time_s,
+                static_cast<long long>(a.samples), static_cast<long long>(a.rank));
+  }
   std::printf("%-34s %10s\n", "setting", "top-1 %");
-  std::printf("%-34s %10.2f\n", "ideal (digital teacher)", 100 * ideal.top1);
-  std::printf("%-34s %10.2f\n", "programmed, before drift", 100 * programmed.top1);
-  std::printf("%-34s %10.2f\n", "drifted", 100 * drifted.top1);
-  std::printf("%-34s %10.2f\n", "per-column drift compensation", 100 * compensated.top1);
-  std::printf("%-34s %10.2f\n", "DoRA feature-KD calibration", 100 * calibrated.top1);
-  std::printf("%-34s %10.2f\n", "DoRA backprop calibration", 100 * backprop.top1);
+  std::printf("%-34s %10.2f\n", "ideal (digital teacher)", pct(ideal));
+  std::printf("%-34s %10.2f\n", "drifted", pct(drifted));
+  std::printf("%-34s %10.2f\n", "per-column drift compensation", pct(compensated));
+  std::printf("%-34s %10.2f\n", "DoRA feature-KD calibration", pct(calibrated));
+  if (a.backprop) std::printf("%-34s %10.2f\n", "DoRA backprop calibration", pct(backprop));
   std::printf("\nadapter parameters %lld (%.2f%% of %lld RRAM weights), SRAM %zu bytes (fp32)\n",
               static_cast<long long>(f.parameters), f.share_percent(), static_cast<long long>(f.rram_weights), f.sram_bytes);
   std::printf("RRAM writes: %llu at programming, %llu during calibration\n",
-              static_cast<unsigned long long>(writes_programmed), static_cast<unsigned long long>(cal.rram_writes));
-  std::printf("calibration time %.3f s (feature KD, %zu layers), %.3f s (backprop); evaluation %.0f images/s\n",
-              cal.seconds, cal.layers.size(), bp.seconds, calibrated.images_per_s());
+              static_cast<unsigned long long>(chip->writes_programmed()),
+              static_cast<unsigned long long>(cal.rram_writes + bp.rram_writes));
+  std::printf("time: deploy + drift %.3f s, feature-KD calibration %.3f s (%zu layers)", chip->deploy_seconds(), cal.seconds,
+              cal.layers.size());
+  if (a.backprop) std::printf(", backprop %.3f s", bp.seconds);
+  std::printf(", evaluation %.3f s (%.0f images/s)\n", calibrated.seconds, calibrated.images_per_s());
 
   std::string csv = "metric,value\n";
   auto row = [&](const char* k, double v) { csv += detail::concat(k, ",", v, "\n"); };
-  row("rho", a.rho);
+  row("rho", a.chip.preset == lab::drift_preset::relative ? a.chip.rho : 0.0);
+  row("time_s", a.chip.preset == lab::drift_preset::relative ? 0.0 : a.chip.time_s);
+  row("g_min_ratio", a.chip.g_min_ratio);
   row("samples", static_cast<double>(a.samples));
   row("rank", static_cast<double>(a.rank));
   row("ideal_top1", ideal.top1);
-  row("programmed_top1", programmed.top1);
   row("drifted_top1", drifted.top1);
   row("compensated_top1", compensated.top1);
   row("calibrated_top1", calibrated.top1);
-  row("backprop_top1", backprop.top1);
+  if (a.backprop) row("backprop_top1", backprop.top1);
+  row("adapter_parameters", static_cast<double>(f.parameters));
   row("adapter_share_percent", f.share_percent());
   row("sram_bytes", static_cast<double>(f.sram_bytes));
-  row("rram_writes_during_calibration", static_cast<double>(cal.rram_writes));
+  row("rram_writes_during_calibration", static_cast<double>(cal.rram_writes + bp.rram_writes));
+  row("deploy_drift_seconds", chip->deploy_seconds());
   row("calibration_seconds", cal.seconds);
-  row("backprop_seconds", bp.seconds);
+  if (a.backprop) row("backprop_seconds", bp.seconds);
+  row("evaluation_seconds", calibrated.seconds);
+  row("peak_rss_mib", peak_rss_mib());
   write_file_atomically(a.csv, [&](atomic_writer& w) { w.write(csv); });
   std::printf("wrote %s\n", std::filesystem::absolute(a.csv).c_str());
-  return cal.rram_writes == 0 && bp.rram_writes == 0 ? 0 : 1;
+  return cal.rram_writes == 0 && bp.rram_writes == 0 && chip->rram_writes() == chip->writes_programmed() ? 0 : 1;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "error: %s\n", e.what());
   return 1;

@@ -1,0 +1,382 @@
+// The paper's figures on Fashion-MNIST (see tools/sweeps.sh, which runs every
+// sweep and renders the plots): each sweep programs fresh drifted chips of the
+// shipped ResNet-20 and measures every recovery method on the same chip,
+// over several drift seeds, on the test set.
+//
+//   calibration_sweeps --sweep rho|time|samples|bp-tune|resnet50 [--seeds 5] [--test-images 10000]
+//                      [--threads 2] [--out examples/results] [--steps 100] [--lr 0.01]
+//                      [--bp-steps 200] [--bp-lr 0.01] [--bp-ce 1] [--bp-kl 1]
+//                      [--rhos 0,0.05,0.1,0.2,0.3] [--samples-list 1,2,5,10,20,50,100] [--ranks 2,4]
+//
+// rho:      accuracy vs relative drift (mappings g_min = 0 and g_min = g_max / 10): drifted,
+//           per-column compensation, feature KD (m from the drifted or the teacher's norms), backprop.
+// time:     accuracy vs time since programming (1 s .. 10 years), CMO-ReRAM and NeuRRAM presets.
+// samples:  accuracy vs calibration samples N at rho = 0.2, feature KD vs backprop, ranks 2 and 4.
+// bp-tune:  the backprop baseline's learning rate, loss (CE, KL, CE + KL) and steps at N = 10.
+// resnet50: adapter parameters as a share of ResNet-50's weights at ranks 1, 2, 4, 8.
+//
+// Writes <out>/<sweep>.csv (one row per chip and method) and <out>/<sweep>_summary.csv
+// (mean, standard deviation, min and max over the seeds, in percent).
+
+#include "fashion_mnist_lab.hpp"
+
+#include <rimc/io/atomic_file.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using namespace rimc;
+
+struct args {
+  std::string sweep;
+  int seeds = 5, threads = 2, steps = 100, bp_steps = 200;
+  double lr = 1e-2, bp_lr = 1e-2, bp_ce = 1.0, bp_kl = 1.0;
+  std::int64_t test_images = 10000;
+  std::vector<double> rhos{0, 0.05, 0.1, 0.2, 0.3};
+  std::vector<double> samples{1, 2, 5, 10, 20, 50, 100};
+  std::vector<double> ranks{2, 4};
+  std::string out = "examples/results";
+  std::string model = RIMC_MODEL_DIR "/resnet20_fmnist.safetensors";
+};
+
+std::vector<double> parse_list(std::string_view flag, const char* s) {
+  std::vector<double> v;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    char* end = nullptr;
+    const double x = std::strtod(item.c_str(), &end);
+    if (item.empty() || *end != '\0' || !std::isfinite(x)) {
+      throw value_error(detail::concat("calibration_sweeps: ", flag, " needs comma-separated numbers, got '", s, "'"));
+    }
+    v.push_back(x);
+  }
+  if (v.empty()) throw value_error(detail::concat("calibration_sweeps: ", flag, " is empty"));
+  return v;
+}
+
+args parse(int argc, char** argv) {
+  args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view k = argv[i];
+    auto next = [&]() -> const char* {
+      if (i + 1 >= argc) throw value_error(detail::concat("calibration_sweeps: ", k, " needs a value"));
+      return argv[++i];
+    };
+    if (k == "--sweep") a.sweep = next();
+    else if (k == "--seeds") a.seeds = std::atoi(next());
+    else if (k == "--threads") a.threads = std::atoi(next());
+    else if (k == "--steps") a.steps = std::atoi(next());
+    else if (k == "--lr") a.lr = std::atof(next());
+    else if (k == "--bp-steps") a.bp_steps = std::atoi(next());
+    else if (k == "--bp-lr") a.bp_lr = std::atof(next());
+    else if (k == "--bp-ce") a.bp_ce = std::atof(next());
+    else if (k == "--bp-kl") a.bp_kl = std::atof(next());
+    else if (k == "--test-images") a.test_images = std::atoll(next());
+    else if (k == "--rhos") a.rhos = parse_list(k, next());
+    else if (k == "--samples-list") a.samples = parse_list(k, next());
+    else if (k == "--ranks") a.ranks = parse_list(k, next());
+    else if (k == "--out") a.out = next();
+    else if (k == "--model") a.model = next();
+    else throw value_error(detail::concat("calibration_sweeps: unknown option '", k, "'"));
+  }
+  static const std::vector<std::string> sweeps{"rho", "time", "samples", "bp-tune", "resnet50"};
+  if (std::find(sweeps.begin(), sweeps.end(), a.sweep) == sweeps.end()) {
+    throw value_error(detail::concat("calibration_sweeps: --sweep must be rho, time, samples, bp-tune or resnet50, got '",
+                                     a.sweep, "'"));
+  }
+  if (a.seeds < 1) throw value_error(detail::concat("calibration_sweeps: --seeds must be >= 1, got ", a.seeds));
+  if (a.threads < 1) throw value_error(detail::concat("calibration_sweeps: --threads must be >= 1, got ", a.threads));
+  return a;
+}
+
+/// One measurement: a chip setting, a method and its accuracy.
+struct row {
+  std::string preset;
+  double g_min_ratio = 0, rho = 0, time_s = 0;
+  std::int64_t samples = 0, rank = 0;
+  std::uint64_t seed = 0;
+  std::string method, setting;
+  double top1 = 0, seconds = 0;
+
+  [[nodiscard]] auto key() const { return std::tie(preset, g_min_ratio, rho, time_s, samples, rank, method, setting); }
+};
+
+constexpr const char* key_header = "preset,g_min_ratio,rho,time_s,samples,rank,method,setting";
+
+std::string key_csv(const row& r) {
+  return detail::concat(r.preset, ",", r.g_min_ratio, ",", r.rho, ",", r.time_s, ",", r.samples, ",", r.rank, ",", r.method,
+                        ",", r.setting);
+}
+
+/// Runs the methods on drifted chips and collects the rows; writes them as they come.
+class sweep_runner {
+ public:
+  sweep_runner(const args& a, const lab::fashion_mnist_lab& lab) : a_(a), lab_(lab) {}
+
+  /// Rows are written out (atomically) after every measurement, so an interrupted sweep keeps what it measured.
+
+  void add(row r, const eval_result& e, double seconds) {
+    r.top1 = 100 * e.top1;
+    r.seconds = seconds;
+    std::fprintf(stderr, "  %-28s %-34s seed %llu: %6.2f%%\n", r.method.c_str(), r.setting.c_str(),
+                 static_cast<unsigned long long>(r.seed), r.top1);
+    rows_.push_back(std::move(r));
+    write();
+  }
+
+  /// Feature-KD calibration on `chip` (reset first), evaluated.
+  void feature_kd(lab::drifted_chip& chip, row r, std::int64_t samples, std::int64_t rank, bool teacher_norms) {
+    chip.reset();
+    calibration_config cfg;
+    cfg.rank = rank;
+    cfg.steps = a_.steps;
+    cfg.lr = a_.lr;
+    cfg.seed = r.seed;
+    cfg.magnitude_from_teacher = teacher_norms;
+    const dataset calib = lab_.calibration_set(samples, r.seed);
+    const calibration_result res = calibrate_feature_kd(lab_.teacher(), chip.net(), calib.images, cfg);
+    check_no_writes(res);
+    r.method = teacher_norms ? "feature_kd_teacher_norms" : "feature_kd";
+    r.setting = detail::concat("steps=", a_.steps, " lr=", a_.lr);
+    r.samples = samples;
+    r.rank = rank;
+    add(std::move(r), lab_.evaluate(chip.net()), res.seconds);
+  }
+
+  /// Backprop calibration on `chip` (reset first), evaluated.
+  void backprop(lab::drifted_chip& chip, row r, std::int64_t samples, std::int64_t rank, double lr, double ce, double kl,
+                int steps) {
+    chip.reset();
+    backprop_config cfg;
+    cfg.rank = rank;
+    cfg.steps = steps;
+    cfg.lr = lr;
+    cfg.ce_weight = ce;
+    cfg.kl_weight = kl;
+    cfg.seed = r.seed;
+    const dataset calib = lab_.calibration_set(samples, r.seed);
+    const calibration_result res = calibrate_backprop(lab_.teacher(), chip.net(), calib.images, calib.labels, cfg);
+    check_no_writes(res);
+    r.method = "backprop";
+    r.setting = detail::concat("steps=", steps, " lr=", lr, " ce=", ce, " kl=", kl);
+    r.samples = samples;
+    r.rank = rank;
+    add(std::move(r), lab_.evaluate(chip.net()), res.seconds);
+  }
+
+  /// The drifted chip as it is, and with per-column compensation.
+  void baselines(lab::drifted_chip& chip, row r, bool compensated = true) {
+    chip.reset();
+    r.method = "drifted";
+    add(r, lab_.evaluate(chip.net()), chip.deploy_seconds());
+    if (!compensated) return;
+    chip.compensate(true);
+    r.method = "compensated";
+    add(r, lab_.evaluate(chip.net()), 0);
+    chip.reset();
+  }
+
+  void write() const {
+    const std::string& name = a_.sweep;
+    std::filesystem::create_directories(a_.out);
+    std::string raw = detail::concat(key_header, ",seed,top1,seconds\n");
+    for (const auto& r : rows_) raw += detail::concat(key_csv(r), ",", r.seed, ",", r.top1, ",", r.seconds, "\n");
+    const auto raw_path = std::filesystem::path(a_.out) / (name + ".csv");
+    write_file_atomically(raw_path, [&](atomic_writer& w) { w.write(raw); });
+
+    // Mean, spread and extremes over the seeds of each setting, in first-seen order.
+    std::vector<const row*> order;
+    std::map<decltype(rows_[0].key()), std::vector<const row*>> groups;
+    for (const auto& r : rows_) {
+      auto& g = groups[r.key()];
+      if (g.empty()) order.push_back(&r);
+      g.push_back(&r);
+    }
+    std::string sum = detail::concat(key_header, ",n,mean,std,min,max,mean_seconds\n");
+    for (const row* first : order) {
+      const auto& g = groups.at(first->key());
+      double mean = 0, secs = 0, lo = 1e300, hi = -1e300;
+      for (const row* r : g) {
+        mean += r->top1;
+        secs += r->seconds;
+        lo = std::min(lo, r->top1);
+        hi = std::max(hi, r->top1);
+      }
+      const double n = static_cast<double>(g.size());
+      mean /= n;
+      double var = 0;
+      for (const row* r : g) var += (r->top1 - mean) * (r->top1 - mean);
+      const double sd = g.size() > 1 ? std::sqrt(var / (n - 1)) : 0.0;
+      sum += detail::concat(key_csv(*first), ",", g.size(), ",", mean, ",", sd, ",", lo, ",", hi, ",", secs / n, "\n");
+    }
+    const auto sum_path = std::filesystem::path(a_.out) / (name + "_summary.csv");
+    write_file_atomically(sum_path, [&](atomic_writer& w) { w.write(sum); });
+  }
+
+ private:
+  static void check_no_writes(const calibration_result& res) {
+    if (res.rram_writes != 0) throw error(detail::concat("calibration wrote the RRAM ", res.rram_writes, " times"));
+  }
+
+  const args& a_;
+  const lab::fashion_mnist_lab& lab_;
+  std::vector<row> rows_;
+};
+
+std::uint64_t seed_of(int i) { return static_cast<std::uint64_t>(i + 1); }
+
+void sweep_rho(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& run) {
+  for (const double ratio : {0.0, 0.1}) {
+    for (const double rho : a.rhos) {
+      std::fprintf(stderr, "rho %.2f, g_min = %.1f g_max\n", rho, ratio);
+      for (int s = 0; s < a.seeds; ++s) {
+        lab::chip_config c;
+        c.rho = rho;
+        c.g_min_ratio = ratio;
+        c.drift_seed = seed_of(s);
+        const auto chip = lab.drift(c);
+        row r{"relative", ratio, rho, 0, 10, 2, seed_of(s), "", "", 0, 0};
+        run.baselines(*chip, r);
+        run.feature_kd(*chip, r, 10, 2, false);
+        run.feature_kd(*chip, r, 10, 2, true);
+        run.backprop(*chip, r, 10, 2, a.bp_lr, a.bp_ce, a.bp_kl, a.bp_steps);
+      }
+    }
+  }
+}
+
+void sweep_time(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& run) {
+  const double year = 365.25 * 86400;
+  for (const auto preset : {lab::drift_preset::cmo, lab::drift_preset::neurram}) {
+    for (const double t : {1.0, 60.0, 3600.0, 86400.0, 7 * 86400.0, year / 12, year, 10 * year}) {
+      std::fprintf(stderr, "%s at t = %g s\n", lab::to_string(preset), t);
+      for (int s = 0; s < a.seeds; ++s) {
+        lab::chip_config c;
+        c.preset = preset;
+        c.time_s = t;
+        c.program_seed = seed_of(s);  // the CMO preset has programming noise: a different chip per seed
+        c.drift_seed = seed_of(s);
+        const auto chip = lab.drift(c);
+        row r{lab::to_string(preset), 0, 0, t, 10, 2, seed_of(s), "", "", 0, 0};
+        run.baselines(*chip, r);
+        run.feature_kd(*chip, r, 10, 2, false);
+      }
+    }
+  }
+}
+
+/// The paper's setting: 20% relative drift, g_min = 0, drift seed s + 1.
+std::unique_ptr<lab::drifted_chip> paper_chip(const lab::fashion_mnist_lab& lab, int s) {
+  lab::chip_config c;
+  c.rho = 0.2;
+  c.drift_seed = seed_of(s);
+  return lab.drift(c);
+}
+
+void sweep_samples(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& run) {
+  for (int s = 0; s < a.seeds; ++s) {
+    const auto chip = paper_chip(lab, s);
+    row r{"relative", 0, 0.2, 0, 0, 0, seed_of(s), "", "", 0, 0};
+    run.baselines(*chip, r, false);
+    for (const double rank : a.ranks) {
+      for (const double n : a.samples) {
+        std::fprintf(stderr, "seed %d, rank %g, N = %g\n", s + 1, rank, n);
+        run.feature_kd(*chip, r, static_cast<std::int64_t>(n), static_cast<std::int64_t>(rank), false);
+        run.backprop(*chip, r, static_cast<std::int64_t>(n), static_cast<std::int64_t>(rank), a.bp_lr, a.bp_ce, a.bp_kl,
+                     a.bp_steps);
+      }
+    }
+  }
+}
+
+void sweep_bp_tune(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& run) {
+  for (int s = 0; s < a.seeds; ++s) {
+    const auto chip = paper_chip(lab, s);
+    row r{"relative", 0, 0.2, 0, 10, 2, seed_of(s), "", "", 0, 0};
+    run.baselines(*chip, r, false);
+    run.feature_kd(*chip, r, 10, 2, false);
+    for (const int steps : {100, 300})
+      for (const double lr : {1e-3, 3e-3, 1e-2, 3e-2})
+        for (const auto& [ce, kl] : {std::pair{1.0, 0.0}, std::pair{0.0, 1.0}, std::pair{1.0, 1.0}})
+          run.backprop(*chip, r, 10, 2, lr, ce, kl, steps);
+  }
+}
+
+/// ResNet-50's adapter share: every conv and the fc, at 1000 and at 10 classes, and convs only; the
+/// adapters' own footprint (PEFT's factorisation: A is a k x k conv C -> r, B a 1 x 1 conv r -> O), and
+/// for comparison loralib's ConvLoRA factorisation (A [r k, C k], B [O k, r k]: r k^2 (C + O) per conv).
+void sweep_resnet50(const args& a) {
+  std::string csv = "classes,layers,rank,adapter_parameters,rram_weights,share_percent,sram_bytes_fp32,loralib_share_percent\n";
+  std::printf("%-8s %-10s %5s %12s %12s %8s %10s\n", "classes", "layers", "rank", "adapter", "weights", "share %", "loralib %");
+  for (const std::int64_t classes : {1000, 10}) {
+    const network net = resnet50(classes, 224);
+    for (const bool convs_only : {false, true}) {
+      for (const std::int64_t rank : {1, 2, 4, 8}) {
+        adapter_footprint total;
+        std::int64_t loralib = 0;
+        dora_config dc;
+        dc.rank = rank;
+        for (const auto& n : net.nodes()) {
+          if (n.kind == op_kind::conv2d) {
+            const Tensor& w = n.params.at("weight");
+            total += dora_adapter::conv2d(w, n.conv, dc).footprint();
+            const std::int64_t O = w.dim(0), C = w.dim(1), k = w.dim(2);
+            loralib += rank * k * k * (C + O) + O;
+          } else if (n.kind == op_kind::linear && !convs_only) {
+            const Tensor& w = n.params.at("weight");
+            total += dora_adapter::linear(w, dc).footprint();
+            loralib += rank * (w.dim(0) + w.dim(1)) + w.dim(0);
+          }
+        }
+        const char* layers = convs_only ? "convs" : "convs+fc";
+        const double loralib_share = 100.0 * static_cast<double>(loralib) / static_cast<double>(total.rram_weights);
+        std::printf("%-8lld %-10s %5lld %12lld %12lld %8.3f %10.3f\n", static_cast<long long>(classes), layers,
+                    static_cast<long long>(rank), static_cast<long long>(total.parameters),
+                    static_cast<long long>(total.rram_weights), total.share_percent(), loralib_share);
+        csv += detail::concat(classes, ",", layers, ",", rank, ",", total.parameters, ",", total.rram_weights, ",",
+                              total.share_percent(), ",", total.sram_bytes, ",", loralib_share, "\n");
+      }
+    }
+  }
+  std::filesystem::create_directories(a.out);
+  const auto path = std::filesystem::path(a.out) / "resnet50_share.csv";
+  write_file_atomically(path, [&](atomic_writer& w) { w.write(csv); });
+  std::printf("wrote %s\n", path.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const args a = parse(argc, argv);
+  set_num_threads(a.threads);
+  if (a.sweep == "resnet50") {
+    sweep_resnet50(a);
+    return 0;
+  }
+  std::fprintf(stderr, "loading Fashion-MNIST and the teacher...\n");
+  const lab::fashion_mnist_lab lab(a.model, a.test_images);
+  sweep_runner run(a, lab);
+  const eval_result ideal = lab.evaluate(lab.teacher());
+  run.add(row{"ideal", 0, 0, 0, 0, 0, 0, "ideal", "", 0, 0}, ideal, ideal.seconds);
+  if (a.sweep == "rho") sweep_rho(a, lab, run);
+  else if (a.sweep == "time") sweep_time(a, lab, run);
+  else if (a.sweep == "samples") sweep_samples(a, lab, run);
+  else sweep_bp_tune(a, lab, run);
+  std::printf("wrote %s/%s.csv and %s_summary.csv\n", a.out.c_str(), a.sweep.c_str(), a.sweep.c_str());
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "error: %s\n", e.what());
+  return 1;
+}
