@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages rimc needs to build, test and benchmark.
 # Idempotent: does nothing (and needs no network) when all are present.
+# Arguments name extra packages to install with them (tools/fuzz.sh: clang).
 set -euo pipefail
 
 packages=(
@@ -8,6 +9,7 @@ packages=(
   libeigen3-dev libdnnl-dev doctest-dev libbenchmark-dev nlohmann-json3-dev zlib1g-dev
   dataset-fashion-mnist
   python3
+  "$@"
 )
 
 missing=()

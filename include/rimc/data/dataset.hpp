@@ -11,6 +11,7 @@
 #include <rimc/io/idx.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -77,6 +78,28 @@ inline const std::filesystem::path fashion_mnist_dir = "/usr/share/datasets/fash
 /// Fashion-MNIST's training-set pixel mean and standard deviation (of x / 255).
 inline constexpr float fashion_mnist_mean = 0.2860f, fashion_mnist_std = 0.3530f;
 
+/// An MNIST-style dataset from its two IDX arrays (images [N, H, W], labels
+/// [N] in 0..9) as [N, 1, H, W] with x -> (x / 255 - mean) / std; `source`
+/// names them in errors.
+[[nodiscard]] inline dataset mnist_like_dataset(const idx_array& img, const idx_array& lab, const std::string& source,
+                                                float mean = fashion_mnist_mean, float std_dev = fashion_mnist_std) {
+  if (!(std_dev > 0)) throw value_error(detail::concat("mnist_like_dataset: std must be positive, got ", std_dev));
+  if (img.dims.size() != 3) throw io_error(detail::concat(source, ": images must be rank 3, got rank ", img.dims.size()));
+  if (lab.dims.size() != 1) throw io_error(detail::concat(source, ": labels must be rank 1, got rank ", lab.dims.size()));
+  if (img.dims[0] != lab.dims[0]) {
+    throw io_error(detail::concat(source, ": ", img.dims[0], " images but ", lab.dims[0], " labels"));
+  }
+  dataset d;
+  d.images = Tensor::empty(Shape{img.dims[0], 1, img.dims[1], img.dims[2]});
+  const float scale = 1.0f / (255.0f * std_dev), shift = -mean / std_dev;
+  for (std::size_t i = 0; i < img.data.size(); ++i) d.images[static_cast<std::int64_t>(i)] = img.data[i] * scale + shift;
+  for (auto v : lab.data) {
+    if (v > 9) throw io_error(detail::concat(source, ": label ", int(v), " out of range [0, 9]"));
+    d.labels.push_back(v);
+  }
+  return d;
+}
+
 /// Loads an MNIST-style split ("train" or "test": train-*/t10k-* files, gz or
 /// not) as [N, 1, H, W] with x -> (x / 255 - mean) / std.
 [[nodiscard]] inline dataset load_mnist_like(const std::filesystem::path& dir, const std::string& split,
@@ -84,7 +107,6 @@ inline constexpr float fashion_mnist_mean = 0.2860f, fashion_mnist_std = 0.3530f
   if (split != "train" && split != "test") {
     throw value_error(detail::concat("load_mnist_like: split must be \"train\" or \"test\", got \"", split, "\""));
   }
-  if (!(std_dev > 0)) throw value_error(detail::concat("load_mnist_like: std must be positive, got ", std_dev));
   const std::string prefix = split == "train" ? "train" : "t10k";
   auto find = [&](const std::string& stem) {
     for (const char* ext : {".gz", ""}) {
@@ -93,28 +115,13 @@ inline constexpr float fashion_mnist_mean = 0.2860f, fashion_mnist_std = 0.3530f
     }
     throw io_error(detail::concat(dir.string(), ": no ", prefix, stem, "[.gz]"));
   };
-  const idx_array img = read_idx(find("-images-idx3-ubyte"));
-  const idx_array lab = read_idx(find("-labels-idx1-ubyte"));
-  if (img.dims.size() != 3) throw io_error(detail::concat(dir.string(), ": images must be rank 3, got rank ", img.dims.size()));
-  if (lab.dims.size() != 1) throw io_error(detail::concat(dir.string(), ": labels must be rank 1, got rank ", lab.dims.size()));
-  if (img.dims[0] != lab.dims[0]) {
-    throw io_error(detail::concat(dir.string(), ": ", img.dims[0], " images but ", lab.dims[0], " labels"));
-  }
-  dataset d;
-  d.images = Tensor::empty(Shape{img.dims[0], 1, img.dims[1], img.dims[2]});
-  const float scale = 1.0f / (255.0f * std_dev), shift = -mean / std_dev;
-  for (std::size_t i = 0; i < img.data.size(); ++i) d.images[static_cast<std::int64_t>(i)] = img.data[i] * scale + shift;
-  for (auto v : lab.data) {
-    if (v > 9) throw io_error(detail::concat(dir.string(), ": label ", int(v), " out of range [0, 9]"));
-    d.labels.push_back(v);
-  }
-  return d;
+  return mnist_like_dataset(read_idx(find("-images-idx3-ubyte")), read_idx(find("-labels-idx1-ubyte")), dir.string(),
+                            mean, std_dev);
 }
 
-/// Loads a CIFAR binary file as [N, 3, 32, 32] with per-channel normalisation.
-[[nodiscard]] inline dataset load_cifar(const std::filesystem::path& file, int label_bytes, int num_classes,
-                                        const std::array<float, 3>& mean, const std::array<float, 3>& std_dev) {
-  const cifar_records r = read_cifar(file, label_bytes, num_classes);
+/// CIFAR records as a dataset [N, 3, 32, 32] with per-channel normalisation.
+[[nodiscard]] inline dataset cifar_dataset(const cifar_records& r, const std::array<float, 3>& mean,
+                                           const std::array<float, 3>& std_dev) {
   dataset d;
   d.images = Tensor::empty(Shape{r.count, 3, 32, 32});
   for (std::int64_t i = 0; i < r.count; ++i)
@@ -126,6 +133,12 @@ inline constexpr float fashion_mnist_mean = 0.2860f, fashion_mnist_std = 0.3530f
       }
   d.labels = r.labels;
   return d;
+}
+
+/// Loads a CIFAR binary file as [N, 3, 32, 32] with per-channel normalisation.
+[[nodiscard]] inline dataset load_cifar(const std::filesystem::path& file, int label_bytes, int num_classes,
+                                        const std::array<float, 3>& mean, const std::array<float, 3>& std_dev) {
+  return cifar_dataset(read_cifar(file, label_bytes, num_classes), mean, std_dev);
 }
 
 }  // namespace rimc

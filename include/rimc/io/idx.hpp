@@ -6,13 +6,14 @@
 /// before any byte is used; errors name the file, the field and the values.
 
 #include <rimc/core/error.hpp>
+#include <rimc/io/read_file.hpp>
 
 #include <zlib.h>
 
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -26,15 +27,17 @@ struct idx_array {
 
 namespace detail {
 
-/// The whole file, inflated if it is gzip (magic 1f 8b); at most `limit` bytes out.
-[[nodiscard]] inline std::vector<std::uint8_t> read_maybe_gzip(const std::filesystem::path& path,
-                                                               std::size_t limit = std::size_t{1} << 30) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw io_error(concat(path.string(), ": cannot open for reading"));
-  std::vector<std::uint8_t> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+/// `raw` inflated if it is gzip (magic 1f 8b), else `raw` itself; at most
+/// `limit` bytes out. `source` names the data in errors.
+[[nodiscard]] inline std::vector<std::uint8_t> gunzip_if_compressed(std::vector<std::uint8_t> raw,
+                                                                    const std::string& source,
+                                                                    std::size_t limit = std::size_t{1} << 30) {
   if (raw.size() < 2 || raw[0] != 0x1f || raw[1] != 0x8b) return raw;
+  if (raw.size() > std::numeric_limits<uInt>::max()) {
+    throw io_error(concat(source, ": ", raw.size(), " compressed bytes exceed zlib's single-call limit"));
+  }
   z_stream z{};
-  if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) throw io_error(concat(path.string(), ": zlib initialisation failed"));
+  if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) throw io_error(concat(source, ": zlib initialisation failed"));
   std::vector<std::uint8_t> out;
   z.next_in = raw.data();
   z.avail_in = static_cast<uInt>(raw.size());
@@ -47,16 +50,16 @@ namespace detail {
     if (rc != Z_OK && rc != Z_STREAM_END) {
       const std::string msg = z.msg ? z.msg : "truncated or corrupt stream";
       inflateEnd(&z);
-      throw io_error(concat(path.string(), ": gzip data is corrupt (", msg, ") after ", out.size(), " bytes"));
+      throw io_error(concat(source, ": gzip data is corrupt (", msg, ") after ", out.size(), " bytes"));
     }
     out.insert(out.end(), chunk, chunk + (sizeof(chunk) - z.avail_out));
     if (out.size() > limit) {
       inflateEnd(&z);
-      throw io_error(concat(path.string(), ": inflates to more than ", limit, " bytes"));
+      throw io_error(concat(source, ": inflates to more than ", limit, " bytes"));
     }
     if (rc == Z_OK && z.avail_in == 0 && z.avail_out != 0) {
       inflateEnd(&z);
-      throw io_error(concat(path.string(), ": gzip stream is truncated after ", out.size(), " bytes"));
+      throw io_error(concat(source, ": gzip stream is truncated after ", out.size(), " bytes"));
     }
   }
   inflateEnd(&z);
@@ -65,9 +68,11 @@ namespace detail {
 
 }  // namespace detail
 
-/// Parses an IDX file held in memory (`source` names it in errors). Only the
-/// unsigned-byte element type (0x08) is accepted, as MNIST-style data use.
-[[nodiscard]] inline idx_array parse_idx(const std::vector<std::uint8_t>& bytes, const std::string& source) {
+/// Parses an IDX file held in memory, raw or gzip-compressed (`source` names
+/// it in errors). Only the unsigned-byte element type (0x08) is accepted, as
+/// MNIST-style data use.
+[[nodiscard]] inline idx_array parse_idx(std::vector<std::uint8_t> file, const std::string& source) {
+  const std::vector<std::uint8_t> bytes = detail::gunzip_if_compressed(std::move(file), source);
   if (bytes.size() < 4) throw io_error(detail::concat(source, ": ", bytes.size(), " bytes, too short for an IDX header"));
   if (bytes[0] != 0 || bytes[1] != 0) {
     throw io_error(detail::concat(source, ": bad IDX magic: the first two bytes are ", int(bytes[0]), ", ",
@@ -102,7 +107,7 @@ namespace detail {
 
 /// Reads an IDX file, raw or gzip-compressed.
 [[nodiscard]] inline idx_array read_idx(const std::filesystem::path& path) {
-  return parse_idx(detail::read_maybe_gzip(path), path.string());
+  return parse_idx(detail::read_file_bytes(path), path.string());
 }
 
 /// One record of a CIFAR binary file: label(s) and a 3x32x32 image (channel-major bytes).
@@ -112,16 +117,17 @@ struct cifar_records {
   std::vector<std::uint8_t> pixels;  ///< count x 3072
 };
 
-/// Reads a CIFAR-10 (`label_bytes` = 1) or CIFAR-100 (`label_bytes` = 2: coarse, fine) binary file.
-[[nodiscard]] inline cifar_records read_cifar(const std::filesystem::path& path, int label_bytes = 1,
-                                              int num_classes = 10) {
+/// Parses a CIFAR-10 (`label_bytes` = 1) or CIFAR-100 (`label_bytes` = 2:
+/// coarse, fine) binary file held in memory, raw or gzip-compressed.
+[[nodiscard]] inline cifar_records parse_cifar(std::vector<std::uint8_t> file, const std::string& source,
+                                               int label_bytes = 1, int num_classes = 10) {
   if (label_bytes != 1 && label_bytes != 2) {
-    throw value_error(detail::concat("read_cifar: label_bytes must be 1 (CIFAR-10) or 2 (CIFAR-100), got ", label_bytes));
+    throw value_error(detail::concat("parse_cifar: label_bytes must be 1 (CIFAR-10) or 2 (CIFAR-100), got ", label_bytes));
   }
-  const auto bytes = detail::read_maybe_gzip(path);
+  const std::vector<std::uint8_t> bytes = detail::gunzip_if_compressed(std::move(file), source);
   const std::size_t record = static_cast<std::size_t>(label_bytes) + 3072;
   if (bytes.empty() || bytes.size() % record != 0) {
-    throw io_error(detail::concat(path.string(), ": ", bytes.size(), " bytes is not a whole number of ", record,
+    throw io_error(detail::concat(source, ": ", bytes.size(), " bytes is not a whole number of ", record,
                                   "-byte CIFAR records"));
   }
   cifar_records r;
@@ -131,12 +137,18 @@ struct cifar_records {
     const std::uint8_t* rec = bytes.data() + static_cast<std::size_t>(i) * record;
     const int label = rec[label_bytes - 1];
     if (label >= num_classes) {
-      throw io_error(detail::concat(path.string(), ": record ", i, " has label ", label, ", not below ", num_classes));
+      throw io_error(detail::concat(source, ": record ", i, " has label ", label, ", not below ", num_classes));
     }
     r.labels.push_back(label);
     std::memcpy(r.pixels.data() + static_cast<std::size_t>(i) * 3072, rec + label_bytes, 3072);
   }
   return r;
+}
+
+/// Reads a CIFAR-10 (`label_bytes` = 1) or CIFAR-100 (`label_bytes` = 2: coarse, fine) binary file.
+[[nodiscard]] inline cifar_records read_cifar(const std::filesystem::path& path, int label_bytes = 1,
+                                              int num_classes = 10) {
+  return parse_cifar(detail::read_file_bytes(path), path.string(), label_bytes, num_classes);
 }
 
 }  // namespace rimc

@@ -12,14 +12,15 @@
 #include <rimc/adapt/dora_adapter.hpp>
 #include <rimc/core/error.hpp>
 #include <rimc/io/atomic_file.hpp>
+#include <rimc/io/read_file.hpp>
 #include <rimc/io/safetensors.hpp>
 
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -121,18 +122,15 @@ inline void save_peft_adapter(const std::filesystem::path& dir,
   write_file_atomically(dir / "adapter_config.json", [&](atomic_writer& w) { w.write(text); });
 }
 
-/// Reads and validates `dir`/adapter_config.json.
-[[nodiscard]] inline peft_config read_peft_config(const std::filesystem::path& dir) {
-  const auto path = dir / "adapter_config.json";
-  std::ifstream in(path);
-  if (!in) throw io_error(detail::concat(path.string(), ": cannot open for reading"));
+/// Parses and validates the text of an adapter_config.json (`source` names it in errors).
+[[nodiscard]] inline peft_config parse_peft_config(std::string_view text, const std::string& source = "<memory>") {
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    throw io_error(detail::concat(path.string(), ": not valid JSON: ", e.what()));
+    throw io_error(detail::concat(source, ": not valid JSON: ", e.what()));
   }
-  auto fail = [&](const std::string& what) -> void { throw io_error(detail::concat(path.string(), ": ", what)); };
+  auto fail = [&](const std::string& what) -> void { throw io_error(detail::concat(source, ": ", what)); };
   if (!j.is_object()) fail("not a JSON object");
   if (j.value("peft_type", std::string()) != "LORA") {
     fail(detail::concat("'peft_type' must be \"LORA\", got ", j.contains("peft_type") ? j["peft_type"].dump() : "nothing"));
@@ -165,25 +163,34 @@ inline void save_peft_adapter(const std::filesystem::path& dir,
   return c;
 }
 
-/// Loads `dir` into existing adapters (matched by module name): every
-/// adapter's three tensors must be present with the shapes the adapter has
-/// and the config's rank and alpha must match; nothing is changed unless all
-/// modules load.
-inline void load_peft_adapter(const std::filesystem::path& dir, const std::vector<named_adapter<dora_adapter>>& adapters) {
-  const peft_config cfg = read_peft_config(dir);
-  const auto file = safetensors_file::load(dir / "adapter_model.safetensors");
+/// Reads and validates `dir`/adapter_config.json.
+[[nodiscard]] inline peft_config read_peft_config(const std::filesystem::path& dir) {
+  const auto path = dir / "adapter_config.json";
+  const auto bytes = detail::read_file_bytes(path);
+  return parse_peft_config(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), path.string());
+}
+
+/// Loads a parsed config and weights file into existing adapters (matched by
+/// module name): every adapter's three tensors must be present with the
+/// shapes the adapter has and the config's rank and alpha must match; nothing
+/// is changed unless all modules load. `source` names the pair in errors.
+inline void load_peft_adapter(const peft_config& cfg, const safetensors_file& file,
+                              const std::vector<named_adapter<dora_adapter>>& adapters,
+                              const std::string& source = "<memory>") {
   struct loaded {
     dora_adapter* a;
     Tensor m, A, B;
   };
   std::vector<loaded> staged;
-  for (const auto& [module, a] : adapters) {
+  for (const auto& entry : adapters) {
+    const std::string& module = entry.module;  // not a structured binding: clang 14 cannot capture those in lambdas
+    dora_adapter* const a = entry.adapter;
     if (cfg.rank_of(module) != a->rank()) {
-      throw value_error(detail::concat(dir.string(), ": module '", module, "' has rank ", cfg.rank_of(module),
+      throw value_error(detail::concat(source, ": module '", module, "' has rank ", cfg.rank_of(module),
                                        " in adapter_config.json but the adapter has rank ", a->rank()));
     }
     if (cfg.alpha_of(module) != a->config().alpha || cfg.use_rslora != a->config().use_rslora) {
-      throw value_error(detail::concat(dir.string(), ": module '", module, "' has lora_alpha ", cfg.alpha_of(module),
+      throw value_error(detail::concat(source, ": module '", module, "' has lora_alpha ", cfg.alpha_of(module),
                                        " and use_rslora ", cfg.use_rslora, " in adapter_config.json but the adapter has ",
                                        a->config().alpha, " and ", a->config().use_rslora));
     }
@@ -209,6 +216,13 @@ inline void load_peft_adapter(const std::filesystem::path& dir, const std::vecto
     staged.push_back(std::move(l));
   }
   for (auto& l : staged) l.a->set_parameters(std::move(l.m), std::move(l.A), std::move(l.B));
+}
+
+/// Loads `dir` (adapter_config.json and adapter_model.safetensors) into
+/// existing adapters, as the overload above.
+inline void load_peft_adapter(const std::filesystem::path& dir, const std::vector<named_adapter<dora_adapter>>& adapters) {
+  load_peft_adapter(read_peft_config(dir), safetensors_file::load(dir / "adapter_model.safetensors"), adapters,
+                    dir.string());
 }
 
 }  // namespace rimc

@@ -12,6 +12,7 @@
 #include <rimc/core/shape.hpp>
 #include <rimc/core/tensor.hpp>
 #include <rimc/io/atomic_file.hpp>
+#include <rimc/io/read_file.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -21,7 +22,6 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <map>
 #include <set>
@@ -74,11 +74,7 @@ class safetensors_file {
 
   /// Reads and validates `path`.
   [[nodiscard]] static safetensors_file load(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw io_error(detail::concat(path.string(), ": cannot open for reading"));
-    std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) throw io_error(detail::concat(path.string(), ": read error"));
-    return parse(std::move(bytes), path.string());
+    return parse(detail::read_file_bytes(path), path.string());
   }
 
   /// Validates an in-memory file; `source` names it in error messages.
