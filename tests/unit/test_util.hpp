@@ -1,9 +1,12 @@
 #pragma once
 // Helpers shared by rimc's unit tests: random tensors, tolerant comparison,
-// and a central-difference gradient check in double precision.
+// a central-difference gradient check in double precision, and (from
+// tests/common/file_bytes.hpp) hand-made file bytes for reader tests.
 
 #include <rimc/core/random.hpp>
 #include <rimc/core/tensor.hpp>
+
+#include "../common/file_bytes.hpp"
 
 #include <doctest/doctest.h>
 

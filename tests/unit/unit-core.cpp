@@ -49,6 +49,9 @@ TEST_SUITE("core") {
     CHECK_THROWS_WITH(Shape({2, -1}), "[rimc.shape_error] Shape: dimension 1 is negative (-1)");
     const auto big = std::numeric_limits<std::int64_t>::max() / 2;
     CHECK_THROWS_WITH(Shape({big, 4}), "[rimc.shape_error] Shape: element count overflows int64 at dimension 1");
+    // Empty, but its other dimensions' partial products would still overflow.
+    CHECK_THROWS_WITH(Shape({big, 0, 4}), "[rimc.shape_error] Shape: element count overflows int64 at dimension 2");
+    CHECK(Shape({big, 0, 1}).numel() == 0);
     CHECK_THROWS_WITH((void)s.at(4), "[rimc.shape_error] Shape::at: index 4 out of range for shape [2, 3, 4, 5]");
   }
 

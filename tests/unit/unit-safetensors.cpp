@@ -1,4 +1,5 @@
-// Tests of the safetensors reader/writer, half-precision conversions and atomic saves.
+// Tests of the safetensors reader/writer, half-precision conversions and atomic
+// saves (malformed files: unit-malformed.cpp).
 
 #include <rimc/core/half.hpp>
 #include <rimc/io/atomic_file.hpp>
@@ -18,22 +19,6 @@
 using namespace rimc;
 
 namespace {
-
-/// A safetensors file from a header text and raw data bytes.
-std::vector<std::uint8_t> make_file(const std::string& header, const std::vector<std::uint8_t>& data) {
-  std::vector<std::uint8_t> out(8 + header.size() + data.size());
-  const std::uint64_t n = header.size();
-  std::memcpy(out.data(), &n, 8);
-  std::memcpy(out.data() + 8, header.data(), header.size());
-  std::copy(data.begin(), data.end(), out.begin() + static_cast<std::ptrdiff_t>(8 + header.size()));
-  return out;
-}
-
-std::vector<std::uint8_t> floats(std::initializer_list<float> v) {
-  std::vector<std::uint8_t> b(v.size() * 4);
-  std::memcpy(b.data(), v.begin(), b.size());
-  return b;
-}
 
 std::filesystem::path temp_dir(const std::string& name) {
   auto d = std::filesystem::temp_directory_path() / ("rimc-test-" + name + "-" + std::to_string(::getpid()));
@@ -99,7 +84,7 @@ TEST_SUITE("safetensors") {
         R"("g":{"dtype":"BOOL","shape":[2],"data_offsets":[27,29]},)"
         R"("z":{"dtype":"F32","shape":[0,3],"data_offsets":[29,29]},)"
         R"("__metadata__":{"format":"pt"}})";
-    const auto f = safetensors_file::parse(make_file(header, data));
+    const auto f = safetensors_file::parse(test::safetensors_bytes(header, data));
     CHECK(f.tensors().size() == 8);
     CHECK(f.metadata().at("format") == "pt");
     CHECK(f.tensor("a") == Tensor::from(Shape{2}, {1.5f, -2.0f}));
@@ -131,85 +116,6 @@ TEST_SUITE("safetensors") {
       test::check_close(h.tensor("conv.weight"), ts["conv.weight"], rel, 1e-7);
     }
     std::filesystem::remove_all(dir);
-  }
-
-  TEST_CASE("malformed files are rejected with the key, field and values named") {
-    const auto ok = floats({1, 2});
-    struct bad {
-      const char* what;
-      std::vector<std::uint8_t> bytes;
-      const char* message;
-    };
-    auto with_len = [](std::uint64_t n, std::vector<std::uint8_t> rest) {
-      std::vector<std::uint8_t> out(8);
-      std::memcpy(out.data(), &n, 8);
-      out.insert(out.end(), rest.begin(), rest.end());
-      return out;
-    };
-    const std::vector<bad> cases = {
-        {"truncated before the length", {1, 2, 3},
-         "[rimc.io_error] <memory>: file is 3 bytes, shorter than the 8-byte header length"},
-        {"header length beyond the file", with_len(100, {'{', '}'}),
-         "[rimc.io_error] <memory>: header length 100 runs past the end of the file (2 bytes after the length)"},
-        {"absurd header length", with_len(1ull << 40, {}),
-         "[rimc.io_error] <memory>: header length 1099511627776 exceeds the limit of 100000000"},
-        {"not an object", make_file("[1,2]", {}), "[rimc.io_error] <memory>: header does not start with '{'"},
-        {"offsets out of range", make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", ok),
-         "[rimc.io_error] <memory>: tensor 'a': data_offsets [0, 16] out of range for 8 data bytes"},
-        {"dtype and shape disagree with the offsets",
-         make_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,8]}})", ok),
-         "[rimc.io_error] <memory>: tensor 'a': data_offsets [0, 8] hold 8 bytes but dtype F64 and shape [2] need 16"},
-        {"overlapping offsets",
-         make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-                   ok),
-         "[rimc.io_error] <memory>: tensor 'b' data_offsets [4, 8] overlap tensor 'a' [0, 8]"},
-        {"a hole in the data", make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", ok),
-         "[rimc.io_error] <memory>: data bytes [0, 4) before tensor 'a' belong to no tensor"},
-        {"trailing bytes", make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", ok),
-         "[rimc.io_error] <memory>: data bytes [4, 8) at the end belong to no tensor"},
-        {"shape product overflow",
-         make_file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", ok),
-         "[rimc.io_error] <memory>: tensor 'a': shape [4294967296,4294967296] has more elements than can be "
-         "addressed"},
-        {"negative dimension", make_file(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", ok),
-         "[rimc.io_error] <memory>: tensor 'a': shape entries must be non-negative integers, got -2"},
-        {"unknown dtype", make_file(R"({"a":{"dtype":"F8_E4M3","shape":[8],"data_offsets":[0,8]}})", ok),
-         "[rimc.io_error] <memory>: tensor 'a': unsupported dtype 'F8_E4M3'"},
-        {"duplicate keys",
-         make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-                   ok),
-         "[rimc.io_error] <memory>: header has the key 'a' twice"},
-        {"missing dtype", make_file(R"({"a":{"shape":[2],"data_offsets":[0,8]}})", ok),
-         "[rimc.io_error] <memory>: tensor 'a': missing string field 'dtype'"},
-        {"bad data_offsets", make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8]}})", ok),
-         "[rimc.io_error] <memory>: tensor 'a': 'data_offsets' must be two non-negative integers"},
-        {"unknown field", make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}})", ok),
-         "[rimc.io_error] <memory>: tensor 'a': unknown field 'x'"},
-        {"metadata not strings", make_file(R"({"__metadata__":{"n":1}})", {}),
-         "[rimc.io_error] <memory>: '__metadata__' value of 'n' is not a string"},
-    };
-    for (const auto& c : cases) {
-      SUBCASE(c.what) { CHECK_THROWS_WITH((void)safetensors_file::parse(c.bytes), c.message); }
-    }
-    SUBCASE("non-UTF-8 header") {
-      std::string h = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b\xff":1})";
-      CHECK_THROWS_AS((void)safetensors_file::parse(make_file(h, ok)), io_error);
-    }
-    SUBCASE("invalid JSON") {
-      CHECK_THROWS_AS((void)safetensors_file::parse(make_file(R"({"a":)", {})), io_error);
-    }
-  }
-
-  TEST_CASE("non-finite weights and rank above 4 are rejected when read as tensors") {
-    const auto nan = floats({1.0f, std::numeric_limits<float>::quiet_NaN()});
-    const auto f = safetensors_file::parse(make_file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", nan));
-    CHECK_THROWS_WITH((void)f.tensor("w"), "[rimc.value_error] <memory>: tensor 'w' element 1 is nan");
-    CHECK(std::isnan(f.tensor("w", false)[1]));
-    const auto r5 = safetensors_file::parse(
-        make_file(R"({"w":{"dtype":"F32","shape":[1,1,1,1,2],"data_offsets":[0,8]}})", floats({1, 2})));
-    CHECK_THROWS_WITH((void)r5.tensor("w"),
-                      "[rimc.shape_error] <memory>: tensor 'w' has shape [1, 1, 1, 1, 2] of rank 5; rimc tensors have "
-                      "rank at most 4");
   }
 
   TEST_CASE("a failure in the middle of a save leaves the previous file intact") {

@@ -74,6 +74,8 @@ class Shape {
   friend std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << s.to_string(); }
 
  private:
+  // The non-zero dimensions must multiply within int64 even when a zero one
+  // makes the count 0: code computes partial products (strides, sample sizes).
   void validate() const {
     std::int64_t n = 1;
     for (int i = 0; i < rank_; ++i) {
@@ -84,7 +86,7 @@ class Shape {
       if (d != 0 && n > std::numeric_limits<std::int64_t>::max() / d) {
         throw shape_error(detail::concat("Shape: element count overflows int64 at dimension ", i));
       }
-      n *= d;
+      if (d != 0) n *= d;
     }
   }
 

@@ -47,12 +47,12 @@ namespace detail {
     z.next_out = chunk;
     z.avail_out = sizeof(chunk);
     rc = inflate(&z, Z_NO_FLUSH);
+    out.insert(out.end(), chunk, chunk + (sizeof(chunk) - z.avail_out));
     if (rc != Z_OK && rc != Z_STREAM_END) {
       const std::string msg = z.msg ? z.msg : "truncated or corrupt stream";
       inflateEnd(&z);
       throw io_error(concat(source, ": gzip data is corrupt (", msg, ") after ", out.size(), " bytes"));
     }
-    out.insert(out.end(), chunk, chunk + (sizeof(chunk) - z.avail_out));
     if (out.size() > limit) {
       inflateEnd(&z);
       throw io_error(concat(source, ": inflates to more than ", limit, " bytes"));
@@ -89,14 +89,29 @@ namespace detail {
     throw io_error(detail::concat(source, ": ", bytes.size(), " bytes, too short for a rank-", ndim, " IDX header"));
   }
   idx_array a;
-  std::uint64_t count = 1;
+  // At most 2^40 elements, counting the non-zero dimensions even when a zero
+  // one makes the array empty (callers multiply dimensions in int64).
+  constexpr std::uint64_t limit = std::uint64_t{1} << 40;
+  std::uint64_t nonzero = 1;
+  bool empty = false, too_large = false;
   for (int d = 0; d < ndim; ++d) {
     const std::uint8_t* p = bytes.data() + 4 + 4 * d;
     const std::uint64_t v = (std::uint64_t{p[0]} << 24) | (std::uint64_t{p[1]} << 16) | (std::uint64_t{p[2]} << 8) | p[3];
     a.dims.push_back(static_cast<std::int64_t>(v));
-    count *= v;  // at most (2^32)^4 does not overflow for rank <= 2; larger ranks are checked below
-    if (count > (std::uint64_t{1} << 40)) throw io_error(detail::concat(source, ": IDX dimensions are implausibly large"));
+    if (v == 0) {
+      empty = true;
+    } else if (v > limit / nonzero) {
+      too_large = true;
+    } else {
+      nonzero *= v;
+    }
   }
+  if (too_large) {
+    std::string dims;
+    for (auto v : a.dims) dims += (dims.empty() ? "" : ", ") + std::to_string(v);
+    throw io_error(detail::concat(source, ": IDX dimensions [", dims, "] are implausibly large (more than 2^40 elements)"));
+  }
+  const std::uint64_t count = empty ? 0 : nonzero;
   if (bytes.size() - header != count) {
     throw io_error(detail::concat(source, ": IDX header promises ", count, " bytes of data, the file holds ",
                                   bytes.size() - header));

@@ -17,6 +17,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -122,44 +124,78 @@ inline void save_peft_adapter(const std::filesystem::path& dir,
   write_file_atomically(dir / "adapter_config.json", [&](atomic_writer& w) { w.write(text); });
 }
 
-/// Parses and validates the text of an adapter_config.json (`source` names it in errors).
+/// Parses and validates the text of an adapter_config.json (`source` names it
+/// in errors). Every field rimc uses is checked for type and range: a bad one
+/// is an io_error naming the field and the value.
 [[nodiscard]] inline peft_config parse_peft_config(std::string_view text, const std::string& source = "<memory>") {
-  nlohmann::json j;
+  using json = nlohmann::json;
+  json j;
   try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
     throw io_error(detail::concat(source, ": not valid JSON: ", e.what()));
   }
-  auto fail = [&](const std::string& what) -> void { throw io_error(detail::concat(source, ": ", what)); };
-  if (!j.is_object()) fail("not a JSON object");
-  if (j.value("peft_type", std::string()) != "LORA") {
-    fail(detail::concat("'peft_type' must be \"LORA\", got ", j.contains("peft_type") ? j["peft_type"].dump() : "nothing"));
+  auto fail = [&](const std::string& what) { return io_error(detail::concat(source, ": ", what)); };
+  if (!j.is_object()) throw fail("not a JSON object");
+  auto field = [&](const char* name) -> const json* {
+    const auto it = j.find(name);
+    return it == j.end() || it->is_null() ? nullptr : &*it;
+  };
+  auto shown = [](const json& v) { return v.is_number() ? detail::concat(v.get<double>()) : v.dump(); };
+  auto flag = [&](const char* name, bool fallback) {
+    const json* v = field(name);
+    if (!v) return fallback;
+    if (!v->is_boolean()) throw fail(detail::concat("'", name, "' must be true or false, got ", v->dump()));
+    return v->get<bool>();
+  };
+  auto rank = [&](const json& v, const std::string& what) {
+    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<std::uint64_t>() > std::uint64_t{INT64_MAX}) ||
+        v.get<std::int64_t>() < 1) {
+      throw fail(detail::concat(what, " must be an integer >= 1, got ", shown(v)));
+    }
+    return v.get<std::int64_t>();
+  };
+  auto alpha = [&](const json& v, const std::string& what) {
+    if (!v.is_number() || !(v.get<double>() > 0) || !std::isfinite(v.get<double>())) {
+      throw fail(detail::concat(what, " must be a positive finite number, got ", shown(v)));
+    }
+    return v.get<double>();
+  };
+
+  const json* type = field("peft_type");
+  if (!type || *type != "LORA") {
+    throw fail(detail::concat("'peft_type' must be \"LORA\", got ", type ? type->dump() : "nothing"));
   }
   peft_config c;
-  try {
-    c.use_dora = j.value("use_dora", false);
-    if (!j.contains("r") || !j["r"].is_number_integer()) fail("'r' must be an integer");
-    c.r = j["r"].get<std::int64_t>();
-    if (!j.contains("lora_alpha") || !j["lora_alpha"].is_number()) fail("'lora_alpha' must be a number");
-    c.lora_alpha = j["lora_alpha"].get<double>();
-    c.use_rslora = j.value("use_rslora", false);
-    if (j.contains("target_modules") && j["target_modules"].is_array()) {
-      c.target_modules = j["target_modules"].get<std::vector<std::string>>();
+  c.use_dora = flag("use_dora", false);
+  if (!c.use_dora) throw fail("'use_dora' is not true: this is a plain LoRA adapter, not DoRA");
+  const json* r = field("r");
+  if (!r) throw fail("'r' is missing");
+  c.r = rank(*r, "'r'");
+  const json* a = field("lora_alpha");
+  if (!a) throw fail("'lora_alpha' is missing");
+  c.lora_alpha = alpha(*a, "'lora_alpha'");
+  c.use_rslora = flag("use_rslora", false);
+  if (const json* t = field("target_modules"); t && t->is_array()) {  // PEFT also allows a regex string: not used
+    for (const auto& m : *t) {
+      if (!m.is_string()) throw fail(detail::concat("'target_modules' entries must be strings, got ", m.dump()));
+      c.target_modules.push_back(m.get<std::string>());
     }
-    if (j.contains("rank_pattern") && j["rank_pattern"].is_object()) {
-      c.rank_pattern = j["rank_pattern"].get<std::map<std::string, std::int64_t>>();
-    }
-    if (j.contains("alpha_pattern") && j["alpha_pattern"].is_object()) {
-      c.alpha_pattern = j["alpha_pattern"].get<std::map<std::string, double>>();
-    }
-    if (j.contains("base_model_name_or_path") && j["base_model_name_or_path"].is_string()) {
-      c.base_model_name_or_path = j["base_model_name_or_path"].get<std::string>();
-    }
-  } catch (const nlohmann::json::exception& e) {
-    fail(detail::concat("unexpected field type: ", e.what()));
   }
-  if (!c.use_dora) fail("'use_dora' is not true: this is a plain LoRA adapter, not DoRA");
-  if (c.r < 1) fail(detail::concat("'r' must be >= 1, got ", c.r));
+  for (const char* pattern : {"rank_pattern", "alpha_pattern"}) {
+    const json* p = field(pattern);
+    if (!p) continue;
+    if (!p->is_object()) throw fail(detail::concat("'", pattern, "' must be an object, got ", p->dump()));
+    for (const auto& [module, v] : p->items()) {
+      const std::string what = detail::concat("'", pattern, "' entry '", module, "'");
+      if (pattern[0] == 'r') {
+        c.rank_pattern[module] = rank(v, what);
+      } else {
+        c.alpha_pattern[module] = alpha(v, what);
+      }
+    }
+  }
+  if (const json* b = field("base_model_name_or_path"); b && b->is_string()) c.base_model_name_or_path = b->get<std::string>();
   return c;
 }
 

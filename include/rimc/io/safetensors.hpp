@@ -245,23 +245,31 @@ class safetensors_file {
     if (!known) fail(detail::concat("tensor '", key, "': unsupported dtype '", dts, "'"));
     const auto sh = v.find("shape");
     if (sh == v.end() || !sh->is_array()) fail(detail::concat("tensor '", key, "': missing array field 'shape'"));
-    std::uint64_t count = 1;
-    bool overflow = false;
+    // The non-zero dimensions must multiply to an addressable byte count even
+    // when a zero dimension makes the tensor empty: rimc computes partial
+    // products of dimensions (strides, per-sample sizes) in int64.
+    constexpr auto limit = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+    std::uint64_t nonzero = 1;
+    bool empty = false, overflow = false;
     for (const auto& d : *sh) {
       if (!d.is_number_unsigned()) {
         fail(detail::concat("tensor '", key, "': shape entries must be non-negative integers, got ", d.dump()));
       }
       const auto dim = d.get<std::uint64_t>();
-      if (dim > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) ||
-          (dim != 0 && count > std::numeric_limits<std::uint64_t>::max() / dim)) {
+      if (dim == 0) {
+        empty = true;
+      } else if (dim > limit / size_of(i.dtype) / nonzero) {
         overflow = true;
+      } else {
+        nonzero *= dim;
       }
-      count *= dim;
-      i.shape.push_back(static_cast<std::int64_t>(std::min<std::uint64_t>(dim, std::numeric_limits<std::int64_t>::max())));
+      i.shape.push_back(static_cast<std::int64_t>(std::min(dim, limit)));
     }
-    if (overflow || count > std::numeric_limits<std::uint64_t>::max() / size_of(i.dtype)) {
-      fail(detail::concat("tensor '", key, "': shape ", sh->dump(), " has more elements than can be addressed"));
+    if (overflow) {
+      fail(detail::concat("tensor '", key, "': shape ", sh->dump(),
+                          " is too large: its non-zero dimensions multiply past 2^63 elements or bytes"));
     }
+    const std::uint64_t count = empty ? 0 : nonzero;
     const auto off = v.find("data_offsets");
     if (off == v.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
         !(*off)[1].is_number_unsigned()) {
