@@ -9,10 +9,12 @@
 #include "../common/file_bytes.hpp"
 
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -27,6 +29,15 @@ inline Tensor random_tensor(const Shape& s, std::uint64_t seed, layout l = layou
   Tensor t(s);
   fill_uniform(t, counter_rng(seed), lo, hi);
   return t.to_layout(l);
+}
+
+/// A new empty directory under the system's temporary directory, unique to
+/// `name` and this process.
+inline std::filesystem::path temp_dir(const std::string& name) {
+  auto d = std::filesystem::temp_directory_path() / ("rimc-test-" + name + "-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
+  return d;
 }
 
 /// Random doubles in [-1, 1).

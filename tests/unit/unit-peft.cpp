@@ -15,13 +15,6 @@ using namespace rimc;
 
 namespace {
 
-std::filesystem::path temp_dir(const std::string& name) {
-  auto d = std::filesystem::temp_directory_path() / ("rimc-test-" + name + "-" + std::to_string(::getpid()));
-  std::filesystem::remove_all(d);
-  std::filesystem::create_directories(d);
-  return d;
-}
-
 struct two_layers {
   dora_adapter conv, fc;
   two_layers(std::uint64_t seed, std::int64_t fc_rank = 4)
@@ -44,7 +37,7 @@ struct two_layers {
 
 TEST_SUITE("peft") {
   TEST_CASE("save then load restores every adapter bitwise") {
-    const auto dir = temp_dir("peft-roundtrip");
+    const auto dir = test::temp_dir("peft-roundtrip");
     two_layers a(1), b(99);
     a.randomise(10);
     save_peft_adapter(dir, std::as_const(a).named(), "resnet20-fashion-mnist");
@@ -59,7 +52,7 @@ TEST_SUITE("peft") {
   }
 
   TEST_CASE("the files use PEFT's keys, shapes and config fields") {
-    const auto dir = temp_dir("peft-format");
+    const auto dir = test::temp_dir("peft-format");
     two_layers a(1, 2);
     save_peft_adapter(dir, std::as_const(a).named());
     const auto f = safetensors_file::load(dir / "adapter_model.safetensors");
@@ -83,7 +76,7 @@ TEST_SUITE("peft") {
   }
 
   TEST_CASE("per-module ranks go to rank_pattern and load back") {
-    const auto dir = temp_dir("peft-rank-pattern");
+    const auto dir = test::temp_dir("peft-rank-pattern");
     two_layers a(1, 4), b(5, 4);
     a.randomise(3);
     save_peft_adapter(dir, std::as_const(a).named());
@@ -96,7 +89,7 @@ TEST_SUITE("peft") {
   }
 
   TEST_CASE("a file with a missing key, a wrong shape or a wrong dtype is rejected and nothing changes") {
-    const auto dir = temp_dir("peft-bad");
+    const auto dir = test::temp_dir("peft-bad");
     two_layers a(1);
     a.randomise(7);
     save_peft_adapter(dir, std::as_const(a).named());

@@ -12,6 +12,8 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <system_error>
+#include <utility>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -49,46 +51,77 @@ class atomic_writer {
   std::filesystem::path temp_;
 };
 
+/// A file being replaced atomically: its content goes to a temporary file in
+/// the target's directory; `finish` flushes it to disk and `commit` renames
+/// it over the target. Destroyed before `commit` (an exception on the way),
+/// it removes the temporary file and the target is left as it was. Several
+/// staged files finished before any is committed replace a set of files
+/// together unless a rename itself fails.
+class staged_file {
+ public:
+  explicit staged_file(std::filesystem::path path) : path_(std::move(path)) {
+    dir_ = path_.has_parent_path() ? path_.parent_path() : std::filesystem::path(".");
+    std::string name = ".";  // appended piecewise: "." + string trips GCC 12's -Wrestrict false positive
+    name += path_.filename().string();
+    name += ".tmp-XXXXXX";
+    std::string templ = (dir_ / name).string();
+    fd_ = ::mkstemp(templ.data());
+    if (fd_ < 0) {
+      throw io_error(detail::concat("cannot create a temporary file in ", dir_.string(), ": ", detail::errno_text()));
+    }
+    temp_ = templ;
+  }
+  staged_file(const staged_file&) = delete;
+  staged_file& operator=(const staged_file&) = delete;
+  ~staged_file() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!committed_) {
+      std::error_code ec;
+      std::filesystem::remove(temp_, ec);
+    }
+  }
+
+  /// Where the content goes.
+  [[nodiscard]] atomic_writer writer() const { return atomic_writer(fd_, temp_); }
+
+  /// Flushes the content to disk and closes the temporary file.
+  void finish() {
+    if (::fsync(fd_) != 0) throw io_error(detail::concat("flushing ", temp_.string(), ": ", detail::errno_text()));
+    if (::fchmod(fd_, 0644) != 0) {
+      throw io_error(detail::concat("setting the mode of ", temp_.string(), ": ", detail::errno_text()));
+    }
+    const int fd = std::exchange(fd_, -1);
+    if (::close(fd) != 0) throw io_error(detail::concat("closing ", temp_.string(), ": ", detail::errno_text()));
+  }
+
+  /// Renames the finished temporary file over the target and makes the rename durable.
+  void commit() {
+    if (fd_ >= 0) finish();
+    std::error_code ec;
+    std::filesystem::rename(temp_, path_, ec);
+    if (ec) throw io_error(detail::concat("renaming ", temp_.string(), " to ", path_.string(), ": ", ec.message()));
+    committed_ = true;
+    const int dfd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) {
+      (void)::fsync(dfd);
+      ::close(dfd);
+    }
+  }
+
+ private:
+  std::filesystem::path path_, dir_, temp_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
 /// Replaces `path` atomically with what `produce` writes. If `produce` throws,
 /// or any file operation fails, the temporary file is removed, `path` is left
 /// as it was, and the exception propagates.
 inline void write_file_atomically(const std::filesystem::path& path, const std::function<void(atomic_writer&)>& produce) {
-  const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
-  std::string name = ".";
-  name += path.filename().string();
-  name += ".tmp-XXXXXX";
-  std::string templ = (dir / name).string();
-  const int fd = ::mkstemp(templ.data());
-  if (fd < 0) throw io_error(detail::concat("cannot create a temporary file in ", dir.string(), ": ", detail::errno_text()));
-  const std::filesystem::path temp(templ);
-  bool open = true;
-  try {
-    atomic_writer w(fd, temp);
-    produce(w);
-    if (::fsync(fd) != 0) throw io_error(detail::concat("flushing ", temp.string(), ": ", detail::errno_text()));
-    if (::fchmod(fd, 0644) != 0) throw io_error(detail::concat("setting the mode of ", temp.string(), ": ", detail::errno_text()));
-    open = false;
-    if (::close(fd) != 0) {
-      throw io_error(detail::concat("closing ", temp.string(), ": ", detail::errno_text()));
-    }
-  } catch (...) {
-    if (open) ::close(fd);
-    std::error_code ec;
-    std::filesystem::remove(temp, ec);
-    throw;
-  }
-  std::error_code ec;
-  std::filesystem::rename(temp, path, ec);
-  if (ec) {
-    std::filesystem::remove(temp, ec);
-    throw io_error(detail::concat("renaming ", temp.string(), " to ", path.string(), ": ", ec.message()));
-  }
-  // Make the rename itself durable.
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
+  staged_file file(path);
+  atomic_writer w = file.writer();
+  produce(w);
+  file.commit();
 }
 
 }  // namespace rimc

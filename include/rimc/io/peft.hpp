@@ -7,7 +7,7 @@
 ///   base_model.model.<module>.lora_magnitude_vector  [O] / [1, O, 1, 1] (conv, as PEFT stores it)
 /// and `adapter_config.json` (peft_type "LORA", use_dora true, r, lora_alpha,
 /// use_rslora, target_modules, rank_pattern / alpha_pattern for modules that
-/// differ). Both files are replaced atomically.
+/// differ). Saving replaces both files atomically, as a pair.
 
 #include <rimc/adapt/dora_adapter.hpp>
 #include <rimc/core/error.hpp>
@@ -67,7 +67,7 @@ inline Shape peft_magnitude_shape(const dora_adapter& a) {
 }  // namespace detail
 
 /// Writes adapter_model.safetensors and adapter_config.json into `dir`
-/// (created if missing), each atomically.
+/// (created if missing), atomically: a failure leaves the previous files.
 inline void save_peft_adapter(const std::filesystem::path& dir,
                               const std::vector<named_adapter<const dora_adapter>>& adapters,
                               const std::string& base_model_name_or_path = "") {
@@ -94,9 +94,8 @@ inline void save_peft_adapter(const std::filesystem::path& dir,
     if (a->config().alpha != first.alpha) alpha_pattern[module] = a->config().alpha;
     modules.push_back(module);
   }
-  std::filesystem::create_directories(dir);
-  save_safetensors(dir / "adapter_model.safetensors", tensors,
-                   {{"format", "pt"}, {"rimc.norm_mode", first.norm == norm_mode::exact ? "exact" : "detached"}});
+  const auto weights = serialize_safetensors(
+      tensors, {{"format", "pt"}, {"rimc.norm_mode", first.norm == norm_mode::exact ? "exact" : "detached"}});
   nlohmann::ordered_json cfg = {
       {"alpha_pattern", alpha_pattern},
       {"auto_mapping", nullptr},
@@ -121,7 +120,16 @@ inline void save_peft_adapter(const std::filesystem::path& dir,
       {"use_rslora", first.use_rslora},
   };
   const std::string text = cfg.dump(2) + "\n";
-  write_file_atomically(dir / "adapter_config.json", [&](atomic_writer& w) { w.write(text); });
+  // Both files are written and flushed before either replaces its
+  // predecessor, so a failure while writing leaves the previous pair intact.
+  std::filesystem::create_directories(dir);
+  staged_file weights_file(dir / "adapter_model.safetensors"), config_file(dir / "adapter_config.json");
+  weights_file.writer().write(weights.data(), weights.size());
+  config_file.writer().write(text);
+  weights_file.finish();
+  config_file.finish();
+  weights_file.commit();
+  config_file.commit();
 }
 
 /// Parses and validates the text of an adapter_config.json (`source` names it
