@@ -8,6 +8,10 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <limits>
+#include <string>
+
 using namespace rimc;
 
 namespace {
@@ -90,26 +94,76 @@ TEST_SUITE("calibration") {
     test::check_close(merged.forward(images), student.forward(images), 1e-4, 1e-4);
   }
 
-  TEST_CASE("invalid calibration settings are rejected up front") {
+  TEST_CASE("invalid calibration settings are rejected up front, before any adapter is attached") {
     const network teacher = toy(1);
     network student = toy(1);
     const Tensor images = test::random_tensor(Shape{2, 2, 10, 10}, 1);
     calibration_config cfg;
+    auto error = [&](const network& t, network& s, const Tensor& x) {
+      std::string what;
+      try {
+        (void)calibrate_feature_kd(t, s, x, cfg);
+      } catch (const value_error& e) {
+        what = e.what();
+      }
+      return what;
+    };
     cfg.rank = 0;
-    CHECK_THROWS_WITH((void)calibrate_feature_kd(teacher, student, images, cfg),
-                      "[rimc.value_error] calibration_config: rank must be >= 1, got 0");
+    CHECK(error(teacher, student, images) == "[rimc.value_error] calibration_config: rank must be >= 1, got 0");
     cfg.rank = 2;
     cfg.lr = -1;
-    CHECK_THROWS_WITH((void)calibrate_feature_kd(teacher, student, images, cfg),
-                      "[rimc.value_error] calibration_config: lr must be positive, got -1");
+    CHECK(error(teacher, student, images) == "[rimc.value_error] calibration_config: lr must be positive, got -1");
     cfg.lr = 0.01;
-    cfg.rank = 9;  // more than min(O, K) of the first layer (O = 8)
-    CHECK_THROWS_AS((void)calibrate_feature_kd(teacher, student, images, cfg), value_error);
+    cfg.rank = 9;  // c1: O = 8, K = 2 x 3 x 3
+    CHECK(error(teacher, student, images) ==
+          "[rimc.value_error] calibrate_feature_kd: rank 9 is larger than layer 'c1' allows: min(O = 8, K = 18, 64) = 8");
+    cfg.rank = 5;  // fits c1..c3 but not fc (O = 4)
+    CHECK(error(teacher, student, images) ==
+          "[rimc.value_error] calibrate_feature_kd: rank 5 is larger than layer 'fc' allows: min(O = 4, K = 12, 64) = 4");
+    cfg.rank = 2;
+    CHECK(error(teacher, student, Tensor(Shape{0, 2, 10, 10})) ==
+          "[rimc.value_error] calibrate_feature_kd: need at least one calibration image, got [0, 2, 10, 10]");
+    Tensor nan_images = images;
+    nan_images[5] = std::numeric_limits<float>::quiet_NaN();
+    CHECK(error(teacher, student, nan_images) == "[rimc.value_error] calibrate_feature_kd: the calibration images are not finite");
+    network broken = toy(1);
+    broken.node("c2").params["weight"][0] = std::numeric_limits<float>::infinity();
+    CHECK(error(broken, student, images) ==
+          "[rimc.value_error] calibrate_feature_kd: the teacher's output of layer 'c2' is not finite");
+    cfg.targets = {"r1"};
+    CHECK(error(teacher, student, images) ==
+          "[rimc.value_error] calibrate_feature_kd: target 'r1' is not a conv2d or linear layer");
+    cfg.targets = {};
+    for (const auto& n : student.nodes()) CHECK(n.adapter == nullptr);
     network fused = toy(1);
     fused.fuse_relu();
-    cfg.rank = 2;
-    CHECK_THROWS_WITH((void)calibrate_feature_kd(teacher, fused, images, cfg),
-                      "[rimc.value_error] calibrate_feature_kd: student node 'c1' has a fused ReLU; its pre-activation "
-                      "output is needed (do not call fuse_relu())");
+    CHECK(error(teacher, fused, images) ==
+          "[rimc.value_error] calibrate_feature_kd: student node 'c1' has a fused ReLU; its pre-activation output is "
+          "needed (do not call fuse_relu())");
+  }
+
+  TEST_CASE("divergence from an enormous step size is caught: parameters restored, lr halved, reported") {
+    const network teacher = toy(1);
+    network student = toy(1);
+    auto chip = deploy_analog(student, analog_options{});
+    chip.drift_to(relative_drift{}, 0.2, 7);
+    const Tensor images = test::random_tensor(Shape{4, 2, 10, 10}, 3);
+    calibration_config cfg;
+    cfg.steps = 12;
+    cfg.lr = 1e4;
+    const calibration_result r = calibrate_feature_kd(teacher, student, images, cfg);
+    REQUIRE(r.layers.size() == 4);
+    for (const auto& l : r.layers) {
+      INFO(l.name, ": ", l.divergences, " divergences, lr ", l.lr, ", mse ", l.mse_before, " -> ", l.mse_after);
+      CHECK(l.divergences > 0);
+      CHECK(l.lr == cfg.lr / std::pow(2.0, l.divergences));
+      CHECK(std::isfinite(l.mse_after));
+      CHECK(l.mse_after <= l.mse_before);
+      const auto& a = *r.adapters.at(l.name);
+      for (const Tensor* t : {&a.magnitude(), &a.lora_A(), &a.lora_B()})
+        for (std::int64_t i = 0; i < t->numel(); ++i) REQUIRE(std::isfinite((*t)[i]));
+    }
+    const Tensor out = student.forward(images);
+    for (std::int64_t i = 0; i < out.numel(); ++i) REQUIRE(std::isfinite(out[i]));
   }
 }

@@ -46,7 +46,10 @@ enum class norm_mode : std::uint8_t {
 
 /// Settings of one DoRA adapter.
 struct dora_config {
-  std::int64_t rank = 4;                ///< r, 1..64 and at most min(O, K)
+  /// The largest rank an adapter may have (besides min(O, K)).
+  static constexpr std::int64_t max_rank = 64;
+
+  std::int64_t rank = 4;                ///< r, 1..max_rank and at most min(O, K)
   double alpha = 8.0;                   ///< lora_alpha
   bool use_rslora = false;              ///< s = alpha / sqrt(r) instead of alpha / r
   norm_mode norm = norm_mode::detached; ///< gradient mode
@@ -460,8 +463,8 @@ class dora_adapter {
     O_ = w0_.dim(0);
     K_ = w0_.numel() / std::max<std::int64_t>(O_, 1);
     const auto r = cfg_.rank;
-    if (r < 1 || r > 64 || r > std::min(O_, K_)) {
-      throw value_error(detail::concat("dora_config: rank must be in [1, min(64, O = ", O_, ", K = ", K_,
+    if (r < 1 || r > dora_config::max_rank || r > std::min(O_, K_)) {
+      throw value_error(detail::concat("dora_config: rank must be in [1, min(", dora_config::max_rank, ", O = ", O_, ", K = ", K_,
                                        ")], got ", r));
     }
     if (!std::isfinite(cfg_.alpha) || cfg_.alpha <= 0) {

@@ -8,12 +8,20 @@
 /// included) on the same images, and only layer l's adapter is trained to
 /// minimise the mean squared error between them; it is then frozen. The
 /// crossbar weights are only read: no RRAM write happens.
+///
+/// Guards: invalid settings (rank 0 or above a target's min(O, K), no images,
+/// a non-positive learning rate, non-finite images or teacher features) are
+/// rejected before any adapter is attached. A step whose loss is NaN/Inf or
+/// above 1000x the layer's starting MSE, or that leaves a non-finite
+/// parameter, is undone: the last good parameters are restored, Adam restarts
+/// at half the step size, and the event is counted in the layer's report.
 
 #include <rimc/adapt/dora_adapter.hpp>
 #include <rimc/adapt/optim.hpp>
 #include <rimc/core/error.hpp>
 #include <rimc/nn/network.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <map>
@@ -49,6 +57,7 @@ struct layer_calibration {
   double mse_before = 0, mse_after = 0;  ///< feature MSE to the teacher before and after
   int steps = 0;
   int divergences = 0;  ///< steps whose loss was NaN/Inf or exploded: parameters restored, lr halved
+  double lr = 0;        ///< the Adam step size at the end (the configured one halved at each divergence)
   double seconds = 0;
   adapter_footprint footprint;
 };
@@ -63,6 +72,32 @@ struct calibration_result {
 };
 
 namespace detail {
+/// Rejects up front a target that is not a conv2d or linear node of `net`, and
+/// a rank that target's adapter cannot have (at most min(O, K, dora_config::max_rank)).
+inline void check_calibration_targets(const network& net, const std::vector<std::string>& targets, std::int64_t rank,
+                                      const char* who) {
+  if (targets.empty()) throw value_error(concat(who, ": no conv2d or linear layer to calibrate"));
+  for (const auto& name : targets) {
+    const network_node& n = net.node(name);
+    if (n.kind != op_kind::conv2d && n.kind != op_kind::linear) {
+      throw value_error(concat(who, ": target '", name, "' is not a conv2d or linear layer"));
+    }
+    const Tensor& w = n.params.at("weight");
+    const std::int64_t O = w.dim(0), K = w.numel() / std::max<std::int64_t>(O, 1);
+    const std::int64_t limit = std::min({O, K, dora_config::max_rank});
+    if (rank > limit) {
+      throw value_error(concat(who, ": rank ", rank, " is larger than layer '", name, "' allows: min(O = ", O,
+                               ", K = ", K, ", ", dora_config::max_rank, ") = ", limit));
+    }
+  }
+}
+
+[[nodiscard]] inline bool all_finite(const Tensor& t) {
+  for (std::int64_t i = 0; i < t.numel(); ++i)
+    if (!std::isfinite(t[i])) return false;
+  return true;
+}
+
 inline void check_no_fused_relu(const network& net, const std::string& name, const char* who) {
   const auto& n = net.node(name);
   if (n.conv.relu || n.relu_after) {
@@ -93,12 +128,14 @@ inline double mse(const Tensor& y, const Tensor& t, Tensor* grad) {
     throw value_error(detail::concat("calibrate_feature_kd: need at least one calibration image, got ",
                                      images.shape().to_string()));
   }
+  if (!detail::all_finite(images)) throw value_error("calibrate_feature_kd: the calibration images are not finite");
   const auto t_start = std::chrono::steady_clock::now();
   std::vector<std::string> targets = cfg.targets;
   if (targets.empty()) {
     for (const auto& n : student.nodes())
       if (n.kind == op_kind::conv2d || n.kind == op_kind::linear) targets.push_back(n.name);
   }
+  detail::check_calibration_targets(student, targets, cfg.rank, "calibrate_feature_kd");
   for (const auto& t : targets) {
     detail::check_no_fused_relu(student, t, "student");
     detail::check_no_fused_relu(teacher, t, "teacher");
@@ -106,6 +143,11 @@ inline double mse(const Tensor& y, const Tensor& t, Tensor* grad) {
   // The teacher's features for every target, once.
   std::map<std::string, Tensor> teacher_out;
   (void)teacher.forward(images, targets, teacher_out);
+  for (const auto& t : targets) {
+    if (!detail::all_finite(teacher_out.at(t))) {
+      throw value_error(detail::concat("calibrate_feature_kd: the teacher's output of layer '", t, "' is not finite"));
+    }
+  }
   const std::uint64_t writes_before = student.rram_writes();
 
   calibration_result result;
@@ -152,11 +194,17 @@ inline double mse(const Tensor& y, const Tensor& t, Tensor* grad) {
       adapter->forward(x, z0, bias, y, &cache);
       const double loss = detail::mse(y, target, &grad);
       if (step == 0) {
+        if (!std::isfinite(loss)) {
+          throw value_error(detail::concat("calibrate_feature_kd: layer '", name, "' starts with feature MSE ", loss,
+                                           ": its input or the teacher's output is not finite"));
+        }
         rep.mse_before = loss;
         last_good = loss;
       }
       // Divergence guard: restore the last good parameters and halve the step size.
-      if (!std::isfinite(loss) || loss > 1e3 * std::max(rep.mse_before, 1e-30)) {
+      const auto p = adapter->parameters();
+      if (!std::isfinite(loss) || loss > 1e3 * std::max(rep.mse_before, 1e-30) || !detail::all_finite(*p[0]) ||
+          !detail::all_finite(*p[1]) || !detail::all_finite(*p[2])) {
         ++rep.divergences;
         adapter->set_parameters(good[0], good[1], good[2]);
         opt = adam(opt.lr() * 0.5);
@@ -168,7 +216,6 @@ inline double mse(const Tensor& y, const Tensor& t, Tensor* grad) {
       }
       if (step == cfg.steps) break;
       adapter->backward(cache, grad, g);
-      const auto p = adapter->parameters();
       const param_slot slots[] = {{p[0], &g.magnitude}, {p[1], &g.lora_A}, {p[2], &g.lora_B}};
       opt.step(slots);
       adapter->refresh();
@@ -178,6 +225,7 @@ inline double mse(const Tensor& y, const Tensor& t, Tensor* grad) {
     adapter->set_parameters(good[0], good[1], good[2]);
     adapter->forward(x, z0, bias, y);
     rep.mse_after = detail::mse(y, target, nullptr);
+    rep.lr = opt.lr();
     rep.footprint = adapter->footprint();
     rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     result.footprint += rep.footprint;
