@@ -138,4 +138,28 @@ TEST_SUITE("backprop") {
     CHECK_THROWS_WITH((void)calibrate_backprop(teacher, student, images, labels, cfg),
                       "[rimc.value_error] backprop_config: ce_weight (0) and kl_weight (0) must be >= 0 and not both 0");
   }
+
+  TEST_CASE("invalid backprop calibration settings are rejected up front, before any adapter is attached") {
+    const network teacher = toy(7);
+    network student = toy(7);
+    const Tensor images = test::random_tensor(Shape{2, 2, 9, 9}, 8);
+    const std::vector<std::int32_t> labels{1, 4};
+    backprop_config cfg;
+    cfg.rank = 7;  // c1: O = 6, K = 2 x 3 x 3
+    CHECK_THROWS_WITH((void)calibrate_backprop(teacher, student, images, labels, cfg),
+                      "[rimc.value_error] calibrate_backprop: rank 7 is larger than layer 'c1' allows: min(O = 6, K = 18, "
+                      "64) = 6");
+    cfg.rank = 2;
+    cfg.lr = -0.5;
+    CHECK_THROWS_WITH((void)calibrate_backprop(teacher, student, images, labels, cfg),
+                      "[rimc.value_error] backprop_config: lr must be positive, got -0.5");
+    cfg.lr = 0.01;
+    CHECK_THROWS_WITH((void)calibrate_backprop(teacher, student, Tensor(Shape{0, 2, 9, 9}), {}, cfg),
+                      "[rimc.value_error] calibrate_backprop: need at least one calibration image, got [0, 2, 9, 9]");
+    CHECK_THROWS_WITH((void)calibrate_backprop(teacher, student, images, {1}, cfg),
+                      "[rimc.value_error] calibrate_backprop: 2 images but 1 labels");
+    CHECK_THROWS_WITH((void)calibrate_backprop(teacher, student, images, {1, 5}, cfg),
+                      "[rimc.value_error] calibrate_backprop: label 5 of image 1 is outside [0, 5)");
+    for (const auto& n : student.nodes()) CHECK(n.adapter == nullptr);
+  }
 }

@@ -91,16 +91,28 @@ inline double distillation_loss(const Tensor& logits, const std::vector<std::int
                                                            const std::vector<std::int32_t>& labels,
                                                            const backprop_config& cfg) {
   cfg.validate();
-  if (images.rank() < 2 || images.dim(0) < 1 || static_cast<std::int64_t>(labels.size()) != images.dim(0)) {
+  if (images.rank() < 2 || images.dim(0) < 1) {
+    throw value_error(detail::concat("calibrate_backprop: need at least one calibration image, got ",
+                                     images.shape().to_string()));
+  }
+  if (static_cast<std::int64_t>(labels.size()) != images.dim(0)) {
     throw value_error(detail::concat("calibrate_backprop: ", images.dim(0), " images but ", labels.size(), " labels"));
   }
+  if (!detail::all_finite(images)) throw value_error("calibrate_backprop: the calibration images are not finite");
   const auto t_start = std::chrono::steady_clock::now();
   std::vector<std::string> targets = cfg.targets;
   if (targets.empty()) {
     for (const auto& n : student.nodes())
       if (n.kind == op_kind::conv2d || n.kind == op_kind::linear) targets.push_back(n.name);
   }
+  detail::check_calibration_targets(student, targets, cfg.rank, "calibrate_backprop");
   const Tensor teacher_logits = teacher.forward(images);
+  for (std::size_t i = 0; i < labels.size(); ++i) {
+    if (labels[i] < 0 || labels[i] >= teacher_logits.dim(1)) {
+      throw value_error(detail::concat("calibrate_backprop: label ", labels[i], " of image ", i, " is outside [0, ",
+                                       teacher_logits.dim(1), ")"));
+    }
+  }
   const std::uint64_t writes_before = student.rram_writes();
   calibration_result result;
   std::vector<std::shared_ptr<dora_adapter>> adapters;
