@@ -3,6 +3,8 @@
 // after batch-norm folding and ReLU fusion. Counter: images/s.
 // bench/compare_inference.sh runs PyTorch eager on the same models beside it.
 
+#include "bench_util.hpp"
+
 #include <rimc/nn/models.hpp>
 #include <rimc/core/random.hpp>
 
@@ -13,18 +15,7 @@
 namespace {
 
 using namespace rimc;
-
-void randomise(network& net) {
-  std::uint64_t seed = 1;
-  for (const auto& n : net.nodes())
-    for (auto& [p, t] : net.node(n.name).params) {
-      if (p == "running_var") {
-        t.fill(1.0f);
-      } else if (p != "num_batches_tracked") {
-        fill_uniform(t, counter_rng(seed++), -0.05f, 0.05f);
-      }
-    }
-}
+using bench::randomise;
 
 void run(benchmark::State& state, network& net, std::int64_t batch, const Shape& image) {
   net.fold_batch_norm();

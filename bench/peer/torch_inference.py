@@ -22,19 +22,9 @@ def load_teacher():
     model = ResNet20()
     path = ROOT / "examples" / "models" / "resnet20_fmnist.safetensors"
     if path.exists():
-        import json
-        import struct
-        raw = path.read_bytes()
-        n, = struct.unpack("<Q", raw[:8])
-        header = json.loads(raw[8:8 + n])
-        state = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            b, e = info["data_offsets"]
-            dtype = {"F32": torch.float32, "I64": torch.int64}[info["dtype"]]
-            state[name] = torch.frombuffer(bytearray(raw[8 + n + b:8 + n + e]), dtype=dtype).reshape(info["shape"])
-        model.load_state_dict(state)
+        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+        from torch_calibrate import load_safetensors  # noqa: E402
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in load_safetensors(path).items()})
     return model.eval()
 
 

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The whole main job, rimc next to PyTorch: runs rimc's demo
+# (examples/calibrate_fashion_mnist --no-backprop) and the PyTorch peer
+# (bench/peer/torch_calibrate.py) back to back, alternating which goes first,
+# R times, both with 2 threads, each under /usr/bin/time -v; prints per phase
+# (deploy + drift, feature-KD calibration, evaluation of the 10k test images)
+# the median wall times of both, the ratio, both accuracies and both peak RSS.
+#
+#   bench/compare.sh [-r R] [-b build-dir] [-t threads] [-o out-dir] [-- extra demo/peer options]
+#
+# Defaults: R = 3, build/release (configured Release if missing), 2 threads,
+# bench/results/compare. Needs python3-torch, python3-numpy and GNU time
+# (installed with apt when missing and running as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+reps=3 build=build/release threads=2 out=bench/results/compare
+while getopts "r:b:t:o:" opt; do
+  case $opt in
+    r) reps=$OPTARG ;;
+    b) build=$OPTARG ;;
+    t) threads=$OPTARG ;;
+    o) out=$OPTARG ;;
+    *) sed -n '2,14p' "$0"; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+extra=("$@")
+
+if [ ! -x /usr/bin/time ]; then
+  if [ "$(id -u)" = 0 ]; then apt-get install -y time >/dev/null; else echo "compare.sh: needs GNU time (apt-get install time)" >&2; exit 1; fi
+fi
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+fi
+cmake --build "$build" --target calibrate_fashion_mnist >/dev/null
+demo="$build/examples/calibrate_fashion_mnist"
+mkdir -p "$out"
+rm -f "$out"/rimc.*.csv "$out"/peer.*.csv "$out"/*.time "$out"/*.log
+
+run_rimc() {
+  OMP_NUM_THREADS=$threads /usr/bin/time -v -o "$out/rimc.$1.time" \
+    "$demo" --no-backprop --threads "$threads" --csv "$out/rimc.$1.csv" "${extra[@]}" >"$out/rimc.$1.log" 2>&1
+}
+run_peer() {
+  OMP_NUM_THREADS=$threads /usr/bin/time -v -o "$out/peer.$1.time" \
+    /usr/bin/python3 bench/peer/torch_calibrate.py --threads "$threads" --csv "$out/peer.$1.csv" "${extra[@]}" \
+    >"$out/peer.$1.log" 2>&1
+}
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >"$out/conditions.txt"
+for i in $(seq 1 "$reps"); do
+  if [ $((i % 2)) = 1 ]; then run_rimc "$i"; run_peer "$i"; else run_peer "$i"; run_rimc "$i"; fi
+  echo "repetition $i of $reps done" >&2
+done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/conditions.txt"
+
+python3 - "$out" "$reps" "$threads" <<'PY'
+import statistics, sys, pathlib
+out, reps, threads = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+
+def csv(p):
+    return {k: float(v) for k, v in (l.split(",") for l in p.read_text().split("\n")[1:] if l)}
+
+def rss_mib(p):
+    for l in p.read_text().splitlines():
+        if "Maximum resident set size" in l:
+            return float(l.split(":")[1]) / 1024.0
+    return float("nan")
+
+runs = {s: [csv(out / f"{s}.{i}.csv") for i in range(1, reps + 1)] for s in ("rimc", "peer")}
+rss = {s: [rss_mib(out / f"{s}.{i}.time") for i in range(1, reps + 1)] for s in ("rimc", "peer")}
+med = lambda s, k: statistics.median(r[k] for r in runs[s])
+print(f"ResNet-20 Fashion-MNIST main job, {threads} threads, median of {reps} alternating runs ({(out / 'conditions.txt').read_text().strip().replace(chr(10), ', ')})\n")
+print(f"| {'phase':38} | {'rimc':>9} | {'PyTorch':>9} | {'PyTorch / rimc':>14} |")
+print(f"| {'-' * 38} | {'-' * 9}:| {'-' * 9}:| {'-' * 14}:|")
+for label, k in (("deploy + drift (s)", "deploy_drift_seconds"), ("feature-KD calibration, 22 layers (s)", "calibration_seconds"),
+                 ("evaluation of the test images (s)", "evaluation_seconds")):
+    a, b = med("rimc", k), med("peer", k)
+    print(f"| {label:38} | {a:9.3f} | {b:9.3f} | {b / a:13.1f}x |")
+a, b = statistics.median(rss["rimc"]), statistics.median(rss["peer"])
+print(f"| {'peak RSS (MiB, /usr/bin/time -v)':38} | {a:9.0f} | {b:9.0f} | {b / a:13.2f}x |")
+for label, k in (("drifted top-1 (%)", "drifted_top1"), ("calibrated top-1 (%)", "calibrated_top1")):
+    a, b = 100 * med("rimc", k), 100 * med("peer", k)
+    print(f"| {label:38} | {a:9.2f} | {b:9.2f} | {b - a:+10.2f} pp |")
+print("\nper run (s): " + "; ".join(f"{s} " + ", ".join(f"{r['calibration_seconds']:.3f}" for r in runs[s]) + " calibration"
+                                   for s in ("rimc", "peer")))
+PY
