@@ -8,6 +8,8 @@
 
 #include <doctest/doctest.h>
 
+#include <vector>
+
 using namespace rimc;
 
 namespace {
@@ -102,5 +104,33 @@ TEST_SUITE("pooling") {
                       "[rimc.shape_error] pool2d: kernel (3, 3) does not fit src [1, 1, 2, 5] padded by (0, 0)");
     CHECK_THROWS_WITH((void)global_avg_pool2d(Tensor(Shape{3, 4})),
                       "[rimc.shape_error] global_avg_pool2d: src must be rank 4 (N, C, H, W), got [3, 4]");
+  }
+
+  TEST_CASE("one pool2d object run from several threads at once gives the serial results") {
+    // oneDNN's channels-first pooling transposes through a scratchpad; with the
+    // library's scratchpad, threads sharing one primitive overwrote each other's.
+    const pool2d pool(pool2d_params{pool_kind::max, {3, 3}, {2, 2}, {1, 1}, true});
+    std::vector<Tensor> x, serial(16), parallel(16), serial_dx(16), parallel_dx(16);
+    for (std::uint64_t i = 0; i < 16; ++i) x.push_back(test::random_tensor(Shape{4, 16, 28, 28}, 50 + i));
+    const Tensor dy = test::random_tensor(pool.output_shape(x[0].shape()), 3);
+    {
+      const thread_count_guard one(1);
+      for (std::size_t i = 0; i < x.size(); ++i) {
+        pool.forward(x[i], serial[i]);
+        pool.backward_data(dy, x[i], serial_dx[i]);
+      }
+    }
+    const thread_count_guard two(2);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < 16; ++i) {
+      const thread_count_guard one(1);
+      const auto k = static_cast<std::size_t>(i);
+      pool.forward(x[k], parallel[k]);
+      pool.backward_data(dy, x[k], parallel_dx[k]);
+    }
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      CHECK(parallel[i] == serial[i]);
+      CHECK(parallel_dx[i] == serial_dx[i]);
+    }
   }
 }

@@ -14,7 +14,9 @@ namespace rimc {
 namespace detail {
 struct relu_entry {
   dnnl::eltwise_forward fwd;
+  dnnl::memory::desc fwd_scratchpad;
   dnnl::eltwise_backward bwd;
+  dnnl::memory::desc bwd_scratchpad;
 };
 
 [[nodiscard]] inline std::shared_ptr<const relu_entry> relu_primitives(const Tensor& t) {
@@ -25,10 +27,11 @@ struct relu_entry {
       const auto& eng = cpu_engine();
       const dnnl::eltwise_forward::primitive_desc fwd(
           dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::eltwise_relu, md, 0.0f),
-          eng);
+          user_scratchpad(), eng);
       const dnnl::eltwise_backward::primitive_desc bwd(
-          dnnl::eltwise_backward::desc(dnnl::algorithm::eltwise_relu, md, md, 0.0f), eng, fwd);
-      return relu_entry{dnnl::eltwise_forward(fwd), dnnl::eltwise_backward(bwd)};
+          dnnl::eltwise_backward::desc(dnnl::algorithm::eltwise_relu, md, md, 0.0f), user_scratchpad(), eng, fwd);
+      return relu_entry{dnnl::eltwise_forward(fwd), fwd.scratchpad_desc(), dnnl::eltwise_backward(bwd),
+                        bwd.scratchpad_desc()};
     });
   });
 }
@@ -39,7 +42,9 @@ inline void relu(const Tensor& src, Tensor& dst) {
   const auto e = detail::relu_primitives(src);
   if (&dst != &src) dst.ensure(src.shape(), src.memory_layout());
   detail::onednn_call("relu", [&] {
-    detail::execute(e->fwd, {{DNNL_ARG_SRC, detail::wrap(src)}, {DNNL_ARG_DST, detail::wrap(dst)}});
+    detail::execute(e->fwd, {{DNNL_ARG_SRC, detail::wrap(src)},
+                             {DNNL_ARG_DST, detail::wrap(dst)},
+                             {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->fwd_scratchpad)}});
   });
 }
 [[nodiscard]] inline Tensor relu(const Tensor& src) {
@@ -65,7 +70,8 @@ inline void relu_backward(const Tensor& diff_dst, const Tensor& src, Tensor& dif
   detail::onednn_call("relu_backward", [&] {
     detail::execute(e->bwd, {{DNNL_ARG_SRC, detail::wrap(src)},
                              {DNNL_ARG_DIFF_DST, detail::wrap(d)},
-                             {DNNL_ARG_DIFF_SRC, detail::wrap(diff_src)}});
+                             {DNNL_ARG_DIFF_SRC, detail::wrap(diff_src)},
+                             {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->bwd_scratchpad)}});
   });
 }
 [[nodiscard]] inline Tensor relu_backward(const Tensor& diff_dst, const Tensor& src) {
@@ -86,6 +92,7 @@ inline void add(const Tensor& a, const Tensor& b, Tensor& dst, bool relu_after =
   }
   struct entry {
     dnnl::binary prim;
+    dnnl::memory::desc scratchpad;
   };
   static detail::primitive_cache<detail::kernel_key, entry> cache(128);
   auto key = detail::make_key(a, relu_after ? 1 : 0);
@@ -93,7 +100,7 @@ inline void add(const Tensor& a, const Tensor& b, Tensor& dst, bool relu_after =
   const auto e = cache.get(key, [&] {
     return detail::onednn_call("add: creating the primitive", [&] {
       const auto a_md = detail::plain_md(a);
-      dnnl::primitive_attr attr;
+      dnnl::primitive_attr attr = detail::user_scratchpad();
       if (relu_after) {
         dnnl::post_ops ops;
         ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
@@ -102,14 +109,15 @@ inline void add(const Tensor& a, const Tensor& b, Tensor& dst, bool relu_after =
       const dnnl::binary::primitive_desc pd(
           dnnl::binary::desc(dnnl::algorithm::binary_add, a_md, detail::plain_md(b), a_md), attr,
           detail::cpu_engine());
-      return entry{dnnl::binary(pd)};
+      return entry{dnnl::binary(pd), pd.scratchpad_desc()};
     });
   });
   if (&dst != &a) dst.ensure(a.shape(), a.memory_layout());
   detail::onednn_call("add", [&] {
     detail::execute(e->prim, {{DNNL_ARG_SRC_0, detail::wrap(a)},
                               {DNNL_ARG_SRC_1, detail::wrap(b)},
-                              {DNNL_ARG_DST, detail::wrap(dst)}});
+                              {DNNL_ARG_DST, detail::wrap(dst)},
+                              {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->scratchpad)}});
   });
 }
 [[nodiscard]] inline Tensor add(const Tensor& a, const Tensor& b, bool relu_after = false) {

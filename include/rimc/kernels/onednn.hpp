@@ -146,27 +146,62 @@ struct kernel_key {
   return {t.shape(), t.memory_layout(), num_threads(), variant, {}, layout::nchw};
 }
 
+/// Attributes with a user-provided scratchpad. oneDNN's default (library)
+/// scratchpad belongs to the primitive or to the thread that created it, so
+/// executing one primitive from several threads at once (tiles in parallel,
+/// a shared kernel) would corrupt results; every rimc primitive (reorders,
+/// pooling and eltwise included) therefore runs on a per-thread scratchpad.
+[[nodiscard]] inline dnnl::primitive_attr user_scratchpad(dnnl::primitive_attr attr = {}) {
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+/// Which of a thread's scratchpad buffers a primitive uses: reorders get
+/// their own, since weight packing may run between a kernel taking its
+/// scratchpad and executing (a bigger request reallocates the buffer).
+enum class scratchpad_slot : std::size_t { kernel = 0, reorder = 1 };
+
+/// The calling thread's scratchpad memory for a primitive descriptor's
+/// `scratchpad_desc()`; valid until the next request for the same slot on this thread.
+[[nodiscard]] inline dnnl::memory thread_scratchpad(const dnnl::memory::desc& md,
+                                                    scratchpad_slot slot = scratchpad_slot::kernel) {
+  struct buffer_t {
+    std::unique_ptr<float[], aligned_deleter> data;
+    std::size_t capacity = 0;
+  };
+  thread_local std::array<buffer_t, 2> buffers;
+  buffer_t& b = buffers[static_cast<std::size_t>(slot)];
+  const std::size_t bytes = md.get_size();
+  if (bytes > b.capacity || !b.data) {
+    const auto floats = static_cast<std::int64_t>((bytes + sizeof(float) - 1) / sizeof(float)) + 1;
+    b.data = aligned_alloc_floats(floats);
+    b.capacity = static_cast<std::size_t>(floats) * sizeof(float);
+  }
+  return {md, cpu_engine(), b.data.get()};
+}
+
 /// Copies `src` into `dst` whatever their formats, through a cached reorder primitive.
 inline void reorder(const dnnl::memory& src, const dnnl::memory& dst) {
   struct entry {
     dnnl::memory::desc from, to;
     int threads;
+    dnnl::reorder::primitive_desc pd;
     dnnl::reorder prim;
   };
   thread_local std::vector<entry> cache;
   const auto from = src.get_desc(), to = dst.get_desc();
   const int threads = num_threads();
-  for (auto& e : cache) {
-    if (e.threads == threads && e.from == from && e.to == to) {
-      e.prim.execute(cpu_stream(), const_cast<dnnl::memory&>(src), const_cast<dnnl::memory&>(dst));
-      cpu_stream().wait();
-      return;
-    }
+  const entry* hit = nullptr;
+  for (const auto& e : cache)
+    if (e.threads == threads && e.from == from && e.to == to) hit = &e;
+  if (!hit) {
+    auto pd = onednn_call("reorder", [&] { return dnnl::reorder::primitive_desc(src, dst, user_scratchpad()); });
+    if (cache.size() >= 32) cache.erase(cache.begin());
+    cache.push_back({from, to, threads, pd, dnnl::reorder(pd)});
+    hit = &cache.back();
   }
-  auto prim = onednn_call("reorder", [&] { return dnnl::reorder(src, dst); });
-  if (cache.size() >= 32) cache.erase(cache.begin());
-  cache.push_back({from, to, threads, prim});
-  prim.execute(cpu_stream(), const_cast<dnnl::memory&>(src), const_cast<dnnl::memory&>(dst));
+  const auto scratchpad = thread_scratchpad(hit->pd.scratchpad_desc(), scratchpad_slot::reorder);
+  hit->prim.execute(cpu_stream(), {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
   cpu_stream().wait();
 }
 
@@ -224,28 +259,6 @@ class packed_weights {
   mutable std::mutex mutex_;
   std::vector<std::pair<dnnl::memory::desc, dnnl::memory>> packs_;
 };
-
-/// Attributes with a user-provided scratchpad. oneDNN's default (library)
-/// scratchpad is one buffer shared by all primitives, so executing primitives
-/// from several threads at once (tiles in parallel) would corrupt results;
-/// every rimc primitive therefore runs on a per-thread scratchpad.
-[[nodiscard]] inline dnnl::primitive_attr user_scratchpad(dnnl::primitive_attr attr = {}) {
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  return attr;
-}
-
-/// The calling thread's scratchpad memory for a primitive descriptor's `scratchpad_desc()`.
-[[nodiscard]] inline dnnl::memory thread_scratchpad(const dnnl::memory::desc& md) {
-  thread_local std::unique_ptr<float[], aligned_deleter> buffer;
-  thread_local std::size_t capacity = 0;
-  const std::size_t bytes = md.get_size();
-  if (bytes > capacity || !buffer) {
-    const auto floats = static_cast<std::int64_t>((bytes + sizeof(float) - 1) / sizeof(float)) + 1;
-    buffer = aligned_alloc_floats(floats);
-    capacity = static_cast<std::size_t>(floats) * sizeof(float);
-  }
-  return {md, cpu_engine(), buffer.get()};
-}
 
 /// A per-thread argument map, cleared and reused by each kernel call (no allocation per call).
 [[nodiscard]] inline std::unordered_map<int, dnnl::memory>& thread_args() {

@@ -42,7 +42,9 @@ class pool2d {
     const auto e = entry_for(src.shape(), src.memory_layout());
     dst.ensure(out, src.memory_layout());
     detail::onednn_call("pool2d forward", [&] {
-      detail::execute(e->fwd_inference, {{DNNL_ARG_SRC, detail::wrap(src)}, {DNNL_ARG_DST, detail::wrap(dst)}});
+      detail::execute(e->fwd_inference, {{DNNL_ARG_SRC, detail::wrap(src)},
+                                         {DNNL_ARG_DST, detail::wrap(dst)},
+                                         {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->fwd_inference_scratchpad)}});
     });
   }
   [[nodiscard]] Tensor forward(const Tensor& src) const {
@@ -71,9 +73,13 @@ class pool2d {
         dnnl::memory ws(e->fwd_training_pd.workspace_desc(), detail::cpu_engine());
         dnnl::memory dst(e->fwd_training_pd.dst_desc(), detail::cpu_engine());
         detail::execute(e->fwd_training,
-                        {{DNNL_ARG_SRC, detail::wrap(src)}, {DNNL_ARG_DST, dst}, {DNNL_ARG_WORKSPACE, ws}});
+                        {{DNNL_ARG_SRC, detail::wrap(src)},
+                         {DNNL_ARG_DST, dst},
+                         {DNNL_ARG_WORKSPACE, ws},
+                         {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->fwd_training_pd.scratchpad_desc())}});
         args.emplace(DNNL_ARG_WORKSPACE, ws);
       }
+      args.emplace(DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->bwd_scratchpad));
       detail::execute(e->bwd, args);
     });
   }
@@ -86,9 +92,11 @@ class pool2d {
  private:
   struct entry {
     dnnl::pooling_forward fwd_inference;
+    dnnl::memory::desc fwd_inference_scratchpad;
     dnnl::pooling_forward::primitive_desc fwd_training_pd;
     dnnl::pooling_forward fwd_training;
     dnnl::pooling_backward bwd;
+    dnnl::memory::desc bwd_scratchpad;
   };
   struct state {
     pool2d_params params;
@@ -108,13 +116,16 @@ class pool2d {
         const auto& eng = detail::cpu_engine();
         auto make_fwd = [&](dnnl::prop_kind prop) {
           return dnnl::pooling_forward::primitive_desc(
-              dnnl::pooling_forward::desc(prop, alg, src_md, dst_md, strides, kernel, pad, pad), eng);
+              dnnl::pooling_forward::desc(prop, alg, src_md, dst_md, strides, kernel, pad, pad),
+              detail::user_scratchpad(), eng);
         };
         const auto inf = make_fwd(dnnl::prop_kind::forward_inference);
         const auto train = make_fwd(dnnl::prop_kind::forward_training);
         const dnnl::pooling_backward::primitive_desc bwd(
-            dnnl::pooling_backward::desc(alg, src_md, dst_md, strides, kernel, pad, pad), eng, train);
-        return entry{dnnl::pooling_forward(inf), train, dnnl::pooling_forward(train), dnnl::pooling_backward(bwd)};
+            dnnl::pooling_backward::desc(alg, src_md, dst_md, strides, kernel, pad, pad), detail::user_scratchpad(),
+            eng, train);
+        return entry{dnnl::pooling_forward(inf),  inf.scratchpad_desc(),       train, dnnl::pooling_forward(train),
+                     dnnl::pooling_backward(bwd), bwd.scratchpad_desc()};
       });
     });
   }
