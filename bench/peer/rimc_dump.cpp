@@ -5,6 +5,7 @@
 //   <node>.node_id   the node index (it seeds the drift and the adapter)
 //   samples          the calibration image indices, as float
 //   calibrated.<node>.{magnitude,lora_A,lora_B}   the adapters after calibration (with --calibrate)
+//   logits       the calibrated chip's logits of the first 1000 test images (with --calibrate)
 // for the main job's settings (relative drift rho, drift seed, g 0-40 uS, rank r, seed).
 //
 //   rimc_dump out.safetensors [--rho 0.2] [--drift-seed 1] [--samples 10] [--seed 0] [--rank 2] [--calibrate]
@@ -89,6 +90,7 @@ int main(int argc, char** argv) try {
       out["calibrated." + name + ".lora_A"] = a->lora_A();
       out["calibrated." + name + ".lora_B"] = a->lora_B();
     }
+    out["logits"] = net.forward(load_mnist_like(fashion_mnist_dir, "test").batch(0, 1000));
   }
   save_safetensors(argv[1], out);
   std::printf("wrote %s (%zu tensors)\n", argv[1], out.size());
