@@ -6,7 +6,10 @@
 // examples/calibrate_fashion_mnist runs.
 //
 //   calibrate_layer/N      one stage-2 conv (layer2.1.conv1: 32 -> 32 channels, 14x14), N images
-//   calibrate_resnet20/N   all 22 layers (fresh adapters each iteration; detach_adapters() is untimed)
+//   calibrate_resnet20/N   all 22 layers (fresh adapters each iteration; detach_adapters() is untimed),
+//                          N = 1, 2, 5, 10, 20, 50, 100
+//   calibrate_resnet50/S/N four layers of ResNet-50 at S x S (random weights, 20% drift): the 3x3
+//                          conv2 of the first block of each stage, N images (random)
 //   calibrate_resnet20_cold/10   the same on a freshly deployed chip and teacher with oneDNN's
 //                          primitive cache off: what the first calibration at a new N costs
 //   evaluate_calibrated/250      inference of the drifted, calibrated chip, batch 250 (the demo's evaluation)
@@ -14,7 +17,9 @@
 //
 // Counters: steps/s (Adam steps, all layers), images/s (calibration images
 // through an adapter's forward + backward per second: N x steps / time; for
-// the evaluate_* benchmarks, test images per second).
+// the evaluate_* benchmarks, test images per second), MACs (multiply-adds
+// of one forward of the calibrated layers over the N images: the scale of the
+// frozen work), layers.
 // Without the Fashion-MNIST files (Debian's dataset-fashion-mnist) the
 // calibration images are random; without the shipped teacher the weights are.
 
@@ -28,6 +33,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -102,6 +108,18 @@ calibration_config demo_config() {
   return cfg;
 }
 
+/// Multiply-adds of one forward of `targets` (all conv2d / linear nodes when empty) per image.
+double layer_macs(const network& net, const std::vector<std::string>& targets) {
+  double macs = 0;
+  for (const auto& n : net.nodes()) {
+    if (n.kind != op_kind::conv2d && n.kind != op_kind::linear) continue;
+    if (!targets.empty() && std::find(targets.begin(), targets.end(), n.name) == targets.end()) continue;
+    const double pixels = n.kind == op_kind::conv2d ? static_cast<double>(n.shape[1] * n.shape[2]) : 1.0;
+    macs += static_cast<double>(n.params.at("weight").numel()) * pixels;
+  }
+  return macs;
+}
+
 void set_counters(benchmark::State& state, std::int64_t n, std::int64_t steps) {
   state.counters["steps/s"] = benchmark::Counter(static_cast<double>(steps), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["images/s"] =
@@ -126,10 +144,44 @@ void calibrate(benchmark::State& state, const std::vector<std::string>& targets)
     benchmark::DoNotOptimize(r.seconds);
   }
   set_counters(state, n, steps);
+  state.counters["MACs"] = layer_macs(c.net, targets) * static_cast<double>(n);
+  state.counters["layers"] = static_cast<double>(targets.empty() ? 22 : targets.size());
 }
 
 void calibrate_layer(benchmark::State& state) { calibrate(state, {"layer2.1.conv1"}); }
 void calibrate_resnet20(benchmark::State& state) { calibrate(state, {}); }
+
+void calibrate_resnet50(benchmark::State& state) {
+  const auto size = state.range(0), n = state.range(1);
+  const std::vector<std::string> targets{"layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2"};
+  network teacher = resnet50(1000, size);
+  bench::randomise(teacher, 0.05f);
+  teacher.fold_batch_norm();
+  network student = resnet50(1000, size);
+  bench::randomise(student, 0.05f);
+  student.fold_batch_norm();
+  analog_options opt;
+  opt.device.g_min_us = 0.0;
+  opt.device.g_max_us = 40.0;
+  auto chip = deploy_analog(student, opt, targets);
+  chip.drift_to(relative_drift{}, 0.2, 1);
+  Tensor images(Shape{n, 3, size, size});
+  fill_uniform(images, counter_rng(13), -2, 2);
+  calibration_config cfg = demo_config();
+  cfg.targets = targets;
+  std::int64_t steps = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    student.detach_adapters();
+    state.ResumeTiming();
+    const calibration_result r = calibrate_feature_kd(teacher, student, images, cfg);
+    steps = 0;
+    for (const auto& l : r.layers) steps += l.steps;
+  }
+  set_counters(state, n, steps);
+  state.counters["MACs"] = layer_macs(student, targets) * static_cast<double>(n);
+  state.counters["layers"] = static_cast<double>(targets.size());
+}
 
 void calibrate_resnet20_cold(benchmark::State& state) {
   const auto n = state.range(0);
@@ -174,7 +226,10 @@ void evaluate_drifted(benchmark::State& state) { evaluate(state, false); }
 }  // namespace
 
 BENCHMARK(calibrate_layer)->Arg(1)->Arg(10)->Arg(100)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(calibrate_resnet20)->Arg(1)->Arg(10)->Arg(100)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(calibrate_resnet20)
+    ->Arg(1)->Arg(2)->Arg(5)->Arg(10)->Arg(20)->Arg(50)->Arg(100)
+    ->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(calibrate_resnet50)->Args({32, 10})->Args({224, 10})->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(calibrate_resnet20_cold)->Arg(10)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(evaluate_calibrated)->Arg(250)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(evaluate_drifted)->Arg(250)->UseRealTime()->Unit(benchmark::kMillisecond);
