@@ -327,6 +327,17 @@ class dora_adapter {
     }
   }
 
+  /// The low-rank part of forward alone: u = A x into `cache` (which then
+  /// refers to x and base_out, as forward's does), for a caller that combines
+  /// y = gamma ⊙ (base_out + s u B^T) + bias itself (fused with its loss);
+  /// backward() accepts the cache as it accepts forward's.
+  void forward_low_rank(const Tensor& x, const Tensor& base_out, const Tensor* bias, dora_cache& cache) const {
+    check_io(x, base_out, bias);
+    kernels_.a_forward(x, cache.u);
+    cache.src = &x;
+    cache.base_out = &base_out;
+  }
+
   /// As above, computing W0 x itself (kept in the cache when one is given).
   void forward(const Tensor& x, const Tensor* bias, Tensor& y, dora_cache* cache = nullptr) const {
     if (cache) {
