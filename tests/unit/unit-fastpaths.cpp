@@ -1,7 +1,8 @@
 // The vectorised fast paths of the calibration loop compute bitwise what
 // their plain forms compute (the calibration's results must not change when
-// a faster path is taken), and the loss equals the plain double sum to
-// rounding.
+// a faster path is taken): the feature MSE's gradient, the fused
+// forward + loss of a calibration step, the AVX-512 combination against
+// oneDNN's matmul; and the loss equals the plain double sum to rounding.
 
 #include <rimc/adapt/feature_kd.hpp>
 
@@ -44,7 +45,66 @@ TEST_SUITE("fast paths") {
     }
   }
 
+  TEST_CASE("a calibration step's fused forward and loss equal forward() then mse() bitwise, and backward accepts its cache") {
+    for (const bool conv : {true, false}) {
+      for (const std::int64_t r : {1, 2, 3, 8}) {
+        CAPTURE(conv);
+        CAPTURE(r);
+        const Tensor w0 = conv ? test::random_tensor(Shape{20, 6, 3, 3}, 5) : test::random_tensor(Shape{10, 37}, 5);
+        const conv2d_params geo{.stride = {2, 2}, .padding = {1, 1}};
+        dora_adapter a = conv ? dora_adapter::conv2d(w0, geo, {.rank = r, .alpha = 2.0, .seed = 3})
+                              : dora_adapter::linear(w0, {.rank = r, .alpha = 2.0, .seed = 3});
+        // Non-trivial B and m, so every term of the combination matters.
+        Tensor b = a.lora_B(), m = a.magnitude();
+        fill_uniform(b, counter_rng(6), -0.5f, 0.5f);
+        for (float& v : m.values()) v *= 1.1f;
+        a.set_parameters(m, a.lora_A(), b);
+        const Tensor x = conv ? test::random_tensor(Shape{7, 6, 15, 13}, 7, layout::nhwc) : test::random_tensor(Shape{9, 37}, 7);
+        Tensor z0;
+        a.base_forward(x, z0);
+        if (z0.rank() == 4) z0 = z0.to_layout(layout::nhwc);
+        const Tensor bias = test::random_tensor(Shape{w0.dim(0)}, 8);
+        const Tensor target = test::random_tensor(z0.shape(), 9, z0.memory_layout());
+        Tensor y, g_plain, g_fused, y2;
+        dora_cache c_plain, c_fused;
+        a.forward(x, z0, &bias, y, &c_plain);
+        const double plain = detail::mse(y, target, &g_plain);
+        const double fused = detail::adapter_mse(a, x, z0, &bias, target, y2, &g_fused, c_fused);
+        CHECK(plain == fused);
+        REQUIRE(g_plain.numel() == g_fused.numel());
+        CHECK(std::memcmp(g_plain.data(), g_fused.data(), static_cast<std::size_t>(g_plain.numel()) * sizeof(float)) == 0);
+        dora_gradients ga, gb;
+        a.backward(c_plain, g_plain, ga);
+        a.backward(c_fused, g_fused, gb);
+        CHECK(std::memcmp(ga.lora_A.data(), gb.lora_A.data(), static_cast<std::size_t>(ga.lora_A.numel()) * sizeof(float)) == 0);
+        CHECK(std::memcmp(ga.lora_B.data(), gb.lora_B.data(), static_cast<std::size_t>(ga.lora_B.numel()) * sizeof(float)) == 0);
+        CHECK(std::memcmp(ga.magnitude.data(), gb.magnitude.data(), static_cast<std::size_t>(ga.magnitude.numel()) * sizeof(float)) == 0);
+        CHECK(detail::adapter_mse(a, x, z0, nullptr, target, y2, nullptr, c_fused) ==
+              (a.forward(x, z0, nullptr, y), detail::mse(y, target, nullptr)));
+      }
+    }
+  }
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  TEST_CASE("the AVX-512 combination equals oneDNN's matmul with the adapter epilogue bitwise (r <= 64)") {
+    if (!detail::has_avx512f()) return;
+    for (const std::int64_t r : {1, 2, 4, 16, 64}) {
+      for (const std::int64_t O : {10, 16, 33, 64}) {
+        CAPTURE(r);
+        CAPTURE(O);
+        const std::int64_t P = 301;
+        const Tensor u = test::random_tensor(Shape{P, r}, 1), sbt = test::random_tensor(Shape{r, O}, 2),
+                     z0 = test::random_tensor(Shape{P, O}, 3), gamma = test::random_tensor(Shape{O}, 4, layout::nchw, 0.5f, 1.5f),
+                     shift = test::random_tensor(Shape{O}, 5);
+        Tensor want(Shape{P, O}), got(Shape{P, O});
+        detail::gemm({P, O, r, false, false, false, true}, u.data(), sbt.data(), want.data(), z0.data(), gamma.data(),
+                     shift.data());
+        detail::combine_rows_avx512(u.data(), sbt.data(), z0.data(), gamma.data(), shift.data(), r, O, 0, P, got.data());
+        CHECK(std::memcmp(want.data(), got.data(), static_cast<std::size_t>(P * O) * sizeof(float)) == 0);
+      }
+    }
+  }
+
   TEST_CASE("feature MSE: the AVX-512 block equals the scalar block bitwise") {
     if (!detail::has_avx512f()) return;
     const std::int64_t n = 4096 + 13;
@@ -52,8 +112,8 @@ TEST_SUITE("fast paths") {
     for (const std::int64_t len : {1, 5, 8, 13, 64, 4096, 4109}) {
       CAPTURE(len);
       std::vector<float> ga(static_cast<std::size_t>(n), -1.0f), gb(static_cast<std::size_t>(n), -1.0f);
-      const double a = detail::mse_block_scalar(y.data(), t.data(), ga.data(), 0, len, 12345.0);
-      const double b = detail::mse_block_avx512(y.data(), t.data(), gb.data(), 0, len, 12345.0);
+      const double a = detail::mse_block_scalar(y.data(), t.data(), ga.data(), len, 12345.0);
+      const double b = detail::mse_block_avx512(y.data(), t.data(), gb.data(), len, 12345.0);
       CHECK(a == b);
       CHECK(ga == gb);  // including the untouched elements past the block
     }

@@ -113,15 +113,15 @@ inline void check_no_fused_relu(const network& net, const std::string& name, con
 /// loss does not depend on the thread count.
 inline constexpr std::int64_t mse_block = 4096;
 
-/// Sum of (y - t)^2 over [i0, i1) in double, element i in lane i mod 8, and,
+/// Sum of (y - t)^2 over [0, len) in double, element i in lane i mod 8, and,
 /// with g, g = float(2 (y - t) / n). Scalar code; mse_block_avx512 computes
 /// bitwise the same (unless the compiler fuses d * d into the lane sum).
-inline double mse_block_scalar(const float* y, const float* t, float* g, std::int64_t i0, std::int64_t i1, double n) {
+inline double mse_block_scalar(const float* y, const float* t, float* g, std::int64_t len, double n) {
   double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (std::int64_t i = i0; i < i1; ++i) {
+  for (std::int64_t i = 0; i < len; ++i) {
     const double d = double(y[i]) - double(t[i]);
     const double dd = d * d;  // no fused multiply-add: the same roundings as the vector code
-    lane[(i - i0) & 7] += dd;
+    lane[i & 7] += dd;
     if (g) g[i] = static_cast<float>(2.0 * d / n);
   }
   return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
@@ -136,18 +136,18 @@ inline double mse_block_scalar(const float* y, const float* t, float* g, std::in
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 __attribute__((target("avx512f"))) inline double mse_block_avx512(const float* y, const float* t, float* g,
-                                                                    std::int64_t i0, std::int64_t i1, double n) {
+                                                                    std::int64_t len, double n) {
   constexpr int cur = _MM_FROUND_CUR_DIRECTION;
   __m512d acc = _mm512_setzero_pd();
   const __m512d two = _mm512_set1_pd(2.0), nn = _mm512_set1_pd(n);
-  std::int64_t i = i0;
-  for (; i + 8 <= i1; i += 8) {
+  std::int64_t i = 0;
+  for (; i + 8 <= len; i += 8) {
     const __m512d d = _mm512_sub_round_pd(_mm512_cvtps_pd(_mm256_loadu_ps(y + i)), _mm512_cvtps_pd(_mm256_loadu_ps(t + i)), cur);
     acc = _mm512_add_round_pd(acc, _mm512_mul_round_pd(d, d, cur), cur);
     if (g) _mm256_storeu_ps(g + i, _mm512_cvtpd_ps(_mm512_div_round_pd(_mm512_mul_round_pd(two, d, cur), nn, cur)));
   }
-  if (i < i1) {  // the tail: element j of it in lane j, as in the scalar code
-    const auto m = static_cast<__mmask16>((1u << (i1 - i)) - 1u);
+  if (i < len) {  // the tail: element j of it in lane j, as in the scalar code
+    const auto m = static_cast<__mmask16>((1u << (len - i)) - 1u);
     const __m512d d = _mm512_sub_round_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_maskz_loadu_ps(m, y + i))),
                                           _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_maskz_loadu_ps(m, t + i))), cur);
     acc = _mm512_add_round_pd(acc, _mm512_mul_round_pd(d, d, cur), cur);
@@ -159,6 +159,34 @@ __attribute__((target("avx512f"))) inline double mse_block_avx512(const float* y
   alignas(64) double lane[8];
   _mm512_store_pd(lane, acc);
   return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+/// Rows [p0, p1) of an adapter's output y = ((u sbt) + z0) ⊙ gamma + shift
+/// (u [P, r], sbt = s B^T [r, O], z0 [P, O], all row-major) into y (row p0
+/// first): per element a fused multiply-add chain over j = 0 .. r-1 from
+/// zero, then the three epilogue steps each rounded. That is bitwise what
+/// dora_combine's oneDNN matmul computes on AVX-512 for r <= 64
+/// (tests/unit/unit-fastpaths.cpp compares them).
+__attribute__((target("avx512f"))) inline void combine_rows_avx512(const float* u, const float* sbt, const float* z0,
+                                                                     const float* gamma, const float* shift,
+                                                                     std::int64_t r, std::int64_t O, std::int64_t p0,
+                                                                     std::int64_t p1, float* y) {
+  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
+  for (std::int64_t p = p0; p < p1; ++p) {
+    const float* up = u + p * r;
+    const float* zp = z0 + p * O;
+    float* yp = y + (p - p0) * O;
+    for (std::int64_t o = 0; o < O; o += 16) {
+      const auto m = static_cast<__mmask16>(O - o >= 16 ? 0xFFFFu : (1u << (O - o)) - 1u);
+      __m512 acc = _mm512_fmadd_ps(_mm512_set1_ps(up[0]), _mm512_maskz_loadu_ps(m, sbt + o), _mm512_setzero_ps());
+      for (std::int64_t j = 1; j < r; ++j)
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(up[j]), _mm512_maskz_loadu_ps(m, sbt + j * O + o), acc);
+      acc = _mm512_add_round_ps(acc, _mm512_maskz_loadu_ps(m, zp + o), cur);
+      acc = _mm512_mul_round_ps(acc, _mm512_maskz_loadu_ps(m, gamma + o), cur);
+      acc = _mm512_add_round_ps(acc, _mm512_maskz_loadu_ps(m, shift + o), cur);
+      _mm512_mask_storeu_ps(yp + o, m, acc);
+    }
+  }
 }
 #if !defined(__clang__)
 #pragma GCC diagnostic pop
@@ -185,11 +213,12 @@ inline double mse(const Tensor& y, const Tensor& t, Tensor* grad) {
   thread_local std::vector<double> part;
   part.assign(static_cast<std::size_t>(blocks), 0.0);
   auto block = [&](std::int64_t b) {
-    const auto i0 = b * mse_block, i1 = std::min(n, i0 + mse_block);
+    const auto i0 = b * mse_block, len = std::min(n, i0 + mse_block) - i0;
+    float* g = gp ? gp + i0 : nullptr;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (has_avx512f()) return mse_block_avx512(yp, tp, gp, i0, i1, nd);
+    if (has_avx512f()) return mse_block_avx512(yp + i0, tp + i0, g, len, nd);
 #endif
-    return mse_block_scalar(yp, tp, gp, i0, i1, nd);
+    return mse_block_scalar(yp + i0, tp + i0, g, len, nd);
   };
   double* pp = part.data();
 #pragma omp parallel for schedule(static) if (blocks > 4)
@@ -197,6 +226,50 @@ inline double mse(const Tensor& y, const Tensor& t, Tensor* grad) {
   double s = 0;
   for (double v : part) s += v;
   return s / nd;
+}
+
+/// Largest rank whose fused combination is checked against oneDNN's matmul.
+inline constexpr std::int64_t fused_max_rank = 64;
+
+/// A calibration step's forward and loss: u = A x into `cache`, then
+/// mse(gamma ⊙ (z0 + s u B^T) + bias, target, grad). On AVX-512 the
+/// combination is fused with the loss block by block (y is never stored)
+/// and gives bitwise the loss and gradient of forward() then mse(); elsewhere
+/// it is forward() then mse(), into `y`.
+inline double adapter_mse(const dora_adapter& a, const Tensor& x, const Tensor& z0, const Tensor* bias,
+                          const Tensor& target, Tensor& y, Tensor* grad, dora_cache& cache) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  const bool flat = z0.rank() != 4 || z0.memory_layout() == layout::nhwc;
+  if (has_avx512f() && a.rank() <= fused_max_rank && flat && target.memory_layout() == z0.memory_layout() &&
+      target.shape() == z0.shape()) {
+    a.forward_low_rank(x, z0, bias, cache);
+    const auto O = a.out_features(), r = a.rank(), P = z0.numel() / O, n = P * O;
+    const Eigen::VectorXf gamma = a.magnitude().vector().cwiseQuotient(a.norms().vector());
+    const RowMatrixXf sbt = a.scale() * a.lora_B().matrix(O, r).transpose();  // as dora_combine forms it
+    const Eigen::VectorXf shift = bias ? Eigen::VectorXf(bias->vector()) : Eigen::VectorXf::Zero(O);
+    if (grad) grad->ensure(z0.shape(), z0.memory_layout());
+    const float *u = cache.u.data(), *zp = z0.data(), *tp = target.data();
+    float* gp = grad ? grad->data() : nullptr;
+    const auto blocks = (n + mse_block - 1) / mse_block;
+    const auto nd = static_cast<double>(n);
+    thread_local std::vector<double> part;
+    part.assign(static_cast<std::size_t>(blocks), 0.0);
+    double* pp = part.data();
+#pragma omp parallel for schedule(static) if (blocks > 4)
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      thread_local std::vector<float> ybuf;
+      const auto i0 = b * mse_block, i1 = std::min(n, i0 + mse_block), p0 = i0 / O, p1 = (i1 - 1) / O + 1;
+      ybuf.resize(static_cast<std::size_t>((p1 - p0) * O));
+      combine_rows_avx512(u, sbt.data(), zp, gamma.data(), shift.data(), r, O, p0, p1, ybuf.data());
+      pp[b] = mse_block_avx512(ybuf.data() + (i0 - p0 * O), tp + i0, gp ? gp + i0 : nullptr, i1 - i0, nd);
+    }
+    double s = 0;
+    for (double v : part) s += v;
+    return s / nd;
+  }
+#endif
+  a.forward(x, z0, bias, y, &cache);
+  return mse(y, target, grad);
 }
 }  // namespace detail
 
@@ -272,8 +345,7 @@ inline double mse(const Tensor& y, const Tensor& t, Tensor* grad) {
     double last_good = 0;
     std::array<Tensor, 3> good{adapter->magnitude(), adapter->lora_A(), adapter->lora_B()};
     for (int step = 0; step <= cfg.steps; ++step) {
-      adapter->forward(x, z0, bias, y, &cache);
-      const double loss = detail::mse(y, target, &grad);
+      const double loss = detail::adapter_mse(*adapter, x, z0, bias, target, y, &grad, cache);
       if (step == 0) {
         if (!std::isfinite(loss)) {
           throw value_error(detail::concat("calibrate_feature_kd: layer '", name, "' starts with feature MSE ", loss,
@@ -304,8 +376,7 @@ inline double mse(const Tensor& y, const Tensor& t, Tensor* grad) {
     }
     // Keep the best parameters seen (never worse than the start).
     adapter->set_parameters(good[0], good[1], good[2]);
-    adapter->forward(x, z0, bias, y);
-    rep.mse_after = detail::mse(y, target, nullptr);
+    rep.mse_after = detail::adapter_mse(*adapter, x, z0, bias, target, y, nullptr, cache);
     rep.lr = opt.lr();
     rep.footprint = adapter->footprint();
     rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
