@@ -9,7 +9,7 @@
 //   calibrate_fashion_mnist [--preset relative|cmo|neurram] [--rho 0.2] [--time 86400] [--g-min-ratio 0]
 //                           [--samples 10] [--rank 2] [--steps 100] [--lr 0.01] [--from-teacher-norms]
 //                           [--seed 0] [--drift-seed 1] [--threads 2] [--test-images 10000]
-//                           [--bp-steps 200] [--bp-lr 0.01] [--bp-ce 1] [--bp-kl 1] [--no-backprop]
+//                           [--bp-steps 100] [--bp-lr 0.001] [--bp-ce 0] [--bp-kl 1] [--no-backprop]
 //                           [--csv calibration.csv] [--model path.safetensors]
 //
 // --rho applies to the relative preset, --time (seconds since programming) to cmo and neurram.
@@ -32,8 +32,9 @@ using namespace rimc;
 
 struct args {
   lab::chip_config chip;
-  double lr = 1e-2, bp_lr = 1e-2, bp_ce = 1.0, bp_kl = 1.0;
-  int bp_steps = 200;
+  // The backprop baseline as tuned by calibration_sweeps --sweep bp-tune: KL to the teacher's logits only.
+  double lr = 1e-2, bp_lr = 1e-3, bp_ce = 0.0, bp_kl = 1.0;
+  int bp_steps = 100;
   bool backprop = true;
   std::int64_t samples = 10, rank = 2, test_images = 10000;
   int steps = 100, threads = 2;

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Reproduces the paper's figures on Fashion-MNIST: builds rimc (Release), runs
+# every sweep of examples/calibration_sweeps.cpp on the full 10k test set and
+# renders the PNGs with gnuplot (installed when missing). Results land in
+# examples/results/ (CSV per sweep, a summary CSV with mean/std/min/max over
+# the drift seeds, and rho.png, time.png, samples.png).
+#
+#   tools/sweeps.sh                  # every sweep: about 1.5 h on 2 cores
+#   tools/sweeps.sh rho samples      # only these (rho, time, samples, bp-tune, resnet50)
+#   SEEDS=5 THREADS=2 OUT=dir tools/sweeps.sh
+#   tools/sweeps.sh plot             # only re-render the PNGs from the CSVs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/install-deps.sh gnuplot-nox
+out=${OUT:-examples/results}
+sweeps=("$@")
+[ ${#sweeps[@]} -eq 0 ] && sweeps=(resnet50 bp-tune rho time samples)
+if [ "${sweeps[*]}" != plot ]; then
+  cmake --preset release >/dev/null
+  cmake --build --preset release --target calibration_sweeps
+  for s in "${sweeps[@]}"; do
+    seeds=${SEEDS:-5}
+    [ "$s" = bp-tune ] && seeds=${SEEDS:-3}  # 24 backprop settings per seed
+    echo "== sweep $s ($seeds seeds) ==" >&2
+    build/release/examples/calibration_sweeps --sweep "$s" --seeds "$seeds" --threads "${THREADS:-2}" --out "$out"
+  done
+fi
+gnuplot -e "dir='$out'" tools/plot_sweeps.gp
+echo "plots: $out/rho.png $out/time.png $out/samples.png" >&2
