@@ -85,7 +85,7 @@ TEST_SUITE("fast paths") {
     }
   }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if RIMC_HAVE_X86_DISPATCH
   TEST_CASE("the AVX-512 combination equals oneDNN's matmul with the adapter epilogue bitwise (r <= 64)") {
     if (!detail::has_avx512f()) return;
     for (const std::int64_t r : {1, 2, 4, 16, 64}) {

@@ -19,13 +19,11 @@
 #include <rimc/adapt/dora_adapter.hpp>
 #include <rimc/adapt/optim.hpp>
 #include <rimc/core/error.hpp>
+#include <rimc/kernels/simd.hpp>
 #include <rimc/nn/network.hpp>
 
 #include <algorithm>
 #include <chrono>
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#endif
 #include <cmath>
 #include <map>
 #include <memory>
@@ -127,7 +125,7 @@ inline double mse_block_scalar(const float* y, const float* t, float* g, std::in
   return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if RIMC_HAVE_X86_DISPATCH
 /// mse_block_scalar with AVX-512 (8 doubles a step; the _round_ forms keep
 /// every product and sum separately rounded whatever -ffp-contract says).
 #if !defined(__clang__)
@@ -192,10 +190,6 @@ __attribute__((target("avx512f"))) inline void combine_rows_avx512(const float* 
 #pragma GCC diagnostic pop
 #endif
 
-[[nodiscard]] inline bool has_avx512f() noexcept {
-  static const bool yes = __builtin_cpu_supports("avx512f");
-  return yes;
-}
 #endif
 
 /// Mean squared error of y against t (same element order) and, with `grad`,
@@ -215,7 +209,7 @@ inline double mse(const Tensor& y, const Tensor& t, Tensor* grad) {
   auto block = [&](std::int64_t b) {
     const auto i0 = b * mse_block, len = std::min(n, i0 + mse_block) - i0;
     float* g = gp ? gp + i0 : nullptr;
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if RIMC_HAVE_X86_DISPATCH
     if (has_avx512f()) return mse_block_avx512(yp + i0, tp + i0, g, len, nd);
 #endif
     return mse_block_scalar(yp + i0, tp + i0, g, len, nd);
@@ -238,7 +232,7 @@ inline constexpr std::int64_t fused_max_rank = 64;
 /// it is forward() then mse(), into `y`.
 inline double adapter_mse(const dora_adapter& a, const Tensor& x, const Tensor& z0, const Tensor* bias,
                           const Tensor& target, Tensor& y, Tensor* grad, dora_cache& cache) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if RIMC_HAVE_X86_DISPATCH
   const bool flat = z0.rank() != 4 || z0.memory_layout() == layout::nhwc;
   if (has_avx512f() && a.rank() <= fused_max_rank && flat && target.memory_layout() == z0.memory_layout() &&
       target.shape() == z0.shape()) {
