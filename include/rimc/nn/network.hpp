@@ -397,6 +397,16 @@ class network {
     return run(value, from, to, capture, captured);
   }
 
+  /// Runs nodes (from, to] given the outputs of the earlier nodes they
+  /// consume in `known` (by node index; read, never copied or overwritten),
+  /// capturing as forward does: resumes a forward pass from the values an
+  /// earlier pass left (layer-wise calibration runs each prefix once).
+  [[nodiscard]] Tensor forward_from(int from, const std::map<int, Tensor>& known, int to,
+                                    const std::vector<std::string>& capture,
+                                    std::map<std::string, Tensor>& captured) const {
+    return run(Tensor(), from, to, capture, captured, &known);
+  }
+
   /// A forward pass that keeps every node's output in `tape` for backward().
   /// Nodes with adapters keep their caches; fused ReLUs are not supported here.
   [[nodiscard]] Tensor forward_train(const Tensor& x, network_tape& tape) const {
@@ -624,7 +634,7 @@ class network {
   }
 
   Tensor run(const Tensor& x, int from, int to, const std::vector<std::string>& capture,
-             std::map<std::string, Tensor>& captured) const {
+             std::map<std::string, Tensor>& captured, const std::map<int, Tensor>* known = nullptr) const {
     std::set<int> wanted;
     for (const auto& c : capture) wanted.insert(id(c));
     const auto count = static_cast<int>(nodes_.size());
@@ -641,8 +651,20 @@ class network {
       return t;
     };
     const int start = resolve(from);
-    value[static_cast<std::size_t>(start)] = std::make_shared<Tensor>(x);
-    if (wanted.contains(from)) captured[nodes_[static_cast<std::size_t>(from)].name] = x;
+    std::vector<char> borrowed(static_cast<std::size_t>(count), 0);  // known values: read only, never pooled
+    if (known) {
+      for (const auto& [k, v] : *known) {
+        const auto r = static_cast<std::size_t>(resolve(k));
+        value[r] = std::shared_ptr<Tensor>(std::shared_ptr<Tensor>(), const_cast<Tensor*>(&v));
+        borrowed[r] = 1;
+      }
+      if (wanted.contains(from) && value[static_cast<std::size_t>(start)]) {
+        captured[nodes_[static_cast<std::size_t>(from)].name] = *value[static_cast<std::size_t>(start)];
+      }
+    } else {
+      value[static_cast<std::size_t>(start)] = std::make_shared<Tensor>(x);
+      if (wanted.contains(from)) captured[nodes_[static_cast<std::size_t>(from)].name] = x;
+    }
     for (int i = from + 1; i <= to; ++i) {
       const network_node& n = nodes_[static_cast<std::size_t>(i)];
       if (n.bypass) {
@@ -665,7 +687,8 @@ class network {
       if (wanted.contains(i)) captured[n.name] = *out;
       for (int j : n.inputs) {
         const int r = resolve(j);
-        if (last_use[static_cast<std::size_t>(r)] == i && r != start && value[static_cast<std::size_t>(r)]) {
+        if (last_use[static_cast<std::size_t>(r)] == i && r != start && !borrowed[static_cast<std::size_t>(r)] &&
+            value[static_cast<std::size_t>(r)]) {
           pool.push_back(std::move(value[static_cast<std::size_t>(r)]));
         }
       }
