@@ -5,6 +5,7 @@
 // oneDNN's matmul; and the loss equals the plain double sum to rounding.
 
 #include <rimc/adapt/feature_kd.hpp>
+#include <rimc/nn/models.hpp>
 
 #include "test_util.hpp"
 
@@ -83,6 +84,49 @@ TEST_SUITE("fast paths") {
               (a.forward(x, z0, nullptr, y), detail::mse(y, target, nullptr)));
       }
     }
+  }
+
+  TEST_CASE("calibration reuses each prefix's activations: adapters bitwise equal to one target per call (full forward each)") {
+    auto make = [](std::uint64_t seed, float scale) {
+      network net = resnet20(1, 10, 12);
+      for (const auto& n : net.nodes())
+        for (auto& [p, t] : net.node(n.name).params) {
+          if (p == "num_batches_tracked") continue;
+          fill_uniform(t, counter_rng(seed++), p == "running_var" ? 0.5f : -0.3f * scale, p == "running_var" ? 1.5f : 0.3f * scale);
+        }
+      net.fold_batch_norm();
+      return net;
+    };
+    const network teacher = make(1, 1.0f);
+    network a = make(1, 1.0f), b = make(1, 1.0f);
+    for (network* s : {&a, &b})  // the same "drift" on both students
+      for (const auto& n : s->nodes())
+        if (n.kind == op_kind::conv2d || n.kind == op_kind::linear)
+          for (float& v : s->node(n.name).params.at("weight").values()) v *= 1.05f;
+    const Tensor images = test::random_tensor(Shape{3, 1, 12, 12}, 9);
+    calibration_config cfg;
+    cfg.rank = 2;
+    cfg.steps = 4;
+    const auto all = calibrate_feature_kd(teacher, a, images, cfg);
+    REQUIRE(all.layers.size() == 22);
+    for (const auto& l : all.layers) {
+      calibration_config one = cfg;
+      one.targets = {l.name};
+      const auto r = calibrate_feature_kd(teacher, b, images, one);
+      const auto& x = *all.adapters.at(l.name);
+      const auto& y = *r.adapters.at(l.name);
+      CAPTURE(l.name);
+      CHECK(std::memcmp(x.lora_A().data(), y.lora_A().data(), static_cast<std::size_t>(x.lora_A().numel()) * 4) == 0);
+      CHECK(std::memcmp(x.lora_B().data(), y.lora_B().data(), static_cast<std::size_t>(x.lora_B().numel()) * 4) == 0);
+      CHECK(std::memcmp(x.magnitude().data(), y.magnitude().data(), static_cast<std::size_t>(x.magnitude().numel()) * 4) == 0);
+      CHECK(l.mse_after == r.layers[0].mse_after);
+    }
+    // Targets out of network order take the full-forward path and still calibrate every layer.
+    network c = make(1, 1.0f);
+    calibration_config rev = cfg;
+    rev.targets = {"layer3.0.conv1", "layer1.0.conv1", "fc"};
+    const auto r = calibrate_feature_kd(teacher, c, images, rev);
+    CHECK(r.layers.size() == 3);
   }
 
 #if RIMC_HAVE_X86_DISPATCH

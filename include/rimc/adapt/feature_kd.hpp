@@ -265,6 +265,75 @@ inline double adapter_mse(const dora_adapter& a, const Tensor& x, const Tensor& 
   a.forward(x, z0, bias, y, &cache);
   return mse(y, target, grad);
 }
+
+/// The student's inputs to the layers being calibrated, each prefix run once:
+/// the values of earlier nodes that later nodes consume are kept, so the
+/// input of the next target is computed from the last one on (a node's value
+/// stays valid until an adapter is attached at or before it). Targets not in
+/// network order fall back to a full forward from the images each time.
+class student_prefix {
+ public:
+  student_prefix(const network& net, const Tensor& images, const std::vector<std::string>& targets)
+      : net_(net), images_(images) {
+    int last = 0;
+    for (const auto& t : targets) {
+      const int id = net.id(t);
+      ordered_ = ordered_ && id > last;
+      last = id;
+    }
+    known_.emplace(0, images);
+  }
+
+  /// The student's current input to target `name`.
+  [[nodiscard]] Tensor input_of(const std::string& name) {
+    const network_node& node = net_.node(name);
+    const int in = net_.resolve(node.inputs[0]);
+    const std::string& in_name = net_.nodes()[static_cast<std::size_t>(in)].name;
+    std::map<std::string, Tensor> got;
+    if (!ordered_) {
+      (void)net_.forward_from(0, images_, in, {in_name}, got);
+      return std::move(got.at(in_name));
+    }
+    if (in > done_) {
+      // Keep `in` and every node computed now that a later node consumes.
+      std::vector<std::string> keep{in_name};
+      for (int j = done_ + 1; j < in; ++j)
+        if (!net_.nodes()[static_cast<std::size_t>(j)].bypass && consumed_after(j, in))
+          keep.push_back(net_.nodes()[static_cast<std::size_t>(j)].name);
+      (void)net_.forward_from(done_, known_, in, keep, got);
+      for (auto& [k, v] : got) known_[net_.id(k)] = std::move(v);
+      done_ = in;
+    }
+    return known_.at(in);
+  }
+
+  /// An adapter was attached at target `name`: its value and every later one changed.
+  void changed(const std::string& name) {
+    if (!ordered_) return;
+    const int t = net_.id(name);
+    done_ = std::min(done_, t - 1);
+    for (auto it = known_.begin(); it != known_.end();) {
+      const bool stale = it->first > done_, unused = it->first != 0 && !consumed_after(it->first, done_);
+      it = stale || unused ? known_.erase(it) : std::next(it);
+    }
+  }
+
+ private:
+  /// Whether a node after `after` consumes node j's value.
+  [[nodiscard]] bool consumed_after(int j, int after) const {
+    const auto& nodes = net_.nodes();
+    for (int i = after + 1; i < static_cast<int>(nodes.size()); ++i)
+      for (int k : nodes[static_cast<std::size_t>(i)].inputs)
+        if (net_.resolve(k) == j) return true;
+    return false;
+  }
+
+  const network& net_;
+  const Tensor& images_;
+  std::map<int, Tensor> known_;  ///< node index -> the student's value, for nodes <= done_ that later nodes consume
+  int done_ = 0;                 ///< nodes up to this index have their current values in known_ where needed
+  bool ordered_ = true;
+};
 }  // namespace detail
 
 /// Calibrates `student` against `teacher` on `images` (see the file comment);
@@ -299,14 +368,12 @@ inline double adapter_mse(const dora_adapter& a, const Tensor& x, const Tensor& 
   const std::uint64_t writes_before = student.rram_writes();
 
   calibration_result result;
+  detail::student_prefix prefix(student, images, targets);
   for (const auto& name : targets) {
     const auto t0 = std::chrono::steady_clock::now();
     const network_node& node = student.node(name);
-    const std::string input_name = student.nodes()[static_cast<std::size_t>(student.resolve(node.inputs[0]))].name;
     // The calibrated-so-far student's input to this layer, and W0 x: both fixed during this layer's calibration.
-    std::map<std::string, Tensor> got;
-    (void)student.forward_from(0, images, student.id(input_name), {input_name}, got);
-    const Tensor x = std::move(got.at(input_name));
+    const Tensor x = prefix.input_of(name);
     const frozen_layer& layer = student.layer(name);
     Tensor z0;
     layer.forward(x, z0);
@@ -377,6 +444,7 @@ inline double adapter_mse(const dora_adapter& a, const Tensor& x, const Tensor& 
     result.footprint += rep.footprint;
     result.layers.push_back(rep);
     student.attach_adapter(name, adapter);
+    prefix.changed(name);
     result.adapters[name] = adapter;
   }
   result.rram_writes = student.rram_writes() - writes_before;
