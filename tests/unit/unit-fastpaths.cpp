@@ -82,6 +82,14 @@ TEST_SUITE("fast paths") {
         CHECK(std::memcmp(ga.magnitude.data(), gb.magnitude.data(), static_cast<std::size_t>(ga.magnitude.numel()) * sizeof(float)) == 0);
         CHECK(detail::adapter_mse(a, x, z0, nullptr, target, y2, nullptr, c_fused) ==
               (a.forward(x, z0, nullptr, y), detail::mse(y, target, nullptr)));
+        // Inference from the layer's own output (bias still in it) equals forward() on W0 x.
+        Tensor layer_out = z0, y3;
+        layer_out.matrix(layer_out.numel() / w0.dim(0), w0.dim(0)).rowwise() += bias.vector().transpose();
+        Tensor unb = layer_out;
+        unb.matrix(unb.numel() / w0.dim(0), w0.dim(0)).rowwise() -= bias.vector().transpose();
+        a.forward(x, unb, &bias, y);
+        a.forward_on_layer_output(x, layer_out, &bias, y3);
+        CHECK(std::memcmp(y.data(), y3.data(), static_cast<std::size_t>(y.numel()) * sizeof(float)) == 0);
       }
     }
   }
@@ -143,7 +151,19 @@ TEST_SUITE("fast paths") {
         Tensor want(Shape{P, O}), got(Shape{P, O});
         detail::gemm({P, O, r, false, false, false, true}, u.data(), sbt.data(), want.data(), z0.data(), gamma.data(),
                      shift.data());
-        detail::combine_rows_avx512(u.data(), sbt.data(), z0.data(), gamma.data(), shift.data(), r, O, 0, P, got.data());
+        detail::combine_rows_avx512(u.data(), sbt.data(), z0.data(), nullptr, gamma.data(), shift.data(), r, O, 0, P,
+                                    got.data());
+        CHECK(std::memcmp(want.data(), got.data(), static_cast<std::size_t>(P * O) * sizeof(float)) == 0);
+        // A layer output that still holds the bias: taken off first, as network::apply did before the matmul.
+        Tensor biased = z0;
+        for (std::int64_t p = 0; p < P; ++p)
+          for (std::int64_t o = 0; o < O; ++o) biased[p * O + o] = z0[p * O + o] + shift[o];
+        Tensor unbiased = biased;
+        unbiased.matrix(P, O).rowwise() -= shift.vector().transpose();
+        detail::gemm({P, O, r, false, false, false, true}, u.data(), sbt.data(), want.data(), unbiased.data(), gamma.data(),
+                     shift.data());
+        detail::combine_rows_avx512(u.data(), sbt.data(), biased.data(), shift.data(), gamma.data(), shift.data(), r, O, 0,
+                                    P, got.data());
         CHECK(std::memcmp(want.data(), got.data(), static_cast<std::size_t>(P * O) * sizeof(float)) == 0);
       }
     }

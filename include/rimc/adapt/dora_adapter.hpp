@@ -23,10 +23,12 @@
 #include <rimc/kernels/eltwise.hpp>
 #include <rimc/kernels/linear.hpp>
 #include <rimc/kernels/params.hpp>
+#include <rimc/kernels/simd.hpp>
 #include <rimc/kernels/thin_conv2d.hpp>
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -173,10 +175,78 @@ class dora_kernels {
 /// are added in the same order whatever the thread count.
 inline constexpr Eigen::Index dora_block_rows = 256;
 
-/// y = (u s B^T + z0) diag(gamma) + bias in one fused oneDNN matmul pass
-/// (z0 read once, y written once).
+#if RIMC_HAVE_X86_DISPATCH
+#if !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 on its own _mm512_undefined_* in avx512fintrin.h
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+/// Rows [p0, p1) of an adapter's output y = ((u sbt) + z) ⊙ gamma + shift
+/// with z = z0, or z = z0 - unbias when unbias is given (a layer output that
+/// still holds the bias), u [P, r], sbt = s B^T [r, O], z0 [P, O], all
+/// row-major, into y (row p0 first): per element a fused multiply-add chain
+/// over j = 0 .. r-1 from zero, then the epilogue steps each rounded. That
+/// is bitwise what subtracting the bias and then oneDNN's matmul with the
+/// add / mul / add epilogue compute on AVX-512 for r <= 64
+/// (tests/unit/unit-fastpaths.cpp compares them).
+__attribute__((target("avx512f"))) inline void combine_rows_avx512(const float* u, const float* sbt, const float* z0,
+                                                                     const float* unbias, const float* gamma,
+                                                                     const float* shift, std::int64_t r, std::int64_t O,
+                                                                     std::int64_t p0, std::int64_t p1, float* y) {
+  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
+  for (std::int64_t p = p0; p < p1; ++p) {
+    const float* up = u + p * r;
+    const float* zp = z0 + p * O;
+    float* yp = y + (p - p0) * O;
+    for (std::int64_t o = 0; o < O; o += 16) {
+      const auto m = static_cast<__mmask16>(O - o >= 16 ? 0xFFFFu : (1u << (O - o)) - 1u);
+      __m512 acc = _mm512_fmadd_ps(_mm512_set1_ps(up[0]), _mm512_maskz_loadu_ps(m, sbt + o), _mm512_setzero_ps());
+      for (std::int64_t j = 1; j < r; ++j)
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(up[j]), _mm512_maskz_loadu_ps(m, sbt + j * O + o), acc);
+      __m512 z = _mm512_maskz_loadu_ps(m, zp + o);
+      if (unbias) z = _mm512_sub_round_ps(z, _mm512_maskz_loadu_ps(m, unbias + o), cur);
+      acc = _mm512_add_round_ps(acc, z, cur);
+      acc = _mm512_mul_round_ps(acc, _mm512_maskz_loadu_ps(m, gamma + o), cur);
+      acc = _mm512_add_round_ps(acc, _mm512_maskz_loadu_ps(m, shift + o), cur);
+      _mm512_mask_storeu_ps(yp + o, m, acc);
+    }
+  }
+}
+#if !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
+/// Largest rank whose AVX-512 combination is checked against oneDNN's matmul.
+inline constexpr std::int64_t combine_fast_max_rank = 64;
+
+/// Whether combine_rows_avx512 stands in for oneDNN's matmul (bitwise the same).
+[[nodiscard]] inline bool combine_fast(std::int64_t r) noexcept {
+  return has_avx512f() && r >= 1 && r <= combine_fast_max_rank;
+}
+
+/// All P rows of the combination (see combine_rows_avx512) in blocks of 256 rows over threads.
+inline void combine_rows(const float* u, const float* sbt, const float* z0, const float* unbias, const float* gamma,
+                         const float* shift, std::int64_t r, std::int64_t O, std::int64_t P, float* y) {
+#if RIMC_HAVE_X86_DISPATCH
+  const std::int64_t blocks = (P + 255) / 256;
+#pragma omp parallel for schedule(static) if (P * O > 65536)
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    const std::int64_t p0 = b * 256, p1 = std::min(P, p0 + 256);
+    combine_rows_avx512(u, sbt, z0, unbias, gamma, shift, r, O, p0, p1, y + p0 * O);
+  }
+#else
+  (void)u, (void)sbt, (void)z0, (void)unbias, (void)gamma, (void)shift, (void)r, (void)O, (void)P, (void)y;
+  throw backend_error("combine_rows: built without AVX-512 dispatch");
+#endif
+}
+
+/// y = (u s B^T + z0) diag(gamma) + bias in one fused pass (z0 read once, y
+/// written once): oneDNN's matmul with an epilogue, or on AVX-512 for
+/// r <= 64 combine_rows (bitwise the same). With `bias_in_base`, base_out
+/// still holds the bias (a layer's own output) and it is taken off first.
 inline void dora_combine(const Tensor& u, const Tensor& base_out, const Eigen::Ref<const RowMatrixXf>& b,
-                         const Eigen::VectorXf& gamma, float s, const Tensor* bias, Tensor& y) {
+                         const Eigen::VectorXf& gamma, float s, const Tensor* bias, Tensor& y, bool bias_in_base = false) {
   const bool conv = base_out.rank() == 4;
   const auto O = base_out.dim(1);
   const Eigen::Index P = base_out.numel() / O, r = b.cols();
@@ -184,7 +254,20 @@ inline void dora_combine(const Tensor& u, const Tensor& base_out, const Eigen::R
   y.ensure(base_out.shape(), conv ? layout::nhwc : layout::nchw);
   const RowMatrixXf sbt = s * b.transpose();  // [r, O]
   const Eigen::VectorXf shift = bias ? Eigen::VectorXf(bias->vector()) : Eigen::VectorXf::Zero(O);
-  gemm({P, O, r, false, false, false, true}, u.data(), sbt.data(), y.data(), z0.data(), gamma.data(), shift.data());
+  const bool unbias = bias_in_base && bias;
+  if (combine_fast(r)) {
+    combine_rows(u.data(), sbt.data(), z0.data(), unbias ? shift.data() : nullptr, gamma.data(), shift.data(), r, O, P,
+                 y.data());
+    return;
+  }
+  const Tensor* z = &z0;
+  thread_local Tensor unbiased;
+  if (unbias) {
+    unbiased = z0;
+    unbiased.matrix(P, O).rowwise() -= bias->vector().transpose();
+    z = &unbiased;
+  }
+  gemm({P, O, r, false, false, false, true}, u.data(), sbt.data(), y.data(), z->data(), gamma.data(), shift.data());
 }
 
 /// gamma ⊙ (W0 + s B A) with W0 [O, ...], A [r, ...], B [O, r, ...].
@@ -336,6 +419,19 @@ class dora_adapter {
     kernels_.a_forward(x, cache.u);
     cache.src = &x;
     cache.base_out = &base_out;
+  }
+
+  /// Inference forward from the frozen layer's own output: `layer_out` =
+  /// W0 x + bias (channels-last for conv), so the caller need not take the
+  /// bias off first; the result equals forward(x, layer_out - bias, bias, y)
+  /// bitwise. `layer_out` may be overwritten.
+  void forward_on_layer_output(const Tensor& x, Tensor& layer_out, const Tensor* bias, Tensor& y) const {
+    check_io(x, layer_out, bias);
+    if (&y == &x || &y == &layer_out) throw value_error("dora_adapter::forward: y must not alias x or layer_out");
+    thread_local Tensor u;
+    kernels_.a_forward(x, u);
+    const Eigen::VectorXf g = m_.vector().cwiseQuotient(n_.vector());
+    detail::dora_combine(u, layer_out, b_.matrix(O_, cfg_.rank), g, scale(), bias, y, true);
   }
 
   /// As above, computing W0 x itself (kept in the cache when one is given).

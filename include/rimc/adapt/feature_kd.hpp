@@ -159,33 +159,6 @@ __attribute__((target("avx512f"))) inline double mse_block_avx512(const float* y
   return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
-/// Rows [p0, p1) of an adapter's output y = ((u sbt) + z0) ⊙ gamma + shift
-/// (u [P, r], sbt = s B^T [r, O], z0 [P, O], all row-major) into y (row p0
-/// first): per element a fused multiply-add chain over j = 0 .. r-1 from
-/// zero, then the three epilogue steps each rounded. That is bitwise what
-/// dora_combine's oneDNN matmul computes on AVX-512 for r <= 64
-/// (tests/unit/unit-fastpaths.cpp compares them).
-__attribute__((target("avx512f"))) inline void combine_rows_avx512(const float* u, const float* sbt, const float* z0,
-                                                                     const float* gamma, const float* shift,
-                                                                     std::int64_t r, std::int64_t O, std::int64_t p0,
-                                                                     std::int64_t p1, float* y) {
-  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
-  for (std::int64_t p = p0; p < p1; ++p) {
-    const float* up = u + p * r;
-    const float* zp = z0 + p * O;
-    float* yp = y + (p - p0) * O;
-    for (std::int64_t o = 0; o < O; o += 16) {
-      const auto m = static_cast<__mmask16>(O - o >= 16 ? 0xFFFFu : (1u << (O - o)) - 1u);
-      __m512 acc = _mm512_fmadd_ps(_mm512_set1_ps(up[0]), _mm512_maskz_loadu_ps(m, sbt + o), _mm512_setzero_ps());
-      for (std::int64_t j = 1; j < r; ++j)
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(up[j]), _mm512_maskz_loadu_ps(m, sbt + j * O + o), acc);
-      acc = _mm512_add_round_ps(acc, _mm512_maskz_loadu_ps(m, zp + o), cur);
-      acc = _mm512_mul_round_ps(acc, _mm512_maskz_loadu_ps(m, gamma + o), cur);
-      acc = _mm512_add_round_ps(acc, _mm512_maskz_loadu_ps(m, shift + o), cur);
-      _mm512_mask_storeu_ps(yp + o, m, acc);
-    }
-  }
-}
 #if !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
@@ -222,9 +195,6 @@ inline double mse(const Tensor& y, const Tensor& t, Tensor* grad) {
   return s / nd;
 }
 
-/// Largest rank whose fused combination is checked against oneDNN's matmul.
-inline constexpr std::int64_t fused_max_rank = 64;
-
 /// A calibration step's forward and loss: u = A x into `cache`, then
 /// mse(gamma ⊙ (z0 + s u B^T) + bias, target, grad). On AVX-512 the
 /// combination is fused with the loss block by block (y is never stored)
@@ -234,7 +204,7 @@ inline double adapter_mse(const dora_adapter& a, const Tensor& x, const Tensor& 
                           const Tensor& target, Tensor& y, Tensor* grad, dora_cache& cache) {
 #if RIMC_HAVE_X86_DISPATCH
   const bool flat = z0.rank() != 4 || z0.memory_layout() == layout::nhwc;
-  if (has_avx512f() && a.rank() <= fused_max_rank && flat && target.memory_layout() == z0.memory_layout() &&
+  if (combine_fast(a.rank()) && flat && target.memory_layout() == z0.memory_layout() &&
       target.shape() == z0.shape()) {
     a.forward_low_rank(x, z0, bias, cache);
     const auto O = a.out_features(), r = a.rank(), P = z0.numel() / O, n = P * O;
@@ -254,7 +224,7 @@ inline double adapter_mse(const dora_adapter& a, const Tensor& x, const Tensor& 
       thread_local std::vector<float> ybuf;
       const auto i0 = b * mse_block, i1 = std::min(n, i0 + mse_block), p0 = i0 / O, p1 = (i1 - 1) / O + 1;
       ybuf.resize(static_cast<std::size_t>((p1 - p0) * O));
-      combine_rows_avx512(u, sbt.data(), zp, gamma.data(), shift.data(), r, O, p0, p1, ybuf.data());
+      combine_rows_avx512(u, sbt.data(), zp, nullptr, gamma.data(), shift.data(), r, O, p0, p1, ybuf.data());
       pp[b] = mse_block_avx512(ybuf.data() + (i0 - p0 * O), tp + i0, gp ? gp + i0 : nullptr, i1 - i0, nd);
     }
     double s = 0;
