@@ -595,11 +595,8 @@ class network {
         if (z0.rank() == 4 && z0.memory_layout() != layout::nhwc) z0 = z0.to_layout(layout::nhwc);
         const auto b = n.params.find("bias");
         const Tensor* bias = b == n.params.end() ? nullptr : &b->second;
-        if (bias) {  // the adapter scales W0 x, so take the bias off the layer's output
-          const auto O = bias->numel();
-          z0.matrix(z0.numel() / O, O).rowwise() -= bias->vector().transpose();
-        }
-        n.adapter->forward(*in[0], z0, bias, out);
+        // The adapter scales W0 x: it takes the bias off the layer's output in the same pass.
+        n.adapter->forward_on_layer_output(*in[0], z0, bias, out);
         break;
       }
       case op_kind::batch_norm: batch_norm_forward(n, *in[0], out); break;
