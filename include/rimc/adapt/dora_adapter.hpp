@@ -176,11 +176,7 @@ class dora_kernels {
 inline constexpr Eigen::Index dora_block_rows = 256;
 
 #if RIMC_HAVE_X86_DISPATCH
-#if !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 on its own _mm512_undefined_* in avx512fintrin.h
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+RIMC_AVX512_WARNINGS_OFF
 /// Rows [p0, p1) of an adapter's output y = ((u sbt) + z) ⊙ gamma + shift
 /// with z = z0, or z = z0 - unbias when unbias is given (a layer output that
 /// still holds the bias), u [P, r], sbt = s B^T [r, O], z0 [P, O], all
@@ -212,9 +208,7 @@ __attribute__((target("avx512f"))) inline void combine_rows_avx512(const float* 
     }
   }
 }
-#if !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+RIMC_AVX512_WARNINGS_ON
 #endif
 
 /// Largest rank whose AVX-512 combination is checked against oneDNN's matmul.

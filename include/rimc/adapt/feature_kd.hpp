@@ -128,11 +128,7 @@ inline double mse_block_scalar(const float* y, const float* t, float* g, std::in
 #if RIMC_HAVE_X86_DISPATCH
 /// mse_block_scalar with AVX-512 (8 doubles a step; the _round_ forms keep
 /// every product and sum separately rounded whatever -ffp-contract says).
-#if !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 on its own _mm512_undefined_* in avx512fintrin.h
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+RIMC_AVX512_WARNINGS_OFF
 __attribute__((target("avx512f"))) inline double mse_block_avx512(const float* y, const float* t, float* g,
                                                                     std::int64_t len, double n) {
   constexpr int cur = _MM_FROUND_CUR_DIRECTION;
@@ -159,9 +155,7 @@ __attribute__((target("avx512f"))) inline double mse_block_avx512(const float* y
   return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
-#if !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+RIMC_AVX512_WARNINGS_ON
 
 #endif
 

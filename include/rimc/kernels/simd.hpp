@@ -12,6 +12,19 @@
 #define RIMC_HAVE_X86_DISPATCH 0
 #endif
 
+/// Around AVX-512 intrinsic code: GCC 12 warns (-Wmaybe-uninitialized) on
+/// the _mm512_undefined_* its own avx512fintrin.h uses.
+#if defined(__GNUC__) && !defined(__clang__)
+#define RIMC_AVX512_WARNINGS_OFF                                  \
+  _Pragma("GCC diagnostic push")                                  \
+  _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")   \
+  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define RIMC_AVX512_WARNINGS_ON _Pragma("GCC diagnostic pop")
+#else
+#define RIMC_AVX512_WARNINGS_OFF
+#define RIMC_AVX512_WARNINGS_ON
+#endif
+
 namespace rimc::detail {
 
 /// True when the CPU runs AVX-512F instructions (checked once).
