@@ -9,6 +9,8 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
+
 using namespace rimc;
 
 namespace {
@@ -137,6 +139,35 @@ TEST_SUITE("backprop") {
     cfg.kl_weight = 0;
     CHECK_THROWS_WITH((void)calibrate_backprop(teacher, student, images, labels, cfg),
                       "[rimc.value_error] backprop_config: ce_weight (0) and kl_weight (0) must be >= 0 and not both 0");
+  }
+
+  TEST_CASE("backprop divergence from an enormous step size is caught: parameters restored, lr halved, reported") {
+    const network teacher = toy(7);
+    network student = toy(7);
+    auto chip = deploy_analog(student, analog_options{});
+    chip.drift_to(relative_drift{}, 0.2, 3);
+    const Tensor images = test::random_tensor(Shape{6, 2, 9, 9}, 5);
+    const std::vector<std::int32_t> labels{0, 1, 2, 3, 4, 0};
+    backprop_config cfg;
+    cfg.steps = 12;
+    cfg.lr = 1e4;
+    cfg.kl_weight = 1.0;
+    const calibration_result r = calibrate_backprop(teacher, student, images, labels, cfg);
+    REQUIRE(r.layers.size() == 1);
+    const auto& l = r.layers[0];
+    INFO(l.divergences, " divergences, lr ", l.lr, ", loss ", l.mse_before, " -> ", l.mse_after, ", ", l.steps, " steps");
+    CHECK(l.divergences > 0);
+    // Every iteration is a step or a restore, except a final good evaluation.
+    CHECK(l.steps + l.divergences >= cfg.steps);
+    CHECK(l.steps + l.divergences <= cfg.steps + 1);
+    CHECK(l.lr == cfg.lr / std::pow(2.0, l.divergences));
+    CHECK(std::isfinite(l.mse_after));
+    CHECK(l.mse_after <= 1e3 * l.mse_before);
+    for (const auto& [name, a] : r.adapters)
+      for (const Tensor* t : {&a->magnitude(), &a->lora_A(), &a->lora_B()})
+        for (std::int64_t i = 0; i < t->numel(); ++i) REQUIRE(std::isfinite((*t)[i]));
+    const Tensor out = student.forward(images);
+    for (std::int64_t i = 0; i < out.numel(); ++i) REQUIRE(std::isfinite(out[i]));
   }
 
   TEST_CASE("invalid backprop calibration settings are rejected up front, before any adapter is attached") {

@@ -13,6 +13,7 @@
 #include <rimc/nn/network.hpp>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <vector>
@@ -135,11 +136,37 @@ inline double distillation_loss(const Tensor& logits, const std::vector<std::int
   network_tape tape;
   Tensor grad;
   double first = 0, last = 0;
+  int divergences = 0, steps_taken = 0;
+  // Divergence guard, as in calibrate_feature_kd: a step whose loss is NaN/Inf or above 1000x the
+  // starting loss, or that leaves a non-finite parameter, is undone (the parameters that last gave a
+  // good loss come back) and Adam restarts at half the step size.
+  std::vector<std::array<Tensor, 3>> good;
+  for (const auto& a : adapters) good.push_back({a->magnitude(), a->lora_A(), a->lora_B()});
+  auto finite_parameters = [&] {
+    for (const auto& a : adapters)
+      for (const Tensor* t : a->parameters())
+        if (!detail::all_finite(*t)) return false;
+    return true;
+  };
   for (int step = 0; step <= cfg.steps; ++step) {
     const Tensor logits = student.forward_train(images, tape);
-    last = distillation_loss(logits, labels, &teacher_logits, cfg, grad);
-    if (step == 0) first = last;
-    if (step == cfg.steps || !std::isfinite(last)) break;
+    const double loss = distillation_loss(logits, labels, &teacher_logits, cfg, grad);
+    if (step == 0) {
+      if (!std::isfinite(loss)) {
+        throw value_error(detail::concat("calibrate_backprop: the starting loss is ", loss, ": the logits are not finite"));
+      }
+      first = loss;
+    }
+    if (!std::isfinite(loss) || loss > 1e3 * std::max(first, 1e-30) || !finite_parameters()) {
+      ++divergences;
+      for (std::size_t i = 0; i < adapters.size(); ++i) adapters[i]->set_parameters(good[i][0], good[i][1], good[i][2]);
+      opt = adam(opt.lr() * 0.5);
+      continue;
+    }
+    last = loss;
+    for (std::size_t i = 0; i < adapters.size(); ++i)
+      good[i] = {adapters[i]->magnitude(), adapters[i]->lora_A(), adapters[i]->lora_B()};
+    if (step == cfg.steps) break;
     std::map<std::string, dora_gradients> grads;
     (void)student.backward(tape, grad, grads);
     std::vector<param_slot> slots;
@@ -152,12 +179,15 @@ inline double distillation_loss(const Tensor& logits, const std::vector<std::int
     }
     opt.step(slots);
     for (auto& a : adapters) a->refresh();
+    ++steps_taken;
   }
   layer_calibration whole;
   whole.name = "(all layers, backprop)";
   whole.mse_before = first;  // the distillation loss, not a feature MSE
-  whole.mse_after = last;
-  whole.steps = cfg.steps;
+  whole.mse_after = last;  // the loss of the parameters kept
+  whole.steps = steps_taken;
+  whole.divergences = divergences;
+  whole.lr = opt.lr();
   for (const auto& a : adapters) whole.footprint += a->footprint();
   result.footprint = whole.footprint;
   whole.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
