@@ -183,12 +183,14 @@ RIMC_AVX512_WARNINGS_OFF
 /// row-major, into y (row p0 first): per element a fused multiply-add chain
 /// over j = 0 .. r-1 from zero, then the epilogue steps each rounded. That
 /// is bitwise what subtracting the bias and then oneDNN's matmul with the
-/// add / mul / add epilogue compute on AVX-512 for r <= 64
-/// (tests/unit/unit-fastpaths.cpp compares them).
+/// add / mul / add epilogue compute on AVX-512 for r <= 64, and with `relu`
+/// then max(y, 0), which is bitwise oneDNN's ReLU (tests/unit/unit-fastpaths.cpp
+/// compares them).
 __attribute__((target("avx512f"))) inline void combine_rows_avx512(const float* u, const float* sbt, const float* z0,
                                                                      const float* unbias, const float* gamma,
                                                                      const float* shift, std::int64_t r, std::int64_t O,
-                                                                     std::int64_t p0, std::int64_t p1, float* y) {
+                                                                     std::int64_t p0, std::int64_t p1, float* y,
+                                                                     bool relu = false) {
   constexpr int cur = _MM_FROUND_CUR_DIRECTION;
   for (std::int64_t p = p0; p < p1; ++p) {
     const float* up = u + p * r;
@@ -204,6 +206,7 @@ __attribute__((target("avx512f"))) inline void combine_rows_avx512(const float* 
       acc = _mm512_add_round_ps(acc, z, cur);
       acc = _mm512_mul_round_ps(acc, _mm512_maskz_loadu_ps(m, gamma + o), cur);
       acc = _mm512_add_round_ps(acc, _mm512_maskz_loadu_ps(m, shift + o), cur);
+      if (relu) acc = _mm512_max_ps(acc, _mm512_setzero_ps());
       _mm512_mask_storeu_ps(yp + o, m, acc);
     }
   }
@@ -221,16 +224,17 @@ inline constexpr std::int64_t combine_fast_max_rank = 64;
 
 /// All P rows of the combination (see combine_rows_avx512) in blocks of 256 rows over threads.
 inline void combine_rows(const float* u, const float* sbt, const float* z0, const float* unbias, const float* gamma,
-                         const float* shift, std::int64_t r, std::int64_t O, std::int64_t P, float* y) {
+                         const float* shift, std::int64_t r, std::int64_t O, std::int64_t P, float* y,
+                         bool relu = false) {
 #if RIMC_HAVE_X86_DISPATCH
   const std::int64_t blocks = (P + 255) / 256;
 #pragma omp parallel for schedule(static) if (P * O > 65536)
   for (std::int64_t b = 0; b < blocks; ++b) {
     const std::int64_t p0 = b * 256, p1 = std::min(P, p0 + 256);
-    combine_rows_avx512(u, sbt, z0, unbias, gamma, shift, r, O, p0, p1, y + p0 * O);
+    combine_rows_avx512(u, sbt, z0, unbias, gamma, shift, r, O, p0, p1, y + p0 * O, relu);
   }
 #else
-  (void)u, (void)sbt, (void)z0, (void)unbias, (void)gamma, (void)shift, (void)r, (void)O, (void)P, (void)y;
+  (void)u, (void)sbt, (void)z0, (void)unbias, (void)gamma, (void)shift, (void)r, (void)O, (void)P, (void)y, (void)relu;
   throw backend_error("combine_rows: built without AVX-512 dispatch");
 #endif
 }
@@ -238,9 +242,11 @@ inline void combine_rows(const float* u, const float* sbt, const float* z0, cons
 /// y = (u s B^T + z0) diag(gamma) + bias in one fused pass (z0 read once, y
 /// written once): oneDNN's matmul with an epilogue, or on AVX-512 for
 /// r <= 64 combine_rows (bitwise the same). With `bias_in_base`, base_out
-/// still holds the bias (a layer's own output) and it is taken off first.
+/// still holds the bias (a layer's own output) and it is taken off first;
+/// with `relu`, y = max(y, 0) (oneDNN's ReLU, fused on the fast path).
 inline void dora_combine(const Tensor& u, const Tensor& base_out, const Eigen::Ref<const RowMatrixXf>& b,
-                         const Eigen::VectorXf& gamma, float s, const Tensor* bias, Tensor& y, bool bias_in_base = false) {
+                         const Eigen::VectorXf& gamma, float s, const Tensor* bias, Tensor& y, bool bias_in_base = false,
+                         bool relu = false) {
   const bool conv = base_out.rank() == 4;
   const auto O = base_out.dim(1);
   const Eigen::Index P = base_out.numel() / O, r = b.cols();
@@ -251,7 +257,7 @@ inline void dora_combine(const Tensor& u, const Tensor& base_out, const Eigen::R
   const bool unbias = bias_in_base && bias;
   if (combine_fast(r)) {
     combine_rows(u.data(), sbt.data(), z0.data(), unbias ? shift.data() : nullptr, gamma.data(), shift.data(), r, O, P,
-                 y.data());
+                 y.data(), relu);
     return;
   }
   const Tensor* z = &z0;
@@ -262,6 +268,7 @@ inline void dora_combine(const Tensor& u, const Tensor& base_out, const Eigen::R
     z = &unbiased;
   }
   gemm({P, O, r, false, false, false, true}, u.data(), sbt.data(), y.data(), z->data(), gamma.data(), shift.data());
+  if (relu) rimc::relu(y, y);
 }
 
 /// gamma ⊙ (W0 + s B A) with W0 [O, ...], A [r, ...], B [O, r, ...].
@@ -418,14 +425,15 @@ class dora_adapter {
   /// Inference forward from the frozen layer's own output: `layer_out` =
   /// W0 x + bias (channels-last for conv), so the caller need not take the
   /// bias off first; the result equals forward(x, layer_out - bias, bias, y)
-  /// bitwise. `layer_out` may be overwritten.
-  void forward_on_layer_output(const Tensor& x, Tensor& layer_out, const Tensor* bias, Tensor& y) const {
+  /// bitwise (then relu(y) with `relu`). `layer_out` may be overwritten.
+  void forward_on_layer_output(const Tensor& x, Tensor& layer_out, const Tensor* bias, Tensor& y,
+                               bool relu = false) const {
     check_io(x, layer_out, bias);
     if (&y == &x || &y == &layer_out) throw value_error("dora_adapter::forward: y must not alias x or layer_out");
     thread_local Tensor u;
     kernels_.a_forward(x, u);
     const Eigen::VectorXf g = m_.vector().cwiseQuotient(n_.vector());
-    detail::dora_combine(u, layer_out, b_.matrix(O_, cfg_.rank), g, scale(), bias, y, true);
+    detail::dora_combine(u, layer_out, b_.matrix(O_, cfg_.rank), g, scale(), bias, y, true, relu);
   }
 
   /// As above, computing W0 x itself (kept in the cache when one is given).
