@@ -129,6 +129,13 @@ TEST_SUITE("fast paths") {
       CHECK(std::memcmp(x.magnitude().data(), y.magnitude().data(), static_cast<std::size_t>(x.magnitude().numel()) * 4) == 0);
       CHECK(l.mse_after == r.layers[0].mse_after);
     }
+    // Inference fuses each ReLU into its adapted producer / add unless the pre-activation is captured: the
+    // logits are bitwise those of the unfused pass (capturing every node disables every fusion).
+    std::vector<std::string> every;
+    for (const auto& n : a.nodes()) every.push_back(n.name);
+    std::map<std::string, Tensor> all_values;
+    const Tensor fused = a.forward(images), plain = a.forward(images, every, all_values);
+    CHECK(std::memcmp(fused.data(), plain.data(), static_cast<std::size_t>(fused.numel()) * sizeof(float)) == 0);
     // Targets out of network order take the full-forward path and still calibrate every layer.
     network c = make(1, 1.0f);
     calibration_config rev = cfg;
@@ -164,6 +171,11 @@ TEST_SUITE("fast paths") {
                      shift.data());
         detail::combine_rows_avx512(u.data(), sbt.data(), biased.data(), shift.data(), gamma.data(), shift.data(), r, O, 0,
                                     P, got.data());
+        CHECK(std::memcmp(want.data(), got.data(), static_cast<std::size_t>(P * O) * sizeof(float)) == 0);
+        // With the ReLU in the same pass: bitwise oneDNN's ReLU of the result.
+        relu(want, want);
+        detail::combine_rows_avx512(u.data(), sbt.data(), biased.data(), shift.data(), gamma.data(), shift.data(), r, O, 0,
+                                    P, got.data(), true);
         CHECK(std::memcmp(want.data(), got.data(), static_cast<std::size_t>(P * O) * sizeof(float)) == 0);
       }
     }

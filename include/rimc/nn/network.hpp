@@ -581,7 +581,9 @@ class network {
     return *n.layer;
   }
 
-  void apply(const network_node& n, const std::vector<const Tensor*>& in, Tensor& out) const {
+  /// Runs node n; with `fuse_relu` (an adapted layer on the AVX-512 combination, or an add) its
+  /// output goes through ReLU in the same pass.
+  void apply(const network_node& n, const std::vector<const Tensor*>& in, Tensor& out, bool fuse_relu = false) const {
     switch (n.kind) {
       case op_kind::input: out = *in[0]; break;
       case op_kind::conv2d:
@@ -596,7 +598,7 @@ class network {
         const auto b = n.params.find("bias");
         const Tensor* bias = b == n.params.end() ? nullptr : &b->second;
         // The adapter scales W0 x: it takes the bias off the layer's output in the same pass.
-        n.adapter->forward_on_layer_output(*in[0], z0, bias, out);
+        n.adapter->forward_on_layer_output(*in[0], z0, bias, out, fuse_relu);
         break;
       }
       case op_kind::batch_norm: batch_norm_forward(n, *in[0], out); break;
@@ -608,7 +610,7 @@ class network {
         break;
       }
       case op_kind::global_avg_pool: global_avg_pool2d(*in[0], out); break;
-      case op_kind::add: rimc::add(*in[0], *in[1], out, n.relu_after); break;
+      case op_kind::add: rimc::add(*in[0], *in[1], out, n.relu_after || fuse_relu); break;
       case op_kind::flatten: {
         out = in[0]->rank() == 4 ? in[0]->to_layout(layout::nchw) : *in[0];
         out.reshape(Shape{in[0]->dim(0), n.shape[0]});
@@ -662,8 +664,44 @@ class network {
       value[static_cast<std::size_t>(start)] = std::make_shared<Tensor>(x);
       if (wanted.contains(from)) captured[nodes_[static_cast<std::size_t>(from)].name] = x;
     }
+    // A ReLU that is the only consumer of an adapted layer (on the AVX-512 combination) or of an add, whose
+    // pre-activation nobody captures, runs in its producer's pass and takes over the producer's buffer
+    // (oneDNN's ReLU and the fused max(y, 0) agree bitwise).
+    std::vector<int> relu_of(static_cast<std::size_t>(count), -1), fused_src(static_cast<std::size_t>(count), -1);
+    {
+      std::vector<int> uses(static_cast<std::size_t>(count), 0), only(static_cast<std::size_t>(count), -1);
+      std::vector<char> seen(static_cast<std::size_t>(count), 0);
+      for (int i = 1; i < count; ++i) {
+        if (nodes_[static_cast<std::size_t>(i)].bypass) continue;
+        for (int j : nodes_[static_cast<std::size_t>(i)].inputs) {
+          const auto r = static_cast<std::size_t>(resolve(j));
+          ++uses[r];
+          only[r] = i;
+        }
+      }
+      ++uses[static_cast<std::size_t>(resolve(output()))];
+      for (int w : wanted) seen[static_cast<std::size_t>(resolve(w))] = 1;
+      for (int i = from + 1; i <= to; ++i) {
+        const auto ii = static_cast<std::size_t>(i);
+        const network_node& n = nodes_[ii];
+        if (n.bypass || seen[ii] || uses[ii] != 1 || i == resolve(to)) continue;
+        const int c = only[ii];
+        if (c > to || nodes_[static_cast<std::size_t>(c)].kind != op_kind::relu) continue;
+        const bool adapted = (n.kind == op_kind::conv2d || n.kind == op_kind::linear) && n.adapter && !n.conv.relu &&
+                             !n.relu_after && detail::combine_fast(n.adapter->rank());
+        if (adapted || (n.kind == op_kind::add && !n.relu_after)) {
+          relu_of[ii] = c;
+          fused_src[static_cast<std::size_t>(c)] = i;
+        }
+      }
+    }
     for (int i = from + 1; i <= to; ++i) {
       const network_node& n = nodes_[static_cast<std::size_t>(i)];
+      if (fused_src[static_cast<std::size_t>(i)] >= 0) {  // this ReLU ran in its producer's pass
+        value[static_cast<std::size_t>(i)] = std::move(value[static_cast<std::size_t>(fused_src[static_cast<std::size_t>(i)])]);
+        if (wanted.contains(i)) captured[n.name] = *value[static_cast<std::size_t>(i)];
+        continue;
+      }
       if (n.bypass) {
         if (wanted.contains(i)) captured[n.name] = *value[static_cast<std::size_t>(resolve(i))];
         continue;
@@ -679,7 +717,7 @@ class network {
         in.push_back(v.get());
       }
       auto out = take();
-      apply(n, in, *out);
+      apply(n, in, *out, relu_of[static_cast<std::size_t>(i)] >= 0);
       value[static_cast<std::size_t>(i)] = out;
       if (wanted.contains(i)) captured[n.name] = *out;
       for (int j : n.inputs) {
