@@ -24,11 +24,11 @@ do for [g in '0 0.1'] {
   set title (g eq '0' ? 'ideal mapping, g_{min} = 0' : 'realistic mapping, g_{min} = g_{max} / 10')
   cond = sprintf('$2 == %s', g)
   plot ideal('rho_summary.csv') using (0):10:(0.3):(0) with vectors nohead dt 2 lc 'black' title 'ideal (digital)', \
-       rows('rho_summary.csv', 'drifted', cond, 3) using 3:10:11 with yerrorlines pt 7 title 'drifted', \
-       rows('rho_summary.csv', 'compensated', cond, 3) using 3:10:11 with yerrorlines pt 5 title 'per-column compensation', \
-       rows('rho_summary.csv', 'backprop', cond, 3) using 3:10:11 with yerrorlines pt 9 title 'DoRA, backprop', \
-       rows('rho_summary.csv', 'feature_kd', cond, 3) using 3:10:11 with yerrorlines pt 13 lw 2 title 'DoRA, feature KD', \
-       rows('rho_summary.csv', 'feature_kd_teacher_norms', cond, 3) using 3:10:11 with yerrorlines pt 11 dt 3 title 'feature KD, m from teacher'
+       rows('rho_summary.csv', 'drifted', cond, 3) using 3:10:11 with yerrorlines pt 7 lc '#d62728' title 'drifted', \
+       rows('rho_summary.csv', 'compensated', cond, 3) using 3:10:11 with yerrorlines pt 5 lc '#1f77b4' title 'per-column compensation', \
+       rows('rho_summary.csv', 'backprop', cond, 3) using 3:10:11 with yerrorlines pt 9 lc '#ff7f0e' title 'DoRA, backprop', \
+       rows('rho_summary.csv', 'feature_kd', cond, 3) using 3:10:11 with yerrorlines pt 13 lw 2 lc '#2ca02c' title 'DoRA, feature KD', \
+       rows('rho_summary.csv', 'feature_kd_teacher_norms', cond, 3) using 3:10:11 with yerrorlines pt 11 dt 3 lc '#9467bd' title 'feature KD, m from teacher'
 }
 unset multiplot
 
@@ -43,9 +43,9 @@ do for [p in 'cmo neurram'] {
   set title (p eq 'cmo' ? 'HfOx/CMO ReRAM (9-88 uS, log-time relaxation)' : 'NeuRRAM (1-40 uS, measured relaxation; held after 2 days)')
   cond = sprintf('$1 == "%s"', p)
   plot ideal('time_summary.csv') using (0.5):10:(5e8):(0) with vectors nohead dt 2 lc 'black' title 'ideal (digital)', \
-       rows('time_summary.csv', 'drifted', cond, 4) using 4:10:11 with yerrorlines pt 7 title 'drifted', \
-       rows('time_summary.csv', 'compensated', cond, 4) using 4:10:11 with yerrorlines pt 5 title 'per-column compensation', \
-       rows('time_summary.csv', 'feature_kd', cond, 4) using 4:10:11 with yerrorlines pt 13 lw 2 title 'DoRA, feature KD'
+       rows('time_summary.csv', 'drifted', cond, 4) using 4:10:11 with yerrorlines pt 7 lc '#d62728' title 'drifted', \
+       rows('time_summary.csv', 'compensated', cond, 4) using 4:10:11 with yerrorlines pt 5 lc '#1f77b4' title 'per-column compensation', \
+       rows('time_summary.csv', 'feature_kd', cond, 4) using 4:10:11 with yerrorlines pt 13 lw 2 lc '#2ca02c' title 'DoRA, feature KD'
 }
 unset multiplot
 unset xtics
@@ -61,8 +61,8 @@ do for [r in '2 4'] {
   set title sprintf('rank %s', r)
   cond = sprintf('$6 == %s', r)
   plot ideal('samples_summary.csv') using (0.8):10:(130):(0) with vectors nohead dt 2 lc 'black' title 'ideal (digital)', \
-       rows('samples_summary.csv', 'drifted', '1', 5) using (0.8):10:(130):(0) with vectors nohead dt 3 lc 'red' title 'drifted', \
-       rows('samples_summary.csv', 'backprop', cond, 5) using 5:10:11 with yerrorlines pt 9 title 'DoRA, backprop', \
-       rows('samples_summary.csv', 'feature_kd', cond, 5) using 5:10:11 with yerrorlines pt 13 lw 2 title 'DoRA, feature KD'
+       rows('samples_summary.csv', 'drifted', '1', 5) using (0.8):10:(130):(0) with vectors nohead dt 3 lc '#d62728' title 'drifted (mean)', \
+       rows('samples_summary.csv', 'backprop', cond, 5) using 5:10:11 with yerrorlines pt 9 lc '#ff7f0e' title 'DoRA, backprop', \
+       rows('samples_summary.csv', 'feature_kd', cond, 5) using 5:10:11 with yerrorlines pt 13 lw 2 lc '#2ca02c' title 'DoRA, feature KD'
 }
 unset multiplot

@@ -49,7 +49,7 @@ if rho:
                ("feature_kd", "feature KD"), ("feature_kd_teacher_norms", "feature KD, m from teacher")]
     for ratio, title in (("0", "ideal mapping, g_min = 0"), ("0.1", "realistic mapping, g_min = g_max / 10")):
         print(f"**Accuracy vs relative drift, {title}** (N = 10, rank 2; top-1 %, mean ± std over the seeds)\n")
-        rhos = sorted({r["rho"] for r in rho if r["preset"] == "relative"}, key=float)
+        rhos = sorted({r["rho"] for r in rho if r["preset"] == "relative" and r["g_min_ratio"] == ratio}, key=float)
         table(["rho"] + [m[1] for m in methods],
               [[fmt_num(x)] + [cell(rho, preset="relative", g_min_ratio=ratio, rho=x, method=m[0]) for m in methods]
                for x in rhos])
@@ -89,7 +89,9 @@ if samples:
         rows.append(row)
     table(hdr, rows)
 
-tune = load("bp-tune_summary.csv")
+# bp-tune's grid, run as two parts (the default grid is their union): lr 1e-3 .. 3e-2, and the low rates.
+tune = (load("bp-tune_summary.csv") or []) + [r for r in (load("bp-tune-low-lr/bp-tune_summary.csv") or [])
+                                              if r["method"] == "backprop"]
 if tune:
     print("**Backprop baseline tuning** at rho = 0.2, N = 10, rank 2 (top-1 %, best 8 of the grid, and feature KD)\n")
     bp = sorted((r for r in tune if r["method"] == "backprop"), key=lambda r: -float(r["mean"]))
