@@ -12,6 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh gnuplot-nox
+# Spinning OpenMP threads make every barrier wait for descheduled ones when the cores are shared.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 out=${OUT:-examples/results}
 sweeps=("$@")
 [ ${#sweeps[@]} -eq 0 ] && sweeps=(resnet50 bp-tune rho time samples)
