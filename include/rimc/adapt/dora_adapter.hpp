@@ -425,7 +425,9 @@ class dora_adapter {
   /// Inference forward from the frozen layer's own output: `layer_out` =
   /// W0 x + bias (channels-last for conv), so the caller need not take the
   /// bias off first; the result equals forward(x, layer_out - bias, bias, y)
-  /// bitwise (then relu(y) with `relu`). `layer_out` may be overwritten.
+  /// bitwise (then relu(y) with `relu`). `layer_out` is left with unspecified
+  /// contents (on the AVX-512 path y is computed in its storage, which then
+  /// changes places with y's: no second output-sized buffer is streamed).
   void forward_on_layer_output(const Tensor& x, Tensor& layer_out, const Tensor* bias, Tensor& y,
                                bool relu = false) const {
     check_io(x, layer_out, bias);
@@ -433,6 +435,12 @@ class dora_adapter {
     thread_local Tensor u;
     kernels_.a_forward(x, u);
     const Eigen::VectorXf g = m_.vector().cwiseQuotient(n_.vector());
+    if (detail::combine_fast(cfg_.rank) && (layer_out.rank() != 4 || layer_out.memory_layout() == layout::nhwc)) {
+      // Element by element, read before written: in place is exact.
+      detail::dora_combine(u, layer_out, b_.matrix(O_, cfg_.rank), g, scale(), bias, layer_out, true, relu);
+      std::swap(layer_out, y);
+      return;
+    }
     detail::dora_combine(u, layer_out, b_.matrix(O_, cfg_.rank), g, scale(), bias, y, true, relu);
   }
 
