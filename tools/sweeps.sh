@@ -5,7 +5,7 @@
 # examples/results/ (CSV per sweep, a summary CSV with mean/std/min/max over
 # the drift seeds, and rho.png, time.png, samples.png).
 #
-#   tools/sweeps.sh                  # every sweep: about 1.5 h on 2 cores
+#   tools/sweeps.sh                  # every sweep: hours (rho, time, samples took ~1 h each here)
 #   tools/sweeps.sh rho samples      # only these (rho, time, samples, bp-tune, resnet50)
 #   SEEDS=5 THREADS=2 OUT=dir tools/sweeps.sh
 #   tools/sweeps.sh plot             # only re-render the PNGs from the CSVs
