@@ -24,6 +24,7 @@
 #include <rimc/kernels/linear.hpp>
 #include <rimc/kernels/params.hpp>
 #include <rimc/kernels/simd.hpp>
+#include <rimc/kernels/small_gemm.hpp>
 #include <rimc/kernels/thin_conv2d.hpp>
 
 #include <Eigen/Core>
@@ -469,7 +470,6 @@ class dora_adapter {
     const Tensor& z0t = conv_ ? detail::as_layout(*cache.base_out, layout::nhwc, 1) : *cache.base_out;
     const auto G = gy.matrix(P, O_);
     const auto B = b_.matrix(O_, r);
-    const Eigen::VectorXd nd = n_.vector().cast<double>();
     const Eigen::VectorXf gamma = m_.vector().cwiseQuotient(n_.vector());
 
     // c_o = sum_p G[p, o] z[p, o] with z = z0 + s u B^T splits into
@@ -505,8 +505,6 @@ class dora_adapter {
     for (Eigen::Index blk = 0; blk < blocks; ++blk) c += c_part.col(blk);
     c += static_cast<double>(s) * (B.cast<double>().cwiseProduct(gtu.cast<double>())).rowwise().sum();
 
-    grads.magnitude.ensure(m_.shape());
-    grads.magnitude.vector() = c.cwiseQuotient(nd).cast<float>();
     grads.lora_B.ensure(b_.shape());
     auto dB = grads.lora_B.matrix(O_, r);
     dB.noalias() = s * (gamma.asDiagonal() * gtu);
@@ -518,17 +516,7 @@ class dora_adapter {
       const Tensor& xs = detail::as_layout(x, layout::nchw, 3);
       detail::gemm({r, K_, P, true, false, false}, ghb_t.data(), xs.data(), grads.lora_A.data());
     }
-    if (cfg_.norm == norm_mode::exact) {
-      const Eigen::VectorXd md = m_.vector().cast<double>();
-      const Eigen::VectorXd kappa = md.cwiseProduct(c).cwiseQuotient(nd.cwiseProduct(nd).cwiseProduct(nd));
-      const Eigen::MatrixXd Bd = B.cast<double>(), Ad = a_.matrix(r, K_).cast<double>();
-      const double sd = cfg_.scale();
-      dB -= (sd * kappa.asDiagonal() * (w0_a_t_ + sd * Bd * a_a_t_)).cast<float>();
-      const Eigen::MatrixXd kb = kappa.asDiagonal() * Bd;  // rows of B scaled by kappa
-      Eigen::MatrixXd corr = kb.transpose() * w0_.matrix(O_, K_).cast<double>();
-      corr.noalias() += sd * (Bd.transpose() * kb) * Ad;
-      grads.lora_A.matrix(r, K_) -= (sd * corr).cast<float>();
-    }
+    complete_gradients(c, grads);
     if (diff_x) {
       if (conv_) {
         kernels_.base_conv().backward_data(gh_t, x.shape(), *diff_x);
@@ -542,6 +530,34 @@ class dora_adapter {
       }
       add(*diff_x, dx_low, *diff_x);
     }
+  }
+
+  /// Completes `grads` from c = dL/dgamma [O] (gamma = m / n) when dL/dA and
+  /// dL/dB at fixed n are already in it: sets dL/dm = c / n and, in
+  /// norm_mode::exact, adds the part through n to dL/dA and dL/dB. backward()
+  /// ends with it; a caller that has dL/dgamma from elsewhere (the
+  /// statistics-based calibration) finishes its gradients the same way.
+  void complete_gradients(const Eigen::VectorXd& c, dora_gradients& grads) const {
+    if (c.size() != O_) {
+      throw shape_error(
+          detail::concat("dora_adapter::complete_gradients: dL/dgamma has ", c.size(), " values, not ", O_));
+    }
+    check_same_shape("dora_adapter::complete_gradients: dL/dA", grads.lora_A.shape(), a_.shape());
+    check_same_shape("dora_adapter::complete_gradients: dL/dB", grads.lora_B.shape(), b_.shape());
+    const auto r = cfg_.rank;
+    const Eigen::VectorXd nd = n_.vector().cast<double>();
+    grads.magnitude.ensure(m_.shape());
+    grads.magnitude.vector() = c.cwiseQuotient(nd).cast<float>();
+    if (cfg_.norm != norm_mode::exact) return;
+    const Eigen::VectorXd md = m_.vector().cast<double>();
+    const Eigen::VectorXd kappa = md.cwiseProduct(c).cwiseQuotient(nd.cwiseProduct(nd).cwiseProduct(nd));
+    const Eigen::MatrixXd Bd = b_.matrix(O_, r).cast<double>(), Ad = a_.matrix(r, K_).cast<double>();
+    const double sd = cfg_.scale();
+    grads.lora_B.matrix(O_, r) -= (sd * kappa.asDiagonal() * (w0_a_t_ + sd * Bd * a_a_t_)).cast<float>();
+    const Eigen::MatrixXd kb = kappa.asDiagonal() * Bd;  // rows of B scaled by kappa
+    Eigen::MatrixXd corr = kb.transpose() * w0_.matrix(O_, K_).cast<double>();
+    corr.noalias() += sd * (Bd.transpose() * kb) * Ad;
+    grads.lora_A.matrix(r, K_) -= (sd * corr).cast<float>();
   }
 
   /// W' = gamma ⊙ (W0 + s B A) in the base weights' layout: the single weight
@@ -624,14 +640,26 @@ class dora_adapter {
 
   void update_norms() {
     const auto r = cfg_.rank;
-    const Eigen::MatrixXd Ad = a_.matrix(r, K_).cast<double>();
-    const Eigen::MatrixXd Bd = b_.matrix(O_, r).cast<double>();
-    w0_a_t_ = w0_.matrix(O_, K_).cast<double>() * Ad.transpose();  // [O, r]
-    a_a_t_ = Ad * Ad.transpose();                                   // [r, r]
+    // W0 A^T [O, r] and A A^T [r, r] in double (row_dots_f64: the same bits with or without AVX-512).
+    w0_a_t_.resize(O_, r);
+    a_a_t_.resize(r, r);
+    Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> wa(O_, r), aa(r, r);
+    detail::row_dots_f64({w0_.data(), K_}, O_, {a_.data(), K_}, r, K_, wa.data());
+    detail::row_dots_f64({a_.data(), K_}, r, {a_.data(), K_}, r, K_, aa.data());
+    w0_a_t_ = wa;
+    a_a_t_ = aa;
     const double s = cfg_.scale();
-    const Eigen::MatrixXd bq = Bd * a_a_t_;
+    const float* B = b_.data();
     for (Eigen::Index o = 0; o < O_; ++o) {
-      const double n2 = w0_sq_[o] + 2 * s * Bd.row(o).dot(w0_a_t_.row(o)) + s * s * bq.row(o).dot(Bd.row(o));
+      double cross = 0, quad = 0;
+      for (Eigen::Index j = 0; j < r; ++j) {
+        const double bj = B[o * r + j];
+        cross += bj * w0_a_t_(o, j);
+        double q = 0;
+        for (Eigen::Index l = 0; l < r; ++l) q += a_a_t_(j, l) * static_cast<double>(B[o * r + l]);
+        quad += bj * q;
+      }
+      const double n2 = w0_sq_[o] + 2 * s * cross + s * s * quad;
       n_[o] = static_cast<float>(std::max(std::sqrt(std::max(n2, 0.0)), cfg_.norm_eps));
     }
   }

@@ -17,6 +17,7 @@
 /// at half the step size, and the event is counted in the layer's report.
 
 #include <rimc/adapt/dora_adapter.hpp>
+#include <rimc/adapt/feature_statistics.hpp>
 #include <rimc/adapt/optim.hpp>
 #include <rimc/core/error.hpp>
 #include <rimc/kernels/simd.hpp>
@@ -27,6 +28,7 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,12 +45,21 @@ struct calibration_config {
   std::uint64_t seed = 0;               ///< seeds each adapter's A (mixed with the layer's index)
   bool magnitude_from_teacher = false;  ///< init m from the teacher's (ideal) row norms, not the drifted ones
   std::vector<std::string> targets;     ///< layers to adapt; empty: every conv2d and linear node
+  kd_loss_path loss_path = kd_loss_path::automatic;  ///< how each step's loss and gradients are computed
+  double statistics_max_bytes = 256.0 * 1024 * 1024;  ///< automatic: no statistics path for a layer whose statistics need more
 
   void validate() const {
     if (rank < 1) throw value_error(detail::concat("calibration_config: rank must be >= 1, got ", rank));
     if (steps < 0) throw value_error(detail::concat("calibration_config: steps must be >= 0, got ", steps));
     if (!(lr > 0) || !std::isfinite(lr)) throw value_error(detail::concat("calibration_config: lr must be positive, got ", lr));
     if (alpha < 0 || !std::isfinite(alpha)) throw value_error(detail::concat("calibration_config: alpha must be >= 0, got ", alpha));
+    if (loss_path > kd_loss_path::direct) {
+      throw value_error(detail::concat("calibration_config: loss_path must be automatic, statistics or direct, got ",
+                                       static_cast<int>(loss_path)));
+    }
+    if (!(statistics_max_bytes >= 0)) {
+      throw value_error(detail::concat("calibration_config: statistics_max_bytes must be >= 0, got ", statistics_max_bytes));
+    }
   }
 };
 
@@ -59,6 +70,7 @@ struct layer_calibration {
   int steps = 0;
   int divergences = 0;  ///< steps whose loss was NaN/Inf or exploded: parameters restored, lr halved
   double lr = 0;        ///< the Adam step size at the end (the configured one halved at each divergence)
+  kd_loss_path path = kd_loss_path::direct;  ///< how the steps were computed (statistics or direct)
   double seconds = 0;
   adapter_footprint footprint;
 };
@@ -230,6 +242,18 @@ inline double adapter_mse(const dora_adapter& a, const Tensor& x, const Tensor& 
   return mse(y, target, grad);
 }
 
+/// The loss path for a layer with P output positions (cfg.loss_path unless
+/// automatic: then statistics when they take no more multiply-adds than the
+/// direct path and fit in cfg.statistics_max_bytes).
+[[nodiscard]] inline kd_loss_path choose_loss_path(const calibration_config& cfg, const dora_adapter& a, std::int64_t P) {
+  if (cfg.loss_path != kd_loss_path::automatic) return cfg.loss_path;
+  const auto K = a.fan_in(), O = a.out_features(), r = a.rank();
+  const bool fits = feature_statistics::bytes(K, O) <= cfg.statistics_max_bytes;
+  return fits && feature_statistics::cost(P, K, O, r, cfg.steps) <= feature_statistics::direct_cost(P, K, O, r, cfg.steps)
+             ? kd_loss_path::statistics
+             : kd_loss_path::direct;
+}
+
 /// The student's inputs to the layers being calibrated, each prefix run once:
 /// the values of earlier nodes that later nodes consume are kept, so the
 /// input of the next target is computed from the last one on (a node's value
@@ -363,14 +387,24 @@ class student_prefix {
     }
     layer_calibration rep;
     rep.name = name;
-    adam opt(cfg.lr);
+    rep.path = detail::choose_loss_path(cfg, *adapter, z0.numel() / adapter->out_features());
+    std::optional<detail::feature_statistics> stats;
+    if (rep.path == kd_loss_path::statistics) stats.emplace(*adapter, x, z0, bias, target);
     Tensor y, grad;
     dora_cache cache;
     dora_gradients g;
+    // This step's loss and, when wanted, its gradients into g.
+    auto evaluate = [&](bool want_grad) {
+      if (stats) return stats->evaluate(*adapter, want_grad ? &g : nullptr);
+      const double loss = detail::adapter_mse(*adapter, x, z0, bias, target, y, want_grad ? &grad : nullptr, cache);
+      if (want_grad && std::isfinite(loss)) adapter->backward(cache, grad, g);
+      return loss;
+    };
+    adam opt(cfg.lr);
     double last_good = 0;
     std::array<Tensor, 3> good{adapter->magnitude(), adapter->lora_A(), adapter->lora_B()};
     for (int step = 0; step <= cfg.steps; ++step) {
-      const double loss = detail::adapter_mse(*adapter, x, z0, bias, target, y, &grad, cache);
+      const double loss = evaluate(step < cfg.steps);
       if (step == 0) {
         if (!std::isfinite(loss)) {
           throw value_error(detail::concat("calibrate_feature_kd: layer '", name, "' starts with feature MSE ", loss,
@@ -393,7 +427,6 @@ class student_prefix {
         good = {adapter->magnitude(), adapter->lora_A(), adapter->lora_B()};
       }
       if (step == cfg.steps) break;
-      adapter->backward(cache, grad, g);
       const param_slot slots[] = {{p[0], &g.magnitude}, {p[1], &g.lora_A}, {p[2], &g.lora_B}};
       opt.step(slots);
       adapter->refresh();
@@ -401,7 +434,7 @@ class student_prefix {
     }
     // Keep the best parameters seen (never worse than the start).
     adapter->set_parameters(good[0], good[1], good[2]);
-    rep.mse_after = detail::adapter_mse(*adapter, x, z0, bias, target, y, nullptr, cache);
+    rep.mse_after = evaluate(false);
     rep.lr = opt.lr();
     rep.footprint = adapter->footprint();
     rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

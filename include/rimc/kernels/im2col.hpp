@@ -18,16 +18,17 @@ namespace rimc {
 /// layout) written to `dst` ([row1 - row0, C * kh * kw], row-major): row
 /// (n, oh, ow) holds the zero-padded receptive field of that output pixel in
 /// PyTorch's weight-flatten order (c, i, j). `out` is the convolution's
-/// output shape (conv2d_output_shape); groups must be 1.
+/// output shape (conv2d_output_shape); groups must be 1. `ld` is dst's row
+/// stride (0: C * kh * kw).
 inline void im2col_rows(const Tensor& src, std::int64_t kh, std::int64_t kw, const conv2d_params& p,
-                        const Shape& out, std::int64_t row0, std::int64_t row1, float* dst) {
+                        const Shape& out, std::int64_t row0, std::int64_t row1, float* dst, std::int64_t ld = 0) {
   const auto C = src.dim(1), H = src.dim(2), W = src.dim(3);
   const auto OH = out[2], OW = out[3], K = C * kh * kw, KK = kh * kw;
   const bool nhwc = src.memory_layout() == layout::nhwc;
   const float* s = src.data();
   for (std::int64_t row = row0; row < row1; ++row) {
     const auto n = row / (OH * OW), oh = (row / OW) % OH, ow = row % OW;
-    float* d = dst + (row - row0) * K;
+    float* d = dst + (row - row0) * (ld ? ld : K);
     for (std::int64_t i = 0; i < kh; ++i) {
       const auto ih = oh * p.stride[0] - p.padding[0] + i * p.dilation[0];
       for (std::int64_t j = 0; j < kw; ++j) {

@@ -182,11 +182,13 @@ namespace detail {
 /// op(x) reads x transposed when its flag is set (x stored as the transpose,
 /// row-major), and c may be written transposed. With `epilogue`, the result
 /// becomes (a b + full) ⊙ col_scale + col_shift, fused in the same pass
-/// (full is [M, N] row-major; col_scale and col_shift are [N]).
+/// (full is [M, N] row-major; col_scale and col_shift are [N]). lda / ldb
+/// are the row strides of a and b as stored (0: dense).
 struct gemm_spec {
   std::int64_t M = 0, N = 0, K = 0;
   bool ta = false, tb = false, tc = false, epilogue = false;
   int threads = 1;
+  std::int64_t lda = 0, ldb = 0;
   friend bool operator==(const gemm_spec&, const gemm_spec&) = default;
 };
 
@@ -200,8 +202,9 @@ inline void gemm(gemm_spec spec, const float* a, const float* b, float* c, const
   spec.threads = num_threads();
   using dims = dnnl::memory::dims;
   const auto M = spec.M, N = spec.N, K = spec.K;
-  const dnnl::memory::desc a_md({M, K}, dnnl_dt::f32, spec.ta ? dims{1, M} : dims{K, 1});
-  const dnnl::memory::desc b_md({K, N}, dnnl_dt::f32, spec.tb ? dims{1, K} : dims{N, 1});
+  const auto lda = spec.lda ? spec.lda : (spec.ta ? M : K), ldb = spec.ldb ? spec.ldb : (spec.tb ? K : N);
+  const dnnl::memory::desc a_md({M, K}, dnnl_dt::f32, spec.ta ? dims{1, lda} : dims{lda, 1});
+  const dnnl::memory::desc b_md({K, N}, dnnl_dt::f32, spec.tb ? dims{1, ldb} : dims{ldb, 1});
   const dnnl::memory::desc c_md({M, N}, dnnl_dt::f32, spec.tc ? dims{1, M} : dims{N, 1});
   const dnnl::memory::desc full_md({M, N}, dnnl_dt::f32, dims{N, 1}), col_md({1, N}, dnnl_dt::f32, dims{N, 1});
   const auto e = cache.get(spec, [&] {

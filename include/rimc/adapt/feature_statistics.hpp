@@ -1,0 +1,267 @@
+#pragma once
+/// \file
+/// The feature-KD loss of one layer from statistics computed once
+/// (../shared/PAPER.md, "A performance note on feature-KD calibration"): exact,
+/// not an approximation; it differs from the direct computation only in
+/// rounding.
+///
+/// Within one layer's calibration the im2col rows x_i of the layer's input
+/// (K values each; i over images and output positions, P of them), the
+/// frozen base output z0 = W0 x (no bias) and the teacher's output t do not
+/// change; only m, A and B do. With gamma = m / n, V = B A and
+/// q = z0 + b - t (the drifted layer's error), the error of output o is
+///
+///   e_io = (gamma_o - 1) z0_io + q_io + s gamma_o V_o . x_i
+///
+/// so its sum of squares needs only G = sum x x^T (K x K), X^T Z0 and X^T Q
+/// (K x O) and the per-channel sums of z0^2, z0 q and q^2:
+///
+///   sum_i e_io^2 = d^2 zz_o + 2 d zq_o + qq_o + 2 s gamma_o B_o . (d A X^T z0_o + A X^T q_o)
+///                  + s^2 gamma_o^2 B_o (A G A^T) B_o^T,        d = gamma_o - 1.
+///
+/// One step then costs r K (K + 4 O) multiply-adds, whatever N and the
+/// feature-map size; building the statistics costs P K (K + 2 O) once (a
+/// oneDNN matmul). Writing e with q and gamma - 1 rather than with z0 and t
+/// keeps every term the size of the error itself, so the sums lose few
+/// digits to cancellation; the per-channel sums are in double.
+
+#include <rimc/adapt/dora_adapter.hpp>
+#include <rimc/core/error.hpp>
+#include <rimc/kernels/im2col.hpp>
+#include <rimc/kernels/linear.hpp>
+#include <rimc/kernels/small_gemm.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace rimc {
+
+/// How calibrate_feature_kd computes a layer's loss and gradients at each
+/// step. Both paths are exact; they differ only in rounding.
+enum class kd_loss_path : std::uint8_t {
+  automatic,   ///< per layer, the path with the fewer estimated multiply-adds
+  statistics,  ///< from per-layer statistics (Gram matrix etc.): r K (K + 4 O) per step, independent of N
+  direct,      ///< forward and backward over all N images at every step
+};
+
+[[nodiscard]] inline const char* to_string(kd_loss_path p) noexcept {
+  switch (p) {
+    case kd_loss_path::automatic: return "automatic";
+    case kd_loss_path::statistics: return "statistics";
+    case kd_loss_path::direct: return "direct";
+  }
+  return "?";
+}
+
+namespace detail {
+
+/// The feature-KD loss of one layer and its gradients from statistics (see the file comment).
+class feature_statistics {
+ public:
+  /// Values of [X | Z0 | Q] formed at a time (at least 256 rows): bounds the
+  /// working memory (16 MiB) whatever N; the chunks' products are added in order.
+  static constexpr std::int64_t chunk_floats = std::int64_t{1} << 22;
+
+  /// `x`: the layer's input; `z0`: W0 x without the bias and `target`: the
+  /// teacher's output with it, both [P, O] row-major (channels-last for a
+  /// conv); `bias`: the layer's bias [O] or null. Keeps only the statistics.
+  /// `chunk_rows` overrides the rows per chunk (tests).
+  feature_statistics(const dora_adapter& a, const Tensor& x, const Tensor& z0, const Tensor* bias,
+                     const Tensor& target, std::int64_t chunk_rows = 0)
+      : K_(a.fan_in()), O_(a.out_features()), W_(K_ + 2 * O_) {
+    const std::int64_t P = z0.numel() / std::max<std::int64_t>(O_, 1);
+    if (z0.numel() != P * O_ || target.numel() != z0.numel()) {
+      throw shape_error(concat("feature_statistics: base output ", z0.shape().to_string(), " and target ",
+                               target.shape().to_string(), " must both hold P x ", O_, " values"));
+    }
+    if (bias && bias->numel() != O_) {
+      throw shape_error(concat("feature_statistics: bias ", bias->shape().to_string(), " should hold ", O_, " values"));
+    }
+    count_ = static_cast<double>(P * O_);
+    const float* z = z0.data();
+    const float* t = target.data();
+    Shape out;
+    const Tensor* xs = &x;
+    if (a.is_conv()) {
+      const Tensor& w = a.base_weights();
+      out = im2col_output_shape(x, w.dim(2), w.dim(3), a.conv_params());
+      if (out[0] * out[2] * out[3] != P) {
+        throw shape_error(concat("feature_statistics: input ", x.shape().to_string(), " gives ",
+                                 out[0] * out[2] * out[3], " output positions, the base output has ", P));
+      }
+    } else {
+      xs = &as_layout(x, layout::nchw, 3);
+      if (x.numel() != P * K_) {
+        throw shape_error(concat("feature_statistics: input ", x.shape().to_string(), " does not give ", P, " rows of ",
+                                 K_, " features"));
+      }
+    }
+
+    s_.assign(static_cast<std::size_t>(K_ * W_), 0.0f);
+    const std::int64_t rows = chunk_rows > 0 ? chunk_rows : std::max<std::int64_t>(256, chunk_floats / W_);
+    std::vector<float> y(static_cast<std::size_t>(std::min(P, rows) * W_));
+    std::vector<float> part(P > rows ? s_.size() : 0);
+    constexpr std::int64_t block = 256;
+    std::vector<double> sums;
+    Eigen::VectorXd zz = Eigen::VectorXd::Zero(O_), zq = zz, qq = zz;
+    for (std::int64_t r0 = 0; r0 < P; r0 += rows) {
+      const std::int64_t n = std::min(P, r0 + rows) - r0, blocks = (n + block - 1) / block;
+      sums.assign(static_cast<std::size_t>(blocks * 3 * O_), 0.0);
+      float* yp = y.data();
+      double* sp = sums.data();
+#pragma omp parallel for schedule(static)
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        const std::int64_t p0 = b * block, p1 = std::min(n, p0 + block);
+        if (a.is_conv()) {
+          const Tensor& w = a.base_weights();
+          im2col_rows(x, w.dim(2), w.dim(3), a.conv_params(), out, r0 + p0, r0 + p1, yp + p0 * W_, W_);
+        }
+        double* bz = sp + b * 3 * O_;
+        for (std::int64_t p = p0; p < p1; ++p) {
+          float* row = yp + p * W_;
+          if (!a.is_conv()) std::copy_n(xs->data() + (r0 + p) * K_, K_, row);
+          const float* zr = z + (r0 + p) * O_;
+          const float* tr = t + (r0 + p) * O_;
+          for (std::int64_t o = 0; o < O_; ++o) {
+            const double zo = zr[o], qo = zo + (bias ? double((*bias)[o]) : 0.0) - double(tr[o]);
+            row[K_ + o] = zr[o];
+            row[K_ + O_ + o] = static_cast<float>(qo);
+            bz[o] += zo * zo;
+            bz[O_ + o] += zo * qo;
+            bz[2 * O_ + o] += qo * qo;
+          }
+        }
+      }
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        const double* bz = sums.data() + b * 3 * O_;
+        zz += Eigen::Map<const Eigen::VectorXd>(bz, O_);
+        zq += Eigen::Map<const Eigen::VectorXd>(bz + O_, O_);
+        qq += Eigen::Map<const Eigen::VectorXd>(bz + 2 * O_, O_);
+      }
+      // [K, W] = X^T [X | Z0 | Q]: X is the first K columns of y.
+      float* dst = r0 == 0 ? s_.data() : part.data();
+      gemm(gemm_spec{.M = K_, .N = W_, .K = n, .ta = true, .lda = W_}, yp, yp, dst);
+      if (r0 > 0) {
+        for (std::size_t i = 0; i < s_.size(); ++i) s_[i] += part[i];
+      }
+    }
+    zz_ = zz;
+    zq_ = zq;
+    qq_ = qq;
+    // [X^T Z0 | X^T Q]^T [2 O, K]: the per-step product for dL/dA reads it by rows.
+    ct_.resize(static_cast<std::size_t>(2 * O_ * K_));
+    for (std::int64_t k = 0; k < K_; ++k)
+      for (std::int64_t c = 0; c < 2 * O_; ++c)
+        ct_[static_cast<std::size_t>(c * K_ + k)] = s_[static_cast<std::size_t>(k * W_ + K_ + c)];
+  }
+
+  /// The mean squared error of `a`'s output against the target and, with
+  /// `grads`, its gradients with respect to m, A and B (norm mode as `a`'s).
+  [[nodiscard]] double evaluate(const dora_adapter& a, dora_gradients* grads) {
+    if (a.fan_in() != K_ || a.out_features() != O_) {
+      throw shape_error(concat("feature_statistics::evaluate: adapter is ", a.out_features(), " x ", a.fan_in(),
+                               ", the statistics are for ", O_, " x ", K_));
+    }
+    const std::int64_t r = a.rank();
+    const double s = a.scale();
+    const float* A = a.lora_A().data();
+    const float* B = a.lora_B().data();
+    const Eigen::VectorXf gamma = a.magnitude().vector().cwiseQuotient(a.norms().vector());
+    // u = A [G | X^T Z0 | X^T Q]  [r, W]
+    u_.resize(static_cast<std::size_t>(r * W_));
+    rows_times_matrix({A, K_}, r, K_, {s_.data(), W_}, W_, u_.data(), W_);
+    // M = A G A^T (symmetrised)
+    Eigen::MatrixXd M(r, r);
+    for (std::int64_t j = 0; j < r; ++j)
+      for (std::int64_t l = 0; l < r; ++l) {
+        double acc = 0;
+        const float* uj = u_.data() + j * W_;
+        const float* al = A + l * K_;
+        for (std::int64_t k = 0; k < K_; ++k) acc += double(uj[k]) * double(al[k]);
+        M(j, l) = acc;
+      }
+    M = 0.5 * (M + M.transpose()).eval();
+
+    const double scale2 = 2.0 / count_;
+    Eigen::VectorXd dgamma(O_), b(r), acz(r), acq(r);
+    Eigen::MatrixXd dB(O_, r), wgb(O_, r);
+    double total = 0;
+    for (std::int64_t o = 0; o < O_; ++o) {
+      const double g = gamma[o], d = g - 1.0;
+      for (std::int64_t j = 0; j < r; ++j) {
+        b[j] = B[o * r + j];
+        acz[j] = u_[static_cast<std::size_t>(j * W_ + K_ + o)];
+        acq[j] = u_[static_cast<std::size_t>(j * W_ + K_ + O_ + o)];
+      }
+      const double bz = b.dot(acz), lin = d * bz + b.dot(acq);
+      const Eigen::VectorXd mb = M * b;
+      const double quad = b.dot(mb);
+      total += d * d * zz_[o] + 2 * d * zq_[o] + qq_[o] + 2 * s * g * lin + s * s * g * g * quad;
+      if (!grads) continue;
+      dgamma[o] = scale2 * (d * zz_[o] + zq_[o] + s * lin + s * g * bz + s * s * g * quad);
+      dB.row(o) = (scale2 * (s * g * (d * acz + acq) + s * s * g * g * mb)).transpose();
+      wgb.row(o) = (s * g * b).transpose();
+    }
+    const double loss = std::max(0.0, total / count_);
+    if (!grads) return loss;
+
+    // dL/dA = 2 / count (R A G + E [X^T Z0 | X^T Q]^T), R = wgb^T wgb, E = [wgb^T diag(d) | wgb^T].
+    const Eigen::MatrixXd R = wgb.transpose() * wgb;
+    e_.resize(static_cast<std::size_t>(r * 2 * O_));
+    for (std::int64_t j = 0; j < r; ++j)
+      for (std::int64_t o = 0; o < O_; ++o) {
+        e_[static_cast<std::size_t>(j * 2 * O_ + o)] = static_cast<float>(wgb(o, j) * (double(gamma[o]) - 1.0));
+        e_[static_cast<std::size_t>(j * 2 * O_ + O_ + o)] = static_cast<float>(wgb(o, j));
+      }
+    lin_.resize(static_cast<std::size_t>(r * K_));
+    rows_times_matrix({e_.data(), 2 * O_}, r, 2 * O_, {ct_.data(), K_}, K_, lin_.data(), K_);
+    grads->lora_A.ensure(a.lora_A().shape());
+    grads->lora_B.ensure(a.lora_B().shape());
+    float* dA = grads->lora_A.data();
+    for (std::int64_t j = 0; j < r; ++j)
+      for (std::int64_t k = 0; k < K_; ++k) {
+        double acc = lin_[static_cast<std::size_t>(j * K_ + k)];
+        for (std::int64_t l = 0; l < r; ++l) acc += R(j, l) * double(u_[static_cast<std::size_t>(l * W_ + k)]);
+        dA[j * K_ + k] = static_cast<float>(scale2 * acc);
+      }
+    grads->lora_B.matrix(O_, r) = dB.cast<float>();
+    a.complete_gradients(dgamma, *grads);
+    return loss;
+  }
+
+  /// The work of `steps` steps on this path, building the statistics
+  /// included, in multiply-adds; the one-off matmul counts half (oneDNN runs
+  /// it at about twice the rate of the per-step products, measured on the
+  /// ResNet-20 shapes).
+  [[nodiscard]] static double cost(std::int64_t P, std::int64_t K, std::int64_t O, std::int64_t r, int steps) {
+    const double k = static_cast<double>(K), w = static_cast<double>(K + 2 * O);
+    return 0.5 * static_cast<double>(P) * k * w + steps * static_cast<double>(r) * k * (w + 2.0 * static_cast<double>(O));
+  }
+  /// The same for the direct path: per step the forward of A x, the
+  /// combination and the loss, and the backward of A, B and m, plus a fixed
+  /// 1e6 for its kernel calls (about 30 us measured, which that many
+  /// multiply-adds also take).
+  [[nodiscard]] static double direct_cost(std::int64_t P, std::int64_t K, std::int64_t O, std::int64_t r, int steps) {
+    const double per_step =
+        static_cast<double>(P) * static_cast<double>(r) * (2.0 * static_cast<double>(K) + 3.0 * static_cast<double>(O));
+    return steps * (per_step + 1e6);
+  }
+  /// Bytes the statistics keep.
+  [[nodiscard]] static double bytes(std::int64_t K, std::int64_t O) {
+    return 4.0 * static_cast<double>(K) * static_cast<double>(K + 2 * O) + 8.0 * static_cast<double>(O * K);
+  }
+
+ private:
+  std::int64_t K_, O_, W_;
+  double count_ = 0;
+  std::vector<float> s_;   ///< [K, W]: X^T [X | Z0 | Q]
+  std::vector<float> ct_;  ///< [2 O, K]: [X^T Z0 | X^T Q]^T
+  Eigen::VectorXd zz_, zq_, qq_;
+  std::vector<float> u_, e_, lin_;  ///< per-step scratch
+};
+
+}  // namespace detail
+}  // namespace rimc

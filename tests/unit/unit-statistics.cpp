@@ -1,0 +1,271 @@
+// The statistics-based feature-KD loss (adapt/feature_statistics.hpp) is the
+// direct loss rewritten, not an approximation: its loss and gradients equal
+// the direct forward + backward's to rounding for conv and linear layers,
+// ranks 1..5, both norm modes, with and without bias, in one chunk or many;
+// its exact-mode gradient matches central differences of its own loss in
+// double; its small kernels (rows times matrix, double row dots, Adam's
+// update) give the same bits on the AVX-512 and plain paths; and a whole
+// calibration on either path ends at the same feature MSEs.
+
+#include <rimc/adapt/feature_kd.hpp>
+#include <rimc/adapt/feature_statistics.hpp>
+#include <rimc/adapt/optim.hpp>
+#include <rimc/kernels/small_gemm.hpp>
+#include <rimc/nn/deploy.hpp>
+#include <rimc/nn/network.hpp>
+
+#include "test_util.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+using namespace rimc;
+
+namespace {
+
+/// ||a - b|| / ||b|| over all elements.
+double rel_diff(const Tensor& a, const Tensor& b) {
+  double d = 0, n = 0;
+  for (std::int64_t i = 0; i < b.numel(); ++i) {
+    d += std::pow(double(a[i]) - double(b[i]), 2);
+    n += std::pow(double(b[i]), 2);
+  }
+  return std::sqrt(d / std::max(n, 1e-300));
+}
+
+struct layer_case {
+  bool conv;
+  std::int64_t rank;
+  norm_mode norm;
+  bool bias;
+  std::int64_t chunk_rows;
+  layout in_layout;
+};
+
+/// An adapter with non-trivial m and B on a random layer, its input, W0 x (no bias) and a target.
+struct layer_fixture {
+  dora_adapter a;
+  Tensor x, z0, target, bias;
+
+  explicit layer_fixture(const layer_case& c)
+      : a(c.conv ? dora_adapter::conv2d(test::random_tensor(Shape{12, 5, 3, 3}, 1, layout::nchw, -0.3f, 0.3f),
+                                        conv2d_params{.stride = {2, 1}, .padding = {1, 0}},
+                                        {.rank = c.rank, .alpha = 2.0, .norm = c.norm, .seed = 4})
+                 : dora_adapter::linear(test::random_tensor(Shape{9, 37}, 1, layout::nchw, -0.3f, 0.3f),
+                                        {.rank = c.rank, .alpha = 2.0, .norm = c.norm, .seed = 4})) {
+    Tensor b = a.lora_B(), m = a.magnitude();
+    fill_uniform(b, counter_rng(6), -0.3f, 0.3f);
+    for (float& v : m.values()) v *= 1.1f;
+    a.set_parameters(m, a.lora_A(), b);
+    x = c.conv ? test::random_tensor(Shape{3, 5, 9, 8}, 2, c.in_layout) : test::random_tensor(Shape{7, 37}, 2);
+    a.base_forward(x, z0);
+    if (z0.rank() == 4) z0 = z0.to_layout(layout::nhwc);
+    const std::int64_t O = a.out_features();
+    bias = test::random_tensor(Shape{O}, 3);
+    // The target: a perturbed copy of the layer's own output (a drift-sized error).
+    target = z0;
+    const Tensor noise = test::random_tensor(target.shape(), 5, target.memory_layout());
+    for (std::int64_t i = 0; i < target.numel(); ++i) {
+      target[i] = 1.05f * target[i] + 0.1f * noise[i] + (c.bias ? bias[i % O] : 0.0f);
+    }
+  }
+  [[nodiscard]] const Tensor* bias_ptr(const layer_case& c) const { return c.bias ? &bias : nullptr; }
+};
+
+}  // namespace
+
+TEST_SUITE("feature statistics") {
+  TEST_CASE("the statistics give the direct loss and gradients to rounding") {
+    std::vector<layer_case> cases;
+    for (const bool conv : {true, false})
+      for (const std::int64_t r : {1, 2, 3, 5})
+        for (const norm_mode nm : {norm_mode::detached, norm_mode::exact})
+          cases.push_back({conv, r, nm, r != 3, r == 2 ? 7 : 0, r == 5 ? layout::nchw : layout::nhwc});
+    for (const auto& c : cases) {
+      CAPTURE(c.conv);
+      CAPTURE(c.rank);
+      CAPTURE(static_cast<int>(c.norm));
+      CAPTURE(c.bias);
+      CAPTURE(c.chunk_rows);
+      layer_fixture f(c);
+      // Direct: forward, MSE and the hand-written backward (checked against finite differences in unit-dora).
+      Tensor y, dy;
+      dora_cache cache;
+      f.a.forward(f.x, f.z0, f.bias_ptr(c), y, &cache);
+      const double direct = detail::mse(y, f.target, &dy);
+      dora_gradients gd;
+      f.a.backward(cache, dy, gd);
+
+      detail::feature_statistics st(f.a, f.x, f.z0, f.bias_ptr(c), f.target, c.chunk_rows);
+      dora_gradients gs;
+      const double stats = st.evaluate(f.a, &gs);
+      CHECK(stats == doctest::Approx(direct).epsilon(1e-5));
+      CHECK(st.evaluate(f.a, nullptr) == stats);
+      CHECK(rel_diff(gs.magnitude, gd.magnitude) < 1e-4);
+      CHECK(rel_diff(gs.lora_A, gd.lora_A) < 1e-4);
+      CHECK(rel_diff(gs.lora_B, gd.lora_B) < 1e-4);
+      CHECK(gs.lora_A.shape() == f.a.lora_A().shape());
+      CHECK(gs.lora_B.shape() == f.a.lora_B().shape());
+    }
+  }
+
+  TEST_CASE("exact-norm gradients of the statistics loss match central differences in double") {
+    for (const bool conv : {true, false}) {
+      CAPTURE(conv);
+      const layer_case c{conv, 3, norm_mode::exact, true, 0, layout::nhwc};
+      layer_fixture f(c);
+      detail::feature_statistics st(f.a, f.x, f.z0, f.bias_ptr(c), f.target);
+      dora_gradients g;
+      (void)st.evaluate(f.a, &g);
+      const Tensor* grads[3] = {&g.magnitude, &g.lora_A, &g.lora_B};
+      for (int which = 0; which < 3; ++which) {
+        const Tensor base = *f.a.parameters()[static_cast<std::size_t>(which)];
+        for (const std::int64_t i : {std::int64_t{0}, base.numel() / 2, base.numel() - 1}) {
+          CAPTURE(which);
+          CAPTURE(i);
+          // The loss's float rounding is about 1e-7 of it: a step of 1e-2 keeps that well under the tolerance.
+          const double h = 1e-2;
+          const std::array<Tensor, 3> start{f.a.magnitude(), f.a.lora_A(), f.a.lora_B()};
+          auto loss_at = [&](double delta) {
+            std::array<Tensor, 3> p = start;
+            p[static_cast<std::size_t>(which)][i] = static_cast<float>(double(base[i]) + delta);
+            f.a.set_parameters(p[0], p[1], p[2]);
+            const double l = st.evaluate(f.a, nullptr);
+            f.a.set_parameters(start[0], start[1], start[2]);
+            return l;
+          };
+          const double fd = (loss_at(h) - loss_at(-h)) / (2 * h);
+          const double an = (*grads[which])[i];
+          CHECK(an == doctest::Approx(fd).epsilon(2e-3).scale(1e-3 * std::abs(fd) + 1e-6));
+        }
+      }
+    }
+  }
+
+  TEST_CASE("rows times matrix, double row dots and Adam's update give the same bits on both paths") {
+    if (!detail::has_avx512f()) {
+      MESSAGE("no AVX-512 on this CPU: only the plain paths run");
+      return;
+    }
+#if RIMC_HAVE_X86_DISPATCH
+    for (const std::int64_t r : {1, 2, 3, 4, 5, 9})
+      for (const std::int64_t K : {1, 7, 16, 33})
+        for (const std::int64_t N : {1, 15, 64, 65, 130}) {
+          CAPTURE(r);
+          CAPTURE(K);
+          CAPTURE(N);
+          const std::int64_t lda = K + 3, ldb = N + 5, ldo = N + 2;
+          const Tensor a = test::random_tensor(Shape{r, lda}, 1), b = test::random_tensor(Shape{K, ldb}, 2);
+          std::vector<float> o1(static_cast<std::size_t>(r * ldo), -7.0f), o2 = o1;
+          detail::rows_times_matrix_scalar({a.data(), lda}, r, K, {b.data(), ldb}, 0, N, o1.data(), ldo);
+          detail::rows_times_matrix_avx512({a.data(), lda}, r, K, {b.data(), ldb}, 0, N, o2.data(), ldo);
+          CHECK(std::memcmp(o1.data(), o2.data(), o1.size() * sizeof(float)) == 0);
+          std::vector<float> o3(o1.size(), -7.0f);
+          detail::rows_times_matrix({a.data(), lda}, r, K, {b.data(), ldb}, N, o3.data(), ldo);
+          CHECK(std::memcmp(o1.data(), o3.data(), o1.size() * sizeof(float)) == 0);
+          // Double row dots of a [r, K] against b's first rows read as [min(K, 4), K].
+          const std::int64_t n = std::min<std::int64_t>(K, 4);
+          std::vector<double> d1(static_cast<std::size_t>(r * n)), d2 = d1;
+          detail::row_dots_f64_scalar({a.data(), lda}, r, {b.data(), ldb}, n, K, d1.data());
+          detail::row_dots_f64_avx512({a.data(), lda}, r, {b.data(), ldb}, n, K, d2.data());
+          CHECK(std::memcmp(d1.data(), d2.data(), d1.size() * sizeof(double)) == 0);
+        }
+    for (const std::int64_t n : {1, 7, 8, 9, 17, 1000}) {
+      CAPTURE(n);
+      const Tensor g = test::random_tensor(Shape{n}, 3, layout::nchw, -1e-3f, 1e-3f);
+      Tensor p1 = test::random_tensor(Shape{n}, 4), m1 = test::random_tensor(Shape{n}, 5, layout::nchw, -1e-4f, 1e-4f),
+             v1 = test::random_tensor(Shape{n}, 6, layout::nchw, 0.0f, 1e-7f);
+      Tensor p2 = p1, m2 = m1, v2 = v1;
+      const detail::adam_step_consts consts{0.9f, 0.999f, 1 - 0.9f, 1 - 0.999f, 1 - 0.9 * 0.9, 1 - 0.999 * 0.999, 1e-2, 1e-8};
+      for (int step = 0; step < 3; ++step) {
+        detail::adam_update_scalar(p1.data(), g.data(), m1.data(), v1.data(), 0, n, consts);
+        detail::adam_update_avx512(p2.data(), g.data(), m2.data(), v2.data(), n, consts);
+      }
+      CHECK(p1 == p2);
+      CHECK(m1 == m2);
+      CHECK(v1 == v2);
+    }
+#endif
+  }
+
+  TEST_CASE("bad inputs to the statistics are rejected with the shapes named") {
+    const layer_case c{true, 2, norm_mode::detached, true, 0, layout::nhwc};
+    layer_fixture f(c);
+    Tensor short_target(Shape{f.target.numel() - 1});
+    CHECK_THROWS_AS(detail::feature_statistics(f.a, f.x, f.z0, nullptr, short_target), shape_error);
+    Tensor wrong_bias(Shape{3});
+    CHECK_THROWS_AS(detail::feature_statistics(f.a, f.x, f.z0, &wrong_bias, f.target), shape_error);
+    const Tensor other_x = test::random_tensor(Shape{3, 5, 11, 8}, 2, layout::nhwc);
+    CHECK_THROWS_WITH_AS(detail::feature_statistics(f.a, other_x, f.z0, nullptr, f.target),
+                         doctest::Contains("output positions"), shape_error);
+    detail::feature_statistics st(f.a, f.x, f.z0, nullptr, f.target);
+    const dora_adapter other = dora_adapter::linear(test::random_tensor(Shape{12, 44}, 1), {.rank = 2, .alpha = 2.0});
+    CHECK_THROWS_WITH_AS((void)st.evaluate(other, nullptr), doctest::Contains("12 x 44"), shape_error);
+  }
+
+  TEST_CASE("a calibration on the statistics path ends where the direct path does; automatic picks per layer") {
+    // A small conv net with biases (c1, c2) and a linear head, the student its drifted copy.
+    network teacher;
+    int x = teacher.input(Shape{3, 12, 12});
+    x = teacher.conv2d("c1", x, 8, 3, conv2d_params{{1, 1}, {1, 1}}, true);
+    x = teacher.relu("r1", x);
+    x = teacher.conv2d("c2", x, 16, 3, conv2d_params{{2, 2}, {1, 1}}, true);
+    x = teacher.relu("r2", x);
+    x = teacher.global_avg_pool("gap", x);
+    x = teacher.flatten("flat", x);
+    teacher.linear("fc", x, 5);
+    std::uint64_t seed = 1;
+    for (const auto& n : teacher.nodes())
+      for (auto& [p, t] : teacher.node(n.name).params) fill_uniform(t, counter_rng(seed++), -0.3f, 0.3f);
+    const Tensor images = test::random_tensor(Shape{6, 3, 12, 12}, 9);
+    // A freshly drifted chip calibrated with `cfg` (30 steps, lr 0.02).
+    auto calibrate_chip = [&](calibration_config cfg) {
+      network student = teacher;
+      analog_options opt;
+      opt.device.g_min_us = 0.0;
+      auto chip = deploy_analog(student, opt);
+      chip.drift_to(relative_drift{}, 0.2, 3);
+      cfg.steps = 30;
+      cfg.lr = 0.02;
+      calibration_result r = calibrate_feature_kd(teacher, student, images, cfg);
+      CHECK(r.rram_writes == 0);
+      return r;
+    };
+    std::map<kd_loss_path, calibration_result> results;
+    for (const kd_loss_path path : {kd_loss_path::direct, kd_loss_path::statistics, kd_loss_path::automatic}) {
+      calibration_config cfg;
+      cfg.loss_path = path;
+      results[path] = calibrate_chip(cfg);
+    }
+    const auto& d = results[kd_loss_path::direct].layers;
+    const auto& s = results[kd_loss_path::statistics].layers;
+    REQUIRE(d.size() == 3);
+    REQUIRE(s.size() == 3);
+    for (std::size_t i = 0; i < d.size(); ++i) {
+      CAPTURE(d[i].name);
+      CHECK(d[i].path == kd_loss_path::direct);
+      CHECK(s[i].path == kd_loss_path::statistics);
+      CHECK(s[i].mse_before == doctest::Approx(d[i].mse_before).epsilon(1e-3));
+      CHECK(s[i].mse_after == doctest::Approx(d[i].mse_after).epsilon(1e-2));
+      CHECK(s[i].mse_after < s[i].mse_before);
+    }
+    // Automatic: every layer here is far cheaper from statistics, unless they may not take any memory.
+    for (const auto& l : results[kd_loss_path::automatic].layers) CHECK(l.path == kd_loss_path::statistics);
+    calibration_config no_memory;
+    no_memory.statistics_max_bytes = 0;
+    const calibration_result r = calibrate_chip(no_memory);
+    for (std::size_t i = 0; i < d.size(); ++i) {
+      CHECK(r.layers[i].path == kd_loss_path::direct);
+      CHECK(r.layers[i].mse_after == d[i].mse_after);  // the same path gives the same bits
+    }
+    calibration_config bad;
+    bad.loss_path = static_cast<kd_loss_path>(7);
+    CHECK_THROWS_WITH_AS(bad.validate(), doctest::Contains("loss_path"), value_error);
+    bad.loss_path = kd_loss_path::automatic;
+    bad.statistics_max_bytes = std::nan("");
+    CHECK_THROWS_WITH_AS(bad.validate(), doctest::Contains("statistics_max_bytes"), value_error);
+  }
+}
