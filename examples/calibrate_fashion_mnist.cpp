@@ -8,11 +8,13 @@
 //
 //   calibrate_fashion_mnist [--preset relative|cmo|neurram] [--rho 0.2] [--time 86400] [--g-min-ratio 0]
 //                           [--samples 10] [--rank 2] [--steps 100] [--lr 0.01] [--from-teacher-norms]
-//                           [--seed 0] [--drift-seed 1] [--threads 2] [--test-images 10000]
+//                           [--seed 0] [--drift-seed 1] [--threads 2] [--test-images 10000] [--eval-batch 50]
+//                           [--loss-path automatic|statistics|direct]
 //                           [--bp-steps 100] [--bp-lr 0.001] [--bp-ce 0] [--bp-kl 1] [--no-backprop]
 //                           [--csv calibration.csv] [--model path.safetensors]
 //
 // --rho applies to the relative preset, --time (seconds since programming) to cmo and neurram.
+// --loss-path: how each calibration step is computed (calibration_config::loss_path; both exact).
 
 #include "fashion_mnist_lab.hpp"
 
@@ -36,13 +38,20 @@ struct args {
   double lr = 1e-2, bp_lr = 1e-3, bp_ce = 0.0, bp_kl = 1.0;
   int bp_steps = 100;
   bool backprop = true;
-  std::int64_t samples = 10, rank = 2, test_images = 10000;
+  std::int64_t samples = 10, rank = 2, test_images = 10000, eval_batch = 50;
+  kd_loss_path loss_path = kd_loss_path::automatic;
   int steps = 100, threads = 2;
   std::uint64_t seed = 0;
   bool from_teacher_norms = false;
   std::string csv = "calibration.csv";
   std::string model = RIMC_MODEL_DIR "/resnet20_fmnist.safetensors";
 };
+
+kd_loss_path parse_loss_path(std::string_view s) {
+  for (const kd_loss_path p : {kd_loss_path::automatic, kd_loss_path::statistics, kd_loss_path::direct})
+    if (s == to_string(p)) return p;
+  throw value_error(detail::concat("--loss-path must be automatic, statistics or direct, got '", s, "'"));
+}
 
 args parse(int argc, char** argv) {
   args a;
@@ -64,6 +73,8 @@ args parse(int argc, char** argv) {
     else if (k == "--seed") a.seed = std::strtoull(next(), nullptr, 10);
     else if (k == "--drift-seed") a.chip.drift_seed = std::strtoull(next(), nullptr, 10);
     else if (k == "--test-images") a.test_images = std::atoll(next());
+    else if (k == "--eval-batch") a.eval_batch = std::atoll(next());
+    else if (k == "--loss-path") a.loss_path = parse_loss_path(next());
     else if (k == "--from-teacher-norms") a.from_teacher_norms = true;
     else if (k == "--bp-steps") a.bp_steps = std::atoi(next());
     else if (k == "--bp-lr") a.bp_lr = std::atof(next());
@@ -93,7 +104,7 @@ int main(int argc, char** argv) try {
   const args a = parse(argc, argv);
   set_num_threads(a.threads);
   std::fprintf(stderr, "loading Fashion-MNIST and the teacher...\n");
-  const lab::fashion_mnist_lab lab(a.model, a.test_images);
+  const lab::fashion_mnist_lab lab(a.model, a.test_images, a.eval_batch);
   const eval_result ideal = lab.evaluate(lab.teacher());
 
   // Program every conv and linear layer onto crossbars (differential pairs, 8-bit cells), then drift.
@@ -119,6 +130,7 @@ int main(int argc, char** argv) try {
   cfg.lr = a.lr;
   cfg.seed = a.seed;
   cfg.magnitude_from_teacher = a.from_teacher_norms;
+  cfg.loss_path = a.loss_path;
   const calibration_result cal = calibrate_feature_kd(lab.teacher(), chip->net(), calib.images, cfg);
   const eval_result calibrated = lab.evaluate(chip->net());
 

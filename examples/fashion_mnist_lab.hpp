@@ -142,12 +142,15 @@ class drifted_chip {
 /// The teacher and the data, loaded once.
 class fashion_mnist_lab {
  public:
-  explicit fashion_mnist_lab(std::string model, std::int64_t test_images = 10000)
+  /// `eval_batch`: test images per forward in evaluate().
+  explicit fashion_mnist_lab(std::string model, std::int64_t test_images = 10000, std::int64_t eval_batch = 250)
       : model_(std::move(model)),
+        eval_batch_(eval_batch),
         train_(load_mnist_like(fashion_mnist_dir, "train")),
         test_(load_mnist_like(fashion_mnist_dir, "test")),
         teacher_(load_folded(model_)) {
     if (test_images < 1) throw value_error(detail::concat("--test-images must be >= 1, got ", test_images));
+    if (eval_batch < 1) throw value_error(detail::concat("--eval-batch must be >= 1, got ", eval_batch));
     if (test_images < test_.size()) {
       std::vector<std::int64_t> first(static_cast<std::size_t>(test_images));
       for (std::size_t i = 0; i < first.size(); ++i) first[i] = static_cast<std::int64_t>(i);
@@ -164,7 +167,7 @@ class fashion_mnist_lab {
     return train_.subset(sample_indices(train_.size(), n, seed));
   }
 
-  [[nodiscard]] eval_result evaluate(const network& net) const { return rimc::evaluate(net, test_, 250, false); }
+  [[nodiscard]] eval_result evaluate(const network& net) const { return rimc::evaluate(net, test_, eval_batch_, false); }
 
   [[nodiscard]] std::unique_ptr<drifted_chip> drift(const chip_config& cfg) const {
     return std::make_unique<drifted_chip>(model_, cfg);
@@ -172,6 +175,7 @@ class fashion_mnist_lab {
 
  private:
   std::string model_;
+  std::int64_t eval_batch_;
   dataset train_, test_;
   network teacher_;
 };

@@ -12,7 +12,8 @@ rimc's to float rounding), the same layer-wise feature-KD calibration
 magnitude = drifted row norms, s = alpha / r with alpha = r, norm detached;
 MSE to the teacher's pre-activation features; torch.optim.Adam, the same
 steps, lr, N and sample indices; rimc's keep-the-best-step rule), and the
-same evaluation on the 10,000 test images (batch 250, inference mode).
+same evaluation on the 10,000 test images (--eval-batch, default 50 as the
+demo's; inference mode).
 Teacher features are computed once, each layer's student input and W0 x once
 per layer (the standard approach).
 
@@ -357,7 +358,7 @@ def calibrate(teacher, student, images, args, report):
         report.append((name, before, after))
 
 
-def evaluate(net, x, y, batch=250):
+def evaluate(net, x, y, batch):
     hits = 0
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -416,10 +417,13 @@ def main():
     ap.add_argument("--drift-seed", type=int, default=1)
     ap.add_argument("--rho", type=float, default=0.2)
     ap.add_argument("--test-images", type=int, default=10000)
+    ap.add_argument("--eval-batch", type=int, default=50, help="test images per forward (default 50, as the demo)")
     ap.add_argument("--csv", default="peer_calibration.csv")
     ap.add_argument("--model", default=str(MODEL))
     ap.add_argument("--check", help="a rimc_dump file to compare with")
     args = ap.parse_args()
+    if args.eval_batch < 1:
+        ap.error(f"--eval-batch must be >= 1, got {args.eval_batch}")
     torch.set_num_threads(args.threads)
 
     print("loading Fashion-MNIST and the teacher...", file=sys.stderr)
@@ -428,7 +432,7 @@ def main():
     teacher = Net(nodes, weights, biases)
     train_x, _ = load_split("train")
     test_x, test_y = load_split("test", args.test_images)
-    ideal, _ = evaluate(teacher, test_x, test_y)
+    ideal, _ = evaluate(teacher, test_x, test_y, args.eval_batch)
 
     print(f"programming and drifting (relative drift {args.rho:.2f}, seed {args.drift_seed})...", file=sys.stderr)
     t0 = time.perf_counter()
@@ -438,7 +442,7 @@ def main():
             drifted[name] = drifted_weights(weights[name], i, args.rho, args.drift_seed)
     student = Net(nodes, drifted, biases)
     deploy_s = time.perf_counter() - t0
-    drift_top1, _ = evaluate(student, test_x, test_y)
+    drift_top1, _ = evaluate(student, test_x, test_y, args.eval_batch)
 
     print(f"feature-KD calibration with {args.samples} samples, rank {args.rank}, {args.steps} steps per layer...",
           file=sys.stderr)
@@ -448,7 +452,7 @@ def main():
     t0 = time.perf_counter()
     calibrate(teacher, student, images, args, report)
     calib_s = time.perf_counter() - t0
-    calibrated, eval_s = evaluate(student, test_x, test_y)
+    calibrated, eval_s = evaluate(student, test_x, test_y, args.eval_batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     n = test_x.shape[0]
