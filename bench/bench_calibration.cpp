@@ -7,13 +7,17 @@
 //
 //   calibrate_layer/N      one stage-2 conv (layer2.1.conv1: 32 -> 32 channels, 14x14), N images
 //   calibrate_resnet20/N   all 22 layers (fresh adapters each iteration; detach_adapters() is untimed),
-//                          N = 1, 2, 5, 10, 20, 50, 100
+//                          N = 1, 2, 5, 10, 20, 50, 100; each layer's steps on the path the cost model
+//                          picks (loss_path automatic: statistics for every ResNet-20 layer)
+//   calibrate_resnet20_direct/N  the same with every step computed directly over the N images
+//                          (loss_path direct, the method before the statistics path)
 //   calibrate_resnet50/S/N four layers of ResNet-50 at S x S (random weights, 20% drift): the 3x3
 //                          conv2 of the first block of each stage, N images (random)
 //   calibrate_resnet20_cold/10   the same on a freshly deployed chip and teacher with oneDNN's
 //                          primitive cache off: what the first calibration at a new N costs
-//   evaluate_calibrated/250      inference of the drifted, calibrated chip, batch 250 (the demo's evaluation)
-//   evaluate_drifted/250         the same without adapters (the bare drifted chip)
+//   evaluate_calibrated/B        inference of the drifted, calibrated chip, batch B = 50 (the demo's
+//                                evaluation) and 250
+//   evaluate_drifted/B           the same without adapters (the bare drifted chip)
 //
 // Counters: steps/s (Adam steps, all layers), images/s (calibration images
 // through an adapter's forward + backward per second: N x steps / time; for
@@ -126,13 +130,15 @@ void set_counters(benchmark::State& state, std::int64_t n, std::int64_t steps) {
       benchmark::Counter(static_cast<double>(n * steps), benchmark::Counter::kIsIterationInvariantRate);
 }
 
-void calibrate(benchmark::State& state, const std::vector<std::string>& targets) {
+void calibrate(benchmark::State& state, const std::vector<std::string>& targets,
+               kd_loss_path path = kd_loss_path::automatic) {
   const auto n = state.range(0);
   const network teacher = teacher_network();
   chip c;
   const Tensor images = data::get().calibration(n);
   calibration_config cfg = demo_config();
   cfg.targets = targets;
+  cfg.loss_path = path;
   std::int64_t steps = 0;
   for (auto _ : state) {
     state.PauseTiming();
@@ -150,6 +156,7 @@ void calibrate(benchmark::State& state, const std::vector<std::string>& targets)
 
 void calibrate_layer(benchmark::State& state) { calibrate(state, {"layer2.1.conv1"}); }
 void calibrate_resnet20(benchmark::State& state) { calibrate(state, {}); }
+void calibrate_resnet20_direct(benchmark::State& state) { calibrate(state, {}, kd_loss_path::direct); }
 
 void calibrate_resnet50(benchmark::State& state) {
   const auto size = state.range(0), n = state.range(1);
@@ -229,8 +236,9 @@ BENCHMARK(calibrate_layer)->Arg(1)->Arg(10)->Arg(100)->UseRealTime()->Unit(bench
 BENCHMARK(calibrate_resnet20)
     ->Arg(1)->Arg(2)->Arg(5)->Arg(10)->Arg(20)->Arg(50)->Arg(100)
     ->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(calibrate_resnet20_direct)->Arg(10)->Arg(100)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(calibrate_resnet50)->Args({32, 10})->Args({224, 10})->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(calibrate_resnet20_cold)->Arg(10)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(evaluate_calibrated)->Arg(250)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(evaluate_drifted)->Arg(250)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(evaluate_calibrated)->Arg(50)->Arg(250)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(evaluate_drifted)->Arg(50)->Arg(250)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_MAIN();
