@@ -87,6 +87,9 @@ args parse(int argc, char** argv) {
   }
   if (a.samples < 1) throw value_error(detail::concat("calibrate_fashion_mnist: --samples must be >= 1, got ", a.samples));
   if (a.threads < 1) throw value_error(detail::concat("calibrate_fashion_mnist: --threads must be >= 1, got ", a.threads));
+  if (a.eval_batch < 1) {
+    throw value_error(detail::concat("calibrate_fashion_mnist: --eval-batch must be >= 1, got ", a.eval_batch));
+  }
   a.chip.program_seed = a.seed;
   a.chip.validate();
   return a;
