@@ -47,12 +47,6 @@ struct args {
   std::string model = RIMC_MODEL_DIR "/resnet20_fmnist.safetensors";
 };
 
-kd_loss_path parse_loss_path(std::string_view s) {
-  for (const kd_loss_path p : {kd_loss_path::automatic, kd_loss_path::statistics, kd_loss_path::direct})
-    if (s == to_string(p)) return p;
-  throw value_error(detail::concat("--loss-path must be automatic, statistics or direct, got '", s, "'"));
-}
-
 args parse(int argc, char** argv) {
   args a;
   for (int i = 1; i < argc; ++i) {
@@ -74,7 +68,7 @@ args parse(int argc, char** argv) {
     else if (k == "--drift-seed") a.chip.drift_seed = std::strtoull(next(), nullptr, 10);
     else if (k == "--test-images") a.test_images = std::atoll(next());
     else if (k == "--eval-batch") a.eval_batch = std::atoll(next());
-    else if (k == "--loss-path") a.loss_path = parse_loss_path(next());
+    else if (k == "--loss-path") a.loss_path = lab::parse_loss_path(next());
     else if (k == "--from-teacher-norms") a.from_teacher_norms = true;
     else if (k == "--bp-steps") a.bp_steps = std::atoi(next());
     else if (k == "--bp-lr") a.bp_lr = std::atof(next());

@@ -5,6 +5,7 @@
 //
 //   calibration_sweeps --sweep rho|time|samples|bp-tune|resnet50 [--seeds 5] [--test-images 10000]
 //                      [--threads 2] [--out examples/results] [--steps 100] [--lr 0.01]
+//                      [--loss-path automatic|statistics|direct]
 //                      [--bp-steps 100] [--bp-lr 0.001] [--bp-ce 0] [--bp-kl 1] [--bp-temperature 4]
 //                      [--bp-lrs 1e-4,...,3e-2] [--bp-temps 4] (bp-tune's grid)
 //                      [--rhos 0,0.05,0.1,0.2,0.3] [--realistic-rhos 0.1,0.2,0.3] [--samples-list 1,2,5,10,20,50,100] [--ranks 2,4]
@@ -53,6 +54,7 @@ struct args {
   std::vector<double> bp_temps{4};
   std::string out = "examples/results";
   std::string model = RIMC_MODEL_DIR "/resnet20_fmnist.safetensors";
+  kd_loss_path loss_path = kd_loss_path::automatic;
 };
 
 std::vector<double> parse_list(std::string_view flag, const char* s) {
@@ -84,6 +86,7 @@ args parse(int argc, char** argv) {
     else if (k == "--threads") a.threads = std::atoi(next());
     else if (k == "--steps") a.steps = std::atoi(next());
     else if (k == "--lr") a.lr = std::atof(next());
+    else if (k == "--loss-path") a.loss_path = lab::parse_loss_path(next());
     else if (k == "--bp-steps") a.bp_steps = std::atoi(next());
     else if (k == "--bp-lr") a.bp_lr = std::atof(next());
     else if (k == "--bp-ce") a.bp_ce = std::atof(next());
@@ -154,6 +157,7 @@ class sweep_runner {
     cfg.lr = a_.lr;
     cfg.seed = r.seed;
     cfg.magnitude_from_teacher = teacher_norms;
+    cfg.loss_path = a_.loss_path;
     const dataset calib = lab_.calibration_set(samples, r.seed);
     const calibration_result res = calibrate_feature_kd(lab_.teacher(), chip.net(), calib.images, cfg);
     check_no_writes(res);

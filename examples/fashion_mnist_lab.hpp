@@ -36,6 +36,13 @@ inline drift_preset parse_preset(std::string_view s) {
   throw value_error(detail::concat("--preset must be relative, cmo or neurram, got '", s, "'"));
 }
 
+/// --loss-path: how each feature-KD step is computed (calibration_config::loss_path).
+inline kd_loss_path parse_loss_path(std::string_view s) {
+  for (const kd_loss_path p : {kd_loss_path::automatic, kd_loss_path::statistics, kd_loss_path::direct})
+    if (s == rimc::to_string(p)) return p;
+  throw value_error(detail::concat("--loss-path must be automatic, statistics or direct, got '", s, "'"));
+}
+
 inline const char* to_string(drift_preset p) {
   switch (p) {
     case drift_preset::relative: return "relative";
