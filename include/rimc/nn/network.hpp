@@ -641,7 +641,10 @@ class network {
     std::vector<int> last_use(static_cast<std::size_t>(count), -1);
     for (int i = from + 1; i <= to; ++i)
       for (int in : nodes_[static_cast<std::size_t>(i)].inputs) last_use[static_cast<std::size_t>(resolve(in))] = i;
-    std::vector<std::shared_ptr<Tensor>> value(static_cast<std::size_t>(count));
+    // value: each node's current output (null when not computed or freed); owned: the buffers this run
+    // made, which go back to the pool after their last use (known values are only read).
+    std::vector<const Tensor*> value(static_cast<std::size_t>(count), nullptr);
+    std::vector<std::shared_ptr<Tensor>> owned(static_cast<std::size_t>(count));
     std::vector<std::shared_ptr<Tensor>> pool;
     auto take = [&]() {
       if (pool.empty()) return std::make_shared<Tensor>();
@@ -654,14 +657,15 @@ class network {
     if (known) {
       for (const auto& [k, v] : *known) {
         const auto r = static_cast<std::size_t>(resolve(k));
-        value[r] = std::shared_ptr<Tensor>(std::shared_ptr<Tensor>(), const_cast<Tensor*>(&v));
+        value[r] = &v;
         borrowed[r] = 1;
       }
       if (wanted.contains(from) && value[static_cast<std::size_t>(start)]) {
         captured[nodes_[static_cast<std::size_t>(from)].name] = *value[static_cast<std::size_t>(start)];
       }
     } else {
-      value[static_cast<std::size_t>(start)] = std::make_shared<Tensor>(x);
+      owned[static_cast<std::size_t>(start)] = std::make_shared<Tensor>(x);
+      value[static_cast<std::size_t>(start)] = owned[static_cast<std::size_t>(start)].get();
       if (wanted.contains(from)) captured[nodes_[static_cast<std::size_t>(from)].name] = x;
     }
     // A ReLU that is the only consumer of an adapted layer (on the AVX-512 combination) or of an add, whose
@@ -698,7 +702,9 @@ class network {
     for (int i = from + 1; i <= to; ++i) {
       const network_node& n = nodes_[static_cast<std::size_t>(i)];
       if (fused_src[static_cast<std::size_t>(i)] >= 0) {  // this ReLU ran in its producer's pass
-        value[static_cast<std::size_t>(i)] = std::move(value[static_cast<std::size_t>(fused_src[static_cast<std::size_t>(i)])]);
+        const auto src = static_cast<std::size_t>(fused_src[static_cast<std::size_t>(i)]);
+        owned[static_cast<std::size_t>(i)] = std::move(owned[src]);
+        value[static_cast<std::size_t>(i)] = std::exchange(value[src], nullptr);
         if (wanted.contains(i)) captured[n.name] = *value[static_cast<std::size_t>(i)];
         continue;
       }
@@ -714,21 +720,23 @@ class network {
                                            "', which is not computed when running from '",
                                            nodes_[static_cast<std::size_t>(from)].name, "'"));
         }
-        in.push_back(v.get());
+        in.push_back(v);
       }
       auto out = take();
       apply(n, in, *out, relu_of[static_cast<std::size_t>(i)] >= 0);
-      value[static_cast<std::size_t>(i)] = out;
-      if (wanted.contains(i)) captured[n.name] = *out;
+      value[static_cast<std::size_t>(i)] = out.get();
+      owned[static_cast<std::size_t>(i)] = std::move(out);
+      if (wanted.contains(i)) captured[n.name] = *value[static_cast<std::size_t>(i)];
       for (int j : n.inputs) {
         const int r = resolve(j);
         if (last_use[static_cast<std::size_t>(r)] == i && r != start && !borrowed[static_cast<std::size_t>(r)] &&
-            value[static_cast<std::size_t>(r)]) {
-          pool.push_back(std::move(value[static_cast<std::size_t>(r)]));
+            owned[static_cast<std::size_t>(r)]) {
+          pool.push_back(std::move(owned[static_cast<std::size_t>(r)]));
+          value[static_cast<std::size_t>(r)] = nullptr;
         }
       }
     }
-    const auto& result = value[static_cast<std::size_t>(resolve(to))];
+    const Tensor* result = value[static_cast<std::size_t>(resolve(to))];
     return result ? *result : Tensor();
   }
 
