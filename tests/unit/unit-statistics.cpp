@@ -3,7 +3,8 @@
 // the direct forward + backward's to rounding for conv and linear layers,
 // ranks 1..5, both norm modes, with and without bias, in one chunk or many;
 // its exact-mode gradient matches central differences of its own loss in
-// double; its small kernels (rows times matrix, double row dots, Adam's
+// double; oneDNN's strided gemm that builds the statistics matches plain
+// loops; its small kernels (rows times matrix, double row dots, Adam's
 // update) give the same bits on the AVX-512 and plain paths; and a whole
 // calibration on either path ends at the same feature MSEs.
 
@@ -189,6 +190,30 @@ TEST_SUITE("feature statistics") {
       CHECK(v1 == v2);
     }
 #endif
+  }
+
+  TEST_CASE("oneDNN's gemm with a row stride (the statistics' X^T [X | Z0 | Q]) against plain loops") {
+    // a: X is the first K columns of y [P, W]; c = X^T y [K, W].
+    const std::int64_t P = 37, K = 5, W = 11;
+    const Tensor y = test::random_tensor(Shape{P, W}, 8);
+    std::vector<float> c(static_cast<std::size_t>(K * W));
+    detail::gemm(detail::gemm_spec{.M = K, .N = W, .K = P, .ta = true, .lda = W}, y.data(), y.data(), c.data());
+    for (std::int64_t i = 0; i < K; ++i)
+      for (std::int64_t j = 0; j < W; ++j) {
+        double want = 0;
+        for (std::int64_t p = 0; p < P; ++p) want += double(y[p * W + i]) * double(y[p * W + j]);
+        CHECK(c[static_cast<std::size_t>(i * W + j)] == doctest::Approx(want).epsilon(1e-5));
+      }
+    // b with a row stride too: c2 = y[:, :K]^T y[:, 3:3+4].
+    std::vector<float> c2(static_cast<std::size_t>(K * 4));
+    detail::gemm(detail::gemm_spec{.M = K, .N = 4, .K = P, .ta = true, .lda = W, .ldb = W}, y.data(), y.data() + 3,
+                 c2.data());
+    for (std::int64_t i = 0; i < K; ++i)
+      for (std::int64_t j = 0; j < 4; ++j) {
+        double want = 0;
+        for (std::int64_t p = 0; p < P; ++p) want += double(y[p * W + i]) * double(y[p * W + 3 + j]);
+        CHECK(c2[static_cast<std::size_t>(i * 4 + j)] == doctest::Approx(want).epsilon(1e-5));
+      }
   }
 
   TEST_CASE("bad inputs to the statistics are rejected with the shapes named") {

@@ -578,8 +578,6 @@ class dora_adapter {
   void update_norms() {
     const auto r = cfg_.rank;
     // W0 A^T [O, r] and A A^T [r, r] in double (row_dots_f64: the same bits with or without AVX-512).
-    w0_a_t_.resize(O_, r);
-    a_a_t_.resize(r, r);
     Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> wa(O_, r), aa(r, r);
     detail::row_dots_f64({w0_.data(), K_}, O_, {a_.data(), K_}, r, K_, wa.data());
     detail::row_dots_f64({a_.data(), K_}, r, {a_.data(), K_}, r, K_, aa.data());

@@ -9,6 +9,11 @@
 /// minimise the mean squared error between them; it is then frozen. The
 /// crossbar weights are only read: no RRAM write happens.
 ///
+/// Each step's loss and gradients are computed either directly over the N
+/// images or from statistics of the layer computed once
+/// (feature_statistics.hpp: the same loss rewritten, exact to rounding);
+/// calibration_config::loss_path chooses, by default per layer by a cost model.
+///
 /// Guards: invalid settings (rank 0 or above a target's min(O, K), no images,
 /// a non-positive learning rate, non-finite images or teacher features) are
 /// rejected before any adapter is attached. A step whose loss is NaN/Inf or
@@ -47,7 +52,8 @@ struct calibration_config {
   bool magnitude_from_teacher = false;  ///< init m from the teacher's (ideal) row norms, not the drifted ones
   std::vector<std::string> targets;     ///< layers to adapt; empty: every conv2d and linear node
   kd_loss_path loss_path = kd_loss_path::automatic;  ///< how each step's loss and gradients are computed
-  double statistics_max_bytes = 256.0 * 1024 * 1024;  ///< automatic: no statistics path for a layer whose statistics need more
+  /// automatic: no statistics path for a layer whose statistics need more bytes than this
+  double statistics_max_bytes = 256.0 * 1024 * 1024;
 
   void validate() const {
     if (rank < 1) throw value_error(detail::concat("calibration_config: rank must be >= 1, got ", rank));
@@ -162,8 +168,8 @@ inline double adapter_mse(const dora_adapter& a, const Tensor& x, const Tensor& 
 }
 
 /// The loss path for a layer with P output positions (cfg.loss_path unless
-/// automatic: then statistics when they take no more multiply-adds than the
-/// direct path and fit in cfg.statistics_max_bytes).
+/// automatic: then statistics when feature_statistics::cost is at most
+/// feature_statistics::direct_cost and they fit in cfg.statistics_max_bytes).
 [[nodiscard]] inline kd_loss_path choose_loss_path(const calibration_config& cfg, const dora_adapter& a, std::int64_t P) {
   if (cfg.loss_path != kd_loss_path::automatic) return cfg.loss_path;
   const auto K = a.fan_in(), O = a.out_features(), r = a.rank();
