@@ -182,7 +182,7 @@ TEST_SUITE("feature statistics") {
       Tensor p2 = p1, m2 = m1, v2 = v1;
       const detail::adam_step_consts consts{0.9f, 0.999f, 1 - 0.9f, 1 - 0.999f, 1 - 0.9 * 0.9, 1 - 0.999 * 0.999, 1e-2, 1e-8};
       for (int step = 0; step < 3; ++step) {
-        detail::adam_update_scalar(p1.data(), g.data(), m1.data(), v1.data(), 0, n, consts);
+        detail::adam_update_scalar(p1.data(), g.data(), m1.data(), v1.data(), n, consts);
         detail::adam_update_avx512(p2.data(), g.data(), m2.data(), v2.data(), n, consts);
       }
       CHECK(p1 == p2);

@@ -578,11 +578,10 @@ class dora_adapter {
   void update_norms() {
     const auto r = cfg_.rank;
     // W0 A^T [O, r] and A A^T [r, r] in double (row_dots_f64: the same bits with or without AVX-512).
-    Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> wa(O_, r), aa(r, r);
-    detail::row_dots_f64({w0_.data(), K_}, O_, {a_.data(), K_}, r, K_, wa.data());
-    detail::row_dots_f64({a_.data(), K_}, r, {a_.data(), K_}, r, K_, aa.data());
-    w0_a_t_ = wa;
-    a_a_t_ = aa;
+    w0_a_t_.resize(O_, r);  // no reallocation once sized
+    a_a_t_.resize(r, r);
+    detail::row_dots_f64({w0_.data(), K_}, O_, {a_.data(), K_}, r, K_, w0_a_t_.data());
+    detail::row_dots_f64({a_.data(), K_}, r, {a_.data(), K_}, r, K_, a_a_t_.data());
     const double s = cfg_.scale();
     const float* B = b_.data();
     for (Eigen::Index o = 0; o < O_; ++o) {
@@ -605,7 +604,7 @@ class dora_adapter {
   std::int64_t O_ = 0, K_ = 0;
   Tensor w0_, m_, a_, b_, n_;
   Eigen::VectorXd w0_sq_;
-  Eigen::MatrixXd w0_a_t_, a_a_t_;
+  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> w0_a_t_, a_a_t_;  ///< W0 A^T, A A^T
   detail::dora_kernels kernels_;
 };
 

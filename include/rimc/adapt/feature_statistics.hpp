@@ -169,52 +169,60 @@ class feature_statistics {
     const double s = a.scale();
     const float* A = a.lora_A().data();
     const float* B = a.lora_B().data();
-    const Eigen::VectorXf gamma = a.magnitude().vector().cwiseQuotient(a.norms().vector());
+    gamma_ = a.magnitude().vector().cwiseQuotient(a.norms().vector());
+    const Eigen::VectorXf& gamma = gamma_;
     // u = A [G | X^T Z0 | X^T Q]  [r, W]
     u_.resize(static_cast<std::size_t>(r * W_));
     rows_times_matrix({A, K_}, r, K_, {s_.data(), W_}, W_, u_.data(), W_);
     // M = A G A^T (symmetrised)
-    Eigen::MatrixXd M(r, r);
+    M_.resize(r, r);
     for (std::int64_t j = 0; j < r; ++j)
       for (std::int64_t l = 0; l < r; ++l) {
         double acc = 0;
         const float* uj = u_.data() + j * W_;
         const float* al = A + l * K_;
         for (std::int64_t k = 0; k < K_; ++k) acc += double(uj[k]) * double(al[k]);
-        M(j, l) = acc;
+        M_(j, l) = acc;
       }
-    M = 0.5 * (M + M.transpose()).eval();
+    for (std::int64_t j = 0; j < r; ++j)
+      for (std::int64_t l = 0; l < j; ++l) M_(j, l) = M_(l, j) = 0.5 * (M_(j, l) + M_(l, j));
 
     const double scale2 = 2.0 / count_;
-    Eigen::VectorXd dgamma(O_), b(r), acz(r), acq(r);
-    Eigen::MatrixXd dB(O_, r), wgb(O_, r);
+    // Per-step scratch, sized once (no allocation per step or per channel).
+    dgamma_.resize(O_);
+    dB_.resize(O_, r);
+    wgb_.resize(O_, r);
+    b_.resize(r);
+    acz_.resize(r);
+    acq_.resize(r);
+    mb_.resize(r);
     double total = 0;
     for (std::int64_t o = 0; o < O_; ++o) {
       const double g = gamma[o], d = g - 1.0;
       for (std::int64_t j = 0; j < r; ++j) {
-        b[j] = B[o * r + j];
-        acz[j] = u_[static_cast<std::size_t>(j * W_ + K_ + o)];
-        acq[j] = u_[static_cast<std::size_t>(j * W_ + K_ + O_ + o)];
+        b_[j] = B[o * r + j];
+        acz_[j] = u_[static_cast<std::size_t>(j * W_ + K_ + o)];
+        acq_[j] = u_[static_cast<std::size_t>(j * W_ + K_ + O_ + o)];
       }
-      const double bz = b.dot(acz), lin = d * bz + b.dot(acq);
-      const Eigen::VectorXd mb = M * b;
-      const double quad = b.dot(mb);
+      const double bz = b_.dot(acz_), lin = d * bz + b_.dot(acq_);
+      mb_.noalias() = M_ * b_;
+      const double quad = b_.dot(mb_);
       total += d * d * zz_[o] + 2 * d * zq_[o] + qq_[o] + 2 * s * g * lin + s * s * g * g * quad;
       if (!grads) continue;
-      dgamma[o] = scale2 * (d * zz_[o] + zq_[o] + s * lin + s * g * bz + s * s * g * quad);
-      dB.row(o) = (scale2 * (s * g * (d * acz + acq) + s * s * g * g * mb)).transpose();
-      wgb.row(o) = (s * g * b).transpose();
+      dgamma_[o] = scale2 * (d * zz_[o] + zq_[o] + s * lin + s * g * bz + s * s * g * quad);
+      dB_.row(o) = (scale2 * (s * g * (d * acz_ + acq_) + s * s * g * g * mb_)).transpose();
+      wgb_.row(o) = (s * g * b_).transpose();
     }
     const double loss = std::max(0.0, total / count_);
     if (!grads) return loss;
 
     // dL/dA = 2 / count (R A G + E [X^T Z0 | X^T Q]^T), R = wgb^T wgb, E = [wgb^T diag(d) | wgb^T].
-    const Eigen::MatrixXd R = wgb.transpose() * wgb;
+    R_.noalias() = wgb_.transpose() * wgb_;
     e_.resize(static_cast<std::size_t>(r * 2 * O_));
     for (std::int64_t j = 0; j < r; ++j)
       for (std::int64_t o = 0; o < O_; ++o) {
-        e_[static_cast<std::size_t>(j * 2 * O_ + o)] = static_cast<float>(wgb(o, j) * (double(gamma[o]) - 1.0));
-        e_[static_cast<std::size_t>(j * 2 * O_ + O_ + o)] = static_cast<float>(wgb(o, j));
+        e_[static_cast<std::size_t>(j * 2 * O_ + o)] = static_cast<float>(wgb_(o, j) * (double(gamma[o]) - 1.0));
+        e_[static_cast<std::size_t>(j * 2 * O_ + O_ + o)] = static_cast<float>(wgb_(o, j));
       }
     lin_.resize(static_cast<std::size_t>(r * K_));
     rows_times_matrix({e_.data(), 2 * O_}, r, 2 * O_, {ct_.data(), K_}, K_, lin_.data(), K_);
@@ -224,11 +232,11 @@ class feature_statistics {
     for (std::int64_t j = 0; j < r; ++j)
       for (std::int64_t k = 0; k < K_; ++k) {
         double acc = lin_[static_cast<std::size_t>(j * K_ + k)];
-        for (std::int64_t l = 0; l < r; ++l) acc += R(j, l) * double(u_[static_cast<std::size_t>(l * W_ + k)]);
+        for (std::int64_t l = 0; l < r; ++l) acc += R_(j, l) * double(u_[static_cast<std::size_t>(l * W_ + k)]);
         dA[j * K_ + k] = static_cast<float>(scale2 * acc);
       }
-    grads->lora_B.matrix(O_, r) = dB.cast<float>();
-    a.complete_gradients(dgamma, *grads);
+    grads->lora_B.matrix(O_, r) = dB_.cast<float>();
+    a.complete_gradients(dgamma_, *grads);
     return loss;
   }
 
@@ -264,6 +272,9 @@ class feature_statistics {
   std::vector<float> ct_;  ///< [2 O, K]: [X^T Z0 | X^T Q]^T
   Eigen::VectorXd zz_, zq_, qq_;
   std::vector<float> u_, e_, lin_;  ///< per-step scratch
+  Eigen::MatrixXd M_, dB_, wgb_, R_;
+  Eigen::VectorXd dgamma_, b_, acz_, acq_, mb_;
+  Eigen::VectorXf gamma_;
 };
 
 }  // namespace detail

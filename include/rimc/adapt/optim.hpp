@@ -31,11 +31,11 @@ struct adam_step_consts {
   double c1, c2, lr, eps;    ///< bias corrections 1 - beta^t, step size, epsilon
 };
 
-/// Adam's update of elements [k0, n) without weight decay, element by element
+/// Adam's update of n elements without weight decay, element by element
 /// (float moments, double step): the reference the AVX-512 form matches bitwise.
-inline void adam_update_scalar(float* p, const float* g, float* m, float* v, std::int64_t k0, std::int64_t n,
+inline void adam_update_scalar(float* p, const float* g, float* m, float* v, std::int64_t n,
                                const adam_step_consts& c) {
-  for (std::int64_t k = k0; k < n; ++k) {
+  for (std::int64_t k = 0; k < n; ++k) {
     const double gk = g[k];
     m[k] = c.b1 * m[k] + c.omb1 * static_cast<float>(gk);
     v[k] = c.b2 * v[k] + c.omb2 * static_cast<float>(gk * gk);
@@ -88,7 +88,7 @@ inline void adam_update(float* p, const float* g, float* m, float* v, std::int64
     return;
   }
 #endif
-  adam_update_scalar(p, g, m, v, 0, n, c);
+  adam_update_scalar(p, g, m, v, n, c);
 }
 
 inline void check_rate(std::string_view who, std::string_view field, double v, double lo, bool lo_open,
