@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages rimc needs to build, test and benchmark.
+# Installs the Debian 12 packages rimc needs to build, test, document and benchmark.
 # Idempotent: does nothing (and needs no network) when all are present.
 # Arguments name extra packages to install with them (tools/fuzz.sh: clang).
+# `install-deps.sh --list` prints the list and installs nothing (tools/audit_deps.py reads it).
+#
+# Installs run with --no-install-recommends, so every package the build uses must be named
+# here or be a Depends of one named here: Debian's libdnnl-dev only *recommends* the OpenCL
+# loader its CMake config requires, hence ocl-icd-opencl-dev below. The CTest test
+# "deps: install-deps.sh installs every file the configure step found" checks this.
 set -euo pipefail
 
 packages=(
   g++ cmake ninja-build pkg-config
-  libeigen3-dev libdnnl-dev doctest-dev libbenchmark-dev nlohmann-json3-dev zlib1g-dev
+  libeigen3-dev libdnnl-dev ocl-icd-opencl-dev doctest-dev libbenchmark-dev nlohmann-json3-dev zlib1g-dev
+  libcli11-dev
+  doxygen
   dataset-fashion-mnist
   python3
-  "$@"
 )
+if [ "${1:-}" = "--list" ]; then
+  printf '%s\n' "${packages[@]}"
+  exit 0
+fi
+packages+=("$@")
 
 missing=()
 for p in "${packages[@]}"; do

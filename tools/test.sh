@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # The whole test suite: installs dependencies, then configures, builds and runs
-# every CTest test in Release and again under AddressSanitizer + UBSan.
-# RIMC_TEST_PRESETS="release" limits the presets run.
+# every CTest test in Release; reruns the unit tests and the small example runs
+# as an AVX2-only machine would (rimc's kernels and oneDNN capped at AVX2) and
+# with rimc's kernels on their portable tier, so every ISA fallback runs; then
+# builds and runs everything again under AddressSanitizer + UBSan.
+# RIMC_TEST_PRESETS="release" limits the presets run (release-avx2 and
+# release-scalar reuse the release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh
-for preset in ${RIMC_TEST_PRESETS:-release asan}; do
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
+for preset in ${RIMC_TEST_PRESETS:-release release-avx2 release-scalar asan}; do
   echo "== $preset ==" >&2
-  cmake --preset "$preset"
-  cmake --build --preset "$preset"
+  case "$preset" in
+    release-*) ;;  # test presets on the release build
+    *)
+      cmake --preset "$preset"
+      cmake --build --preset "$preset"
+      ;;
+  esac
   ctest --preset "$preset"
 done

@@ -1,8 +1,8 @@
 // The vectorised fast paths of the calibration loop compute bitwise what
 // their plain forms compute (the calibration's results must not change when
 // a faster path is taken): the feature MSE's gradient, the fused
-// forward + loss of a calibration step, the AVX-512 combination against
-// oneDNN's matmul; and the loss equals the plain double sum to rounding.
+// forward + loss of a calibration step; and the loss equals the plain double
+// sum to rounding. Each vector kernel's tiers are compared in unit-isa.cpp.
 
 #include <rimc/adapt/feature_kd.hpp>
 #include <rimc/nn/models.hpp>
@@ -144,55 +144,4 @@ TEST_SUITE("fast paths") {
     CHECK(r.layers.size() == 3);
   }
 
-#if RIMC_HAVE_X86_DISPATCH
-  TEST_CASE("the AVX-512 combination equals oneDNN's matmul with the adapter epilogue bitwise (r <= 64)") {
-    if (!detail::has_avx512f()) return;
-    for (const std::int64_t r : {1, 2, 4, 16, 64}) {
-      for (const std::int64_t O : {10, 16, 33, 64}) {
-        CAPTURE(r);
-        CAPTURE(O);
-        const std::int64_t P = 301;
-        const Tensor u = test::random_tensor(Shape{P, r}, 1), sbt = test::random_tensor(Shape{r, O}, 2),
-                     z0 = test::random_tensor(Shape{P, O}, 3), gamma = test::random_tensor(Shape{O}, 4, layout::nchw, 0.5f, 1.5f),
-                     shift = test::random_tensor(Shape{O}, 5);
-        Tensor want(Shape{P, O}), got(Shape{P, O});
-        detail::gemm({P, O, r, false, false, false, true}, u.data(), sbt.data(), want.data(), z0.data(), gamma.data(),
-                     shift.data());
-        detail::combine_rows_avx512(u.data(), sbt.data(), z0.data(), nullptr, gamma.data(), shift.data(), r, O, 0, P,
-                                    got.data());
-        CHECK(std::memcmp(want.data(), got.data(), static_cast<std::size_t>(P * O) * sizeof(float)) == 0);
-        // A layer output that still holds the bias: taken off first, as network::apply did before the matmul.
-        Tensor biased = z0;
-        for (std::int64_t p = 0; p < P; ++p)
-          for (std::int64_t o = 0; o < O; ++o) biased[p * O + o] = z0[p * O + o] + shift[o];
-        Tensor unbiased = biased;
-        unbiased.matrix(P, O).rowwise() -= shift.vector().transpose();
-        detail::gemm({P, O, r, false, false, false, true}, u.data(), sbt.data(), want.data(), unbiased.data(), gamma.data(),
-                     shift.data());
-        detail::combine_rows_avx512(u.data(), sbt.data(), biased.data(), shift.data(), gamma.data(), shift.data(), r, O, 0,
-                                    P, got.data());
-        CHECK(std::memcmp(want.data(), got.data(), static_cast<std::size_t>(P * O) * sizeof(float)) == 0);
-        // With the ReLU in the same pass: bitwise oneDNN's ReLU of the result.
-        relu(want, want);
-        detail::combine_rows_avx512(u.data(), sbt.data(), biased.data(), shift.data(), gamma.data(), shift.data(), r, O, 0,
-                                    P, got.data(), true);
-        CHECK(std::memcmp(want.data(), got.data(), static_cast<std::size_t>(P * O) * sizeof(float)) == 0);
-      }
-    }
-  }
-
-  TEST_CASE("feature MSE: the AVX-512 block equals the scalar block bitwise") {
-    if (!detail::has_avx512f()) return;
-    const std::int64_t n = 4096 + 13;
-    const Tensor y = test::random_tensor(Shape{n}, 3), t = test::random_tensor(Shape{n}, 4);
-    for (const std::int64_t len : {1, 5, 8, 13, 64, 4096, 4109}) {
-      CAPTURE(len);
-      std::vector<float> ga(static_cast<std::size_t>(n), -1.0f), gb(static_cast<std::size_t>(n), -1.0f);
-      const double a = detail::mse_block_scalar(y.data(), t.data(), ga.data(), len, 12345.0);
-      const double b = detail::mse_block_avx512(y.data(), t.data(), gb.data(), len, 12345.0);
-      CHECK(a == b);
-      CHECK(ga == gb);  // including the untouched elements past the block
-    }
-  }
-#endif
 }

@@ -146,52 +146,6 @@ TEST_SUITE("feature statistics") {
     }
   }
 
-  TEST_CASE("rows times matrix, double row dots and Adam's update give the same bits on both paths") {
-    if (!detail::has_avx512f()) {
-      MESSAGE("no AVX-512 on this CPU: only the plain paths run");
-      return;
-    }
-#if RIMC_HAVE_X86_DISPATCH
-    for (const std::int64_t r : {1, 2, 3, 4, 5, 9})
-      for (const std::int64_t K : {1, 7, 16, 33})
-        for (const std::int64_t N : {1, 15, 64, 65, 130}) {
-          CAPTURE(r);
-          CAPTURE(K);
-          CAPTURE(N);
-          const std::int64_t lda = K + 3, ldb = N + 5, ldo = N + 2;
-          const Tensor a = test::random_tensor(Shape{r, lda}, 1), b = test::random_tensor(Shape{K, ldb}, 2);
-          std::vector<float> o1(static_cast<std::size_t>(r * ldo), -7.0f), o2 = o1;
-          detail::rows_times_matrix_scalar({a.data(), lda}, r, K, {b.data(), ldb}, 0, N, o1.data(), ldo);
-          detail::rows_times_matrix_avx512({a.data(), lda}, r, K, {b.data(), ldb}, 0, N, o2.data(), ldo);
-          CHECK(std::memcmp(o1.data(), o2.data(), o1.size() * sizeof(float)) == 0);
-          std::vector<float> o3(o1.size(), -7.0f);
-          detail::rows_times_matrix({a.data(), lda}, r, K, {b.data(), ldb}, N, o3.data(), ldo);
-          CHECK(std::memcmp(o1.data(), o3.data(), o1.size() * sizeof(float)) == 0);
-          // Double row dots of a [r, K] against b's first rows read as [min(K, 4), K].
-          const std::int64_t n = std::min<std::int64_t>(K, 4);
-          std::vector<double> d1(static_cast<std::size_t>(r * n)), d2 = d1;
-          detail::row_dots_f64_scalar({a.data(), lda}, r, {b.data(), ldb}, n, K, d1.data());
-          detail::row_dots_f64_avx512({a.data(), lda}, r, {b.data(), ldb}, n, K, d2.data());
-          CHECK(std::memcmp(d1.data(), d2.data(), d1.size() * sizeof(double)) == 0);
-        }
-    for (const std::int64_t n : {1, 7, 8, 9, 17, 1000}) {
-      CAPTURE(n);
-      const Tensor g = test::random_tensor(Shape{n}, 3, layout::nchw, -1e-3f, 1e-3f);
-      Tensor p1 = test::random_tensor(Shape{n}, 4), m1 = test::random_tensor(Shape{n}, 5, layout::nchw, -1e-4f, 1e-4f),
-             v1 = test::random_tensor(Shape{n}, 6, layout::nchw, 0.0f, 1e-7f);
-      Tensor p2 = p1, m2 = m1, v2 = v1;
-      const detail::adam_step_consts consts{0.9f, 0.999f, 1 - 0.9f, 1 - 0.999f, 1 - 0.9 * 0.9, 1 - 0.999 * 0.999, 1e-2, 1e-8};
-      for (int step = 0; step < 3; ++step) {
-        detail::adam_update_scalar(p1.data(), g.data(), m1.data(), v1.data(), n, consts);
-        detail::adam_update_avx512(p2.data(), g.data(), m2.data(), v2.data(), n, consts);
-      }
-      CHECK(p1 == p2);
-      CHECK(m1 == m2);
-      CHECK(v1 == v2);
-    }
-#endif
-  }
-
   TEST_CASE("oneDNN's gemm with a row stride (the statistics' X^T [X | Z0 | Q]) against plain loops") {
     // a: X is the first K columns of y [P, W]; c = X^T y [K, W].
     const std::int64_t P = 37, K = 5, W = 11;

@@ -24,7 +24,6 @@
 #include <rimc/kernels/eltwise.hpp>
 #include <rimc/kernels/linear.hpp>
 #include <rimc/kernels/params.hpp>
-#include <rimc/kernels/simd.hpp>
 #include <rimc/kernels/small_gemm.hpp>
 #include <rimc/kernels/thin_conv2d.hpp>
 
@@ -193,20 +192,8 @@ inline void dora_combine(const Tensor& u, const Tensor& base_out, const Eigen::R
   const RowMatrixXf sbt = s * b.transpose();  // [r, O]
   const Eigen::VectorXf shift = bias ? Eigen::VectorXf(bias->vector()) : Eigen::VectorXf::Zero(O);
   const bool unbias = bias_in_base && bias;
-  if (combine_fast(r)) {
-    combine_rows(u.data(), sbt.data(), z0.data(), unbias ? shift.data() : nullptr, gamma.data(), shift.data(), r, O, P,
-                 y.data(), relu);
-    return;
-  }
-  const Tensor* z = &z0;
-  thread_local Tensor unbiased;
-  if (unbias) {
-    unbiased = z0;
-    unbiased.matrix(P, O).rowwise() -= bias->vector().transpose();
-    z = &unbiased;
-  }
-  gemm({P, O, r, false, false, false, true}, u.data(), sbt.data(), y.data(), z->data(), gamma.data(), shift.data());
-  if (relu) rimc::relu(y, y);
+  combine_rows(u.data(), sbt.data(), z0.data(), unbias ? shift.data() : nullptr, gamma.data(), shift.data(), r, O, P,
+               y.data(), relu);
 }
 
 /// gamma ⊙ (W0 + s B A) with W0 [O, ...], A [r, ...], B [O, r, ...].
@@ -373,7 +360,7 @@ class dora_adapter {
     thread_local Tensor u;
     kernels_.a_forward(x, u);
     const Eigen::VectorXf g = m_.vector().cwiseQuotient(n_.vector());
-    if (detail::combine_fast(cfg_.rank) && (layer_out.rank() != 4 || layer_out.memory_layout() == layout::nhwc)) {
+    if (layer_out.rank() != 4 || layer_out.memory_layout() == layout::nhwc) {
       // Element by element, read before written: in place is exact.
       detail::dora_combine(u, layer_out, b_.matrix(O_, cfg_.rank), g, scale(), bias, layer_out, true, relu);
       std::swap(layer_out, y);

@@ -26,7 +26,6 @@
 #include <rimc/adapt/optim.hpp>
 #include <rimc/core/error.hpp>
 #include <rimc/kernels/mse.hpp>
-#include <rimc/kernels/simd.hpp>
 #include <rimc/nn/network.hpp>
 
 #include <algorithm>
@@ -127,15 +126,14 @@ inline void check_no_fused_relu(const network& net, const std::string& name, con
 }
 
 /// A calibration step's forward and loss: u = A x into `cache`, then
-/// mse(gamma ⊙ (z0 + s u B^T) + bias, target, grad). On AVX-512 the
-/// combination is fused with the loss block by block (y is never stored)
-/// and gives bitwise the loss and gradient of forward() then mse(); elsewhere
-/// it is forward() then mse(), into `y`.
+/// mse(gamma ⊙ (z0 + s u B^T) + bias, target, grad). When z0 and the target
+/// are laid out alike, the combination is fused with the loss block by block
+/// (y is never stored) and gives bitwise the loss and gradient of forward()
+/// then mse(); otherwise it is forward() then mse(), into `y`.
 inline double adapter_mse(const dora_adapter& a, const Tensor& x, const Tensor& z0, const Tensor* bias,
                           const Tensor& target, Tensor& y, Tensor* grad, dora_cache& cache) {
-#if RIMC_HAVE_X86_DISPATCH
   const bool flat = z0.rank() != 4 || z0.memory_layout() == layout::nhwc;
-  if (combine_fast(a.rank()) && flat && target.memory_layout() == z0.memory_layout() &&
+  if (flat && target.memory_layout() == z0.memory_layout() &&
       target.shape() == z0.shape()) {
     a.forward_low_rank(x, z0, bias, cache);
     const auto O = a.out_features(), r = a.rank(), P = z0.numel() / O, n = P * O;
@@ -145,7 +143,7 @@ inline double adapter_mse(const dora_adapter& a, const Tensor& x, const Tensor& 
     if (grad) grad->ensure(z0.shape(), z0.memory_layout());
     const float *u = cache.u.data(), *zp = z0.data(), *tp = target.data();
     float* gp = grad ? grad->data() : nullptr;
-    const auto blocks = (n + mse_block - 1) / mse_block;
+    const auto blocks = (n + mse_block_size - 1) / mse_block_size;
     const auto nd = static_cast<double>(n);
     thread_local std::vector<double> part;
     part.assign(static_cast<std::size_t>(blocks), 0.0);
@@ -153,16 +151,15 @@ inline double adapter_mse(const dora_adapter& a, const Tensor& x, const Tensor& 
 #pragma omp parallel for schedule(static) if (blocks > 4)
     for (std::int64_t b = 0; b < blocks; ++b) {
       thread_local std::vector<float> ybuf;
-      const auto i0 = b * mse_block, i1 = std::min(n, i0 + mse_block), p0 = i0 / O, p1 = (i1 - 1) / O + 1;
+      const auto i0 = b * mse_block_size, i1 = std::min(n, i0 + mse_block_size), p0 = i0 / O, p1 = (i1 - 1) / O + 1;
       ybuf.resize(static_cast<std::size_t>((p1 - p0) * O));
-      combine_rows_avx512(u, sbt.data(), zp, nullptr, gamma.data(), shift.data(), r, O, p0, p1, ybuf.data());
-      pp[b] = mse_block_avx512(ybuf.data() + (i0 - p0 * O), tp + i0, gp ? gp + i0 : nullptr, i1 - i0, nd);
+      combine_rows_block(u, sbt.data(), zp, nullptr, gamma.data(), shift.data(), r, O, p0, p1, ybuf.data(), false);
+      pp[b] = mse_block(ybuf.data() + (i0 - p0 * O), tp + i0, gp ? gp + i0 : nullptr, i1 - i0, nd);
     }
     double s = 0;
     for (double v : part) s += v;
     return s / nd;
   }
-#endif
   a.forward(x, z0, bias, y, &cache);
   return mse(y, target, grad);
 }

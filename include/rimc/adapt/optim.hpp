@@ -7,7 +7,7 @@
 
 #include <rimc/core/error.hpp>
 #include <rimc/core/tensor.hpp>
-#include <rimc/kernels/simd.hpp>
+#include <rimc/kernels/arch/dispatch.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -24,72 +24,6 @@ struct param_slot {
 };
 
 namespace detail {
-
-/// The constants of one Adam step (see adam::step).
-struct adam_step_consts {
-  float b1, b2, omb1, omb2;  ///< beta1, beta2, 1 - beta1, 1 - beta2 (float)
-  double c1, c2, lr, eps;    ///< bias corrections 1 - beta^t, step size, epsilon
-};
-
-/// Adam's update of n elements without weight decay, element by element
-/// (float moments, double step): the reference the AVX-512 form matches bitwise.
-inline void adam_update_scalar(float* p, const float* g, float* m, float* v, std::int64_t n,
-                               const adam_step_consts& c) {
-  for (std::int64_t k = 0; k < n; ++k) {
-    const double gk = g[k];
-    m[k] = c.b1 * m[k] + c.omb1 * static_cast<float>(gk);
-    v[k] = c.b2 * v[k] + c.omb2 * static_cast<float>(gk * gk);
-    const double mhat = m[k] / c.c1, vhat = v[k] / c.c2;
-    p[k] = static_cast<float>(p[k] - c.lr * mhat / (std::sqrt(vhat) + c.eps));
-  }
-}
-
-#if RIMC_HAVE_X86_DISPATCH
-RIMC_AVX512_WARNINGS_OFF
-/// adam_update_scalar 8 elements at a time (the _round_ forms keep every
-/// operation separately rounded; division and square root are correctly
-/// rounded on both paths, so the bits agree).
-__attribute__((target("avx512f"))) inline void adam_update_avx512(float* p, const float* g, float* m, float* v,
-                                                                   std::int64_t n, const adam_step_consts& c) {
-  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
-  const __m512 b1 = _mm512_set1_ps(c.b1), b2 = _mm512_set1_ps(c.b2), omb1 = _mm512_set1_ps(c.omb1),
-               omb2 = _mm512_set1_ps(c.omb2);
-  const __m512d c1 = _mm512_set1_pd(c.c1), c2 = _mm512_set1_pd(c.c2), lr = _mm512_set1_pd(c.lr),
-                eps = _mm512_set1_pd(c.eps);
-  for (std::int64_t k = 0; k < n; k += 8) {
-    // The tail is masked rather than left to the scalar loop: inlined here, that loop could be contracted into FMAs.
-    const auto mask = static_cast<__mmask16>(n - k >= 8 ? 0xFFu : (1u << (n - k)) - 1u);
-    const __m512 gf = _mm512_maskz_loadu_ps(mask, g + k);  // lanes 8..15 are never stored
-    const __m512d gd = _mm512_cvtps_pd(_mm512_castps512_ps256(gf));
-    const __m512 gg = _mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_mul_round_pd(gd, gd, cur)));
-    const __m512 mk = _mm512_add_round_ps(_mm512_mul_round_ps(b1, _mm512_maskz_loadu_ps(mask, m + k), cur),
-                                          _mm512_mul_round_ps(omb1, gf, cur), cur);
-    const __m512 vk = _mm512_add_round_ps(_mm512_mul_round_ps(b2, _mm512_maskz_loadu_ps(mask, v + k), cur),
-                                          _mm512_mul_round_ps(omb2, gg, cur), cur);
-    _mm512_mask_storeu_ps(m + k, mask, mk);
-    _mm512_mask_storeu_ps(v + k, mask, vk);
-    const __m256 m8 = _mm512_castps512_ps256(mk), v8 = _mm512_castps512_ps256(vk);
-    const __m512d mhat = _mm512_div_round_pd(_mm512_cvtps_pd(m8), c1, cur);
-    const __m512d vhat = _mm512_div_round_pd(_mm512_cvtps_pd(v8), c2, cur);
-    const __m512d den = _mm512_add_round_pd(_mm512_sqrt_round_pd(vhat, cur), eps, cur);
-    const __m512d upd = _mm512_div_round_pd(_mm512_mul_round_pd(lr, mhat, cur), den, cur);
-    const __m512d pk = _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_maskz_loadu_ps(mask, p + k)));
-    _mm512_mask_storeu_ps(p + k, mask, _mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_sub_round_pd(pk, upd, cur))));
-  }
-}
-RIMC_AVX512_WARNINGS_ON
-#endif
-
-/// Adam's update without weight decay on the fastest path (the same bits on every path).
-inline void adam_update(float* p, const float* g, float* m, float* v, std::int64_t n, const adam_step_consts& c) {
-#if RIMC_HAVE_X86_DISPATCH
-  if (has_avx512f()) {
-    adam_update_avx512(p, g, m, v, n, c);
-    return;
-  }
-#endif
-  adam_update_scalar(p, g, m, v, n, c);
-}
 
 inline void check_rate(std::string_view who, std::string_view field, double v, double lo, bool lo_open,
                        double hi = INFINITY, bool hi_open = true) {

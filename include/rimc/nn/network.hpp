@@ -692,7 +692,7 @@ class network {
         const int c = only[ii];
         if (c > to || nodes_[static_cast<std::size_t>(c)].kind != op_kind::relu) continue;
         const bool adapted = (n.kind == op_kind::conv2d || n.kind == op_kind::linear) && n.adapter && !n.conv.relu &&
-                             !n.relu_after && detail::combine_fast(n.adapter->rank());
+                             !n.relu_after;
         if (adapted || (n.kind == op_kind::add && !n.relu_after)) {
           relu_of[ii] = c;
           fused_src[static_cast<std::size_t>(c)] = i;

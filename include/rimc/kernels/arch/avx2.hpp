@@ -1,0 +1,242 @@
+#pragma once
+/// \file
+/// The AVX2 + FMA forms of rimc's vector kernels (target attributes: no
+/// -march flag needed), for the many CPUs without AVX-512 (Zen 2/3, most
+/// Intel client parts). Each computes bitwise what its portable form
+/// computes: explicit FMAs where the portable form calls std::fma, and
+/// RIMC_NO_CONTRACT on every product the portable form rounds on its own
+/// (AVX2 has no _round_ intrinsics; the barrier keeps the compiler from
+/// fusing after inlining). Internal: include <rimc/kernels/arch/dispatch.hpp>.
+
+#ifndef RIMC_ARCH_INTERNAL
+#error "rimc/kernels/arch/avx2.hpp is internal: include <rimc/kernels/arch/dispatch.hpp>"
+#endif
+
+#include <algorithm>
+#include <cstdint>
+
+#if RIMC_HAVE_X86_DISPATCH
+namespace rimc::detail::avx2 {
+
+RIMC_SIMD_WARNINGS_OFF
+
+/// A load / store mask enabling the first `n` of 8 float lanes (all of them when n >= 8).
+__attribute__((target("avx2"))) inline __m256i lanes(std::int64_t n) {
+  const int k = static_cast<int>(std::min<std::int64_t>(n, 8));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/// Loads 8 floats, or the lanes of `m` (zero elsewhere) when Masked.
+template <bool Masked>
+__attribute__((target("avx2"))) inline __m256 load8(const float* p, __m256i m) {
+  if constexpr (Masked) return _mm256_maskload_ps(p, m);
+  return _mm256_loadu_ps(p);
+}
+/// Stores 8 floats, or the lanes of `m` when Masked.
+template <bool Masked>
+__attribute__((target("avx2"))) inline void store8(float* p, __m256i m, __m256 v) {
+  if constexpr (Masked) {
+    _mm256_maskstore_ps(p, m, v);
+  } else {
+    _mm256_storeu_ps(p, v);
+  }
+}
+
+/// Outputs [o, o + 8) (the lanes of m when Masked) of one row of the combination.
+template <bool Masked>
+__attribute__((target("avx2,fma"))) inline void combine8(const float* up, const float* sbt, const float* zp,
+                                                           const float* unbias, const float* gamma, const float* shift,
+                                                           std::int64_t r, std::int64_t O, std::int64_t o, float* yp,
+                                                           bool relu, __m256i m) {
+  __m256 acc = _mm256_fmadd_ps(_mm256_set1_ps(up[0]), load8<Masked>(sbt + o, m), _mm256_setzero_ps());
+  for (std::int64_t j = 1; j < r; ++j) acc = _mm256_fmadd_ps(_mm256_set1_ps(up[j]), load8<Masked>(sbt + j * O + o, m), acc);
+  __m256 z = load8<Masked>(zp + o, m);
+  if (unbias) z = _mm256_sub_ps(z, load8<Masked>(unbias + o, m));
+  acc = _mm256_add_ps(acc, z);
+  acc = _mm256_mul_ps(acc, load8<Masked>(gamma + o, m));
+  RIMC_NO_CONTRACT(acc);
+  acc = _mm256_add_ps(acc, load8<Masked>(shift + o, m));
+  if (relu) acc = _mm256_max_ps(acc, _mm256_setzero_ps());
+  store8<Masked>(yp + o, m, acc);
+}
+
+/// portable::combine_rows, 8 outputs at a time (masked tail).
+__attribute__((target("avx2,fma"))) inline void combine_rows(const float* u, const float* sbt, const float* z0,
+                                                               const float* unbias, const float* gamma,
+                                                               const float* shift, std::int64_t r, std::int64_t O,
+                                                               std::int64_t p0, std::int64_t p1, float* y, bool relu) {
+  const __m256i all = lanes(8), tail = lanes(O % 8);
+  for (std::int64_t p = p0; p < p1; ++p) {
+    const float* up = u + p * r;
+    const float* zp = z0 + p * O;
+    float* yp = y + (p - p0) * O;
+    std::int64_t o = 0;
+    for (; o + 8 <= O; o += 8) combine8<false>(up, sbt, zp, unbias, gamma, shift, r, O, o, yp, relu, all);
+    if (o < O) combine8<true>(up, sbt, zp, unbias, gamma, shift, r, O, o, yp, relu, tail);
+  }
+}
+
+/// portable::mse_block, 8 doubles a step in two registers (lanes 0-3, 4-7).
+__attribute__((target("avx2"))) inline double mse_block(const float* y, const float* t, float* g, std::int64_t len,
+                                                          double n) {
+  __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+  const __m256d two = _mm256_set1_pd(2.0), nn = _mm256_set1_pd(n);
+  for (std::int64_t i = 0; i < len; i += 8) {
+    const bool full = i + 8 <= len;
+    const __m256i m = lanes(len - i);
+    const __m256 yv = full ? _mm256_loadu_ps(y + i) : _mm256_maskload_ps(y + i, m);
+    const __m256 tv = full ? _mm256_loadu_ps(t + i) : _mm256_maskload_ps(t + i, m);
+    const __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(yv)),
+                                     _mm256_cvtps_pd(_mm256_castps256_ps128(tv)));
+    const __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(yv, 1)),
+                                     _mm256_cvtps_pd(_mm256_extractf128_ps(tv, 1)));
+    __m256d s0 = _mm256_mul_pd(d0, d0), s1 = _mm256_mul_pd(d1, d1);
+    RIMC_NO_CONTRACT(s0);
+    RIMC_NO_CONTRACT(s1);
+    acc0 = _mm256_add_pd(acc0, s0);
+    acc1 = _mm256_add_pd(acc1, s1);
+    if (g) {
+      __m256d q0 = _mm256_mul_pd(two, d0), q1 = _mm256_mul_pd(two, d1);
+      RIMC_NO_CONTRACT(q0);
+      RIMC_NO_CONTRACT(q1);
+      const __m128 g0 = _mm256_cvtpd_ps(_mm256_div_pd(q0, nn)), g1 = _mm256_cvtpd_ps(_mm256_div_pd(q1, nn));
+      if (full) {
+        _mm256_storeu_ps(g + i, _mm256_set_m128(g1, g0));
+      } else {
+        _mm256_maskstore_ps(g + i, m, _mm256_set_m128(g1, g0));
+      }
+    }
+  }
+  alignas(32) double lane[8];
+  _mm256_store_pd(lane, acc0);
+  _mm256_store_pd(lane + 4, acc1);
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+/// JR rows of a times the 16 columns from c (fewer at c1) of b: 2 x JR accumulators.
+template <int JR>
+__attribute__((target("avx2,fma"))) inline void rows_times_strip(const float* a, std::int64_t lda, std::int64_t K,
+                                                                   matrix_ref b, std::int64_t c, std::int64_t c1,
+                                                                   float* out, std::int64_t ldo) {
+  const __m256i m0 = lanes(c1 - c), m1 = lanes(c1 - c - 8);
+  __m256 acc[JR][2];
+  for (int jj = 0; jj < JR; ++jj) acc[jj][0] = acc[jj][1] = _mm256_setzero_ps();
+  for (std::int64_t k = 0; k < K; ++k) {
+    const float* bk = b.data + k * b.ld + c;
+    const __m256 v0 = _mm256_maskload_ps(bk, m0), v1 = _mm256_maskload_ps(bk + 8, m1);
+    for (int jj = 0; jj < JR; ++jj) {
+      const __m256 s = _mm256_set1_ps(a[jj * lda + k]);
+      acc[jj][0] = _mm256_fmadd_ps(s, v0, acc[jj][0]);
+      acc[jj][1] = _mm256_fmadd_ps(s, v1, acc[jj][1]);
+    }
+  }
+  for (int jj = 0; jj < JR; ++jj) {
+    _mm256_maskstore_ps(out + jj * ldo + c, m0, acc[jj][0]);
+    _mm256_maskstore_ps(out + jj * ldo + c + 8, m1, acc[jj][1]);
+  }
+}
+
+/// portable::rows_times_matrix, rows four at a time, 16 columns at a time.
+__attribute__((target("avx2,fma"))) inline void rows_times_matrix(matrix_ref a, std::int64_t r, std::int64_t K,
+                                                                    matrix_ref b, std::int64_t c0, std::int64_t c1,
+                                                                    float* out, std::int64_t ldo) {
+  for (std::int64_t c = c0; c < c1; c += 16) {
+    for (std::int64_t j = 0; j < r; j += 4) {
+      const float* aj = a.data + j * a.ld;
+      float* oj = out + j * ldo;
+      switch (std::min<std::int64_t>(4, r - j)) {
+        case 1: rows_times_strip<1>(aj, a.ld, K, b, c, c1, oj, ldo); break;
+        case 2: rows_times_strip<2>(aj, a.ld, K, b, c, c1, oj, ldo); break;
+        case 3: rows_times_strip<3>(aj, a.ld, K, b, c, c1, oj, ldo); break;
+        default: rows_times_strip<4>(aj, a.ld, K, b, c, c1, oj, ldo); break;
+      }
+    }
+  }
+}
+
+/// Row xi against JN rows of a from aj: lanes 0-3 and 4-7 of each in two registers.
+template <int JN>
+__attribute__((target("avx2,fma"))) inline void row_dots_f64_block(const float* xi, const float* aj, std::int64_t lda,
+                                                                     std::int64_t K, double* out) {
+  __m256d acc[JN][2];
+  for (int jj = 0; jj < JN; ++jj) acc[jj][0] = acc[jj][1] = _mm256_setzero_pd();
+  for (std::int64_t k = 0; k < K; k += 8) {
+    const __m256i m = lanes(K - k);
+    const __m256 xv = _mm256_maskload_ps(xi + k, m);
+    const __m256d x0 = _mm256_cvtps_pd(_mm256_castps256_ps128(xv)), x1 = _mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1));
+    for (int jj = 0; jj < JN; ++jj) {
+      const __m256 av = _mm256_maskload_ps(aj + jj * lda + k, m);
+      acc[jj][0] = _mm256_fmadd_pd(x0, _mm256_cvtps_pd(_mm256_castps256_ps128(av)), acc[jj][0]);
+      acc[jj][1] = _mm256_fmadd_pd(x1, _mm256_cvtps_pd(_mm256_extractf128_ps(av, 1)), acc[jj][1]);
+    }
+  }
+  for (int jj = 0; jj < JN; ++jj) {
+    alignas(32) double lane[8];
+    _mm256_store_pd(lane, acc[jj][0]);
+    _mm256_store_pd(lane + 4, acc[jj][1]);
+    out[jj] = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+  }
+}
+
+/// portable::row_dots_f64 (the products are exact, so the FMA rounds as the plain add does).
+__attribute__((target("avx2,fma"))) inline void row_dots_f64(matrix_ref x, std::int64_t n, matrix_ref a, std::int64_t r,
+                                                               std::int64_t K, double* out) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float* xi = x.data + i * x.ld;
+    for (std::int64_t j = 0; j < r; j += 4) {
+      const float* aj = a.data + j * a.ld;
+      double* oj = out + i * r + j;
+      switch (std::min<std::int64_t>(4, r - j)) {
+        case 1: row_dots_f64_block<1>(xi, aj, a.ld, K, oj); break;
+        case 2: row_dots_f64_block<2>(xi, aj, a.ld, K, oj); break;
+        case 3: row_dots_f64_block<3>(xi, aj, a.ld, K, oj); break;
+        default: row_dots_f64_block<4>(xi, aj, a.ld, K, oj); break;
+      }
+    }
+  }
+}
+
+/// portable::adam_update, 8 elements a step (float moments in one register,
+/// the double step in two).
+__attribute__((target("avx2"))) inline void adam_update(float* p, const float* g, float* m, float* v, std::int64_t n,
+                                                          const adam_step_consts& c) {
+  const __m256 b1 = _mm256_set1_ps(c.b1), b2 = _mm256_set1_ps(c.b2), omb1 = _mm256_set1_ps(c.omb1),
+               omb2 = _mm256_set1_ps(c.omb2);
+  const __m256d c1 = _mm256_set1_pd(c.c1), c2 = _mm256_set1_pd(c.c2), lr = _mm256_set1_pd(c.lr),
+                eps = _mm256_set1_pd(c.eps);
+  for (std::int64_t k = 0; k < n; k += 8) {
+    const __m256i mask = lanes(n - k);
+    const __m256 gf = _mm256_maskload_ps(g + k, mask);
+    const __m256d g0 = _mm256_cvtps_pd(_mm256_castps256_ps128(gf)), g1 = _mm256_cvtps_pd(_mm256_extractf128_ps(gf, 1));
+    const __m256 gg = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_mul_pd(g1, g1)), _mm256_cvtpd_ps(_mm256_mul_pd(g0, g0)));
+    __m256 m1 = _mm256_mul_ps(b1, _mm256_maskload_ps(m + k, mask)), m2 = _mm256_mul_ps(omb1, gf);
+    __m256 v1 = _mm256_mul_ps(b2, _mm256_maskload_ps(v + k, mask)), v2 = _mm256_mul_ps(omb2, gg);
+    RIMC_NO_CONTRACT(m1);
+    RIMC_NO_CONTRACT(m2);
+    RIMC_NO_CONTRACT(v1);
+    RIMC_NO_CONTRACT(v2);
+    const __m256 mk = _mm256_add_ps(m1, m2), vk = _mm256_add_ps(v1, v2);
+    _mm256_maskstore_ps(m + k, mask, mk);
+    _mm256_maskstore_ps(v + k, mask, vk);
+    const __m256 pf = _mm256_maskload_ps(p + k, mask);
+    __m128 half[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m128 mh = h ? _mm256_extractf128_ps(mk, 1) : _mm256_castps256_ps128(mk);
+      const __m128 vh = h ? _mm256_extractf128_ps(vk, 1) : _mm256_castps256_ps128(vk);
+      const __m128 ph = h ? _mm256_extractf128_ps(pf, 1) : _mm256_castps256_ps128(pf);
+      const __m256d mhat = _mm256_div_pd(_mm256_cvtps_pd(mh), c1);
+      const __m256d vhat = _mm256_div_pd(_mm256_cvtps_pd(vh), c2);
+      const __m256d den = _mm256_add_pd(_mm256_sqrt_pd(vhat), eps);
+      __m256d num = _mm256_mul_pd(lr, mhat);
+      RIMC_NO_CONTRACT(num);
+      const __m256d upd = _mm256_div_pd(num, den);
+      half[h] = _mm256_cvtpd_ps(_mm256_sub_pd(_mm256_cvtps_pd(ph), upd));
+    }
+    _mm256_maskstore_ps(p + k, mask, _mm256_set_m128(half[1], half[0]));
+  }
+}
+
+RIMC_SIMD_WARNINGS_ON
+
+}  // namespace rimc::detail::avx2
+#endif

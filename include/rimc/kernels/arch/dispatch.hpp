@@ -1,0 +1,79 @@
+#pragma once
+/// \file
+/// The one entry point to rimc's vector kernels: each function here runs
+/// the form of its kernel for active_isa() (portable, AVX2 + FMA or
+/// AVX-512; see isa.hpp), and every form gives the same bits. Nothing
+/// outside kernels/arch/ includes the per-tier files or calls a tier's
+/// function directly; kernels/combine.hpp, mse.hpp, small_gemm.hpp and
+/// adapt/optim.hpp build on these.
+
+#include <rimc/kernels/arch/isa.hpp>
+
+#include <cstdint>
+
+namespace rimc::detail {
+
+/// A row-major matrix view: element (i, j) at data[i * ld + j].
+struct matrix_ref {
+  const float* data = nullptr;
+  std::int64_t ld = 0;
+};
+
+/// The constants of one Adam step (see rimc::adam::step).
+struct adam_step_consts {
+  float b1, b2, omb1, omb2;  ///< beta1, beta2, 1 - beta1, 1 - beta2 (float)
+  double c1, c2, lr, eps;    ///< bias corrections 1 - beta^t, step size, epsilon
+};
+
+}  // namespace rimc::detail
+
+#define RIMC_ARCH_INTERNAL 1
+#include <rimc/kernels/arch/portable.hpp>
+#include <rimc/kernels/arch/avx2.hpp>
+#include <rimc/kernels/arch/avx512.hpp>
+#undef RIMC_ARCH_INTERNAL
+
+namespace rimc::detail {
+
+/// Calls the form of a kernel for `tier`: `RIMC_ISA_CALL(tier, combine_rows, args...)`.
+#if RIMC_HAVE_X86_DISPATCH
+#define RIMC_ISA_CALL(tier, kernel, ...)                                 \
+  (((tier) == ::rimc::isa_tier::avx512) ? ::rimc::detail::avx512::kernel(__VA_ARGS__) \
+   : ((tier) == ::rimc::isa_tier::avx2) ? ::rimc::detail::avx2::kernel(__VA_ARGS__)   \
+                                        : ::rimc::detail::portable::kernel(__VA_ARGS__))
+#else
+#define RIMC_ISA_CALL(tier, kernel, ...) ((void)(tier), ::rimc::detail::portable::kernel(__VA_ARGS__))
+#endif
+
+/// Rows [p0, p1) of an adapter's combination y = ((u sbt) + z) ⊙ gamma +
+/// shift (z = z0, or z0 - unbias when unbias is given; then max(y, 0) with
+/// `relu`); u [P, r], sbt [r, O], z0 [P, O] row-major; y points at row p0.
+/// Per element an FMA chain over j from zero, then each epilogue step rounded.
+inline void combine_rows_block(const float* u, const float* sbt, const float* z0, const float* unbias,
+                               const float* gamma, const float* shift, std::int64_t r, std::int64_t O, std::int64_t p0,
+                               std::int64_t p1, float* y, bool relu) {
+  RIMC_ISA_CALL(active_isa(), combine_rows, u, sbt, z0, unbias, gamma, shift, r, O, p0, p1, y, relu);
+}
+
+/// Sum of (y - t)^2 over [0, len) in double (8 lanes, fixed order); with g, g = float(2 (y - t) / n).
+[[nodiscard]] inline double mse_block(const float* y, const float* t, float* g, std::int64_t len, double n) {
+  return RIMC_ISA_CALL(active_isa(), mse_block, y, t, g, len, n);
+}
+
+/// Columns [c0, c1) of out [r, N] = a [r, K] b [K, N]: per element an FMA chain over k from zero.
+inline void rows_times_matrix_cols(matrix_ref a, std::int64_t r, std::int64_t K, matrix_ref b, std::int64_t c0,
+                                   std::int64_t c1, float* out, std::int64_t ldo) {
+  RIMC_ISA_CALL(active_isa(), rows_times_matrix, a, r, K, b, c0, c1, out, ldo);
+}
+
+/// out[i * r + j] = sum_k x[i, k] a[j, k] in double (8 lanes, fixed order).
+inline void row_dots_f64(matrix_ref x, std::int64_t n, matrix_ref a, std::int64_t r, std::int64_t K, double* out) {
+  RIMC_ISA_CALL(active_isa(), row_dots_f64, x, n, a, r, K, out);
+}
+
+/// Adam's update of n elements without weight decay (float moments, double step).
+inline void adam_update(float* p, const float* g, float* m, float* v, std::int64_t n, const adam_step_consts& c) {
+  RIMC_ISA_CALL(active_isa(), adam_update, p, g, m, v, n, c);
+}
+
+}  // namespace rimc::detail

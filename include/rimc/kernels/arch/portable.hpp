@@ -1,0 +1,114 @@
+#pragma once
+/// \file
+/// The portable forms of rimc's vector kernels: plain C++ that any compiler
+/// and CPU run, and the reference the AVX2 and AVX-512 forms match bitwise.
+/// Each loop spells out the rounding it means: std::fma where the vector
+/// forms fuse, RIMC_NO_CONTRACT where they do not (so a compiler allowed to
+/// contract, e.g. with -march=native, cannot fuse a product into a sum).
+/// Internal: include <rimc/kernels/arch/dispatch.hpp>.
+
+#ifndef RIMC_ARCH_INTERNAL
+#error "rimc/kernels/arch/portable.hpp is internal: include <rimc/kernels/arch/dispatch.hpp>"
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace rimc::detail::portable {
+
+/// Rows [p0, p1) of y = ((u sbt) + z) ⊙ gamma + shift, z = z0 (- unbias when
+/// given), u [P, r], sbt [r, O], z0 [P, O] row-major, y pointing at row p0:
+/// per element an FMA chain over j from zero, then each epilogue step
+/// rounded on its own; with `relu`, max(y, 0) as MAXPS computes it (NaN and
+/// -0 give +0).
+inline void combine_rows(const float* u, const float* sbt, const float* z0, const float* unbias, const float* gamma,
+                         const float* shift, std::int64_t r, std::int64_t O, std::int64_t p0, std::int64_t p1, float* y,
+                         bool relu) {
+  for (std::int64_t p = p0; p < p1; ++p) {
+    const float* up = u + p * r;
+    const float* zp = z0 + p * O;
+    float* yp = y + (p - p0) * O;
+    for (std::int64_t o = 0; o < O; ++o) {
+      float acc = std::fma(up[0], sbt[o], 0.0f);
+      for (std::int64_t j = 1; j < r; ++j) acc = std::fma(up[j], sbt[j * O + o], acc);
+      const float z = unbias ? zp[o] - unbias[o] : zp[o];
+      acc = acc + z;
+      acc = acc * gamma[o];
+      RIMC_NO_CONTRACT(acc);
+      acc = acc + shift[o];
+      if (relu) acc = acc > 0.0f ? acc : 0.0f;
+      yp[o] = acc;
+    }
+  }
+}
+
+/// Sum of (y - t)^2 over [0, len) in double, element i in lane i mod 8, the
+/// lanes added as ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)); with g, also
+/// g = float(2 (y - t) / n).
+inline double mse_block(const float* y, const float* t, float* g, std::int64_t len, double n) {
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (std::int64_t i = 0; i < len; ++i) {
+    const double d = double(y[i]) - double(t[i]);
+    double dd = d * d;
+    RIMC_NO_CONTRACT(dd);
+    lane[i & 7] += dd;
+    if (g) g[i] = static_cast<float>(2.0 * d / n);
+  }
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+/// Columns [c0, c1) of out [r, N] = a [r, K] b [K, N] (row strides in the
+/// refs, ldo for out): each element an FMA chain over k from zero. b is read
+/// row by row, a strip of columns at a time.
+inline void rows_times_matrix(matrix_ref a, std::int64_t r, std::int64_t K, matrix_ref b, std::int64_t c0,
+                              std::int64_t c1, float* out, std::int64_t ldo) {
+  constexpr std::int64_t strip = 64;
+  float acc[strip];
+  for (std::int64_t c = c0; c < c1; c += strip) {
+    const std::int64_t w = std::min(strip, c1 - c);
+    for (std::int64_t j = 0; j < r; ++j) {
+      std::fill_n(acc, w, 0.0f);
+      const float* aj = a.data + j * a.ld;
+      for (std::int64_t k = 0; k < K; ++k) {
+        const float s = aj[k];
+        const float* bk = b.data + k * b.ld + c;
+        for (std::int64_t q = 0; q < w; ++q) acc[q] = std::fma(s, bk[q], acc[q]);
+      }
+      std::copy_n(acc, w, out + j * ldo + c);
+    }
+  }
+}
+
+/// out[i * r + j] = sum_k x[i, k] a[j, k] in double, term k in lane k mod 8,
+/// the lanes added as in mse_block. A product of two floats is exact in
+/// double, so fusing it into the sum changes nothing.
+inline void row_dots_f64(matrix_ref x, std::int64_t n, matrix_ref a, std::int64_t r, std::int64_t K, double* out) {
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < r; ++j) {
+      double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      const float* xi = x.data + i * x.ld;
+      const float* aj = a.data + j * a.ld;
+      for (std::int64_t k = 0; k < K; ++k) lane[k & 7] += static_cast<double>(xi[k]) * static_cast<double>(aj[k]);
+      out[i * r + j] = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+    }
+}
+
+/// Adam's update of n elements without weight decay (float moments, double step).
+inline void adam_update(float* p, const float* g, float* m, float* v, std::int64_t n, const adam_step_consts& c) {
+  for (std::int64_t k = 0; k < n; ++k) {
+    const double gk = g[k];
+    float m1 = c.b1 * m[k], m2 = c.omb1 * static_cast<float>(gk);
+    RIMC_NO_CONTRACT(m1);
+    RIMC_NO_CONTRACT(m2);
+    m[k] = m1 + m2;
+    float v1 = c.b2 * v[k], v2 = c.omb2 * static_cast<float>(gk * gk);
+    RIMC_NO_CONTRACT(v1);
+    RIMC_NO_CONTRACT(v2);
+    v[k] = v1 + v2;
+    const double mhat = m[k] / c.c1, vhat = v[k] / c.c2;
+    p[k] = static_cast<float>(p[k] - c.lr * mhat / (std::sqrt(vhat) + c.eps));
+  }
+}
+
+}  // namespace rimc::detail::portable

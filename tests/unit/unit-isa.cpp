@@ -1,0 +1,203 @@
+// rimc's vector kernels give the same bits on every ISA tier (portable,
+// AVX2 + FMA, AVX-512): each tier this CPU runs is forced in turn with
+// isa_guard and compared with the portable form, on sizes that exercise every
+// vector tail. The combination is also bitwise oneDNN's matmul with the
+// adapter epilogue where oneDNN runs AVX-512 (its own kernels differ in
+// rounding at lower ISAs), and within float rounding of it elsewhere.
+
+#include <rimc/kernels/combine.hpp>
+#include <rimc/kernels/eltwise.hpp>
+#include <rimc/kernels/linear.hpp>
+#include <rimc/kernels/mse.hpp>
+#include <rimc/kernels/small_gemm.hpp>
+
+#include "test_util.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+using namespace rimc;
+
+namespace {
+
+/// The tiers this process can run: up to the CPU's best and RIMC_MAX_ISA.
+std::vector<isa_tier> runnable_tiers() {
+  std::vector<isa_tier> out;
+  const isa_tier top = detail::lower(detected_isa(), detail::environment_isa_cap());
+  for (const isa_tier t : {isa_tier::scalar, isa_tier::avx2, isa_tier::avx512})
+    if (t <= top) out.push_back(t);
+  return out;
+}
+
+/// Runs `f()` under each runnable tier and checks the tier really was active.
+template <class F>
+void for_each_tier(F&& f) {
+  const auto tiers = runnable_tiers();
+  if (tiers.size() < 3) {
+    std::string names;
+    for (const auto t : tiers) names += std::string(to_string(t)) + " ";
+    MESSAGE("this run compares the tiers " << names << "(CPU: " << to_string(detected_isa()) << ")");
+  }
+  for (const isa_tier t : tiers) {
+    const isa_guard cap(t);
+    REQUIRE(active_isa() == t);
+    CAPTURE(to_string(t));
+    f(t);
+  }
+}
+
+template <class T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+}  // namespace
+
+TEST_SUITE("isa tiers") {
+  TEST_CASE("tier names parse and a bad RIMC_MAX_ISA value is an error naming it") {
+    CHECK(parse_isa_tier("avx512") == isa_tier::avx512);
+    CHECK(parse_isa_tier("avx2") == isa_tier::avx2);
+    CHECK(parse_isa_tier("scalar") == isa_tier::scalar);
+    CHECK_THROWS_WITH_AS((void)parse_isa_tier("sse4", "RIMC_MAX_ISA"), "[rimc.value_error] RIMC_MAX_ISA must be avx512, avx2 or scalar, got 'sse4'",
+                         value_error);
+    CHECK(to_string(isa_tier::avx2) == "avx2");
+  }
+
+  TEST_CASE("the active tier never exceeds the CPU, RIMC_MAX_ISA or set_max_isa") {
+    const char* env = std::getenv("RIMC_MAX_ISA");
+    const isa_tier cap = env && *env ? parse_isa_tier(env) : isa_tier::avx512;
+    CHECK(active_isa() <= detected_isa());
+    CHECK(active_isa() <= cap);
+    CHECK(active_isa() == detail::lower(detected_isa(), cap));
+    {
+      const isa_guard g(isa_tier::scalar);
+      CHECK(active_isa() == isa_tier::scalar);
+    }
+    CHECK(active_isa() == detail::lower(detected_isa(), cap));
+  }
+
+  TEST_CASE("the combination gives the portable form's bits on every tier, with bias removal and ReLU") {
+    for (const std::int64_t r : {1, 2, 3, 4, 16, 64})
+      for (const std::int64_t O : {1, 7, 8, 10, 16, 17, 33, 64}) {
+        CAPTURE(r);
+        CAPTURE(O);
+        const std::int64_t P = 37;
+        const Tensor u = test::random_tensor(Shape{P, r}, 1), sbt = test::random_tensor(Shape{r, O}, 2),
+                     z0 = test::random_tensor(Shape{P, O}, 3),
+                     gamma = test::random_tensor(Shape{O}, 4, layout::nchw, 0.5f, 1.5f),
+                     shift = test::random_tensor(Shape{O}, 5);
+        for (const bool unbias : {false, true})
+          for (const bool relu : {false, true}) {
+            std::vector<float> want(static_cast<std::size_t>(P * O) + 9, -3.0f);
+            detail::portable::combine_rows(u.data(), sbt.data(), z0.data(), unbias ? shift.data() : nullptr,
+                                           gamma.data(), shift.data(), r, O, 0, P, want.data(), relu);
+            for_each_tier([&](isa_tier) {
+              std::vector<float> got(want.size(), -3.0f);  // the 9 past the end must stay untouched
+              detail::combine_rows(u.data(), sbt.data(), z0.data(), unbias ? shift.data() : nullptr, gamma.data(),
+                                   shift.data(), r, O, P, got.data(), relu);
+              CHECK(same_bits(want, got));
+            });
+          }
+      }
+  }
+
+  TEST_CASE("the combination is oneDNN's matmul with the adapter epilogue: bitwise on AVX-512, to rounding elsewhere") {
+    const bool onednn_avx512 = static_cast<int>(dnnl::get_effective_cpu_isa()) >= static_cast<int>(dnnl::cpu_isa::avx512_core);
+    for (const std::int64_t r : {1, 2, 4, 16, 64})
+      for (const std::int64_t O : {10, 16, 33, 64}) {
+        CAPTURE(r);
+        CAPTURE(O);
+        const std::int64_t P = 301;
+        const Tensor u = test::random_tensor(Shape{P, r}, 1), sbt = test::random_tensor(Shape{r, O}, 2),
+                     z0 = test::random_tensor(Shape{P, O}, 3),
+                     gamma = test::random_tensor(Shape{O}, 4, layout::nchw, 0.5f, 1.5f),
+                     shift = test::random_tensor(Shape{O}, 5);
+        Tensor want(Shape{P, O}), got(Shape{P, O});
+        detail::gemm({.M = P, .N = O, .K = r, .epilogue = true}, u.data(), sbt.data(), want.data(), z0.data(),
+                     gamma.data(), shift.data());
+        detail::combine_rows(u.data(), sbt.data(), z0.data(), nullptr, gamma.data(), shift.data(), r, O, P, got.data());
+        if (onednn_avx512) {
+          CHECK(std::memcmp(want.data(), got.data(), static_cast<std::size_t>(P * O) * sizeof(float)) == 0);
+        } else {
+          // Each of the r + 3 terms is at most about 1: rounding differs by a few float ulps of that.
+          for (std::int64_t i = 0; i < P * O; ++i) REQUIRE(std::abs(got[i] - want[i]) <= 1e-6 * static_cast<double>(r + 3));
+        }
+        relu(want, want);  // with the ReLU in the same pass: oneDNN's ReLU of the result
+        detail::combine_rows(u.data(), sbt.data(), z0.data(), nullptr, gamma.data(), shift.data(), r, O, P, got.data(),
+                             true);
+        for (std::int64_t i = 0; i < P * O; ++i) {
+          if (onednn_avx512) {
+            REQUIRE(got[i] == want[i]);
+          } else {
+            REQUIRE(std::abs(got[i] - want[i]) <= 1e-6 * static_cast<double>(r + 3));
+          }
+        }
+      }
+  }
+
+  TEST_CASE("the feature MSE block gives the portable form's bits on every tier, tails included") {
+    const std::int64_t n = 4096 + 13;
+    const Tensor y = test::random_tensor(Shape{n}, 3), t = test::random_tensor(Shape{n}, 4);
+    for (const std::int64_t len : {1, 3, 5, 8, 9, 13, 64, 4096, 4109}) {
+      CAPTURE(len);
+      std::vector<float> ga(static_cast<std::size_t>(n), -1.0f);
+      const double a = detail::portable::mse_block(y.data(), t.data(), ga.data(), len, 12345.0);
+      for_each_tier([&](isa_tier) {
+        std::vector<float> gb(static_cast<std::size_t>(n), -1.0f);
+        CHECK(detail::mse_block(y.data(), t.data(), gb.data(), len, 12345.0) == a);
+        CHECK(same_bits(ga, gb));  // including the untouched elements past the block
+        CHECK(detail::mse_block(y.data(), t.data(), nullptr, len, 12345.0) == a);
+      });
+    }
+  }
+
+  TEST_CASE("rows times matrix and double row dots give the portable form's bits on every tier") {
+    for (const std::int64_t r : {1, 2, 3, 4, 5, 9})
+      for (const std::int64_t K : {1, 7, 8, 16, 33})
+        for (const std::int64_t N : {1, 7, 15, 16, 17, 64, 65, 130}) {
+          CAPTURE(r);
+          CAPTURE(K);
+          CAPTURE(N);
+          const std::int64_t lda = K + 3, ldb = N + 5, ldo = N + 2;
+          const Tensor a = test::random_tensor(Shape{r, lda}, 1), b = test::random_tensor(Shape{K, ldb}, 2);
+          std::vector<float> want(static_cast<std::size_t>(r * ldo), -7.0f);
+          detail::portable::rows_times_matrix({a.data(), lda}, r, K, {b.data(), ldb}, 0, N, want.data(), ldo);
+          // Double row dots of a [r, K] against b's first rows read as [min(K, 4), K].
+          const std::int64_t n = std::min<std::int64_t>(K, 4);
+          std::vector<double> dwant(static_cast<std::size_t>(r * n));
+          detail::portable::row_dots_f64({a.data(), lda}, r, {b.data(), ldb}, n, K, dwant.data());
+          for_each_tier([&](isa_tier) {
+            std::vector<float> got(want.size(), -7.0f);
+            detail::rows_times_matrix({a.data(), lda}, r, K, {b.data(), ldb}, N, got.data(), ldo);
+            CHECK(same_bits(want, got));
+            std::vector<double> dgot(dwant.size());
+            detail::row_dots_f64({a.data(), lda}, r, {b.data(), ldb}, n, K, dgot.data());
+            CHECK(same_bits(dwant, dgot));
+          });
+        }
+  }
+
+  TEST_CASE("Adam's update gives the portable form's bits on every tier") {
+    for (const std::int64_t n : {1, 7, 8, 9, 17, 1000}) {
+      CAPTURE(n);
+      const Tensor g = test::random_tensor(Shape{n}, 3, layout::nchw, -1e-3f, 1e-3f);
+      const Tensor p0 = test::random_tensor(Shape{n}, 4), m0 = test::random_tensor(Shape{n}, 5, layout::nchw, -1e-4f, 1e-4f),
+                   v0 = test::random_tensor(Shape{n}, 6, layout::nchw, 0.0f, 1e-7f);
+      const detail::adam_step_consts consts{0.9f, 0.999f, 1 - 0.9f, 1 - 0.999f, 1 - 0.9 * 0.9, 1 - 0.999 * 0.999, 1e-2, 1e-8};
+      Tensor p1 = p0, m1 = m0, v1 = v0;
+      for (int step = 0; step < 3; ++step) detail::portable::adam_update(p1.data(), g.data(), m1.data(), v1.data(), n, consts);
+      for_each_tier([&](isa_tier) {
+        Tensor p2 = p0, m2 = m0, v2 = v0;
+        for (int step = 0; step < 3; ++step) detail::adam_update(p2.data(), g.data(), m2.data(), v2.data(), n, consts);
+        CHECK(p1 == p2);
+        CHECK(m1 == m2);
+        CHECK(v1 == v2);
+      });
+    }
+  }
+}
