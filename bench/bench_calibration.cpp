@@ -68,7 +68,7 @@ struct chip {
     opt.device.g_min_us = 0.0;
     opt.device.g_max_us = 40.0;
     deployment = deploy_analog(net, opt);
-    deployment.drift_to(relative_drift{}, 0.2, 1);
+    deployment.drift_to(relative_drift{}, drift_level{0.2}, 1);
   }
 };
 
@@ -142,7 +142,7 @@ void calibrate(benchmark::State& state, const std::vector<std::string>& targets,
   std::int64_t steps = 0;
   for (auto _ : state) {
     state.PauseTiming();
-    c.net.detach_adapters();
+    detach_adapters(c.net);
     state.ResumeTiming();
     const calibration_result r = calibrate_feature_kd(teacher, c.net, images, cfg);
     steps = 0;
@@ -171,7 +171,7 @@ void calibrate_resnet50(benchmark::State& state) {
   opt.device.g_min_us = 0.0;
   opt.device.g_max_us = 40.0;
   auto chip = deploy_analog(student, opt, targets);
-  chip.drift_to(relative_drift{}, 0.2, 1);
+  chip.drift_to(relative_drift{}, drift_level{0.2}, 1);
   Tensor images(Shape{n, 3, size, size});
   fill_uniform(images, counter_rng(13), -2, 2);
   calibration_config cfg = demo_config();
@@ -179,7 +179,7 @@ void calibrate_resnet50(benchmark::State& state) {
   std::int64_t steps = 0;
   for (auto _ : state) {
     state.PauseTiming();
-    student.detach_adapters();
+    detach_adapters(student);
     state.ResumeTiming();
     const calibration_result r = calibrate_feature_kd(teacher, student, images, cfg);
     steps = 0;

@@ -1,7 +1,7 @@
 // Analog (RRAM crossbar) layers on ResNet-20 (CIFAR, 32x32) and ResNet-50
 // (ImageNet, 224x224) layer shapes at batch 32, 256 x 256 tiles:
 //   program     - building the layer: quantising and programming every cell (cells/s)
-//   drift       - drift_to(relative_drift, rho = 0.2) and the effective-weight rebuild (cells/s)
+//   drift       - drift_to(relative_drift, drift_level{0.2}) and the effective-weight rebuild (cells/s)
 //   effective   - the forward with an ideal periphery: one oneDNN kernel on the effective weights
 //   tile_adc8   - the tile-exact forward with an 8-bit per-tile ADC (convs: one oneDNN convolution per
 //                 tile; linear: one matmul per tile on cache-sized row chunks)
@@ -143,7 +143,7 @@ void drift(benchmark::State& state, const layer_shape& s) {
   layer l(p);
   std::uint64_t seed = 0;
   for (auto _ : state) {
-    l.visit([&](auto& a) { a.drift_to(relative_drift{}, 0.2, ++seed); });
+    l.visit([&](auto& a) { a.drift_to(relative_drift{}, drift_level{0.2}, ++seed); });
   }
   state.counters["cells/s"] = benchmark::Counter(static_cast<double>(l.writes()), benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel("drift: relative_drift rho 0.2 + effective-weight rebuild");
@@ -152,7 +152,7 @@ void drift(benchmark::State& state, const layer_shape& s) {
 void effective(benchmark::State& state, const layer_shape& s) {
   const problem p(s);
   layer l(p);
-  l.visit([](auto& a) { a.drift_to(relative_drift{}, 0.2, 7); });
+  l.visit([](auto& a) { a.drift_to(relative_drift{}, drift_level{0.2}, 7); });
   Tensor y;
   l.visit([&](auto& a) { a.forward(p.x, y); });
   for (auto _ : state) {
@@ -170,7 +170,7 @@ void tile_adc8(benchmark::State& state, const layer_shape& s) {
   const problem p(s);
   layer l(p);
   l.visit([&](auto& a) {
-    a.drift_to(relative_drift{}, 0.2, 7);
+    a.drift_to(relative_drift{}, drift_level{0.2}, 7);
     a.set_periphery(adc8());
     a.calibrate_adc(p.x);
   });
@@ -189,7 +189,7 @@ void tile_dac8_adc8(benchmark::State& state, const layer_shape& s) {
   const problem p(s);
   layer l(p);
   l.visit([&](auto& a) {
-    a.drift_to(relative_drift{}, 0.2, 7);
+    a.drift_to(relative_drift{}, drift_level{0.2}, 7);
     a.set_periphery(periphery_config::quantised(8, 8));
     a.calibrate_adc(p.x);
   });
@@ -207,9 +207,9 @@ void ratio(benchmark::State& state, const layer_shape& s) {
   using clock = std::chrono::steady_clock;
   const problem p(s);
   layer ideal(p), quantised(p);
-  ideal.visit([](auto& a) { a.drift_to(relative_drift{}, 0.2, 7); });
+  ideal.visit([](auto& a) { a.drift_to(relative_drift{}, drift_level{0.2}, 7); });
   quantised.visit([&](auto& a) {
-    a.drift_to(relative_drift{}, 0.2, 7);
+    a.drift_to(relative_drift{}, drift_level{0.2}, 7);
     a.set_periphery(adc8());
     a.calibrate_adc(p.x);
   });

@@ -8,13 +8,16 @@
 //   merged_conv      - one frozen conv on W' = gamma (W0 + s B A): the whole adapted layer
 //                      when the crossbar path is ideal (compare with frozen_conv)
 // Counters: images/s; the label names the shape. bench/dora_ratios.py turns a
-// JSON run into the adapter/frozen ratios.
+// JSON run into the adapter/frozen ratios. The adapter benchmarks also run at
+// each lower ISA tier of rimc's own kernels this CPU has (names end in
+// "/isa:avx2", "/isa:scalar"; oneDNN stays on its best ISA in the same run).
 
 #include <rimc/dora.hpp>
 #include <rimc/kernels/conv2d.hpp>
 
 #include <benchmark/benchmark.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -36,8 +39,9 @@ std::vector<conv_shape> shapes() {
 }
 
 struct problem {
-  Tensor x, w0, bias, z0;
+  Tensor x, w0, bias, layer_out;
   conv2d_params p;
+  std::shared_ptr<layer> base;  ///< the frozen conv (with bias) the adapter borrows W0 from
 };
 
 problem make(const conv_shape& s, std::int64_t n) {
@@ -50,6 +54,9 @@ problem make(const conv_shape& s, std::int64_t n) {
   fill_uniform(pr.x, counter_rng(1), -1, 1);
   fill_uniform(pr.w0, counter_rng(2), -0.1f, 0.1f);
   pr.x = pr.x.to_layout(layout::nhwc);
+  pr.base = std::make_shared<digital_conv2d>(pr.w0, pr.bias, pr.p);
+  pr.base->forward(pr.x, pr.layer_out);
+  if (pr.layer_out.memory_layout() != layout::nhwc) pr.layer_out = pr.layer_out.to_layout(layout::nhwc);
   return pr;
 }
 
@@ -57,10 +64,10 @@ dora_adapter adapter_for(const problem& pr, std::int64_t r) {
   dora_config cfg;
   cfg.rank = r;
   cfg.alpha = 2.0 * static_cast<double>(r);
-  dora_adapter a = dora_adapter::conv2d(pr.w0, pr.p, cfg);
+  dora_adapter a(*pr.base, cfg);
   Tensor b(a.lora_B().shape());
   fill_uniform(b, counter_rng(3), -0.1f, 0.1f);
-  a.set_parameters(a.magnitude(), a.lora_A(), b);
+  a.set_parameters(*pr.base, a.magnitude(), a.lora_A(), b);
   return a;
 }
 
@@ -79,48 +86,48 @@ void frozen_conv(benchmark::State& state, const conv_shape& s, std::int64_t n) {
   finish(state, n, conv.implementation(pr.x.shape()));
 }
 
-void adapter_fwd(benchmark::State& state, const conv_shape& s, std::int64_t n, std::int64_t r) {
+void adapter_fwd(benchmark::State& state, const conv_shape& s, std::int64_t n, std::int64_t r, isa_tier tier) {
+  const isa_guard cap(tier);
   problem pr = make(s, n);
   const dora_adapter a = adapter_for(pr, r);
-  a.base_forward(pr.x, pr.z0);
   Tensor y;
-  a.forward(pr.x, pr.z0, &pr.bias, y);
-  for (auto _ : state) a.forward(pr.x, pr.z0, &pr.bias, y);
+  a.forward(*pr.base, pr.x, pr.layer_out, y);
+  for (auto _ : state) a.forward(*pr.base, pr.x, pr.layer_out, y);
   finish(state, n, "adapter");
 }
 
-void adapter_fwd_bwd(benchmark::State& state, const conv_shape& s, std::int64_t n, std::int64_t r) {
+void adapter_fwd_bwd(benchmark::State& state, const conv_shape& s, std::int64_t n, std::int64_t r, isa_tier tier) {
+  const isa_guard cap(tier);
   problem pr = make(s, n);
   const dora_adapter a = adapter_for(pr, r);
-  a.base_forward(pr.x, pr.z0);
   Tensor y;
   dora_cache cache;
   dora_gradients g;
-  a.forward(pr.x, pr.z0, &pr.bias, y, &cache);
+  a.forward(*pr.base, pr.x, pr.layer_out, y, &cache);
   Tensor gy = y;
   fill_uniform(gy, counter_rng(4), -1, 1);
   for (auto _ : state) {
-    a.forward(pr.x, pr.z0, &pr.bias, y, &cache);
-    a.backward(cache, gy, g);
+    a.forward(*pr.base, pr.x, pr.layer_out, y, &cache);
+    a.backward(*pr.base, cache, gy, g);
   }
   finish(state, n, "adapter");
 }
 
-void adapter_infer(benchmark::State& state, const conv_shape& s, std::int64_t n, std::int64_t r) {
+void adapter_infer(benchmark::State& state, const conv_shape& s, std::int64_t n, std::int64_t r, isa_tier tier) {
+  const isa_guard cap(tier);
   problem pr = make(s, n);
   const dora_adapter a = adapter_for(pr, r);
   const dora_deployed d = a.deploy();
-  a.base_forward(pr.x, pr.z0);
   Tensor y;
-  d.forward(pr.x, pr.z0, &pr.bias, y);
-  for (auto _ : state) d.forward(pr.x, pr.z0, &pr.bias, y);
+  d.forward(pr.x, pr.layer_out, &pr.bias, y);
+  for (auto _ : state) d.forward(pr.x, pr.layer_out, &pr.bias, y);
   finish(state, n, "deployed");
 }
 
 void merged_conv(benchmark::State& state, const conv_shape& s, std::int64_t n, std::int64_t r) {
   problem pr = make(s, n);
   const dora_adapter a = adapter_for(pr, r);
-  const conv2d conv(a.merged_weights(), pr.bias, pr.p);
+  const conv2d conv(a.merged_weights(*pr.base), pr.bias, pr.p);
   Tensor y;
   conv.forward(pr.x, y);
   for (auto _ : state) conv.forward(pr.x, y);
@@ -139,9 +146,15 @@ int main(int argc, char** argv) {
       benchmark::RegisterBenchmark(("frozen_conv/" + shape).c_str(), frozen_conv, s, n)->UseRealTime();
       for (std::int64_t r : {2, 4, 8}) {
         const std::string tail = shape + "/r" + std::to_string(r);
-        benchmark::RegisterBenchmark(("adapter_fwd/" + tail).c_str(), adapter_fwd, s, n, r)->UseRealTime();
-        benchmark::RegisterBenchmark(("adapter_fwd_bwd/" + tail).c_str(), adapter_fwd_bwd, s, n, r)->UseRealTime();
-        benchmark::RegisterBenchmark(("adapter_infer/" + tail).c_str(), adapter_infer, s, n, r)->UseRealTime();
+        for (const isa_tier tier : {isa_tier::avx512, isa_tier::avx2, isa_tier::scalar}) {
+          if (tier > active_isa()) continue;
+          const std::string t = tier == active_isa() ? "" : "/isa:" + std::string(to_string(tier));
+          benchmark::RegisterBenchmark(("adapter_fwd/" + tail + t).c_str(), adapter_fwd, s, n, r, tier)->UseRealTime();
+          benchmark::RegisterBenchmark(("adapter_fwd_bwd/" + tail + t).c_str(), adapter_fwd_bwd, s, n, r, tier)
+              ->UseRealTime();
+          benchmark::RegisterBenchmark(("adapter_infer/" + tail + t).c_str(), adapter_infer, s, n, r, tier)
+              ->UseRealTime();
+        }
         if (r == 4) benchmark::RegisterBenchmark(("merged_conv/" + tail).c_str(), merged_conv, s, n, r)->UseRealTime();
       }
     }

@@ -10,12 +10,14 @@ namespace rimc::bench {
 inline void randomise(network& net, float bound = 0.05f) {
   std::uint64_t seed = 1;
   for (const auto& n : net.nodes())
-    for (auto& [p, t] : net.node(n.name).params) {
+    for (const auto& [p, value] : n.params) {
+      Tensor t = value;
       if (p == "running_var") {
         t.fill(1.0f);
       } else if (p != "num_batches_tracked") {
         fill_uniform(t, counter_rng(seed++), -bound, bound);
       }
+      net.set_parameter(n.name, p, std::move(t));
     }
 }
 

@@ -5,28 +5,24 @@
 // table (ideal, drifted, per-column drift compensation, feature-KD and
 // backprop calibrated accuracy, adapter share, SRAM bytes, RRAM writes,
 // calibration time) and writes it as CSV, with the time of each phase.
-//
-//   calibrate_fashion_mnist [--preset relative|cmo|neurram] [--rho 0.2] [--time 86400] [--g-min-ratio 0]
-//                           [--samples 10] [--rank 2] [--steps 100] [--lr 0.01] [--from-teacher-norms]
-//                           [--seed 0] [--drift-seed 1] [--threads 2] [--test-images 10000] [--eval-batch 50]
-//                           [--loss-path automatic|statistics|direct]
-//                           [--bp-steps 100] [--bp-lr 0.001] [--bp-ce 0] [--bp-kl 1] [--no-backprop]
-//                           [--csv calibration.csv] [--model path.safetensors]
-//
-// --rho applies to the relative preset, --time (seconds since programming) to cmo and neurram.
-// --loss-path: how each calibration step is computed (calibration_config::loss_path; both exact).
+// `--help` lists the flags with their defaults and units; every value is
+// checked before anything is loaded.
 
+#include "cli.hpp"
 #include "fashion_mnist_lab.hpp"
 
+#include <rimc/adapt/peft_files.hpp>
 #include <rimc/io/atomic_file.hpp>
 
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <string>
 #include <string_view>
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 namespace {
 
@@ -44,46 +40,66 @@ struct args {
   std::uint64_t seed = 0;
   bool from_teacher_norms = false;
   std::string csv = "calibration.csv";
-  std::string model = RIMC_MODEL_DIR "/resnet20_fmnist.safetensors";
+  std::string model = lab::default_model;
+  std::string data = lab::default_data;
+  std::string save_adapter;
 };
 
 args parse(int argc, char** argv) {
   args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view k = argv[i];
-    auto next = [&]() -> const char* {
-      if (i + 1 >= argc) throw value_error(detail::concat("calibrate_fashion_mnist: ", k, " needs a value"));
-      return argv[++i];
-    };
-    if (k == "--preset") a.chip.preset = lab::parse_preset(next());
-    else if (k == "--rho") a.chip.rho = std::atof(next());
-    else if (k == "--time") a.chip.time_s = std::atof(next());
-    else if (k == "--g-min-ratio") a.chip.g_min_ratio = std::atof(next());
-    else if (k == "--lr") a.lr = std::atof(next());
-    else if (k == "--samples") a.samples = std::atoll(next());
-    else if (k == "--rank") a.rank = std::atoll(next());
-    else if (k == "--steps") a.steps = std::atoi(next());
-    else if (k == "--threads") a.threads = std::atoi(next());
-    else if (k == "--seed") a.seed = std::strtoull(next(), nullptr, 10);
-    else if (k == "--drift-seed") a.chip.drift_seed = std::strtoull(next(), nullptr, 10);
-    else if (k == "--test-images") a.test_images = std::atoll(next());
-    else if (k == "--eval-batch") a.eval_batch = std::atoll(next());
-    else if (k == "--loss-path") a.loss_path = lab::parse_loss_path(next());
-    else if (k == "--from-teacher-norms") a.from_teacher_norms = true;
-    else if (k == "--bp-steps") a.bp_steps = std::atoi(next());
-    else if (k == "--bp-lr") a.bp_lr = std::atof(next());
-    else if (k == "--bp-ce") a.bp_ce = std::atof(next());
-    else if (k == "--bp-kl") a.bp_kl = std::atof(next());
-    else if (k == "--no-backprop") a.backprop = false;
-    else if (k == "--csv") a.csv = next();
-    else if (k == "--model") a.model = next();
-    else throw value_error(detail::concat("calibrate_fashion_mnist: unknown option '", k, "'"));
-  }
-  if (a.samples < 1) throw value_error(detail::concat("calibrate_fashion_mnist: --samples must be >= 1, got ", a.samples));
-  if (a.threads < 1) throw value_error(detail::concat("calibrate_fashion_mnist: --threads must be >= 1, got ", a.threads));
-  if (a.eval_batch < 1) {
-    throw value_error(detail::concat("calibrate_fashion_mnist: --eval-batch must be >= 1, got ", a.eval_batch));
-  }
+  std::string preset = "relative", loss_path = "automatic";
+  constexpr auto u64max = std::numeric_limits<std::uint64_t>::max();
+  cli::command_line cl("calibrate_fashion_mnist",
+                       "Programs the shipped ResNet-20 Fashion-MNIST teacher onto drifting RRAM crossbars and recovers "
+                       "its accuracy with DoRA adapters calibrated by layer-wise feature distillation.");
+  cl.choice("--preset", preset, "drift model: the paper's relative drift, CMO-ReRAM or NeuRRAM relaxation",
+            {"relative", "cmo", "neurram"});
+  cl.number("--rho", a.chip.rho, "relative drift sigma / G (preset relative)", 0.0, 10.0);
+  cl.number("--time", a.chip.time_s, "time since programming (presets cmo, neurram)", 0.0, 1e12, "s");
+  cl.number("--g-min-ratio", a.chip.g_min_ratio, "g_min as a fraction of g_max (preset relative)", 0.0, 0.99);
+  cl.number("--samples", a.samples, "calibration images N", std::int64_t{1}, std::int64_t{1} << 40);
+  cl.number("--rank", a.rank, "adapter rank r", std::int64_t{1}, std::int64_t{64});
+  cl.number("--steps", a.steps, "Adam steps per layer (feature KD)", 0, 1000000);
+  cl.number("--lr", a.lr, "Adam learning rate (feature KD), > 0", 0.0, 100.0);
+  cl.flag("--from-teacher-norms", a.from_teacher_norms, "start m from the teacher's row norms, not the drifted ones");
+  cl.number("--seed", a.seed, "seed of the calibration samples, the adapters and the programming noise", std::uint64_t{0},
+            u64max);
+  cl.number("--drift-seed", a.chip.drift_seed, "seed of the drift", std::uint64_t{0}, u64max);
+  cl.threads(a.threads);
+  cl.number("--test-images", a.test_images, "test images evaluated (the first ones)", std::int64_t{1},
+            std::int64_t{1} << 40);
+  cl.number("--eval-batch", a.eval_batch, "test images per forward", std::int64_t{1}, std::int64_t{1} << 20);
+  cl.choice("--loss-path", loss_path, "how each calibration step is computed (both exact)",
+            {"automatic", "statistics", "direct"});
+  cl.number("--bp-steps", a.bp_steps, "joint Adam steps of the backprop baseline", 0, 1000000);
+  cl.number("--bp-lr", a.bp_lr, "learning rate of the backprop baseline, > 0", 0.0, 100.0);
+  cl.number("--bp-ce", a.bp_ce, "weight of cross-entropy on the labels (backprop baseline)", 0.0, 1e6);
+  cl.number("--bp-kl", a.bp_kl, "weight of KL to the teacher's logits (backprop baseline)", 0.0, 1e6);
+  bool no_backprop = false;
+  cl.flag("--no-backprop", no_backprop, "skip the backprop baseline");
+  cl.text("--csv", a.csv, "where the table is written (CSV)");
+  cl.text("--model", a.model, "the teacher's weights (safetensors)");
+  cl.text("--data", a.data, "the Fashion-MNIST directory (train-*/t10k-* IDX files, gz or not)");
+  cl.text("--save-adapter", a.save_adapter, "write the calibrated adapters as PEFT files into this directory");
+  cl.check([&] {
+    a.chip.preset = lab::parse_preset(preset);
+    a.loss_path = lab::parse_loss_path(loss_path);
+    a.backprop = !no_backprop;
+    if (!(a.lr > 0)) throw cli::usage_error(detail::concat("--lr: must be > 0, got ", a.lr));
+    lab::check_rank("--rank", a.rank);
+    if (a.backprop) {
+      if (!(a.bp_lr > 0)) throw cli::usage_error(detail::concat("--bp-lr: must be > 0, got ", a.bp_lr));
+      if (a.bp_ce + a.bp_kl <= 0) {
+        throw cli::usage_error(detail::concat("--bp-ce and --bp-kl: at least one must be > 0, got ", a.bp_ce, " and ",
+                                              a.bp_kl, " (or pass --no-backprop)"));
+      }
+    }
+    cli::check_input_file("--model", a.model);
+    lab::check_data(a.data, a.samples, "--samples", a.test_images);
+    cli::check_writable_file("--csv", a.csv);
+    if (!a.save_adapter.empty()) cli::check_writable_dir("--save-adapter", a.save_adapter);
+  });
+  cl.parse(argc, argv);
   a.chip.program_seed = a.seed;
   a.chip.validate();
   return a;
@@ -101,7 +117,7 @@ int main(int argc, char** argv) try {
   const args a = parse(argc, argv);
   set_num_threads(a.threads);
   std::fprintf(stderr, "loading Fashion-MNIST and the teacher...\n");
-  const lab::fashion_mnist_lab lab(a.model, a.test_images, a.eval_batch);
+  const lab::fashion_mnist_lab lab(a.model, a.test_images, a.eval_batch, a.data);
   const eval_result ideal = lab.evaluate(lab.teacher());
 
   // Program every conv and linear layer onto crossbars (differential pairs, 8-bit cells), then drift.
@@ -121,15 +137,20 @@ int main(int argc, char** argv) try {
   std::fprintf(stderr, "feature-KD calibration with %lld samples, rank %lld, %d steps per layer...\n",
                static_cast<long long>(a.samples), static_cast<long long>(a.rank), a.steps);
   const dataset calib = lab.calibration_set(a.samples, a.seed);
-  calibration_config cfg;
-  cfg.rank = a.rank;
-  cfg.steps = a.steps;
-  cfg.lr = a.lr;
-  cfg.seed = a.seed;
-  cfg.magnitude_from_teacher = a.from_teacher_norms;
-  cfg.loss_path = a.loss_path;
+  calibration_config cfg = lab::feature_kd_config(a.rank, a.steps, a.lr, a.seed, a.from_teacher_norms, a.loss_path);
+  if (::isatty(2)) {  // one progress line per calibrated layer on a terminal
+    cfg.on_layer = [](const layer_calibration& l, std::size_t i, std::size_t n) {
+      std::fprintf(stderr, "  [%2zu/%zu] %-22s feature MSE %.4g -> %.4g (%s, %.3f s)\n", i + 1, n, l.name.c_str(),
+                   l.mse_before, l.mse_after, rimc::to_string(l.path), l.seconds);
+    };
+  }
   const calibration_result cal = calibrate_feature_kd(lab.teacher(), chip->net(), calib.images, cfg);
   const eval_result calibrated = lab.evaluate(chip->net());
+  if (!a.save_adapter.empty()) {
+    save_peft_adapter(a.save_adapter, chip->net(), a.model);
+    std::fprintf(stderr, "wrote the adapters to %s (adapter_config.json, adapter_model.safetensors)\n",
+                 a.save_adapter.c_str());
+  }
 
   // The baseline: the same drifted chip, adapters trained jointly by backprop.
   calibration_result bp;

@@ -8,11 +8,13 @@
 // layer shapes and the public figures of rimc::cost_model. Prints a table and
 // writes it as CSV (network, strategy, quantity, value, unit).
 //
-//   calibration_cost [--rho 0.2] [--tol 0.1] [--bits 8] [--slices 1] [--samples 10] [--steps 100]
-//                    [--endurance 1e6] [--parallel-writes 1] [--deploy fp32|fp16|int8] [--csv calibration_cost.csv]
+//   calibration_cost [options]   (--help lists them with their defaults and units)
+
+#include "cli.hpp"
 
 #include <rimc/cost.hpp>
 #include <rimc/io/atomic_file.hpp>
+#include <rimc/nn/geometry.hpp>
 #include <rimc/nn/models.hpp>
 
 #include <cmath>
@@ -35,33 +37,31 @@ struct args {
   std::string csv = "calibration_cost.csv";
 };
 
-sram_precision precision_of(std::string_view v) {
-  if (v == "fp32") return sram_precision::fp32;
-  if (v == "fp16") return sram_precision::fp16;
-  if (v == "int8") return sram_precision::int8;
-  throw value_error(detail::concat("calibration_cost: --deploy must be fp32, fp16 or int8, got '", v, "'"));
-}
-
 args parse(int argc, char** argv) {
   args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view k = argv[i];
-    auto next = [&]() -> const char* {
-      if (i + 1 >= argc) throw value_error(detail::concat("calibration_cost: ", k, " needs a value"));
-      return argv[++i];
-    };
-    if (k == "--rho") a.rho = std::atof(next());
-    else if (k == "--tol") a.tol = std::atof(next());
-    else if (k == "--bits") a.bits = std::atoi(next());
-    else if (k == "--slices") a.slices = std::atoi(next());
-    else if (k == "--samples") a.samples = std::atoll(next());
-    else if (k == "--steps") a.steps = std::atoll(next());
-    else if (k == "--endurance") a.endurance = std::atof(next());
-    else if (k == "--parallel-writes") a.parallel_writes = std::atof(next());
-    else if (k == "--deploy") a.deploy = precision_of(next());
-    else if (k == "--csv") a.csv = next();
-    else throw value_error(detail::concat("calibration_cost: unknown option '", k, "'"));
-  }
+  std::string deploy = "fp32";
+  cli::command_line cl("calibration_cost",
+                       "What recovering a drifted RRAM network costs: re-programming, in-RRAM backprop, DoRA in SRAM.");
+  cl.number("--rho", a.rho, "relative drift sigma / G", 0.0, 10.0);
+  cl.number("--tol", a.tol, "relative error a cell tolerates before the selective fix re-programs it, > 0", 0.0, 10.0);
+  cl.number("--bits", a.bits, "bits per cell", 1, 8);
+  cl.number("--slices", a.slices, "cells per weight (bit slicing)", 1, 4);
+  cl.number("--samples", a.samples, "calibration images N", std::int64_t{1}, std::int64_t{1} << 40);
+  cl.number("--steps", a.steps, "Adam steps per layer", std::int64_t{0}, std::int64_t{1000000});
+  cl.number("--endurance", a.endurance, "write cycles a cell survives, > 0", 0.0, 1e30, "cycles");
+  cl.number("--parallel-writes", a.parallel_writes, "cells programmed at once, >= 1", 1.0, 1e12, "cells");
+  cl.choice("--deploy", deploy, "adapter storage precision at inference", {"fp32", "fp16", "int8"});
+  cl.text("--csv", a.csv, "where the table is written (CSV)");
+  cl.check([&] {
+    a.deploy = deploy == "fp16" ? sram_precision::fp16 : deploy == "int8" ? sram_precision::int8 : sram_precision::fp32;
+    if (!(a.tol > 0)) throw cli::usage_error(detail::concat("--tol: must be > 0, got ", a.tol));
+    if (!(a.endurance > 0)) throw cli::usage_error(detail::concat("--endurance: must be > 0, got ", a.endurance));
+    if (a.bits * a.slices > 16) {
+      throw cli::usage_error(detail::concat("--bits and --slices: bits * slices must be <= 16, got ", a.bits, " * ", a.slices));
+    }
+    cli::check_writable_file("--csv", a.csv);
+  });
+  cl.parse(argc, argv);
   return a;
 }
 

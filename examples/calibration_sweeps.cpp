@@ -3,12 +3,7 @@
 // shipped ResNet-20 and measures every recovery method on the same chip,
 // over several drift seeds, on the test set.
 //
-//   calibration_sweeps --sweep rho|time|samples|bp-tune|resnet50 [--seeds 5] [--test-images 10000]
-//                      [--threads 2] [--out examples/results] [--steps 100] [--lr 0.01]
-//                      [--loss-path automatic|statistics|direct]
-//                      [--bp-steps 100] [--bp-lr 0.001] [--bp-ce 0] [--bp-kl 1] [--bp-temperature 4]
-//                      [--bp-lrs 1e-4,...,3e-2] [--bp-temps 4] (bp-tune's grid)
-//                      [--rhos 0,0.05,0.1,0.2,0.3] [--realistic-rhos 0.1,0.2,0.3] [--samples-list 1,2,5,10,20,50,100] [--ranks 2,4]
+//   calibration_sweeps --sweep rho|time|samples|bp-tune|resnet50 [options]   (--help lists them)
 //
 // rho:      accuracy vs relative drift (mappings g_min = 0, and g_min = g_max / 10 at --realistic-rhos): drifted,
 //           per-column compensation, feature KD (m from the drifted or the teacher's norms), backprop.
@@ -20,6 +15,7 @@
 // Writes <out>/<sweep>.csv (one row per chip and method) and <out>/<sweep>_summary.csv
 // (mean, standard deviation, min and max over the seeds, in percent).
 
+#include "cli.hpp"
 #include "fashion_mnist_lab.hpp"
 
 #include <rimc/io/atomic_file.hpp>
@@ -48,68 +44,66 @@ struct args {
   std::int64_t test_images = 10000;
   std::vector<double> rhos{0, 0.05, 0.1, 0.2, 0.3};
   std::vector<double> realistic_rhos{0.1, 0.2, 0.3};  // the g_min = g_max / 10 mapping
-  std::vector<double> samples{1, 2, 5, 10, 20, 50, 100};
-  std::vector<double> ranks{2, 4};
+  std::vector<std::int64_t> samples{1, 2, 5, 10, 20, 50, 100};
+  std::vector<std::int64_t> ranks{2, 4};
   std::vector<double> bp_lrs{1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2};  // bp-tune's grid
   std::vector<double> bp_temps{4};
   std::string out = "examples/results";
-  std::string model = RIMC_MODEL_DIR "/resnet20_fmnist.safetensors";
+  std::string model = lab::default_model;
+  std::string data = lab::default_data;
   kd_loss_path loss_path = kd_loss_path::automatic;
 };
 
-std::vector<double> parse_list(std::string_view flag, const char* s) {
-  std::vector<double> v;
-  std::stringstream in(s);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    char* end = nullptr;
-    const double x = std::strtod(item.c_str(), &end);
-    if (item.empty() || *end != '\0' || !std::isfinite(x)) {
-      throw value_error(detail::concat("calibration_sweeps: ", flag, " needs comma-separated numbers, got '", s, "'"));
-    }
-    v.push_back(x);
-  }
-  if (v.empty()) throw value_error(detail::concat("calibration_sweeps: ", flag, " is empty"));
-  return v;
-}
-
 args parse(int argc, char** argv) {
   args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view k = argv[i];
-    auto next = [&]() -> const char* {
-      if (i + 1 >= argc) throw value_error(detail::concat("calibration_sweeps: ", k, " needs a value"));
-      return argv[++i];
-    };
-    if (k == "--sweep") a.sweep = next();
-    else if (k == "--seeds") a.seeds = std::atoi(next());
-    else if (k == "--threads") a.threads = std::atoi(next());
-    else if (k == "--steps") a.steps = std::atoi(next());
-    else if (k == "--lr") a.lr = std::atof(next());
-    else if (k == "--loss-path") a.loss_path = lab::parse_loss_path(next());
-    else if (k == "--bp-steps") a.bp_steps = std::atoi(next());
-    else if (k == "--bp-lr") a.bp_lr = std::atof(next());
-    else if (k == "--bp-ce") a.bp_ce = std::atof(next());
-    else if (k == "--bp-kl") a.bp_kl = std::atof(next());
-    else if (k == "--test-images") a.test_images = std::atoll(next());
-    else if (k == "--rhos") a.rhos = parse_list(k, next());
-    else if (k == "--realistic-rhos") a.realistic_rhos = parse_list(k, next());
-    else if (k == "--samples-list") a.samples = parse_list(k, next());
-    else if (k == "--ranks") a.ranks = parse_list(k, next());
-    else if (k == "--bp-lrs") a.bp_lrs = parse_list(k, next());
-    else if (k == "--bp-temps") a.bp_temps = parse_list(k, next());
-    else if (k == "--bp-temperature") a.bp_temperature = std::atof(next());
-    else if (k == "--out") a.out = next();
-    else if (k == "--model") a.model = next();
-    else throw value_error(detail::concat("calibration_sweeps: unknown option '", k, "'"));
-  }
-  static const std::vector<std::string> sweeps{"rho", "time", "samples", "bp-tune", "resnet50"};
-  if (std::find(sweeps.begin(), sweeps.end(), a.sweep) == sweeps.end()) {
-    throw value_error(detail::concat("calibration_sweeps: --sweep must be rho, time, samples, bp-tune or resnet50, got '",
-                                     a.sweep, "'"));
-  }
-  if (a.seeds < 1) throw value_error(detail::concat("calibration_sweeps: --seeds must be >= 1, got ", a.seeds));
-  if (a.threads < 1) throw value_error(detail::concat("calibration_sweeps: --threads must be >= 1, got ", a.threads));
+  std::string loss_path = "automatic";
+  cli::command_line cl("calibration_sweeps",
+                       "The paper's figures on Fashion-MNIST: accuracy of every recovery method on many drifted chips.");
+  cl.choice("--sweep", a.sweep, "which sweep", {"rho", "time", "samples", "bp-tune", "resnet50"})->required();
+  cl.number("--seeds", a.seeds, "chips (drift seeds 1..n) per setting", 1, 100000);
+  cl.threads(a.threads);
+  cl.number("--steps", a.steps, "Adam steps per layer (feature KD)", 0, 1000000);
+  cl.number("--lr", a.lr, "Adam learning rate (feature KD), > 0", 0.0, 100.0);
+  cl.choice("--loss-path", loss_path, "how each calibration step is computed (both exact)",
+            {"automatic", "statistics", "direct"});
+  cl.number("--bp-steps", a.bp_steps, "joint Adam steps of the backprop baseline", 0, 1000000);
+  cl.number("--bp-lr", a.bp_lr, "learning rate of the backprop baseline, > 0", 0.0, 100.0);
+  cl.number("--bp-ce", a.bp_ce, "weight of cross-entropy (backprop baseline)", 0.0, 1e6);
+  cl.number("--bp-kl", a.bp_kl, "weight of KL to the teacher (backprop baseline)", 0.0, 1e6);
+  cl.number("--bp-temperature", a.bp_temperature, "distillation temperature T, > 0", 0.0, 1e3);
+  cl.number("--test-images", a.test_images, "test images evaluated (the first ones)", std::int64_t{1},
+            std::int64_t{1} << 40);
+  cl.numbers("--rhos", a.rhos, "relative drifts of the rho sweep (g_min = 0)", 0.0, 10.0);
+  cl.numbers("--realistic-rhos", a.realistic_rhos, "relative drifts with g_min = g_max / 10", 0.0, 10.0);
+  cl.numbers("--samples-list", a.samples, "calibration images N of the samples sweep", std::int64_t{1},
+             std::int64_t{1} << 40);
+  cl.numbers("--ranks", a.ranks, "adapter ranks of the samples sweep", std::int64_t{1}, std::int64_t{64});
+  cl.numbers("--bp-lrs", a.bp_lrs, "bp-tune's learning rates, > 0", 0.0, 100.0);
+  cl.numbers("--bp-temps", a.bp_temps, "bp-tune's temperatures, > 0", 0.0, 1e3);
+  cl.text("--out", a.out, "directory of the CSVs");
+  cl.text("--model", a.model, "the teacher's weights (safetensors)");
+  cl.text("--data", a.data, "the Fashion-MNIST directory");
+  cl.check([&] {
+    a.loss_path = lab::parse_loss_path(loss_path);
+    if (!(a.lr > 0)) throw cli::usage_error(detail::concat("--lr: must be > 0, got ", a.lr));
+    if (!(a.bp_lr > 0)) throw cli::usage_error(detail::concat("--bp-lr: must be > 0, got ", a.bp_lr));
+    if (!(a.bp_temperature > 0)) throw cli::usage_error(detail::concat("--bp-temperature: must be > 0, got ", a.bp_temperature));
+    for (const double v : a.bp_lrs)
+      if (!(v > 0)) throw cli::usage_error(detail::concat("--bp-lrs: every value must be > 0, got ", v));
+    for (const double v : a.bp_temps)
+      if (!(v > 0)) throw cli::usage_error(detail::concat("--bp-temps: every value must be > 0, got ", v));
+    if (a.bp_ce + a.bp_kl <= 0) {
+      throw cli::usage_error(detail::concat("--bp-ce and --bp-kl: at least one must be > 0, got ", a.bp_ce, " and ", a.bp_kl));
+    }
+    for (const auto r : a.ranks) lab::check_rank("--ranks", r);
+    cli::check_writable_dir("--out", a.out);
+    if (a.sweep == "resnet50") return;  // no data, no model
+    cli::check_input_file("--model", a.model);
+    std::int64_t n = 10;
+    if (a.sweep == "samples") n = *std::max_element(a.samples.begin(), a.samples.end());
+    lab::check_data(a.data, n, a.sweep == "samples" ? "--samples-list" : "--samples", a.test_images);
+  });
+  cl.parse(argc, argv);
   return a;
 }
 
@@ -151,13 +145,7 @@ class sweep_runner {
   /// Feature-KD calibration on `chip` (reset first), evaluated.
   void feature_kd(lab::drifted_chip& chip, row r, std::int64_t samples, std::int64_t rank, bool teacher_norms) {
     chip.reset();
-    calibration_config cfg;
-    cfg.rank = rank;
-    cfg.steps = a_.steps;
-    cfg.lr = a_.lr;
-    cfg.seed = r.seed;
-    cfg.magnitude_from_teacher = teacher_norms;
-    cfg.loss_path = a_.loss_path;
+    const calibration_config cfg = lab::feature_kd_config(rank, a_.steps, a_.lr, r.seed, teacher_norms, a_.loss_path);
     const dataset calib = lab_.calibration_set(samples, r.seed);
     const calibration_result res = calibrate_feature_kd(lab_.teacher(), chip.net(), calib.images, cfg);
     check_no_writes(res);
@@ -304,12 +292,12 @@ void sweep_samples(const args& a, const lab::fashion_mnist_lab& lab, sweep_runne
     const auto chip = paper_chip(lab, s);
     row r{"relative", 0, 0.2, 0, 0, 0, seed_of(s), "", "", 0, 0};
     run.baselines(*chip, r, false);
-    for (const double rank : a.ranks) {
-      for (const double n : a.samples) {
-        std::fprintf(stderr, "seed %d, rank %g, N = %g\n", s + 1, rank, n);
-        run.feature_kd(*chip, r, static_cast<std::int64_t>(n), static_cast<std::int64_t>(rank), false);
-        run.backprop(*chip, r, static_cast<std::int64_t>(n), static_cast<std::int64_t>(rank), a.bp_lr, a.bp_ce, a.bp_kl,
-                     a.bp_steps, a.bp_temperature);
+    for (const std::int64_t rank : a.ranks) {
+      for (const std::int64_t n : a.samples) {
+        std::fprintf(stderr, "seed %d, rank %lld, N = %lld\n", s + 1, static_cast<long long>(rank),
+                     static_cast<long long>(n));
+        run.feature_kd(*chip, r, n, rank, false);
+        run.backprop(*chip, r, n, rank, a.bp_lr, a.bp_ce, a.bp_kl, a.bp_steps, a.bp_temperature);
       }
     }
   }
@@ -348,12 +336,12 @@ void sweep_resnet50(const args& a) {
         for (const auto& n : net.nodes()) {
           if (n.kind == op_kind::conv2d) {
             const Tensor& w = n.params.at("weight");
-            total += dora_adapter::conv2d(w, n.conv, dc).footprint();
+            total += dora_adapter(*n.layer, dc).footprint();
             const std::int64_t O = w.dim(0), C = w.dim(1), k = w.dim(2);
             loralib += rank * k * k * (C + O) + O;
           } else if (n.kind == op_kind::linear && !convs_only) {
             const Tensor& w = n.params.at("weight");
-            total += dora_adapter::linear(w, dc).footprint();
+            total += dora_adapter(*n.layer, dc).footprint();
             loralib += rank * (w.dim(0) + w.dim(1)) + w.dim(0);
           }
         }
@@ -383,7 +371,7 @@ int main(int argc, char** argv) try {
     return 0;
   }
   std::fprintf(stderr, "loading Fashion-MNIST and the teacher...\n");
-  const lab::fashion_mnist_lab lab(a.model, a.test_images);
+  const lab::fashion_mnist_lab lab(a.model, a.test_images, 250, a.data);
   sweep_runner run(a, lab);
   const eval_result ideal = lab.evaluate(lab.teacher());
   run.add(row{"ideal", 0, 0, 0, 0, 0, 0, "ideal", "", 0, 0}, ideal, ideal.seconds);

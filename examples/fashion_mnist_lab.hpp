@@ -5,6 +5,7 @@
 // onto crossbars, drift it, and measure each recovery method on the same chip.
 // Not a public header: examples include it by relative path.
 
+#include <rimc/adapt/adapted_layer.hpp>
 #include <rimc/adapt/backprop.hpp>
 #include <rimc/adapt/feature_kd.hpp>
 #include <rimc/crossbar/compensation.hpp>
@@ -12,7 +13,10 @@
 #include <rimc/device/presets.hpp>
 #include <rimc/nn/deploy.hpp>
 #include <rimc/nn/evaluate.hpp>
+#include <rimc/nn/geometry.hpp>
 #include <rimc/nn/models.hpp>
+
+#include "cli.hpp"
 
 #include <chrono>
 #include <memory>
@@ -33,14 +37,72 @@ inline drift_preset parse_preset(std::string_view s) {
   if (s == "relative") return drift_preset::relative;
   if (s == "cmo") return drift_preset::cmo;
   if (s == "neurram") return drift_preset::neurram;
-  throw value_error(detail::concat("--preset must be relative, cmo or neurram, got '", s, "'"));
+  throw cli::usage_error(detail::concat("--preset: must be one of relative|cmo|neurram, got '", s, "'"));
 }
 
 /// --loss-path: how each feature-KD step is computed (calibration_config::loss_path).
 inline kd_loss_path parse_loss_path(std::string_view s) {
   for (const kd_loss_path p : {kd_loss_path::automatic, kd_loss_path::statistics, kd_loss_path::direct})
     if (s == rimc::to_string(p)) return p;
-  throw value_error(detail::concat("--loss-path must be automatic, statistics or direct, got '", s, "'"));
+  throw cli::usage_error(detail::concat("--loss-path: must be one of automatic|statistics|direct, got '", s, "'"));
+}
+
+/// The shipped model's default path and the dataset's default directory (Debian's dataset-fashion-mnist).
+inline const std::string default_model = RIMC_MODEL_DIR "/resnet20_fmnist.safetensors";
+inline const std::string default_data = fashion_mnist_dir.string();
+
+/// The largest adapter rank every conv2d and linear layer of ResNet-20 (1 x 28 x 28, 10 classes)
+/// takes, with the layer that limits it: min(O, K, dora_config::max_rank) over the layers.
+inline std::pair<std::int64_t, std::string> max_rank() {
+  std::pair<std::int64_t, std::string> best{dora_config::max_rank, "any layer"};
+  for (const auto& g : layer_geometries(resnet20(1, 10, 28))) {
+    const auto limit = std::min(g.out_features, g.fan_in);
+    if (limit < best.first) best = {limit, g.name};
+  }
+  return best;
+}
+
+/// Rejects a rank ResNet-20 cannot take (before anything is loaded).
+inline void check_rank(std::string_view flag, std::int64_t rank) {
+  const auto [limit, layer] = max_rank();
+  if (rank < 1 || rank > limit) {
+    throw cli::usage_error(detail::concat(flag, ": must be in [1, ", limit, "] (min(O, K) of layer '", layer, "' is ", limit,
+                                          "), got ", rank));
+  }
+}
+
+/// Rejects a dataset directory without Fashion-MNIST's files, and a number of
+/// calibration samples or test images it cannot provide (reads the headers only).
+inline void check_data(const std::string& dir, std::int64_t samples, std::string_view samples_flag, std::int64_t test_images) {
+  cli::check_input_dir("--data", dir);
+  std::int64_t train = 0, test = 0;
+  try {
+    train = mnist_like_size(dir, "train");
+    test = mnist_like_size(dir, "test");
+  } catch (const rimc::error& e) {
+    throw cli::usage_error(detail::concat("--data: ", detail::message_of(e)));
+  }
+  if (samples > train) {
+    throw cli::usage_error(detail::concat(samples_flag, ": must be at most the ", train, " training images of '", dir,
+                                          "', got ", samples));
+  }
+  if (test_images > test) {
+    throw cli::usage_error(detail::concat("--test-images: must be at most the ", test, " test images of '", dir, "', got ",
+                                          test_images));
+  }
+}
+
+/// Feature-KD settings of the lab's programs (rank r, `steps` Adam steps per layer at `lr`).
+inline calibration_config feature_kd_config(std::int64_t rank, int steps, double lr, std::uint64_t seed,
+                                            bool teacher_norms, kd_loss_path path) {
+  calibration_config cfg;
+  cfg.rank = rank;
+  cfg.steps = steps;
+  cfg.lr = lr;
+  cfg.seed = seed;
+  cfg.magnitude_from_teacher = teacher_norms;
+  cfg.loss_path = path;
+  return cfg;
 }
 
 inline const char* to_string(drift_preset p) {
@@ -104,12 +166,13 @@ class drifted_chip {
     chip_ = deploy_analog(net_, cfg.options());
     writes_programmed_ = chip_.rram_writes();
     // Per-column drift compensation needs a reference read right after programming.
-    for (auto& c : chip_.convs_) comp_.emplace_back(compensation_kind::per_column).record_reference(c->analog());
-    for (auto& l : chip_.linears_) comp_.emplace_back(compensation_kind::per_column).record_reference(l->analog());
+    chip_.for_each([&](const std::string&, auto& a) {
+      comp_.emplace_back(compensation_kind::per_column).record_reference(a);
+    });
     switch (cfg.preset) {
-      case drift_preset::relative: chip_.drift_to(relative_drift{}, cfg.rho, cfg.drift_seed); break;
-      case drift_preset::cmo: chip_.drift_to(presets::cmo_reram_drift(), cfg.time_s, cfg.drift_seed); break;
-      case drift_preset::neurram: chip_.drift_to(presets::neurram_relaxation(), cfg.time_s, cfg.drift_seed); break;
+      case drift_preset::relative: chip_.drift_to(relative_drift{}, drift_level{cfg.rho}, cfg.drift_seed); break;
+      case drift_preset::cmo: chip_.drift_to(presets::cmo_reram_drift(), seconds{cfg.time_s}, cfg.drift_seed); break;
+      case drift_preset::neurram: chip_.drift_to(presets::neurram_relaxation(), seconds{cfg.time_s}, cfg.drift_seed); break;
     }
     deploy_seconds_ = seconds_since(t0);
   }
@@ -122,19 +185,16 @@ class drifted_chip {
   /// Per-column digital gains from the reference read (on) or unit gains (off).
   void compensate(bool on) {
     std::size_t i = 0;
-    auto apply = [&](auto& layer) {
-      auto& a = layer->analog();
+    chip_.for_each([&](const std::string&, auto& a) {
       a.set_column_gain(on ? comp_[i].gains(a)
-                           : std::vector<float>(static_cast<std::size_t>(layer->effective_weights().dim(0)), 1.0f));
+                           : std::vector<float>(static_cast<std::size_t>(a.effective_weights().dim(0)), 1.0f));
       ++i;
-    };
-    for (auto& c : chip_.convs_) apply(c);
-    for (auto& l : chip_.linears_) apply(l);
+    });
   }
 
   /// Back to the bare drifted chip: no adapters, unit gains.
   void reset() {
-    net_.detach_adapters();
+    detach_adapters(net_);
     compensate(false);
   }
 
@@ -149,12 +209,13 @@ class drifted_chip {
 /// The teacher and the data, loaded once.
 class fashion_mnist_lab {
  public:
-  /// `eval_batch`: test images per forward in evaluate().
-  explicit fashion_mnist_lab(std::string model, std::int64_t test_images = 10000, std::int64_t eval_batch = 250)
+  /// `eval_batch`: test images per forward in evaluate(); `data`: the dataset directory.
+  explicit fashion_mnist_lab(std::string model, std::int64_t test_images = 10000, std::int64_t eval_batch = 250,
+                             const std::string& data = default_data)
       : model_(std::move(model)),
         eval_batch_(eval_batch),
-        train_(load_mnist_like(fashion_mnist_dir, "train")),
-        test_(load_mnist_like(fashion_mnist_dir, "test")),
+        train_(load_mnist_like(data, "train")),
+        test_(load_mnist_like(data, "test")),
         teacher_(load_folded(model_)) {
     if (test_images < 1) throw value_error(detail::concat("--test-images must be >= 1, got ", test_images));
     if (eval_batch < 1) throw value_error(detail::concat("--eval-batch must be >= 1, got ", eval_batch));

@@ -1,12 +1,14 @@
 // Quickstart: a small residual CNN's frozen forward pass run through rimc's
 // oneDNN kernels and checked stage by stage against the plain reference.
 //
-//   quickstart [--batch N] [--threads T] [--seed S] [--repeat R]
+//   quickstart [--batch N] [--threads T] [--seed S] [--repeat R]   (--help lists them)
 //
 // Prints one row per stage: output shape, oneDNN time (best of R after a
 // warm-up), reference time and the largest deviation between the two outputs
 // relative to the output's scale; exits non-zero if any stage deviates by more
 // than 1e-5.
+
+#include "cli.hpp"
 
 #include <rimc/rimc.hpp>
 
@@ -15,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -52,19 +55,19 @@ Tensor kaiming(const Shape& s, std::uint64_t seed) {
   return t;
 }
 
-long long arg(int argc, char** argv, std::string_view name, long long fallback) {
-  for (int i = 1; i + 1 < argc; ++i)
-    if (name == argv[i]) return std::atoll(argv[i + 1]);
-  return fallback;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) try {
-  const auto batch = arg(argc, argv, "--batch", 32);
-  const auto threads = static_cast<int>(arg(argc, argv, "--threads", 2));
-  const auto seed = static_cast<std::uint64_t>(arg(argc, argv, "--seed", 1));
-  const auto repeat = static_cast<int>(arg(argc, argv, "--repeat", 3));
+  std::int64_t batch = 32;
+  int threads = 2, repeat = 3;
+  std::uint64_t seed = 1;
+  cli::command_line cl("quickstart", "A small residual CNN's frozen forward pass through rimc's oneDNN kernels, checked "
+                                     "stage by stage against the plain reference.");
+  cl.number("--batch", batch, "images per forward", std::int64_t{1}, std::int64_t{4096});
+  cl.threads(threads);
+  cl.number("--seed", seed, "seed of the weights and images", std::uint64_t{0}, std::numeric_limits<std::uint64_t>::max());
+  cl.number("--repeat", repeat, "timed runs per stage (the best is shown)", 1, 1000);
+  cl.parse(argc, argv);
   set_num_threads(threads);
 
   // Weights of a small residual network for 1x28x28 images (Fashion-MNIST size).
@@ -112,7 +115,7 @@ int main(int argc, char** argv) try {
       {"linear 32->10", [&] { fc.forward(a7, y); }, [&] { ry = reference::linear(r7, wf, &bf); }, &y, &ry},
   };
 
-  std::printf("rimc %s on oneDNN %s, batch %lld, %d threads\n\n", version_string, onednn_version().c_str(), batch,
+  std::printf("rimc %s on oneDNN %s, batch %lld, %d threads\n\n", version_string, onednn_version().c_str(), static_cast<long long>(batch),
               threads);
   std::printf("%-28s %-18s %12s %14s %12s\n", "stage", "output", "oneDNN ms", "reference ms", "max error");
   double total_fast = 0, total_slow = 0, worst = 0;

@@ -58,7 +58,7 @@ int main(int argc, char** argv) try {
   opt.device.g_max_us = 40.0;
   opt.program_seed = seed;
   auto chip = deploy_analog(net, opt);
-  chip.drift_to(relative_drift{}, rho, drift_seed);
+  chip.drift_to(relative_drift{}, drift_level{rho}, drift_seed);
 
   std::map<std::string, Tensor> out;
   for (const auto& name : chip.names()) {
@@ -71,8 +71,7 @@ int main(int argc, char** argv) try {
     dc.rank = rank;
     dc.alpha = static_cast<double>(rank);
     dc.seed = seed ^ (0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(net.id(name) + 1));
-    const dora_adapter a = n.kind == op_kind::conv2d ? dora_adapter::conv2d(n.layer->effective_weights(), n.conv, dc)
-                                                     : dora_adapter::linear(n.layer->effective_weights(), dc);
+    const dora_adapter a(*n.layer, dc);
     out[name + ".lora_A"] = a.lora_A();
   }
   const dataset train = load_mnist_like(fashion_mnist_dir, "train");
@@ -86,9 +85,9 @@ int main(int argc, char** argv) try {
     cfg.seed = seed;
     const auto r = calibrate_feature_kd(teacher, net, train.subset(idx).images, cfg);
     for (const auto& [name, a] : r.adapters) {
-      out["calibrated." + name + ".magnitude"] = a->magnitude();
-      out["calibrated." + name + ".lora_A"] = a->lora_A();
-      out["calibrated." + name + ".lora_B"] = a->lora_B();
+      out["calibrated." + name + ".magnitude"] = a->adapter().magnitude();
+      out["calibrated." + name + ".lora_A"] = a->adapter().lora_A();
+      out["calibrated." + name + ".lora_B"] = a->adapter().lora_B();
     }
     out["logits"] = net.forward(load_mnist_like(fashion_mnist_dir, "test").batch(0, 1000));
   }

@@ -2,8 +2,11 @@
 /// \file
 /// rimc's version (kept in step with project(VERSION) in CMakeLists.txt by a test).
 
+/// Major version number.
 #define RIMC_VERSION_MAJOR 0
+/// Minor version number.
 #define RIMC_VERSION_MINOR 1
+/// Patch version number.
 #define RIMC_VERSION_PATCH 0
 
 namespace rimc {

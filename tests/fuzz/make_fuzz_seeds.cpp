@@ -1,6 +1,7 @@
 // Writes small valid inputs for each fuzz harness into <dir>/<target>/,
 // using rimc's own writers: tools/fuzz.sh seeds the corpora with them.
 
+#include <rimc/adapt/peft_files.hpp>
 #include <rimc/io/peft.hpp>
 #include <rimc/io/read_file.hpp>
 #include <rimc/io/safetensors.hpp>
@@ -64,9 +65,9 @@ int main(int argc, char** argv) {
   write(out / "cifar/gzip", with_mode(0, test::gzip_bytes(cifar(2, 1))));
   write(out / "cifar/compressed-by-harness", with_mode(3, cifar(1, 2)));
 
-  const fuzz::peft_adapters adapters;
+  const fuzz::peft_adapters adapters(1);
   const auto dir = out / "peft-files";
-  save_peft_adapter(dir, adapters.named(), "rimc/fuzz");
+  save_peft_adapter(dir, adapters.net, "rimc/fuzz");
   write(out / "peft/adapter", fuzz::join_two(detail::read_file_bytes(dir / "adapter_config.json"),
                                              detail::read_file_bytes(dir / "adapter_model.safetensors")));
   std::filesystem::remove_all(dir);

@@ -31,6 +31,14 @@ inline Tensor random_tensor(const Shape& s, std::uint64_t seed, layout l = layou
   return t.to_layout(l);
 }
 
+/// Tensor t (any layout) as a row-major [rows, numel / rows] matrix of
+/// doubles in logical (NCHW) order, for the double-precision references.
+inline Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> to_dmat(const Tensor& t,
+                                                                                     std::int64_t rows) {
+  const Tensor p = t.to_layout(layout::nchw);
+  return p.matrix(rows, p.numel() / rows).cast<double>();
+}
+
 /// A new empty directory under the system's temporary directory, unique to
 /// `name` and this process.
 inline std::filesystem::path temp_dir(const std::string& name) {

@@ -82,7 +82,7 @@ TEST_SUITE("analog") {
     for (bool relu : {false, true}) {
       CAPTURE(relu);
       basic_analog_linear<small_tile> layer(w, b, noisy_options(), relu);
-      layer.drift_to(relative_drift{}, 0.2, 3);
+      layer.drift_to(relative_drift{}, drift_level{0.2}, 3);
       CHECK_FALSE(layer.uses_tile_path());
       CHECK(layer.array().tile_grid_rows() == 3);
       CHECK(layer.array().tile_grid_cols() == 2);
@@ -118,7 +118,7 @@ TEST_SUITE("analog") {
           const Tensor w = test::random_tensor(c.weights, 5);
           const Tensor b = test::random_tensor(Shape{c.weights[0]}, 6);
           basic_analog_conv2d<small_tile> layer(w, b, c.p, noisy_options());
-          layer.drift_to(presets::neurram_relaxation(), 86400.0, 7);
+          layer.drift_to(presets::neurram_relaxation(), seconds{86400.0}, 7);
           const Tensor src = test::random_tensor(c.src, 8, l);
           const Tensor expected = reference::conv2d(src, layer.effective_weights(), &b, c.p);
           check_relative(layer.forward(src), expected, 1e-5);
@@ -138,7 +138,7 @@ TEST_SUITE("analog") {
   TEST_CASE("with an 8-bit ADC the analog conv2d stays within the quantisation bound of the ideal output") {
     const Tensor w = test::random_tensor(Shape{70, 20, 3, 3}, 9);
     basic_analog_conv2d<small_tile> layer(w, std::nullopt, conv_params(1, 1, false), noisy_options());
-    layer.drift_to(relative_drift{}, 0.1, 10);
+    layer.drift_to(relative_drift{}, drift_level{0.1}, 10);
     const Tensor src = test::random_tensor(Shape{4, 20, 9, 9}, 11, layout::nhwc);
     const Tensor ideal = layer.forward(src).to_layout(layout::nchw);
     periphery_config p;
@@ -182,7 +182,7 @@ TEST_SUITE("analog") {
       CHECK(layer.array().tile_grid_rows() == 3);
       CHECK(layer.array().tile(0, 0).rows() == 126);
       CHECK(layer.array().tile(2, 0).rows() == 108);
-      layer.drift_to(presets::cmo_reram_drift(), 3600.0, 32);
+      layer.drift_to(presets::cmo_reram_drift(), seconds{3600.0}, 32);
       const Tensor src = test::random_tensor(Shape{5, 40, 10, 10}, 33, layout::nhwc);
       const Tensor expected = reference::conv2d(src, layer.effective_weights(), &b, layer.params());
       Tensor by_conv, by_gemm;
@@ -200,7 +200,7 @@ TEST_SUITE("analog") {
       p.noise_seed = 34;
       auto noisy = [&](tile_kernel kernel) {  // a fresh layer: the noise draw depends on the call count
         basic_analog_conv2d<small_tile> twin(w, b, conv_params(2, 1, true), opt);
-        twin.drift_to(presets::cmo_reram_drift(), 3600.0, 32);
+        twin.drift_to(presets::cmo_reram_drift(), seconds{3600.0}, 32);
         twin.set_periphery(p);
         twin.calibrate_adc(src);
         CHECK(twin.conv_kernel_exact());
@@ -238,8 +238,8 @@ TEST_SUITE("analog") {
     layer.calibrate_adc(src);
     Tensor y;
     CHECK_THROWS_WITH_AS(layer.forward_tiles(src, y, tile_kernel::conv),
-                         "[rimc.value_error] analog_conv2d: tile_kernel::conv needs differential mapping, no DAC or a "
-                         "fixed-range DAC, and no read noise",
+                         "[rimc.value_error] analog_conv2d: tile_kernel::conv needs a mapping without digital offset, no "
+                         "DAC or a fixed-range DAC, and no read noise",
                          value_error);
     p.dac.reset();
     p.read = read_noise::constant(0.1);
@@ -283,7 +283,7 @@ TEST_SUITE("analog") {
   TEST_CASE("input gradients go through the effective weights") {
     const Tensor w = test::random_tensor(Shape{30, 8, 3, 3}, 12);
     basic_analog_conv2d<small_tile> conv(w, std::nullopt, conv_params(2, 1, false), noisy_options());
-    conv.drift_to(relative_drift{}, 0.2, 13);
+    conv.drift_to(relative_drift{}, drift_level{0.2}, 13);
     const Shape src{2, 8, 9, 9};
     const Tensor dy = test::random_tensor(conv.output_shape(src), 14);
     check_relative(conv.backward_data(dy, src),
@@ -291,7 +291,7 @@ TEST_SUITE("analog") {
 
     const Tensor lw = test::random_tensor(Shape{20, 150}, 15);
     basic_analog_linear<small_tile> lin(lw, std::nullopt, noisy_options());
-    lin.drift_to(relative_drift{}, 0.2, 16);
+    lin.drift_to(relative_drift{}, drift_level{0.2}, 16);
     const Tensor ldy = test::random_tensor(Shape{5, 20}, 17);
     Tensor expected(Shape{5, 150});
     reference::linear_backward_data(ldy.data(), 5, 20, lin.effective_weights().data(), 150, expected.data());
@@ -305,7 +305,7 @@ TEST_SUITE("analog") {
     CHECK(layer.rram_writes() == cells);
     const Tensor programmed = layer.effective_weights();
     const Tensor src = test::random_tensor(Shape{2, 8, 6, 6}, 19);
-    layer.drift_to(presets::pcm_drift(40.0), 1e6, 20);
+    layer.drift_to(presets::pcm_drift(40.0), seconds{1e6}, 20);
     CHECK_FALSE(layer.effective_weights() == programmed);
     (void)layer.forward(src);
     layer.set_periphery(periphery_config::quantised(8, 8));
@@ -327,7 +327,7 @@ TEST_SUITE("analog") {
     auto drifted = [&](std::uint64_t id, std::uint64_t seed, int threads) {
       const thread_count_guard g(threads);
       analog_linear l(w, std::nullopt, noisy_options(id));
-      l.drift_to(relative_drift{}, 0.2, seed);
+      l.drift_to(relative_drift{}, drift_level{0.2}, seed);
       return l.effective_weights();
     };
     const Tensor a = drifted(0, 1, 1);
@@ -380,7 +380,7 @@ TEST_SUITE("analog") {
                            value_error);
       comp.record_reference(layer);
       for (float g : comp.gains(layer)) CHECK(g == doctest::Approx(1.0f).epsilon(1e-5));
-      layer.drift_to(presets::pcm_drift(25.0), 86400.0, 27);
+      layer.drift_to(presets::pcm_drift(25.0), seconds{86400.0}, 27);
       errors[0] = error_to(layer.effective_weights());
       comp.apply(layer);
       errors[kind == compensation_kind::global ? 1 : 2] = error_to(layer.effective_weights());
@@ -411,7 +411,7 @@ TEST_SUITE("analog") {
                          shape_error);
     CHECK_THROWS_WITH(l.set_column_gain(std::vector<float>{1.0f, std::numeric_limits<float>::quiet_NaN()}),
                       "[rimc.value_error] analog_linear::set_column_gain: gain 1 is nan");
-    CHECK_THROWS_WITH(l.drift_to(relative_drift{}, -0.5, 1), "[rimc.value_error] relative_drift: rho must be >= 0, got -0.5");
+    CHECK_THROWS_WITH(l.drift_to(relative_drift{}, drift_level{-0.5}, 1), "[rimc.value_error] relative_drift: rho must be >= 0, got -0.5");
     CHECK_THROWS_WITH_AS((void)l.forward(Tensor(Shape{2, 4})),
                          "[rimc.shape_error] linear: src [2, 4] does not give 3 features per row for weights [2, 3]",
                          shape_error);

@@ -7,10 +7,12 @@
 // file, as a full disk would.
 
 #include <rimc/io/atomic_file.hpp>
-#include <rimc/io/peft.hpp>
+#include <rimc/adapt/peft_files.hpp>
 #include <rimc/io/safetensors.hpp>
 #include <rimc/nn/network.hpp>
 
+#include "test_adapters.hpp"
+#include "test_net.hpp"
 #include "test_util.hpp"
 
 #include <doctest/doctest.h>
@@ -74,35 +76,10 @@ network small_network(std::uint64_t seed) {
   x = net.global_avg_pool("gap", x);
   x = net.flatten("flat", x);
   net.linear("fc", x, 3);
-  for (const auto& n : net.nodes())
-    for (auto& [p, t] : net.node(n.name).params) fill_uniform(t, counter_rng(seed++), -0.5f, 0.5f);
+  test::for_each_parameter(net, [&](const network_node&, const std::string&, Tensor& t) {
+    fill_uniform(t, counter_rng(seed++), -0.5f, 0.5f);
+  });
   return net;
-}
-
-struct adapter_pair {
-  dora_adapter conv = dora_adapter::conv2d(test::random_tensor(Shape{8, 3, 3, 3}, 1), conv2d_params{{1, 1}, {1, 1}},
-                                           dora_config{.rank = 2, .alpha = 4.0});
-  dora_adapter fc = dora_adapter::linear(test::random_tensor(Shape{10, 32}, 2), dora_config{.rank = 4, .alpha = 4.0});
-
-  explicit adapter_pair(std::uint64_t seed) {
-    for (dora_adapter* a : {&conv, &fc}) {
-      a->set_parameters(test::random_tensor(a->magnitude().shape(), seed, layout::nchw, 0.5f, 1.5f),
-                        test::random_tensor(a->lora_A().shape(), seed + 1),
-                        test::random_tensor(a->lora_B().shape(), seed + 2));
-      seed += 3;
-    }
-  }
-  std::vector<named_adapter<dora_adapter>> named() { return {{"layer1.0.conv1", &conv}, {"fc", &fc}}; }
-  std::vector<named_adapter<const dora_adapter>> named() const { return {{"layer1.0.conv1", &conv}, {"fc", &fc}}; }
-};
-
-void check_same(adapter_pair& a, adapter_pair& b) {
-  CHECK(a.conv.magnitude() == b.conv.magnitude());
-  CHECK(a.conv.lora_A() == b.conv.lora_A());
-  CHECK(a.conv.lora_B() == b.conv.lora_B());
-  CHECK(a.fc.magnitude() == b.fc.magnitude());
-  CHECK(a.fc.lora_A() == b.fc.lora_A());
-  CHECK(a.fc.lora_B() == b.fc.lora_B());
 }
 
 }  // namespace
@@ -150,12 +127,12 @@ TEST_SUITE("atomic saves") {
 
   TEST_CASE("a write error in either file of a PEFT save leaves the previous pair loadable") {
     const auto dir = test::temp_dir("atomic-peft");
-    const adapter_pair first(1);
-    save_peft_adapter(dir, first.named(), "first");
+    const test::adapted_pair<> first(1);
+    save_peft_adapter(dir, first.net, "first");
     const auto weights_size = std::filesystem::file_size(dir / "adapter_model.safetensors");
     // A long base-model name makes the config much larger than the weights, so
     // a limit between the two sizes fails the config after the weights were written.
-    const adapter_pair second(50);
+    const test::adapted_pair<> second(50);
     const std::string long_name(64 * 1024, 'x');
     for (const auto& [limit_bytes, failing] : {std::pair{weights_size / 2, std::string("adapter_model.safetensors")},
                                                std::pair{4 * weights_size, std::string("adapter_config.json")}}) {
@@ -163,21 +140,21 @@ TEST_SUITE("atomic saves") {
       std::string error;
       {
         const file_size_limit limit(limit_bytes);
-        error = error_of([&] { save_peft_adapter(dir, second.named(), long_name); });
+        error = error_of([&] { save_peft_adapter(dir, second.net, long_name); });
       }
       CHECK(error.starts_with("[rimc.io_error] writing " + (dir / ("." + failing + ".tmp-")).string()));
       CHECK(error.ends_with(": File too large"));
-      adapter_pair loaded(99), expected(1);
-      load_peft_adapter(dir, loaded.named());
-      check_same(loaded, expected);
+      test::adapted_pair<> loaded(99), expected(1);
+      load_peft_adapter(dir, loaded.net);
+      CHECK(test::same_parameters(loaded, expected));
       CHECK(read_peft_config(dir).base_model_name_or_path == "first");
       CHECK(files_in(dir) == std::vector<std::string>{"adapter_config.json", "adapter_model.safetensors"});
     }
     // Without the limit the same save goes through.
-    save_peft_adapter(dir, second.named(), long_name);
-    adapter_pair loaded(99), expected(50);
-    load_peft_adapter(dir, loaded.named());
-    check_same(loaded, expected);
+    save_peft_adapter(dir, second.net, long_name);
+    test::adapted_pair<> loaded(99), expected(50);
+    load_peft_adapter(dir, loaded.net);
+    CHECK(test::same_parameters(loaded, expected));
     std::filesystem::remove_all(dir);
   }
 }

@@ -5,6 +5,7 @@
 #include <rimc/nn/deploy.hpp>
 #include <rimc/nn/network.hpp>
 
+#include "test_net.hpp"
 #include "test_util.hpp"
 
 #include <doctest/doctest.h>
@@ -29,11 +30,10 @@ network toy(std::uint64_t seed) {
   x = net.global_avg_pool("gap", x);
   x = net.flatten("flat", x);
   net.linear("fc", x, 5);
-  for (const auto& n : net.nodes())
-    for (auto& [p, t] : net.node(n.name).params) {
-      if (p == "num_batches_tracked") continue;
-      fill_uniform(t, counter_rng(seed++), p == "running_var" ? 0.5f : -0.5f, p == "running_var" ? 1.5f : 0.5f);
-    }
+  test::for_each_parameter(net, [&](const network_node&, const std::string& p, Tensor& t) {
+    if (p == "num_batches_tracked") return;
+    fill_uniform(t, counter_rng(seed++), p == "running_var" ? 0.5f : -0.5f, p == "running_var" ? 1.5f : 0.5f);
+  });
   return net;
 }
 
@@ -44,24 +44,21 @@ double dot_double(const Tensor& a, const Tensor& r) { return test::dot(a, r); }
 TEST_SUITE("backprop") {
   TEST_CASE("network backward matches finite differences for the input and the adapters' magnitudes") {
     network net = toy(1);
-    std::vector<std::shared_ptr<dora_adapter>> adapters;
+    std::vector<std::shared_ptr<adapted_layer<dora_adapter>>> adapters;
     for (const char* name : {"c2", "fc"}) {
-      const auto& n = net.node(name);
       dora_config dc;
       dc.rank = 2;
-      auto a = std::make_shared<dora_adapter>(n.kind == op_kind::conv2d ? dora_adapter::conv2d(n.params.at("weight"), n.conv, dc)
-                                                                        : dora_adapter::linear(n.params.at("weight"), dc));
-      a->set_parameters(test::random_tensor(a->magnitude().shape(), 3, layout::nchw, 0.5f, 1.5f), a->lora_A(),
-                        test::random_tensor(a->lora_B().shape(), 4, layout::nchw, -0.3f, 0.3f));
-      net.attach_adapter(name, a);
-      adapters.push_back(a);
+      dora_adapter a(net.layer(name), dc);
+      a.set_parameters(net.layer(name), test::random_tensor(a.magnitude().shape(), 3, layout::nchw, 0.5f, 1.5f),
+                       a.lora_A(), test::random_tensor(a.lora_B().shape(), 4, layout::nchw, -0.3f, 0.3f));
+      adapters.push_back(attach_adapter(net, name, std::move(a)));
     }
     const Tensor x = test::random_tensor(Shape{3, 2, 9, 9}, 5);
     network_tape tape;
     const Tensor y = net.forward_train(x, tape);
     test::check_close(y, net.forward(x), 1e-6, 1e-6);  // the training forward computes the same output
     const Tensor r = test::random_tensor(y.shape(), 6);
-    std::map<std::string, dora_gradients> grads;
+    parameter_gradients grads;
     const Tensor dx = net.backward(tape, r, grads).to_layout(layout::nchw);
     // L = <r, y> is piecewise linear in x and linear in m (norms detached): central differences are exact up to rounding.
     auto loss_at = [&](const Tensor& xx) { return dot_double(net.forward(xx), r); };
@@ -75,20 +72,21 @@ TEST_SUITE("backprop") {
       CHECK(dx[i] == doctest::Approx(fd).epsilon(2e-2).scale(1.0));
     }
     for (std::size_t k = 0; k < adapters.size(); ++k) {
-      auto& a = *adapters[k];
+      auto& a = adapters[k]->adapter();
+      const layer& base = *adapters[k]->base();
       const std::string name = k == 0 ? "c2" : "fc";
       for (std::int64_t o : {0, 3}) {
         const Tensor m0 = a.magnitude();
         auto at = [&](float delta) {
           Tensor m = m0;
           m[o] += delta;
-          a.set_parameters(m, a.lora_A(), a.lora_B());
+          a.set_parameters(base, m, a.lora_A(), a.lora_B());
           const double l = loss_at(x);
-          a.set_parameters(m0, a.lora_A(), a.lora_B());
+          a.set_parameters(base, m0, a.lora_A(), a.lora_B());
           return l;
         };
         const double fd = (at(1e-2f) - at(-1e-2f)) / 2e-2;
-        CHECK(grads.at(name).magnitude[o] == doctest::Approx(fd).epsilon(2e-2).scale(1.0));
+        CHECK(grads.at(name)[dora_adapter::grad_index_m][o] == doctest::Approx(fd).epsilon(2e-2).scale(1.0));
       }
     }
   }
@@ -117,7 +115,7 @@ TEST_SUITE("backprop") {
     analog_options opt;
     opt.device.g_min_us = 0.0;
     auto chip = deploy_analog(student, opt);
-    chip.drift_to(relative_drift{}, 0.2, 3);
+    chip.drift_to(relative_drift{}, drift_level{0.2}, 3);
     const Tensor images = test::random_tensor(Shape{8, 2, 9, 9}, 8);
     std::vector<std::int32_t> labels;
     const Tensor t = teacher.forward(images);
@@ -145,7 +143,7 @@ TEST_SUITE("backprop") {
     const network teacher = toy(7);
     network student = toy(7);
     auto chip = deploy_analog(student, analog_options{});
-    chip.drift_to(relative_drift{}, 0.2, 3);
+    chip.drift_to(relative_drift{}, drift_level{0.2}, 3);
     const Tensor images = test::random_tensor(Shape{6, 2, 9, 9}, 5);
     const std::vector<std::int32_t> labels{0, 1, 2, 3, 4, 0};
     backprop_config cfg;
@@ -164,7 +162,7 @@ TEST_SUITE("backprop") {
     CHECK(std::isfinite(l.mse_after));
     CHECK(l.mse_after <= 1e3 * l.mse_before);
     for (const auto& [name, a] : r.adapters)
-      for (const Tensor* t : {&a->magnitude(), &a->lora_A(), &a->lora_B()})
+      for (const Tensor* t : a->parameters())
         for (std::int64_t i = 0; i < t->numel(); ++i) REQUIRE(std::isfinite((*t)[i]));
     const Tensor out = student.forward(images);
     for (std::int64_t i = 0; i < out.numel(); ++i) REQUIRE(std::isfinite(out[i]));
@@ -178,8 +176,8 @@ TEST_SUITE("backprop") {
     backprop_config cfg;
     cfg.rank = 7;  // c1: O = 6, K = 2 x 3 x 3
     CHECK_THROWS_WITH((void)calibrate_backprop(teacher, student, images, labels, cfg),
-                      "[rimc.value_error] calibrate_backprop: rank 7 is larger than layer 'c1' allows: min(O = 6, K = 18, "
-                      "64) = 6");
+                      "[rimc.value_error] calibrate_backprop: layer 'c1': dora_config: rank must be in [1, min(64, O = 6, "
+                      "K = 18)], got 7");
     cfg.rank = 2;
     cfg.lr = -0.5;
     CHECK_THROWS_WITH((void)calibrate_backprop(teacher, student, images, labels, cfg),
@@ -191,6 +189,6 @@ TEST_SUITE("backprop") {
                       "[rimc.value_error] calibrate_backprop: 2 images but 1 labels");
     CHECK_THROWS_WITH((void)calibrate_backprop(teacher, student, images, {1, 5}, cfg),
                       "[rimc.value_error] calibrate_backprop: label 5 of image 1 is outside [0, 5)");
-    for (const auto& n : student.nodes()) CHECK(n.adapter == nullptr);
+    CHECK(adapted_layers(student).empty());
   }
 }

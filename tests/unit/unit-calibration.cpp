@@ -4,6 +4,7 @@
 #include <rimc/nn/deploy.hpp>
 #include <rimc/nn/network.hpp>
 
+#include "test_net.hpp"
 #include "test_util.hpp"
 
 #include <doctest/doctest.h>
@@ -16,7 +17,7 @@ using namespace rimc;
 
 namespace {
 
-network toy(std::uint64_t seed) {
+network toy(std::uint64_t seed, bool fold = true) {
   network net;
   int x = net.input(Shape{2, 10, 10});
   x = net.conv2d("c1", x, 8, 3, conv2d_params{{1, 1}, {1, 1}});
@@ -31,12 +32,11 @@ network toy(std::uint64_t seed) {
   x = net.global_avg_pool("gap", x);
   x = net.flatten("flat", x);
   net.linear("fc", x, 4);
-  for (const auto& n : net.nodes())
-    for (auto& [p, t] : net.node(n.name).params) {
-      if (p == "num_batches_tracked") continue;
-      fill_uniform(t, counter_rng(seed++), p == "running_var" ? 0.5f : -0.4f, p == "running_var" ? 1.5f : 0.4f);
-    }
-  net.fold_batch_norm();
+  test::for_each_parameter(net, [&](const network_node&, const std::string& p, Tensor& t) {
+    if (p == "num_batches_tracked") return;
+    fill_uniform(t, counter_rng(seed++), p == "running_var" ? 0.5f : -0.4f, p == "running_var" ? 1.5f : 0.4f);
+  });
+  if (fold) net.fold_batch_norm();
   return net;
 }
 
@@ -51,7 +51,7 @@ TEST_SUITE("calibration") {
     auto chip = deploy_analog(student, opt);
     const auto programmed = chip.rram_writes();
     CHECK(programmed > 0);
-    chip.drift_to(relative_drift{}, 0.2, 7);
+    chip.drift_to(relative_drift{}, drift_level{0.2}, 7);
     const Tensor images = test::random_tensor(Shape{6, 2, 10, 10}, 3);
     const Tensor drifted = student.forward(images);
     calibration_config cfg;
@@ -83,14 +83,14 @@ TEST_SUITE("calibration") {
     const network teacher = toy(5);
     network student = toy(5);
     auto chip = deploy_analog(student, analog_options{});
-    chip.drift_to(relative_drift{}, 0.1, 3);
+    chip.drift_to(relative_drift{}, drift_level{0.1}, 3);
     const Tensor images = test::random_tensor(Shape{4, 2, 10, 10}, 4);
     calibration_config cfg;
     cfg.steps = 20;
     const calibration_result r = calibrate_feature_kd(teacher, student, images, cfg);
     // A digital network whose weights are the adapters' merged W' = gamma (W0 + s B A).
     network merged = toy(5);
-    for (const auto& [name, a] : r.adapters) merged.node(name).params["weight"] = a->merged_weights();
+    for (const auto& [name, a] : r.adapters) merged.set_parameter(name, "weight", a->adapter().merged_weights(*a->base()));
     test::check_close(merged.forward(images), student.forward(images), 1e-4, 1e-4);
   }
 
@@ -116,10 +116,10 @@ TEST_SUITE("calibration") {
     cfg.lr = 0.01;
     cfg.rank = 9;  // c1: O = 8, K = 2 x 3 x 3
     CHECK(error(teacher, student, images) ==
-          "[rimc.value_error] calibrate_feature_kd: rank 9 is larger than layer 'c1' allows: min(O = 8, K = 18, 64) = 8");
+          "[rimc.value_error] calibrate_feature_kd: layer 'c1': dora_config: rank must be in [1, min(64, O = 8, K = 18)], got 9");
     cfg.rank = 5;  // fits c1..c3 but not fc (O = 4)
     CHECK(error(teacher, student, images) ==
-          "[rimc.value_error] calibrate_feature_kd: rank 5 is larger than layer 'fc' allows: min(O = 4, K = 12, 64) = 4");
+          "[rimc.value_error] calibrate_feature_kd: layer 'fc': dora_config: rank must be in [1, min(64, O = 4, K = 12)], got 5");
     cfg.rank = 2;
     CHECK(error(teacher, student, Tensor(Shape{0, 2, 10, 10})) ==
           "[rimc.value_error] calibrate_feature_kd: need at least one calibration image, got [0, 2, 10, 10]");
@@ -127,14 +127,20 @@ TEST_SUITE("calibration") {
     nan_images[5] = std::numeric_limits<float>::quiet_NaN();
     CHECK(error(teacher, student, nan_images) == "[rimc.value_error] calibrate_feature_kd: the calibration images are not finite");
     network broken = toy(1);
-    broken.node("c2").params["weight"][0] = std::numeric_limits<float>::infinity();
+    Tensor huge = broken.node("c2").params.at("weight");
+    huge.fill(3e38f);  // finite weights whose output overflows
+    broken.set_parameter("c2", "weight", huge);
     CHECK(error(broken, student, images) ==
           "[rimc.value_error] calibrate_feature_kd: the teacher's output of layer 'c2' is not finite");
     cfg.targets = {"r1"};
     CHECK(error(teacher, student, images) ==
           "[rimc.value_error] calibrate_feature_kd: target 'r1' is not a conv2d or linear layer");
     cfg.targets = {};
-    for (const auto& n : student.nodes()) CHECK(n.adapter == nullptr);
+    CHECK(adapted_layers(student).empty());
+    network unfolded = toy(1, false);
+    CHECK(error(unfolded, student, images) ==
+          "[rimc.value_error] calibrate_feature_kd: batch norm 'b1' is not folded in the teacher but folded in the "
+          "student; fold both or neither");
     network fused = toy(1);
     fused.fuse_relu();
     CHECK(error(teacher, fused, images) ==
@@ -146,7 +152,7 @@ TEST_SUITE("calibration") {
     const network teacher = toy(1);
     network student = toy(1);
     auto chip = deploy_analog(student, analog_options{});
-    chip.drift_to(relative_drift{}, 0.2, 7);
+    chip.drift_to(relative_drift{}, drift_level{0.2}, 7);
     const Tensor images = test::random_tensor(Shape{4, 2, 10, 10}, 3);
     calibration_config cfg;
     cfg.steps = 12;
@@ -159,7 +165,7 @@ TEST_SUITE("calibration") {
       CHECK(l.lr == cfg.lr / std::pow(2.0, l.divergences));
       CHECK(std::isfinite(l.mse_after));
       CHECK(l.mse_after <= l.mse_before);
-      const auto& a = *r.adapters.at(l.name);
+      const auto& a = r.adapters.at(l.name)->adapter();
       for (const Tensor* t : {&a.magnitude(), &a.lora_A(), &a.lora_B()})
         for (std::int64_t i = 0; i < t->numel(); ++i) REQUIRE(std::isfinite((*t)[i]));
     }

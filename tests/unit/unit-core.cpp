@@ -214,6 +214,10 @@ TEST_SUITE("parallel") {
       CHECK(num_threads() == 1);
     }
     CHECK(num_threads() == before);
-    CHECK_THROWS_WITH(set_num_threads(0), "[rimc.value_error] set_num_threads: n must be >= 1, got 0");
+    const std::string range = detail::concat("[rimc.value_error] set_num_threads: n must be in [1, ", max_threads(),
+                                             "] (4 x the ", omp_get_num_procs(), " processors), got ");
+    CHECK_THROWS_WITH(set_num_threads(0), (range + "0").c_str());
+    CHECK_THROWS_WITH(set_num_threads(100000), (range + "100000").c_str());  // OpenMP would crash on it
+    CHECK(max_threads() == 4 * omp_get_num_procs());
   }
 }

@@ -3,8 +3,11 @@
 // the library's own counts (TiledArray writes, dora_adapter sizes), layer
 // geometry of the shipped models, and parameter validation messages.
 
+#include <rimc/adapt/calibration_costs.hpp>
+#include <rimc/adapt/dora_adapter.hpp>
 #include <rimc/cost.hpp>
 #include <rimc/crossbar/tiled_array.hpp>
+#include <rimc/nn/geometry.hpp>
 #include <rimc/nn/models.hpp>
 
 #include "test_util.hpp"
@@ -253,7 +256,8 @@ TEST_SUITE("cost") {
   TEST_CASE("adapter sizes match dora_adapter's parameter count and footprint") {
     dora_config cfg;
     cfg.rank = 3;
-    const auto a = dora_adapter::linear(test::random_tensor(Shape{5, 8}, 3), cfg);
+    const digital_linear base(test::random_tensor(Shape{5, 8}, 3), std::nullopt);
+    const dora_adapter a(base, cfg);
     const layer_geometry g{"l", 5, 8, 1};
     CHECK(adapter_parameters(g, 3) == a.parameter_count());
     for (auto p : {sram_precision::fp32, sram_precision::fp16, sram_precision::int8}) {

@@ -46,7 +46,7 @@ void check_relative(const Tensor& got, const Tensor& expected, double rtol) {
 template <class A>
 A drifted_array(const Tensor& w, const device_config& d) {
   A a(w, d, 3);
-  a.drift_to(presets::neurram_relaxation(), 3600.0, 4);
+  a.drift_to(presets::neurram_relaxation(), seconds{3600.0}, 4);
   return a;
 }
 
@@ -345,7 +345,7 @@ TEST_SUITE("crossbar") {
     TiledArray<CrossbarTile<float, 32, 32, offset_mapping>> a(w, d);
     const std::uint64_t cells = 70 * 30 * 2;
     CHECK(a.rram_writes() == cells);
-    a.drift_to(relative_drift{}, 0.1, 1);
+    a.drift_to(relative_drift{}, drift_level{0.1}, 1);
     (void)a.mvm(test::random_tensor(Shape{3, 70}, 20));
     a.set_periphery(periphery_config::quantised(8, 8));
     a.calibrate_adc(test::random_tensor(Shape{3, 70}, 21));

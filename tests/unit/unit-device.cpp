@@ -132,7 +132,7 @@ TEST_SUITE("device") {
     device_config d;
     d.bits_per_cell = 1;
     CHECK_THROWS_WITH((void)(make_level_grid<offset_mapping, nearest_level>(d)),
-                      "[rimc.value_error] offset_mapping: needs bits_per_cell * slices >= 2, got 1 * 1");
+                      "[rimc.value_error] offset_mapping: needs at least 4 levels per weight (bits_per_cell * slices >= 2), got 2");
     CHECK_NOTHROW((void)(make_level_grid<differential_mapping, nearest_level>(d)));
     d.slices = 2;
     CHECK_THROWS_WITH((void)(make_level_grid<differential_mapping, continuous_levels>(d)),
@@ -327,6 +327,6 @@ TEST_SUITE("device") {
     CHECK(presets::neurram_relaxation().g_max_us == 40.0);
     CHECK(presets::pcm_device().g_min_us == 0.0);
     CHECK_NOTHROW(presets::paper_device().validate());
-    CHECK(presets::cmo_reram_read_noise(100.0).form == read_noise::kind::cmo_reram);
+    CHECK(presets::cmo_reram_read_noise(seconds{100.0}).form == read_noise::kind::cmo_reram);
   }
 }

@@ -66,11 +66,11 @@ TEST_SUITE("drift") {
       for (double g : {5.0, 20.0, 38.0}) {
         CAPTURE(rho);
         CAPTURE(g);
-        check_moments(sample([&](std::uint64_t i) { return m(g, rho, 42, i); }), g, rho * g);
-        CHECK(m.stddev_us(g, rho) == rho * g);
+        check_moments(sample([&](std::uint64_t i) { return m(g, drift_level{rho}, 42, i); }), g, rho * g);
+        CHECK(m.stddev_us(g, drift_level{rho}) == rho * g);
       }
     }
-    CHECK(m(17.0, 0.0, 1, 2) == 17.0);
+    CHECK(m(17.0, drift_level{0.0}, 1, 2) == 17.0);
   }
 
   TEST_CASE("log-time relaxation shifts the mean and widens sigma linearly in ln t") {
@@ -80,11 +80,11 @@ TEST_SUITE("drift") {
         CAPTURE(t);
         CAPTURE(g);
         const double lt = std::log(t);
-        check_moments(sample([&](std::uint64_t i) { return m(g, t, 9, i); }), g - 0.0890 * lt, 0.0420 * lt + 0.4118);
+        check_moments(sample([&](std::uint64_t i) { return m(g, seconds{t}, 9, i); }), g - 0.0890 * lt, 0.0420 * lt + 0.4118);
       }
     }
     // Times before the fit's first second are held at 1 s.
-    CHECK(m(30.0, 0.001, 3, 5) == m(30.0, 1.0, 3, 5));
+    CHECK(m(30.0, seconds{0.001}, 3, 5) == m(30.0, seconds{1.0}, 3, 5));
   }
 
   TEST_CASE("power-law drift draws a folded-normal exponent per cell") {
@@ -101,15 +101,15 @@ TEST_SUITE("drift") {
       const double phi = 0.5 * std::erfc(mu / s / std::numbers::sqrt2);  // P(N < 0)
       const double fmean = s * std::sqrt(2 / std::numbers::pi) * std::exp(-mu * mu / (2 * s * s)) + mu * (1 - 2 * phi);
       const double fsd = std::sqrt(mu * mu + s * s - fmean * fmean);
-      const auto nu = sample([&](std::uint64_t i) { return -std::log(m(g, t, 4, i) / g) / std::log(t / t0); });
+      const auto nu = sample([&](std::uint64_t i) { return -std::log(m(g, seconds{t}, 4, i) / g) / std::log(t / t0); });
       // The folded normal is close to normal here (mu > 3 s), so the normal standard errors apply.
       check_moments(nu, fmean, fsd);
       // One exponent per cell: the same nu explains every later time.
-      const double nu7 = -std::log(m(g, 1e7, 4, 77) / g) / std::log(1e7 / t0);
-      CHECK(nu7 == doctest::Approx(-std::log(m(g, t, 4, 77) / g) / std::log(t / t0)).epsilon(1e-9));
+      const double nu7 = -std::log(m(g, seconds{1e7}, 4, 77) / g) / std::log(1e7 / t0);
+      CHECK(nu7 == doctest::Approx(-std::log(m(g, seconds{t}, 4, 77) / g) / std::log(t / t0)).epsilon(1e-9));
     }
-    CHECK(m(10.0, 20.0, 4, 1) == 10.0);
-    CHECK(m(10.0, 5.0, 4, 1) == 10.0);
+    CHECK(m(10.0, seconds{20.0}, 4, 1) == 10.0);
+    CHECK(m(10.0, seconds{5.0}, 4, 1) == 10.0);
   }
 
   TEST_CASE("NeuRRAM sigma equals the fitted polynomials at the fitted times") {
@@ -120,10 +120,10 @@ TEST_SUITE("drift") {
     for (double x : {0.0, 0.1, 0.37, 0.5, 0.8, 1.0}) {
       const double g = 40.0 * x;
       CAPTURE(x);
-      CHECK(m.sigma_us(g, 1.0) == doctest::Approx(poly(x, 0.348, 16.030, -43.853, 45.393, -16.815)).epsilon(1e-12));
-      CHECK(m.sigma_us(g, 86400.0) ==
+      CHECK(m.sigma_us(g, seconds{1.0}) == doctest::Approx(poly(x, 0.348, 16.030, -43.853, 45.393, -16.815)).epsilon(1e-12));
+      CHECK(m.sigma_us(g, seconds{86400.0}) ==
             doctest::Approx(poly(x, 0.701, 22.086, -50.773, 47.095, -16.458)).epsilon(1e-12));
-      CHECK(m.sigma_us(g, 172800.0) ==
+      CHECK(m.sigma_us(g, seconds{172800.0}) ==
             doctest::Approx(poly(x, 0.782, 20.274, -43.507, 37.062, -11.934)).epsilon(1e-12));
     }
   }
@@ -131,17 +131,17 @@ TEST_SUITE("drift") {
   TEST_CASE("NeuRRAM sigma is interpolated in log time and held outside the fitted times") {
     const neurram_drift m;
     for (double g : {4.0, 20.0, 36.0}) {
-      const double s1 = m.sigma_us(g, 1.0), s2 = m.sigma_us(g, 86400.0), s3 = m.sigma_us(g, 172800.0);
-      CHECK(m.sigma_us(g, std::sqrt(86400.0)) == doctest::Approx(0.5 * (s1 + s2)).epsilon(1e-12));
+      const double s1 = m.sigma_us(g, seconds{1.0}), s2 = m.sigma_us(g, seconds{86400.0}), s3 = m.sigma_us(g, seconds{172800.0});
+      CHECK(m.sigma_us(g, seconds{std::sqrt(86400.0)}) == doctest::Approx(0.5 * (s1 + s2)).epsilon(1e-12));
       const double t = 86400.0 * std::pow(2.0, 0.25);  // a quarter of the way from 1 day to 2 days in ln t
-      CHECK(m.sigma_us(g, t) == doctest::Approx(0.75 * s2 + 0.25 * s3).epsilon(1e-12));
-      CHECK(m.sigma_us(g, 0.01) == s1);
-      CHECK(m.sigma_us(g, 1e8) == s3);
+      CHECK(m.sigma_us(g, seconds{t}) == doctest::Approx(0.75 * s2 + 0.25 * s3).epsilon(1e-12));
+      CHECK(m.sigma_us(g, seconds{0.01}) == s1);
+      CHECK(m.sigma_us(g, seconds{1e8}) == s3);
     }
     // Another g_max scales the fitted sigma by g_max / 40 at the same x.
     neurram_drift m80;
     m80.g_max_us = 80.0;
-    CHECK(m80.sigma_us(40.0, 3600.0) == doctest::Approx(2 * m.sigma_us(20.0, 3600.0)).epsilon(1e-12));
+    CHECK(m80.sigma_us(40.0, seconds{3600.0}) == doctest::Approx(2 * m.sigma_us(20.0, seconds{3600.0})).epsilon(1e-12));
   }
 
   TEST_CASE("NeuRRAM drift samples have mean G and standard deviation sigma(x, t)") {
@@ -150,7 +150,7 @@ TEST_SUITE("drift") {
       for (double g : {4.0, 20.0, 36.0}) {
         CAPTURE(t);
         CAPTURE(g);
-        check_moments(sample([&](std::uint64_t i) { return m(g, t, 21, i); }), g, m.sigma_us(g, t));
+        check_moments(sample([&](std::uint64_t i) { return m(g, seconds{t}, 21, i); }), g, m.sigma_us(g, seconds{t}));
       }
     }
   }
@@ -159,7 +159,7 @@ TEST_SUITE("drift") {
     CHECK(read_noise::none().sigma_us(10.0) == 0.0);
     CHECK(read_noise::constant(0.2).sigma_us(10.0) == 0.2);
     CHECK(read_noise::proportional(0.01).sigma_us(30.0) == doctest::Approx(0.3));
-    const auto r = presets::cmo_reram_read_noise(3600.0);
+    const auto r = presets::cmo_reram_read_noise(seconds{3600.0});
     CHECK(r.sigma_us(50.0) ==
           doctest::Approx(0.0277 * std::log10(50.0) * std::sqrt(std::log((3600.0 + 1e-6) / 2e-6))).epsilon(1e-12));
     CHECK(r.sigma_us(0.5) == 0.0);
@@ -169,30 +169,30 @@ TEST_SUITE("drift") {
   }
 
   TEST_CASE("drift and read-noise models reject invalid times and levels with a message naming the field") {
-    CHECK_THROWS_WITH_AS(relative_drift{}.validate(-0.1), "[rimc.value_error] relative_drift: rho must be >= 0, got -0.1",
+    CHECK_THROWS_WITH_AS(relative_drift{}.validate(drift_level{-0.1}), "[rimc.value_error] relative_drift: rho must be >= 0, got -0.1",
                          value_error);
-    CHECK_THROWS_WITH(relative_drift{}.validate(nan_v), "[rimc.value_error] relative_drift: rho must be finite, got nan");
-    CHECK_THROWS_WITH(log_time_drift{}.validate(-1.0), "[rimc.value_error] log_time_drift: t_s must be >= 0, got -1");
+    CHECK_THROWS_WITH(relative_drift{}.validate(drift_level{nan_v}), "[rimc.value_error] relative_drift: rho must be finite, got nan");
+    CHECK_THROWS_WITH(log_time_drift{}.validate(seconds{-1.0}), "[rimc.value_error] log_time_drift: t_s must be >= 0, got -1");
     log_time_drift bad;
     bad.sigma_offset_us = nan_v;
-    CHECK_THROWS_WITH(bad.validate(1.0),
+    CHECK_THROWS_WITH(bad.validate(seconds{1.0}),
                       "[rimc.value_error] log_time_drift: sigma_offset_us must be finite, got nan");
-    CHECK_THROWS_WITH(power_law_drift{}.validate(nan_v), "[rimc.value_error] power_law_drift: t_s must be finite, got nan");
+    CHECK_THROWS_WITH(power_law_drift{}.validate(seconds{nan_v}), "[rimc.value_error] power_law_drift: t_s must be finite, got nan");
     power_law_drift p;
     p.t0_s = 0;
-    CHECK_THROWS_WITH(p.validate(1.0), "[rimc.value_error] power_law_drift: t0_s must be > 0 and finite, got 0");
-    CHECK_THROWS_WITH(neurram_drift{}.validate(-5.0), "[rimc.value_error] neurram_drift: t_s must be >= 0, got -5");
+    CHECK_THROWS_WITH(p.validate(seconds{1.0}), "[rimc.value_error] power_law_drift: t0_s must be > 0 and finite, got 0");
+    CHECK_THROWS_WITH(neurram_drift{}.validate(seconds{-5.0}), "[rimc.value_error] neurram_drift: t_s must be >= 0, got -5");
     neurram_drift nr;
     nr.g_max_us = -1;
-    CHECK_THROWS_WITH(nr.validate(1.0), "[rimc.value_error] neurram_drift: g_max_us must be > 0 and finite, got -1");
+    CHECK_THROWS_WITH(nr.validate(seconds{1.0}), "[rimc.value_error] neurram_drift: g_max_us must be > 0 and finite, got -1");
     CHECK_THROWS_WITH(read_noise::constant(-0.1).validate(),
                       "[rimc.value_error] read_noise: sigma_us must be >= 0, got -0.1");
-    CHECK_THROWS_WITH(read_noise::cmo_reram(1e-7).validate(),
+    CHECK_THROWS_WITH(read_noise::cmo_reram(seconds{1e-7}).validate(),
                       "[rimc.value_error] read_noise: t_s must be >= 1e-06, got 1e-07");
     // The array checks before touching any cell.
     TiledArray<> a(test::random_tensor(Shape{8, 4}, 1), device_config{});
     const auto before = conductances(a);
-    CHECK_THROWS_AS(a.drift_to(relative_drift{}, -0.2, 1), value_error);
+    CHECK_THROWS_AS(a.drift_to(relative_drift{}, drift_level{-0.2}, 1), value_error);
     CHECK(conductances(a) == before);
   }
 
@@ -206,7 +206,7 @@ TEST_SUITE("drift") {
     auto drifted = [&](int threads, std::uint64_t seed) {
       const thread_count_guard guard(threads);
       array a(w, d, 7);
-      a.drift_to(presets::pcm_drift(40.0), 86400.0, seed);
+      a.drift_to(presets::pcm_drift(40.0), seconds{86400.0}, seed);
       return conductances(a);
     };
     const auto one = drifted(1, 5);
@@ -232,11 +232,11 @@ TEST_SUITE("drift") {
     TiledArray<CrossbarTile<double, 32, 32>> a(w, presets::cmo_reram_device(), 2);
     const auto programmed = conductances(a);
     const auto m = presets::cmo_reram_drift();
-    a.drift_to(m, 86400.0, 9);
+    a.drift_to(m, seconds{86400.0}, 9);
     const auto day = conductances(a);
-    a.drift_to(m, 1.0, 9);
+    a.drift_to(m, seconds{1.0}, 9);
     const auto second = conductances(a);
-    a.drift_to(m, 86400.0, 9);
+    a.drift_to(m, seconds{86400.0}, 9);
     CHECK(conductances(a) == day);
     CHECK(second != day);
     CHECK(second != programmed);
@@ -250,7 +250,7 @@ TEST_SUITE("drift") {
     const Tensor w = test::random_tensor(Shape{64, 64}, 12);
     device_config d;
     TiledArray<> a(w, d, 1);
-    a.drift_to(relative_drift{}, 3.0, 4);
+    a.drift_to(relative_drift{}, drift_level{3.0}, 4);
     const auto g = conductances(a);
     int lo = 0, hi = 0;
     for (double v : g) {
@@ -273,7 +273,7 @@ TEST_SUITE("drift") {
     d.g_min_us = 0.0;
     d.scale = weight_scale::per_layer;
     TiledArray<CrossbarTile<double, 256, 256>> a(w, d, 1);
-    a.drift_to(relative_drift{}, 0.2, 33);
+    a.drift_to(relative_drift{}, drift_level{0.2}, 33);
     const auto& t = a.tile(0, 0);
     double s = 0, s2 = 0;
     std::int64_t n = 0;
@@ -281,7 +281,7 @@ TEST_SUITE("drift") {
       for (std::int64_t c = 0; c < t.cols(); ++c) {
         const double g0 = t.programmed_us(r, c, 0, 0);
         const double g1 = t.conductance_us(r, c, 0, 0);
-        REQUIRE(g1 == std::clamp(relative_drift{}(g0, 0.2, 33, t.global_cell(r, c, 0, 0)), 0.0, 40.0));
+        REQUIRE(g1 == std::clamp(relative_drift{}(g0, drift_level{0.2}, 33, t.global_cell(r, c, 0, 0)), 0.0, 40.0));
         const double z = (g1 / g0 - 1) / 0.2;
         s += z;
         s2 += z * z;

@@ -5,14 +5,18 @@
 // sum to rounding. Each vector kernel's tiers are compared in unit-isa.cpp.
 
 #include <rimc/adapt/feature_kd.hpp>
+#include <rimc/adapt/lora_adapter.hpp>
 #include <rimc/nn/models.hpp>
 
+#include "test_net.hpp"
 #include "test_util.hpp"
 
 #include <doctest/doctest.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <span>
 
 using namespace rimc;
 
@@ -49,47 +53,51 @@ TEST_SUITE("fast paths") {
   TEST_CASE("a calibration step's fused forward and loss equal forward() then mse() bitwise, and backward accepts its cache") {
     for (const bool conv : {true, false}) {
       for (const std::int64_t r : {1, 2, 3, 8}) {
-        CAPTURE(conv);
-        CAPTURE(r);
-        const Tensor w0 = conv ? test::random_tensor(Shape{20, 6, 3, 3}, 5) : test::random_tensor(Shape{10, 37}, 5);
-        const conv2d_params geo{.stride = {2, 2}, .padding = {1, 1}};
-        dora_adapter a = conv ? dora_adapter::conv2d(w0, geo, {.rank = r, .alpha = 2.0, .seed = 3})
-                              : dora_adapter::linear(w0, {.rank = r, .alpha = 2.0, .seed = 3});
-        // Non-trivial B and m, so every term of the combination matters.
-        Tensor b = a.lora_B(), m = a.magnitude();
-        fill_uniform(b, counter_rng(6), -0.5f, 0.5f);
-        for (float& v : m.values()) v *= 1.1f;
-        a.set_parameters(m, a.lora_A(), b);
-        const Tensor x = conv ? test::random_tensor(Shape{7, 6, 15, 13}, 7, layout::nhwc) : test::random_tensor(Shape{9, 37}, 7);
-        Tensor z0;
-        a.base_forward(x, z0);
-        if (z0.rank() == 4) z0 = z0.to_layout(layout::nhwc);
-        const Tensor bias = test::random_tensor(Shape{w0.dim(0)}, 8);
-        const Tensor target = test::random_tensor(z0.shape(), 9, z0.memory_layout());
-        Tensor y, g_plain, g_fused, y2;
-        dora_cache c_plain, c_fused;
-        a.forward(x, z0, &bias, y, &c_plain);
-        const double plain = detail::mse(y, target, &g_plain);
-        const double fused = detail::adapter_mse(a, x, z0, &bias, target, y2, &g_fused, c_fused);
-        CHECK(plain == fused);
-        REQUIRE(g_plain.numel() == g_fused.numel());
-        CHECK(std::memcmp(g_plain.data(), g_fused.data(), static_cast<std::size_t>(g_plain.numel()) * sizeof(float)) == 0);
-        dora_gradients ga, gb;
-        a.backward(c_plain, g_plain, ga);
-        a.backward(c_fused, g_fused, gb);
-        CHECK(std::memcmp(ga.lora_A.data(), gb.lora_A.data(), static_cast<std::size_t>(ga.lora_A.numel()) * sizeof(float)) == 0);
-        CHECK(std::memcmp(ga.lora_B.data(), gb.lora_B.data(), static_cast<std::size_t>(ga.lora_B.numel()) * sizeof(float)) == 0);
-        CHECK(std::memcmp(ga.magnitude.data(), gb.magnitude.data(), static_cast<std::size_t>(ga.magnitude.numel()) * sizeof(float)) == 0);
-        CHECK(detail::adapter_mse(a, x, z0, nullptr, target, y2, nullptr, c_fused) ==
-              (a.forward(x, z0, nullptr, y), detail::mse(y, target, nullptr)));
-        // Inference from the layer's own output (bias still in it) equals forward() on W0 x.
-        Tensor layer_out = z0, y3;
-        layer_out.matrix(layer_out.numel() / w0.dim(0), w0.dim(0)).rowwise() += bias.vector().transpose();
-        Tensor unb = layer_out;
-        unb.matrix(unb.numel() / w0.dim(0), w0.dim(0)).rowwise() -= bias.vector().transpose();
-        a.forward(x, unb, &bias, y);
-        a.forward_on_layer_output(x, layer_out, &bias, y3);
-        CHECK(std::memcmp(y.data(), y3.data(), static_cast<std::size_t>(y.numel()) * sizeof(float)) == 0);
+        for (const bool with_bias : {true, false}) {
+          CAPTURE(conv);
+          CAPTURE(r);
+          CAPTURE(with_bias);
+          const Tensor w0 = conv ? test::random_tensor(Shape{20, 6, 3, 3}, 5) : test::random_tensor(Shape{10, 37}, 5);
+          const Tensor bias = test::random_tensor(Shape{w0.dim(0)}, 8);
+          const conv2d_params geo{.stride = {2, 2}, .padding = {1, 1}};
+          const std::optional<Tensor> b0 = with_bias ? std::optional<Tensor>(bias) : std::nullopt;
+          const std::shared_ptr<layer> base = conv ? std::shared_ptr<layer>(std::make_shared<digital_conv2d>(w0, b0, geo))
+                                                   : std::make_shared<digital_linear>(w0, b0);
+          dora_adapter a(*base, {.rank = r, .alpha = 2.0, .seed = 3});
+          lora_adapter l(*base, {.rank = r, .alpha = 2.0, .seed = 3});
+          // Non-trivial B and m, so every term of the combination matters.
+          Tensor b = a.lora_B(), m = a.magnitude();
+          fill_uniform(b, counter_rng(6), -0.5f, 0.5f);
+          for (float& v : m.values()) v *= 1.1f;
+          a.set_parameters(*base, m, a.lora_A(), b);
+          l.set_parameters(*base, l.lora_A(), b);
+          const Tensor x = conv ? test::random_tensor(Shape{7, 6, 15, 13}, 7, layout::nhwc) : test::random_tensor(Shape{9, 37}, 7);
+          Tensor layer_out;
+          base->forward(x, layer_out);
+          if (layer_out.rank() == 4) layer_out = layer_out.to_layout(layout::nhwc);
+          const Tensor target = test::random_tensor(layer_out.shape(), 9, layer_out.memory_layout());
+          auto check_adapter = [&](const auto& ad, auto grads_a, auto grads_b) {
+            Tensor y, g_plain, g_fused, y2;
+            low_rank_cache c_plain, c_fused;
+            ad.forward(*base, x, layer_out, y, &c_plain);
+            const double plain = detail::mse(y, target, &g_plain);
+            const double fused = detail::adapter_mse(ad, *base, x, layer_out, target, y2, &g_fused, c_fused);
+            CHECK(plain == fused);
+            REQUIRE(g_plain.numel() == g_fused.numel());
+            CHECK(std::memcmp(g_plain.data(), g_fused.data(), static_cast<std::size_t>(g_plain.numel()) * sizeof(float)) == 0);
+            ad.backward(*base, c_plain, g_plain, grads_a);
+            ad.backward(*base, c_fused, g_fused, grads_b);
+            for (std::size_t k = 0; k < grads_a.size(); ++k) CHECK(grads_a[k] == grads_b[k]);
+            // Inference in the layer output's storage equals forward() bitwise.
+            Tensor in_place = layer_out;
+            ad.forward_in_place(*base, x, in_place, false);
+            CHECK(std::memcmp(y.data(), in_place.data(), static_cast<std::size_t>(y.numel()) * sizeof(float)) == 0);
+          };
+          std::array<Tensor, 3> ga, gb;
+          check_adapter(a, std::span<Tensor>(ga), std::span<Tensor>(gb));
+          std::array<Tensor, 2> la, lb;
+          check_adapter(l, std::span<Tensor>(la), std::span<Tensor>(lb));
+        }
       }
     }
   }
@@ -97,20 +105,20 @@ TEST_SUITE("fast paths") {
   TEST_CASE("calibration reuses each prefix's activations: adapters bitwise equal to one target per call (full forward each)") {
     auto make = [](std::uint64_t seed, float scale) {
       network net = resnet20(1, 10, 12);
-      for (const auto& n : net.nodes())
-        for (auto& [p, t] : net.node(n.name).params) {
-          if (p == "num_batches_tracked") continue;
-          fill_uniform(t, counter_rng(seed++), p == "running_var" ? 0.5f : -0.3f * scale, p == "running_var" ? 1.5f : 0.3f * scale);
-        }
+      test::for_each_parameter(net, [&](const network_node&, const std::string& p, Tensor& t) {
+        if (p == "num_batches_tracked") return;
+        fill_uniform(t, counter_rng(seed++), p == "running_var" ? 0.5f : -0.3f * scale, p == "running_var" ? 1.5f : 0.3f * scale);
+      });
       net.fold_batch_norm();
       return net;
     };
     const network teacher = make(1, 1.0f);
     network a = make(1, 1.0f), b = make(1, 1.0f);
     for (network* s : {&a, &b})  // the same "drift" on both students
-      for (const auto& n : s->nodes())
-        if (n.kind == op_kind::conv2d || n.kind == op_kind::linear)
-          for (float& v : s->node(n.name).params.at("weight").values()) v *= 1.05f;
+      test::for_each_parameter(*s, [](const network_node& n, const std::string& p, Tensor& t) {
+        if (n.has_layer() && p == "weight")
+          for (float& v : t.values()) v *= 1.05f;
+      });
     const Tensor images = test::random_tensor(Shape{3, 1, 12, 12}, 9);
     calibration_config cfg;
     cfg.rank = 2;
@@ -121,8 +129,8 @@ TEST_SUITE("fast paths") {
       calibration_config one = cfg;
       one.targets = {l.name};
       const auto r = calibrate_feature_kd(teacher, b, images, one);
-      const auto& x = *all.adapters.at(l.name);
-      const auto& y = *r.adapters.at(l.name);
+      const auto& x = all.adapters.at(l.name)->adapter();
+      const auto& y = r.adapters.at(l.name)->adapter();
       CAPTURE(l.name);
       CHECK(std::memcmp(x.lora_A().data(), y.lora_A().data(), static_cast<std::size_t>(x.lora_A().numel()) * 4) == 0);
       CHECK(std::memcmp(x.lora_B().data(), y.lora_B().data(), static_cast<std::size_t>(x.lora_B().numel()) * 4) == 0);

@@ -12,9 +12,11 @@
 
 #include <rimc/data/dataset.hpp>
 #include <rimc/io/idx.hpp>
+#include <rimc/adapt/peft_files.hpp>
 #include <rimc/io/peft.hpp>
 #include <rimc/io/safetensors.hpp>
 
+#include "test_adapters.hpp"
 #include "test_util.hpp"
 
 #include <doctest/doctest.h>
@@ -263,8 +265,6 @@ TEST_SUITE("malformed") {
         {"peft_type missing", config(R"({"r": 2})"), e + "'peft_type' must be \"LORA\", got nothing"},
         {"peft_type another method", config(R"({"peft_type": "IA3"})"), e + "'peft_type' must be \"LORA\", got \"IA3\""},
         {"peft_type not a string", config(R"({"peft_type": 7})"), e + "'peft_type' must be \"LORA\", got 7"},
-        {"use_dora false", config(R"({"peft_type": "LORA", "use_dora": false, "r": 2, "lora_alpha": 4})"),
-         e + "'use_dora' is not true: this is a plain LoRA adapter, not DoRA"},
         {"use_dora not a boolean", config(R"({"peft_type": "LORA", "use_dora": "yes"})"),
          e + "'use_dora' must be true or false, got \"yes\""},
         {"r missing", config("{" + lora + R"(, "lora_alpha": 4})"), e + "'r' is missing"},
@@ -285,6 +285,14 @@ TEST_SUITE("malformed") {
          e + "'use_rslora' must be true or false, got 1"},
         {"target_modules not strings", config("{" + lora + R"(, "r": 2, "lora_alpha": 4, "target_modules": ["fc", 3]})"),
          e + "'target_modules' entries must be strings, got 3"},
+        {"target_modules a number", config("{" + lora + R"(, "r": 2, "lora_alpha": 4, "target_modules": 3})"),
+         e + "'target_modules' must be a list of names or a regular expression, got 3"},
+        {"target_modules not a regular expression",
+         config("{" + lora + R"(, "r": 2, "lora_alpha": 4, "target_modules": "fc|(conv"})"),
+         e + "'target_modules' 'fc|(conv' is not a regular expression rimc can read", true},
+        {"rank_pattern key not a regular expression",
+         config("{" + lora + R"(, "r": 2, "lora_alpha": 4, "rank_pattern": {"fc[": 4}})"),
+         e + "'rank_pattern' entry 'fc[' is not a regular expression rimc can read", true},
         {"rank_pattern not an object", config("{" + lora + R"(, "r": 2, "lora_alpha": 4, "rank_pattern": [4]})"),
          e + "'rank_pattern' must be an object, got [4]"},
         {"rank_pattern entry zero", config("{" + lora + R"(, "r": 2, "lora_alpha": 4, "rank_pattern": {"fc": 0}})"),
@@ -304,15 +312,19 @@ TEST_SUITE("malformed") {
   }
 
   TEST_CASE("bad adapter weights are rejected and leave the adapters unchanged") {
-    dora_adapter fc = dora_adapter::linear(test::random_tensor(Shape{4, 6}, 1), dora_config{.rank = 2, .alpha = 2});
-    const Tensor before = fc.lora_A();
-    const peft_config cfg = parse_peft_config("{" + lora + R"(, "r": 2, "lora_alpha": 2})");
-    std::map<std::string, Tensor> good{{"base_model.model.fc.lora_A.weight", test::random_tensor(Shape{2, 6}, 2)},
-                                       {"base_model.model.fc.lora_B.weight", test::random_tensor(Shape{4, 2}, 3)},
-                                       {"base_model.model.fc.lora_magnitude_vector", test::random_tensor(Shape{4}, 4)}};
+    test::adapted_pair<> pair(1, 2, 2);
+    const Tensor before = pair.fc->adapter().lora_A();
+    const peft_config cfg = parse_peft_config("{" + lora + R"(, "r": 2, "lora_alpha": 4, "target_modules": ["fc"]})");
+    std::map<std::string, Tensor> good{
+        {"base_model.model.fc.lora_A.weight", test::random_tensor(Shape{2, 32}, 2)},
+        {"base_model.model.fc.lora_B.weight", test::random_tensor(Shape{10, 2}, 3)},
+        {"base_model.model.fc.lora_magnitude_vector", test::random_tensor(Shape{10}, 4)},
+        {"base_model.model.layer1.0.conv1.lora_A.weight", test::random_tensor(Shape{2, 3, 3, 3}, 5)},
+        {"base_model.model.layer1.0.conv1.lora_B.weight", test::random_tensor(Shape{8, 2, 1, 1}, 6)},
+        {"base_model.model.layer1.0.conv1.lora_magnitude_vector", test::random_tensor(Shape{1, 8, 1, 1}, 7)}};
     auto load = [&](std::map<std::string, Tensor> tensors) {
-      return [&fc, &cfg, tensors] {
-        load_peft_adapter(cfg, safetensors_file::parse(serialize_safetensors(tensors)), {{"fc", &fc}}, "adapter");
+      return [&pair, &cfg, tensors] {
+        load_peft_adapter(cfg, safetensors_file::parse(serialize_safetensors(tensors)), pair.net, "adapter");
       };
     };
     auto with = [&](const std::string& key, Tensor t) {
@@ -320,19 +332,19 @@ TEST_SUITE("malformed") {
       m[key] = std::move(t);
       return m;
     };
-    auto nan = test::random_tensor(Shape{4, 2}, 5);
+    auto nan = test::random_tensor(Shape{10, 2}, 5);
     nan[3] = std::numeric_limits<float>::quiet_NaN();
     auto without_b = good;
     without_b.erase("base_model.model.fc.lora_B.weight");
     check_rows({
         {"NaN in an adapter tensor", load(with("base_model.model.fc.lora_B.weight", nan)),
          "[rimc.value_error] <memory>: tensor 'base_model.model.fc.lora_B.weight' element 3 is nan"},
-        {"wrong adapter tensor shape", load(with("base_model.model.fc.lora_A.weight", Tensor(Shape{2, 5}))),
-         "[rimc.shape_error] <memory>: tensor 'base_model.model.fc.lora_A.weight' has shape [2, 5] but the adapter "
-         "expects [2, 6]"},
+        {"wrong adapter tensor shape", load(with("base_model.model.fc.lora_A.weight", Tensor(Shape{2, 31}))),
+         "[rimc.shape_error] <memory>: tensor 'base_model.model.fc.lora_A.weight' has shape [2, 31] but the adapter "
+         "expects [2, 32]"},
         {"missing adapter tensor", load(without_b),
          "[rimc.io_error] <memory>: missing tensor 'base_model.model.fc.lora_B.weight'"},
     });
-    CHECK(fc.lora_A() == before);
+    CHECK(pair.fc->adapter().lora_A() == before);
   }
 }

@@ -6,6 +6,7 @@
 #include <rimc/nn/models.hpp>
 #include <rimc/nn/network.hpp>
 
+#include "test_net.hpp"
 #include "test_util.hpp"
 
 #include <doctest/doctest.h>
@@ -20,13 +21,10 @@ namespace {
 
 /// Every parameter drawn at random (BN variances positive).
 void randomise(network& net, std::uint64_t seed) {
-  for (const auto& n : net.nodes()) {
-    auto& node = net.node(n.name);
-    for (auto& [p, t] : node.params) {
-      if (p == "num_batches_tracked") continue;
-      fill_uniform(t, counter_rng(seed++), p == "running_var" ? 0.5f : -0.5f, p == "running_var" ? 1.5f : 0.5f);
-    }
-  }
+  test::for_each_parameter(net, [&](const network_node&, const std::string& p, Tensor& t) {
+    if (p == "num_batches_tracked") return;
+    fill_uniform(t, counter_rng(seed++), p == "running_var" ? 0.5f : -0.5f, p == "running_var" ? 1.5f : 0.5f);
+  });
 }
 
 /// A small residual network: conv-bn-relu, a block with a projection, pooling, fc.

@@ -1,26 +1,29 @@
 // The statistics-based feature-KD loss (adapt/feature_statistics.hpp) is the
 // direct loss rewritten, not an approximation: its loss and gradients equal
-// the direct forward + backward's to rounding for conv and linear layers,
+// the direct forward + backward's to rounding for DoRA and LoRA on conv and linear layers,
 // ranks 1..5, both norm modes, with and without bias, in one chunk or many;
 // its exact-mode gradient matches central differences of its own loss in
 // double; oneDNN's strided gemm that builds the statistics matches plain
-// loops; its small kernels (rows times matrix, double row dots, Adam's
-// update) give the same bits on the AVX-512 and plain paths; and a whole
-// calibration on either path ends at the same feature MSEs.
+// loops; and a whole calibration on either path ends at the same feature
+// MSEs. DoRA (gamma = m / n) and LoRA (gamma = 1) share the statistics.
 
 #include <rimc/adapt/feature_kd.hpp>
 #include <rimc/adapt/feature_statistics.hpp>
+#include <rimc/adapt/lora_adapter.hpp>
 #include <rimc/adapt/optim.hpp>
 #include <rimc/kernels/small_gemm.hpp>
 #include <rimc/nn/deploy.hpp>
 #include <rimc/nn/network.hpp>
 
+#include "test_net.hpp"
 #include "test_util.hpp"
 
 #include <doctest/doctest.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 using namespace rimc;
@@ -46,34 +49,45 @@ struct layer_case {
   layout in_layout;
 };
 
-/// An adapter with non-trivial m and B on a random layer, its input, W0 x (no bias) and a target.
+/// A random layer (with or without bias), a DoRA and a LoRA adapter with non-trivial m and B on it,
+/// its input, its output (W0 x + bias) and a target.
 struct layer_fixture {
+  std::shared_ptr<layer> base;
   dora_adapter a;
-  Tensor x, z0, target, bias;
+  lora_adapter l;
+  Tensor x, layer_out, target;
+
+  static std::shared_ptr<layer> make_base(const layer_case& c) {
+    const Tensor bias = test::random_tensor(Shape{c.conv ? 12 : 9}, 3);
+    const std::optional<Tensor> b = c.bias ? std::optional<Tensor>(bias) : std::nullopt;
+    if (c.conv) {
+      return std::make_shared<digital_conv2d>(test::random_tensor(Shape{12, 5, 3, 3}, 1, layout::nchw, -0.3f, 0.3f), b,
+                                              conv2d_params{.stride = {2, 1}, .padding = {1, 0}});
+    }
+    return std::make_shared<digital_linear>(test::random_tensor(Shape{9, 37}, 1, layout::nchw, -0.3f, 0.3f), b);
+  }
 
   explicit layer_fixture(const layer_case& c)
-      : a(c.conv ? dora_adapter::conv2d(test::random_tensor(Shape{12, 5, 3, 3}, 1, layout::nchw, -0.3f, 0.3f),
-                                        conv2d_params{.stride = {2, 1}, .padding = {1, 0}},
-                                        {.rank = c.rank, .alpha = 2.0, .norm = c.norm, .seed = 4})
-                 : dora_adapter::linear(test::random_tensor(Shape{9, 37}, 1, layout::nchw, -0.3f, 0.3f),
-                                        {.rank = c.rank, .alpha = 2.0, .norm = c.norm, .seed = 4})) {
+      : base(make_base(c)), a(*base, {.rank = c.rank, .alpha = 2.0, .norm = c.norm, .seed = 4}),
+        l(*base, {.rank = c.rank, .alpha = 2.0, .seed = 4}) {
     Tensor b = a.lora_B(), m = a.magnitude();
     fill_uniform(b, counter_rng(6), -0.3f, 0.3f);
     for (float& v : m.values()) v *= 1.1f;
-    a.set_parameters(m, a.lora_A(), b);
+    a.set_parameters(*base, m, a.lora_A(), b);
+    l.set_parameters(*base, l.lora_A(), b);
     x = c.conv ? test::random_tensor(Shape{3, 5, 9, 8}, 2, c.in_layout) : test::random_tensor(Shape{7, 37}, 2);
-    a.base_forward(x, z0);
-    if (z0.rank() == 4) z0 = z0.to_layout(layout::nhwc);
+    base->forward(x, layer_out);
+    if (layer_out.rank() == 4) layer_out = layer_out.to_layout(layout::nhwc);
     const std::int64_t O = a.out_features();
-    bias = test::random_tensor(Shape{O}, 3);
-    // The target: a perturbed copy of the layer's own output (a drift-sized error).
-    target = z0;
+    // The target: a perturbed copy of the layer's output (a drift-sized error).
+    target = layer_out;
     const Tensor noise = test::random_tensor(target.shape(), 5, target.memory_layout());
+    const Tensor* bias = base->bias();
     for (std::int64_t i = 0; i < target.numel(); ++i) {
-      target[i] = 1.05f * target[i] + 0.1f * noise[i] + (c.bias ? bias[i % O] : 0.0f);
+      const float bo = bias ? (*bias)[i % O] : 0.0f;
+      target[i] = 1.05f * (target[i] - bo) + 0.1f * noise[i] + bo;
     }
   }
-  [[nodiscard]] const Tensor* bias_ptr(const layer_case& c) const { return c.bias ? &bias : nullptr; }
 };
 
 }  // namespace
@@ -92,24 +106,27 @@ TEST_SUITE("feature statistics") {
       CAPTURE(c.bias);
       CAPTURE(c.chunk_rows);
       layer_fixture f(c);
-      // Direct: forward, MSE and the hand-written backward (checked against finite differences in unit-dora).
-      Tensor y, dy;
-      dora_cache cache;
-      f.a.forward(f.x, f.z0, f.bias_ptr(c), y, &cache);
-      const double direct = detail::mse(y, f.target, &dy);
-      dora_gradients gd;
-      f.a.backward(cache, dy, gd);
-
-      detail::feature_statistics st(f.a, f.x, f.z0, f.bias_ptr(c), f.target, c.chunk_rows);
-      dora_gradients gs;
-      const double stats = st.evaluate(f.a, &gs);
-      CHECK(stats == doctest::Approx(direct).epsilon(1e-5));
-      CHECK(st.evaluate(f.a, nullptr) == stats);
-      CHECK(rel_diff(gs.magnitude, gd.magnitude) < 1e-4);
-      CHECK(rel_diff(gs.lora_A, gd.lora_A) < 1e-4);
-      CHECK(rel_diff(gs.lora_B, gd.lora_B) < 1e-4);
-      CHECK(gs.lora_A.shape() == f.a.lora_A().shape());
-      CHECK(gs.lora_B.shape() == f.a.lora_B().shape());
+      detail::feature_statistics st(*f.base, f.x, f.layer_out, f.target, c.chunk_rows);
+      // Direct: forward, MSE and the hand-written backward (checked against finite differences in
+      // unit-dora and unit-lora), for the DoRA and the LoRA adapter on the same statistics.
+      auto compare = [&](const auto& ad, std::size_t count) {
+        Tensor y, dy;
+        low_rank_cache cache;
+        ad.forward(*f.base, f.x, f.layer_out, y, &cache);
+        const double direct = detail::mse(y, f.target, &dy);
+        std::vector<Tensor> gd(count), gs(count);
+        ad.backward(*f.base, cache, dy, gd);
+        const double stats = st.evaluate(ad, *f.base, gs);
+        CHECK(stats == doctest::Approx(direct).epsilon(1e-5));
+        CHECK(st.evaluate(ad, *f.base) == stats);
+        for (std::size_t k = 0; k < count; ++k) {
+          CAPTURE(k);
+          CHECK(rel_diff(gs[k], gd[k]) < 1e-4);
+          CHECK(gs[k].shape() == gd[k].shape());
+        }
+      };
+      compare(f.a, 3);
+      compare(f.l, 2);
     }
   }
 
@@ -118,10 +135,10 @@ TEST_SUITE("feature statistics") {
       CAPTURE(conv);
       const layer_case c{conv, 3, norm_mode::exact, true, 0, layout::nhwc};
       layer_fixture f(c);
-      detail::feature_statistics st(f.a, f.x, f.z0, f.bias_ptr(c), f.target);
-      dora_gradients g;
-      (void)st.evaluate(f.a, &g);
-      const Tensor* grads[3] = {&g.magnitude, &g.lora_A, &g.lora_B};
+      detail::feature_statistics st(*f.base, f.x, f.layer_out, f.target);
+      std::array<Tensor, 3> g;
+      (void)st.evaluate(f.a, *f.base, g);
+      const Tensor* grads[3] = {&g[0], &g[1], &g[2]};
       for (int which = 0; which < 3; ++which) {
         const Tensor base = *f.a.parameters()[static_cast<std::size_t>(which)];
         for (const std::int64_t i : {std::int64_t{0}, base.numel() / 2, base.numel() - 1}) {
@@ -133,9 +150,9 @@ TEST_SUITE("feature statistics") {
           auto loss_at = [&](double delta) {
             std::array<Tensor, 3> p = start;
             p[static_cast<std::size_t>(which)][i] = static_cast<float>(double(base[i]) + delta);
-            f.a.set_parameters(p[0], p[1], p[2]);
-            const double l = st.evaluate(f.a, nullptr);
-            f.a.set_parameters(start[0], start[1], start[2]);
+            f.a.set_parameters(*f.base, p[0], p[1], p[2]);
+            const double l = st.evaluate(f.a, *f.base);
+            f.a.set_parameters(*f.base, start[0], start[1], start[2]);
             return l;
           };
           const double fd = (loss_at(h) - loss_at(-h)) / (2 * h);
@@ -174,15 +191,16 @@ TEST_SUITE("feature statistics") {
     const layer_case c{true, 2, norm_mode::detached, true, 0, layout::nhwc};
     layer_fixture f(c);
     Tensor short_target(Shape{f.target.numel() - 1});
-    CHECK_THROWS_AS(detail::feature_statistics(f.a, f.x, f.z0, nullptr, short_target), shape_error);
-    Tensor wrong_bias(Shape{3});
-    CHECK_THROWS_AS(detail::feature_statistics(f.a, f.x, f.z0, &wrong_bias, f.target), shape_error);
+    CHECK_THROWS_AS(detail::feature_statistics(*f.base, f.x, f.layer_out, short_target), shape_error);
+    CHECK_THROWS_WITH_AS(detail::feature_statistics(*f.base, f.x, f.layer_out.to_layout(layout::nchw), f.target),
+                         doctest::Contains("channels-last"), value_error);
     const Tensor other_x = test::random_tensor(Shape{3, 5, 11, 8}, 2, layout::nhwc);
-    CHECK_THROWS_WITH_AS(detail::feature_statistics(f.a, other_x, f.z0, nullptr, f.target),
+    CHECK_THROWS_WITH_AS(detail::feature_statistics(*f.base, other_x, f.layer_out, f.target),
                          doctest::Contains("output positions"), shape_error);
-    detail::feature_statistics st(f.a, f.x, f.z0, nullptr, f.target);
-    const dora_adapter other = dora_adapter::linear(test::random_tensor(Shape{12, 44}, 1), {.rank = 2, .alpha = 2.0});
-    CHECK_THROWS_WITH_AS((void)st.evaluate(other, nullptr), doctest::Contains("12 x 44"), shape_error);
+    detail::feature_statistics st(*f.base, f.x, f.layer_out, f.target);
+    const auto other_base = std::make_shared<digital_linear>(test::random_tensor(Shape{12, 44}, 1), std::nullopt);
+    const dora_adapter other(*other_base, {.rank = 2, .alpha = 2.0});
+    CHECK_THROWS_WITH_AS((void)st.evaluate(other, *other_base), doctest::Contains("do not fit rank 2 on 12 x 45"), shape_error);
   }
 
   TEST_CASE("a calibration on the statistics path ends where the direct path does; automatic picks per layer") {
@@ -197,8 +215,9 @@ TEST_SUITE("feature statistics") {
     x = teacher.flatten("flat", x);
     teacher.linear("fc", x, 5);
     std::uint64_t seed = 1;
-    for (const auto& n : teacher.nodes())
-      for (auto& [p, t] : teacher.node(n.name).params) fill_uniform(t, counter_rng(seed++), -0.3f, 0.3f);
+    test::for_each_parameter(teacher, [&](const network_node&, const std::string&, Tensor& t) {
+      fill_uniform(t, counter_rng(seed++), -0.3f, 0.3f);
+    });
     const Tensor images = test::random_tensor(Shape{6, 3, 12, 12}, 9);
     // A freshly drifted chip calibrated with `cfg` (30 steps, lr 0.02).
     auto calibrate_chip = [&](calibration_config cfg) {
@@ -206,7 +225,7 @@ TEST_SUITE("feature statistics") {
       analog_options opt;
       opt.device.g_min_us = 0.0;
       auto chip = deploy_analog(student, opt);
-      chip.drift_to(relative_drift{}, 0.2, 3);
+      chip.drift_to(relative_drift{}, drift_level{0.2}, 3);
       cfg.steps = 30;
       cfg.lr = 0.02;
       calibration_result r = calibrate_feature_kd(teacher, student, images, cfg);

@@ -5,8 +5,11 @@
 /// cross-entropy on the calibration labels and/or the KL divergence to the
 /// teacher's logits at a temperature (Hinton et al. 2015). Gradients reach
 /// the adapters through the frozen layers' input gradients; the frozen
-/// (crossbar) weights get none and are never written.
+/// (crossbar) weights get none and are never written. Any adapter type works
+/// (a factory makes them, as for calibrate_feature_kd); DoRA by default.
 
+#include <rimc/adapt/adapted_layer.hpp>
+#include <rimc/adapt/adapter.hpp>
 #include <rimc/adapt/dora_adapter.hpp>
 #include <rimc/adapt/feature_kd.hpp>
 #include <rimc/adapt/optim.hpp>
@@ -16,23 +19,34 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 namespace rimc {
 
 /// Settings of backprop calibration.
 struct backprop_config {
+  /// DoRA rank r of every adapter.
   std::int64_t rank = 2;
   double alpha = 0;                  ///< 0 means alpha = rank
+  /// DoRA: gradient through the norms.
   norm_mode norm = norm_mode::detached;
   int steps = 200;                   ///< joint Adam steps on the whole calibration batch
+  /// Adam learning rate.
   double lr = 1e-2;
   double ce_weight = 1.0;            ///< weight of the cross-entropy on the labels
   double kl_weight = 0.0;            ///< weight of the KL divergence to the teacher's logits
   double temperature = 4.0;          ///< distillation temperature T (the KL term is scaled by T^2)
+  /// Seeds each adapter (mixed with the layer's index).
   std::uint64_t seed = 0;
   std::vector<std::string> targets;  ///< empty: every conv2d and linear node
+  calibration_progress on_progress;  ///< optional: called once at the end with the run's report
 
+  /// The DoRA factory these settings describe (the default adapters).
+  [[nodiscard]] dora_factory adapters() const { return {rank, alpha, false, norm, false}; }
+
+  /// Throws value_error naming the first invalid field.
   void validate() const {
     if (rank < 1) throw value_error(detail::concat("backprop_config: rank must be >= 1, got ", rank));
     if (steps < 0) throw value_error(detail::concat("backprop_config: steps must be >= 0, got ", steps));
@@ -86,11 +100,15 @@ inline double distillation_loss(const Tensor& logits, const std::vector<std::int
   return loss / double(N);
 }
 
-/// Trains adapters on every target of `student` jointly by backprop (see the
-/// file comment); returns them attached, with the usual footprint and write count.
-[[nodiscard]] inline calibration_result calibrate_backprop(const network& teacher, network& student, const Tensor& images,
-                                                           const std::vector<std::int32_t>& labels,
-                                                           const backprop_config& cfg) {
+/// Trains adapters made by `make` on every target of `student` jointly by
+/// backprop (see the file comment); returns them attached, with the usual
+/// footprint and write count.
+template <class Factory>
+  requires adapter<std::invoke_result_t<Factory&, const adapter_request&>>
+[[nodiscard]] auto calibrate_backprop(const network& teacher, network& student, const Tensor& images,
+                                      const std::vector<std::int32_t>& labels, const backprop_config& cfg,
+                                      Factory&& make) {
+  using A = std::invoke_result_t<Factory&, const adapter_request&>;
   cfg.validate();
   if (images.rank() < 2 || images.dim(0) < 1) {
     throw value_error(detail::concat("calibrate_backprop: need at least one calibration image, got ",
@@ -101,12 +119,9 @@ inline double distillation_loss(const Tensor& logits, const std::vector<std::int
   }
   if (!detail::all_finite(images)) throw value_error("calibrate_backprop: the calibration images are not finite");
   const auto t_start = std::chrono::steady_clock::now();
-  std::vector<std::string> targets = cfg.targets;
-  if (targets.empty()) {
-    for (const auto& n : student.nodes())
-      if (n.kind == op_kind::conv2d || n.kind == op_kind::linear) targets.push_back(n.name);
-  }
-  detail::check_calibration_targets(student, targets, cfg.rank, "calibrate_backprop");
+  detail::check_teacher_student(teacher, student, "calibrate_backprop");
+  const std::vector<std::string> targets = detail::calibration_targets(student, cfg.targets, "calibrate_backprop");
+  std::vector<A> made = detail::make_adapters<A>(teacher, student, targets, cfg.seed, make, "calibrate_backprop");
   const Tensor teacher_logits = teacher.forward(images);
   for (std::size_t i = 0; i < labels.size(); ++i) {
     if (labels[i] < 0 || labels[i] >= teacher_logits.dim(1)) {
@@ -115,22 +130,12 @@ inline double distillation_loss(const Tensor& logits, const std::vector<std::int
     }
   }
   const std::uint64_t writes_before = student.rram_writes();
-  calibration_result result;
-  std::vector<std::shared_ptr<dora_adapter>> adapters;
-  for (const auto& name : targets) {
-    const network_node& node = student.node(name);
-    dora_config dc;
-    dc.rank = cfg.rank;
-    dc.alpha = cfg.alpha > 0 ? cfg.alpha : static_cast<double>(cfg.rank);
-    dc.norm = cfg.norm;
-    dc.seed = cfg.seed ^ (0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(student.id(name) + 1));
-    const frozen_layer& layer = student.layer(name);
-    auto a = std::make_shared<dora_adapter>(node.kind == op_kind::conv2d
-                                                ? dora_adapter::conv2d(layer.effective_weights(), node.conv, dc)
-                                                : dora_adapter::linear(layer.effective_weights(), dc));
-    student.attach_adapter(name, a);
-    adapters.push_back(a);
-    result.adapters[name] = a;
+  basic_calibration_result<A> result;
+  std::vector<std::shared_ptr<adapted_layer<A>>> adapted;
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    auto l = attach_adapter(student, targets[i], std::move(made[i]));
+    adapted.push_back(l);
+    result.adapters[targets[i]] = l;
   }
   adam opt(cfg.lr);
   network_tape tape;
@@ -140,13 +145,19 @@ inline double distillation_loss(const Tensor& logits, const std::vector<std::int
   // Divergence guard, as in calibrate_feature_kd: a step whose loss is NaN/Inf or above 1000x the
   // starting loss, or that leaves a non-finite parameter, is undone (the parameters that last gave a
   // good loss come back) and Adam restarts at half the step size.
-  std::vector<std::array<Tensor, 3>> good;
-  for (const auto& a : adapters) good.push_back({a->magnitude(), a->lora_A(), a->lora_B()});
+  std::vector<std::vector<Tensor>> good;
+  for (const auto& l : adapted) good.push_back(detail::copy_parameters(l->adapter()));
   auto finite_parameters = [&] {
-    for (const auto& a : adapters)
-      for (const Tensor* t : a->parameters())
-        if (!detail::all_finite(*t)) return false;
+    for (const auto& l : adapted)
+      if (!detail::parameters_finite(l->adapter())) return false;
     return true;
+  };
+  auto restore = [&] {
+    for (std::size_t i = 0; i < adapted.size(); ++i) {
+      const auto p = adapted[i]->trainable_parameters();
+      for (std::size_t k = 0; k < p.size(); ++k) *p[k] = good[i][k];
+      adapted[i]->parameters_changed();
+    }
   };
   for (int step = 0; step <= cfg.steps; ++step) {
     const Tensor logits = student.forward_train(images, tape);
@@ -159,42 +170,49 @@ inline double distillation_loss(const Tensor& logits, const std::vector<std::int
     }
     if (!std::isfinite(loss) || loss > 1e3 * std::max(first, 1e-30) || !finite_parameters()) {
       ++divergences;
-      for (std::size_t i = 0; i < adapters.size(); ++i) adapters[i]->set_parameters(good[i][0], good[i][1], good[i][2]);
+      restore();
       opt = adam(opt.lr() * 0.5);
       continue;
     }
     last = loss;
-    for (std::size_t i = 0; i < adapters.size(); ++i)
-      good[i] = {adapters[i]->magnitude(), adapters[i]->lora_A(), adapters[i]->lora_B()};
+    for (std::size_t i = 0; i < adapted.size(); ++i) good[i] = detail::copy_parameters(adapted[i]->adapter());
     if (step == cfg.steps) break;
-    std::map<std::string, dora_gradients> grads;
+    parameter_gradients grads;
     (void)student.backward(tape, grad, grads);
     std::vector<param_slot> slots;
-    for (const auto& name : targets) {
-      auto p = result.adapters.at(name)->parameters();
-      const auto& gr = grads.at(name);
-      slots.push_back({p[0], &gr.magnitude});
-      slots.push_back({p[1], &gr.lora_A});
-      slots.push_back({p[2], &gr.lora_B});
+    for (std::size_t i = 0; i < adapted.size(); ++i) {
+      const auto p = adapted[i]->trainable_parameters();
+      const auto& gr = grads.at(targets[i]);
+      for (std::size_t k = 0; k < p.size(); ++k) slots.push_back({p[k], &gr[k]});
     }
     opt.step(slots);
-    for (auto& a : adapters) a->refresh();
+    for (auto& l : adapted) l->parameters_changed();
     ++steps_taken;
   }
   layer_calibration whole;
   whole.name = "(all layers, backprop)";
   whole.mse_before = first;  // the distillation loss, not a feature MSE
-  whole.mse_after = last;  // the loss of the parameters kept
+  whole.mse_after = last;    // the loss of the parameters kept
   whole.steps = steps_taken;
   whole.divergences = divergences;
   whole.lr = opt.lr();
-  for (const auto& a : adapters) whole.footprint += a->footprint();
+  for (const auto& l : adapted) whole.footprint += l->footprint();
   result.footprint = whole.footprint;
   whole.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   result.layers.push_back(whole);
   result.rram_writes = student.rram_writes() - writes_before;
   result.seconds = whole.seconds;
+  if (cfg.on_progress) cfg.on_progress(whole, 0, 1);
   return result;
+}
+
+/// Trains DoRA adapters made from `cfg` (rank, alpha, norm mode) jointly by backprop.
+[[nodiscard]] inline calibration_result calibrate_backprop(const network& teacher, network& student,
+                                                           const Tensor& images,
+                                                           const std::vector<std::int32_t>& labels,
+                                                           const backprop_config& cfg) {
+  cfg.validate();
+  return calibrate_backprop(teacher, student, images, labels, cfg, cfg.adapters());
 }
 
 }  // namespace rimc

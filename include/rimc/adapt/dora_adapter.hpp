@@ -2,23 +2,26 @@
 /// \file
 /// rimc::dora_adapter: a DoRA adapter (Liu et al. 2024, as in Hugging Face
 /// PEFT) on a frozen linear or conv2d layer whose weights W0 are the ones the
-/// crossbar really applies. Parameters live in SRAM: magnitude m [O],
-/// lora_A [r, K] ([r, C, kh, kw] for conv), lora_B [O, r] ([O, r, 1, 1]),
-/// scale s = alpha / r (rsLoRA: alpha / sqrt r).
+/// crossbar really applies (docs/formulas.md, sec. 1). Its parameters live in
+/// SRAM: magnitude m [O], lora_A [r, K] ([r, C, kh, kw] for conv), lora_B
+/// [O, r] ([O, r, 1, 1]), scale s = alpha / r (rsLoRA: alpha / sqrt r).
 ///
 ///   y = (m / n) ⊙ (W0 x + s B (A x)) + bias,   n_o = ||(W0 + s B A)_o||
 ///
-/// W0 x comes from the frozen path (the crossbar); W' = m V / n is never
-/// materialised. The norms use ||V_o||^2 = ||W0_o||^2 + 2 s B_o (W0 A^T)_o +
-/// s^2 B_o (A A^T) B_o^T in double, so W0 is read once per parameter update.
-/// The backward pass is hand-written (../shared/PAPER.md): gradients of m, A
-/// and B with the norm detached (PEFT, DoRA paper Sec. 4.3) or exact, and the
-/// input gradient for backprop through the layer. No dropout.
+/// W0 x comes from the frozen layer (the crossbar); W0 itself is borrowed
+/// from that layer at every call (no copy to go stale): the norms use
+/// ||V_o||^2 = ||W0_o||^2 + 2 s B_o (W0 A^T)_o + s^2 B_o (A A^T) B_o^T in
+/// double, computed by refresh(base), and the input gradient runs through the
+/// layer's own backward-data pass. The backward pass is hand-written:
+/// gradients of m, A and B with the norm detached (PEFT, DoRA paper Sec. 4.3)
+/// or exact, and the input gradient for backprop through the layer. No dropout.
 
+#include <rimc/adapt/adapter.hpp>
 #include <rimc/core/error.hpp>
 #include <rimc/core/half.hpp>
 #include <rimc/core/random.hpp>
 #include <rimc/core/tensor.hpp>
+#include <rimc/cost/sram.hpp>
 #include <rimc/kernels/combine.hpp>
 #include <rimc/kernels/conv2d.hpp>
 #include <rimc/kernels/eltwise.hpp>
@@ -26,6 +29,7 @@
 #include <rimc/kernels/params.hpp>
 #include <rimc/kernels/small_gemm.hpp>
 #include <rimc/kernels/thin_conv2d.hpp>
+#include <rimc/nn/layer.hpp>
 
 #include <Eigen/Core>
 
@@ -35,7 +39,9 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -65,146 +71,290 @@ struct dora_config {
   }
 };
 
-/// Gradients of an adapter's parameters, in the parameters' shapes.
+/// Gradients of a DoRA adapter's parameters, in the parameters' shapes.
 struct dora_gradients {
+  /// dL/dm [O], dL/dA and dL/dB, in the shapes of magnitude(), lora_A() and lora_B().
+  ///@{
   Tensor magnitude, lora_A, lora_B;
+  ///@}
 };
 
-/// What an adapter's forward keeps for its backward. It refers to the
-/// forward's input and base output, which must stay alive and unchanged
-/// until backward (calibration keeps them anyway); only A x is stored.
-struct dora_cache {
-  const Tensor* src = nullptr;       ///< the forward's input x
-  const Tensor* base_out = nullptr;  ///< the forward's W0 x
-  Tensor u;                          ///< A x: [N, r, OH, OW] channels-last, or [N, r]
-  Tensor owned_base_out;             ///< W0 x when the adapter computed it itself
+/// What a low-rank adapter's forward keeps for its backward. It refers to the
+/// forward's input and the layer's output, which must stay alive and
+/// unchanged until backward (calibration keeps them anyway); only A x is stored.
+struct low_rank_cache {
+  const Tensor* src = nullptr;        ///< the forward's input x
+  const Tensor* layer_out = nullptr;  ///< the frozen layer's output W0 x + bias
+  Tensor u;                           ///< A x: [N, r, OH, OW] channels-last, or [N, r]
 };
-
-/// Storage precision of an adapter's parameters in SRAM.
-enum class sram_precision : std::uint8_t {
-  fp32,  ///< 4 bytes per value
-  fp16,  ///< 2 bytes per value (IEEE binary16)
-  int8,  ///< A and B as int8 with one fp16 scale per row; gamma in fp16
-};
-
-/// Parameter count, SRAM bytes and share of the RRAM weights of one or more adapters.
-struct adapter_footprint {
-  std::int64_t parameters = 0;    ///< adapter values (m, A, B)
-  std::int64_t rram_weights = 0;  ///< weights of the base layers on the crossbars
-  std::size_t sram_bytes = 0;     ///< bytes the adapters occupy in SRAM
-  /// Adapter parameters as a percentage of the RRAM weights.
-  [[nodiscard]] double share_percent() const noexcept {
-    return rram_weights ? 100.0 * static_cast<double>(parameters) / static_cast<double>(rram_weights) : 0.0;
-  }
-  adapter_footprint& operator+=(const adapter_footprint& o) noexcept {
-    parameters += o.parameters;
-    rram_weights += o.rram_weights;
-    sram_bytes += o.sram_bytes;
-    return *this;
-  }
-};
+/// DoRA's cache.
+using dora_cache = low_rank_cache;
 
 namespace detail {
 
-/// The low-rank path of an adapter: A as a convolution with r output
-/// channels and the base geometry (thin_conv2d's shift-and-add for r <= 4,
-/// where oneDNN's channel padding would waste most of the work; oneDNN's
-/// direct convolution above) or as a linear layer; and W0 as a frozen oneDNN
-/// kernel.
-class dora_kernels {
+/// The low-rank path of an adapter: A as a convolution with r output channels
+/// and the base geometry (thin_conv2d's shift-and-add for r <= 4, where
+/// oneDNN's channel padding would waste most of the work; oneDNN's direct
+/// convolution above) or as a linear layer.
+class low_rank_kernels {
  public:
   /// Largest rank that uses thin_conv2d (measured in bench/bench_dora.cpp).
   static constexpr std::int64_t thin_max_rank = 4;
 
-  dora_kernels() = default;
-  /// An empty `w0` builds no frozen W0 kernel (base_forward and the input gradient through W0 are then unavailable).
-  dora_kernels(bool conv, const Tensor& a, const Tensor& w0, const conv2d_params& p) : conv_(conv) {
+  low_rank_kernels() = default;
+  low_rank_kernels(bool conv, const Tensor& a, const conv2d_params& p) {
     if (conv) {
       if (a.dim(0) <= thin_max_rank) {
-        a_thin_ = std::make_unique<thin_conv2d>(a, p);
+        thin_ = std::make_unique<thin_conv2d>(a, p);
       } else {
-        a_conv_ = std::make_unique<rimc::conv2d>(a, std::nullopt, p);
+        conv_ = std::make_unique<rimc::conv2d>(a, std::nullopt, p);
       }
-      if (!w0.empty()) base_conv_ = std::make_unique<rimc::conv2d>(w0, std::nullopt, p);
     } else {
-      a_linear_ = std::make_unique<rimc::linear>(a);
-      if (!w0.empty()) base_linear_ = std::make_unique<rimc::linear>(w0);
+      linear_ = std::make_unique<rimc::linear>(a);
     }
   }
+  /// Repacks A after it changed.
   void set_a(const Tensor& a) {
-    if (a_thin_) a_thin_->set_weights(a);
-    if (a_conv_) a_conv_->set_weights(a);
-    if (a_linear_) a_linear_->set_weights(a);
+    if (thin_) thin_->set_weights(a);
+    if (conv_) conv_->set_weights(a);
+    if (linear_) linear_->set_weights(a);
   }
-  void set_w0(const Tensor& w0) { conv_ ? base_conv_->set_weights(w0) : base_linear_->set_weights(w0); }
-
   /// u = A x, channels-last for conv.
-  void a_forward(const Tensor& x, Tensor& u) const {
-    if (a_thin_) {
-      a_thin_->forward(x, u);
-    } else if (a_conv_) {
-      a_conv_->forward(x, u);
+  void forward(const Tensor& x, Tensor& u) const {
+    if (thin_) {
+      thin_->forward(x, u);
+    } else if (conv_) {
+      conv_->forward(x, u);
       if (u.memory_layout() != layout::nhwc) u = u.to_layout(layout::nhwc);
     } else {
-      a_linear_->forward(x, u);
+      linear_->forward(x, u);
     }
   }
-  /// dL/dA (A's shape) and, with `dx`, A's part of dL/dx, given du = dL/du (conv only).
-  void a_conv_backward(const Tensor& x, const Tensor& du, Tensor& da, Tensor* dx) const {
-    if (a_thin_) {
-      a_thin_->backward(x, du, da, dx);
+  /// dL/dA (A's shape) and, with `dx`, A's part of dL/dx, given du = dL/du.
+  void backward(const Tensor& x, const Tensor& du, Tensor& da, Tensor* dx) const {
+    if (thin_) {
+      thin_->backward(x, du, da, dx);
       return;
     }
-    a_conv_->backward_weights(x, du, da);
-    if (dx) a_conv_->backward_data(du, x.shape(), *dx);
+    if (conv_) {
+      conv_->backward_weights(x, du, da);
+      if (dx) conv_->backward_data(du, x.shape(), *dx);
+      return;
+    }
+    thread_local Tensor x_scratch;
+    const Tensor& xs = as_layout(x, layout::nchw, x_scratch);
+    const auto r = da.dim(0), K = da.numel() / r, P = du.numel() / r;
+    gemm({.M = r, .N = K, .K = P, .ta = true}, du.data(), xs.data(), da.data());
+    if (dx) {
+      linear_->backward_data(du, *dx);
+      if (x.rank() == 4) dx->reshape(x.shape());
+    }
   }
-  void base_forward(const Tensor& x, Tensor& z0) const {
-    conv_ ? base_conv_->forward(x, z0) : base_linear_->forward(x, z0);
+  /// A's part of dL/dx alone, given du.
+  void backward_data(const Tensor& du, const Shape& x_shape, Tensor& dx) const {
+    if (thin_) {
+      thin_->backward_data(du, x_shape, dx);
+    } else if (conv_) {
+      conv_->backward_data(du, x_shape, dx);
+    } else {
+      linear_->backward_data(du, dx);
+      if (x_shape.rank() == 4) dx.reshape(x_shape);
+    }
   }
-  [[nodiscard]] const rimc::conv2d& base_conv() const { return *base_conv_; }
-  [[nodiscard]] const rimc::linear& a_linear() const { return *a_linear_; }
-  [[nodiscard]] const rimc::linear& base_linear() const { return *base_linear_; }
 
  private:
-  bool conv_ = false;
-  std::unique_ptr<thin_conv2d> a_thin_;
-  std::unique_ptr<rimc::conv2d> a_conv_, base_conv_;
-  std::unique_ptr<rimc::linear> a_linear_, base_linear_;
+  std::unique_ptr<thin_conv2d> thin_;
+  std::unique_ptr<rimc::conv2d> conv_;
+  std::unique_ptr<rimc::linear> linear_;
 };
 
 /// Rows per block of the row-wise reductions: fixed, so that partial sums
 /// are added in the same order whatever the thread count.
 inline constexpr Eigen::Index dora_block_rows = 256;
 
-/// y = (u s B^T + z0) diag(gamma) + bias in one fused pass (z0 read once, y
-/// written once): oneDNN's matmul with an epilogue, or on AVX-512 for
-/// r <= 64 combine_rows (bitwise the same). With `bias_in_base`, base_out
-/// still holds the bias (a layer's own output) and it is taken off first;
-/// with `relu`, y = max(y, 0) (oneDNN's ReLU, fused on the fast path).
-inline void dora_combine(const Tensor& u, const Tensor& base_out, const Eigen::Ref<const RowMatrixXf>& b,
-                         const Eigen::VectorXf& gamma, float s, const Tensor* bias, Tensor& y, bool bias_in_base = false,
-                         bool relu = false) {
-  const bool conv = base_out.rank() == 4;
-  const auto O = base_out.dim(1);
-  const Eigen::Index P = base_out.numel() / O, r = b.cols();
-  const Tensor& z0 = conv ? as_layout(base_out, layout::nhwc, 1) : base_out;
-  y.ensure(base_out.shape(), conv ? layout::nhwc : layout::nchw);
+/// What a combination step does with the layer's output.
+struct combine_options {
+  bool bias_in_output = false;  ///< `layer_out` still holds the bias: take it off first (DoRA)
+  bool relu = false;            ///< then y = max(y, 0)
+};
+
+/// y = ((u s B^T) + z) ⊙ gamma + shift in one pass (z = layer_out, minus the
+/// bias with opts.bias_in_output; gamma = 1 and shift = 0 when gamma is null,
+/// i.e. y = layer_out + s u B^T for LoRA; shift = bias otherwise). y may be
+/// layer_out itself (element by element, read before written).
+inline void low_rank_combine(const Tensor& u, const Tensor& layer_out, const Eigen::Ref<const RowMatrixXf>& b,
+                             const Eigen::VectorXf* gamma, float s, const Tensor* bias, Tensor& y,
+                             combine_options opts) {
+  const bool conv = layer_out.rank() == 4;
+  const auto O = layer_out.dim(1);
+  const Eigen::Index P = layer_out.numel() / O, r = b.cols();
+  thread_local Tensor z_scratch;
+  const Tensor& z = conv ? as_layout(layer_out, layout::nhwc, z_scratch) : layer_out;
+  if (&y != &layer_out || &z != &layer_out) y.ensure(layer_out.shape(), conv ? layout::nhwc : layout::nchw);
   const RowMatrixXf sbt = s * b.transpose();  // [r, O]
-  const Eigen::VectorXf shift = bias ? Eigen::VectorXf(bias->vector()) : Eigen::VectorXf::Zero(O);
-  const bool unbias = bias_in_base && bias;
-  combine_rows(u.data(), sbt.data(), z0.data(), unbias ? shift.data() : nullptr, gamma.data(), shift.data(), r, O, P,
-               y.data(), relu);
+  thread_local Eigen::VectorXf ones, shift;
+  const float* g = nullptr;
+  if (gamma) {
+    g = gamma->data();
+    shift = bias ? Eigen::VectorXf(bias->vector()) : Eigen::VectorXf::Zero(O);
+  } else {
+    ones.setOnes(O);
+    shift.setZero(O);
+    g = ones.data();
+  }
+  const bool unbias = opts.bias_in_output && bias && gamma;
+  combine_rows(u.data(), sbt.data(), z.data(), unbias ? shift.data() : nullptr, g, shift.data(), r, O, P, y.data(),
+               opts.relu);
 }
 
-/// gamma ⊙ (W0 + s B A) with W0 [O, ...], A [r, ...], B [O, r, ...].
-[[nodiscard]] inline Tensor dora_merge(const Tensor& w0, const Tensor& a, const Tensor& b,
-                                       const Eigen::VectorXf& gamma, float s) {
+/// diag(gamma) (W0 + s B A) with W0 [O, ...], A [r, ...], B [O, r, ...] (gamma null: 1).
+[[nodiscard]] inline Tensor low_rank_merge(const Tensor& w0, const Tensor& a, const Tensor& b,
+                                           const Eigen::VectorXf* gamma, float s) {
   const auto O = w0.dim(0), K = w0.numel() / O, r = a.dim(0);
-  Tensor w = w0;
+  Tensor w = w0.to_layout(layout::nchw);
   auto W = w.matrix(O, K);
   W.noalias() += s * (b.matrix(O, r) * a.matrix(r, K));
-  W = gamma.asDiagonal() * W;
+  if (gamma) W = gamma->asDiagonal() * W;
   return w;
+}
+
+/// The geometry of a frozen layer an adapter attaches to: conv (with its
+/// params) or linear, O and K, checked against the adapter's limits.
+struct base_geometry {
+  bool conv = false;
+  conv2d_params params{};
+  Shape weight_shape;
+  std::int64_t O = 0, K = 0;
+
+  base_geometry() = default;
+  base_geometry(const layer& base, std::string_view who) {
+    const Tensor& w = base.effective_weights();
+    conv = base.conv_params() != nullptr;
+    if (conv) {
+      params = *base.conv_params();
+      params.relu = false;
+      if (w.rank() != 4) {
+        throw shape_error(concat(who, ": a convolution's weights must be [O, C, kh, kw], got ", w.shape().to_string()));
+      }
+      if (params.groups != 1) {
+        throw value_error(concat(who, ": groups must be 1 (PEFT's adapters support no grouped convolutions), got ",
+                                 params.groups));
+      }
+    } else if (w.rank() != 2) {
+      throw shape_error(concat(who, ": a linear layer's weights must be [O, K], got ", w.shape().to_string()));
+    }
+    weight_shape = w.shape();
+    O = w.dim(0);
+    K = w.numel() / std::max<std::int64_t>(O, 1);
+  }
+  /// Throws unless `base` still has these weights' shape.
+  void check(const layer& base, std::string_view who) const {
+    if (!(base.effective_weights().shape() == weight_shape)) {
+      throw shape_error(concat(who, ": the adapter was made for weights ", weight_shape.to_string(),
+                               ", the layer now has ", base.effective_weights().shape().to_string()));
+    }
+  }
+  /// The shape of the layer's output for an input of shape `x`.
+  [[nodiscard]] Shape output_shape(const Shape& x) const {
+    return conv ? conv2d_output_shape(x, weight_shape, params) : Shape{x.rank() > 0 ? x[0] : 0, O};
+  }
+};
+
+/// Kaiming-uniform A (bound 1/sqrt(K), PEFT's init) of the right shape for `g`, from `seed`.
+[[nodiscard]] inline Tensor init_lora_a(const base_geometry& g, std::int64_t r, std::uint64_t seed) {
+  Tensor a = g.conv ? Tensor(Shape{r, g.weight_shape[1], g.weight_shape[2], g.weight_shape[3]}) : Tensor(Shape{r, g.K});
+  const auto bound = static_cast<float>(1.0 / std::sqrt(static_cast<double>(g.K)));
+  fill_uniform(a, counter_rng(seed, 0x646f7261 /* "dora" */), -bound, bound);
+  return a;
+}
+
+/// Checks rank and alpha against the layer; `who` names the adapter type.
+inline void check_low_rank_config(const base_geometry& g, std::int64_t r, double alpha, std::string_view who) {
+  if (r < 1 || r > dora_config::max_rank || r > std::min(g.O, g.K)) {
+    throw value_error(concat(who, ": rank must be in [1, min(", dora_config::max_rank, ", O = ", g.O, ", K = ", g.K,
+                             ")], got ", r));
+  }
+  if (!std::isfinite(alpha) || alpha <= 0) {
+    throw value_error(concat(who, ": alpha must be a positive finite number, got ", alpha));
+  }
+}
+
+/// SRAM bytes of r K + O r low-rank values plus `vectors` per-channel values of O.
+[[nodiscard]] inline std::size_t low_rank_bytes(std::int64_t O, std::int64_t K, std::int64_t r, int vectors,
+                                                sram_precision precision) noexcept {
+  const auto rr = static_cast<std::size_t>(r), o = static_cast<std::size_t>(O), k = static_cast<std::size_t>(K),
+             v = static_cast<std::size_t>(vectors);
+  switch (precision) {
+    case sram_precision::fp32: return 4 * (v * o + rr * k + o * rr);
+    case sram_precision::fp16: return 2 * (v * o + rr * k + o * rr);
+    case sram_precision::int8: return (rr * k + o * rr) + 2 * (rr + o) + 2 * v * o;
+  }
+  return 0;
+}
+
+/// The sum over rows of G[p, o] (layer_out[p, o] - bias[o]) per column o, in
+/// double over fixed blocks of rows (the same order whatever the thread count).
+[[nodiscard]] inline Eigen::VectorXd column_dots(const float* g, const float* z, const Tensor* bias, Eigen::Index P,
+                                                 Eigen::Index O) {
+  const Eigen::Index blocks = (P + dora_block_rows - 1) / dora_block_rows;
+  Eigen::MatrixXd part(O, blocks);
+  const float* b = bias ? bias->data() : nullptr;
+#pragma omp parallel for schedule(static)
+  for (Eigen::Index blk = 0; blk < blocks; ++blk) {
+    const Eigen::Index p0 = blk * dora_block_rows, p1 = std::min(P, p0 + dora_block_rows);
+    std::vector<double> acc(static_cast<std::size_t>(O), 0.0);
+    for (Eigen::Index p = p0; p < p1; ++p) {
+      const float* gr = g + p * O;
+      const float* zr = z + p * O;
+      for (Eigen::Index o = 0; o < O; ++o) {
+        const float zo = b ? zr[o] - b[o] : zr[o];
+        acc[static_cast<std::size_t>(o)] += static_cast<double>(gr[o] * zo);
+      }
+    }
+    part.col(blk) = Eigen::Map<const Eigen::VectorXd>(acc.data(), O);
+  }
+  Eigen::VectorXd c = Eigen::VectorXd::Zero(O);
+  for (Eigen::Index blk = 0; blk < blocks; ++blk) c += part.col(blk);
+  return c;
+}
+
+/// Throws unless x and layer_out fit the layer `g` describes; `who` names the adapter.
+inline void check_low_rank_io(const base_geometry& g, const layer& base, const Tensor& x, const Tensor& layer_out,
+                              std::string_view who) {
+  g.check(base, who);
+  if (!g.conv && (x.rank() < 2 || x.numel() != x.dim(0) * g.K)) {
+    throw shape_error(concat(who, ": src ", x.shape().to_string(), " does not give ", g.K, " features per row"));
+  }
+  check_same_shape(concat(who, "::forward: layer_out"), layer_out.shape(), g.output_shape(x.shape()));
+}
+
+/// dL/dx of a low-rank adapter alone: Ĝ W0 (the base layer's backward-data) + s (Ĝ B) A, Ĝ = dL/dy
+/// with column o scaled by gamma_o (gamma null: 1).
+inline void low_rank_input_gradient(const base_geometry& g, const low_rank_kernels& k, const layer& base,
+                                    const Tensor& b, std::int64_t r, float s, const Eigen::VectorXf* gamma,
+                                    const Tensor& diff_y, const Shape& x_shape, Tensor& diff_x, std::string_view who) {
+  g.check(base, who);
+  const Shape out = g.output_shape(x_shape);
+  check_same_shape(concat(who, ": diff_y"), diff_y.shape(), out);
+  const auto O = g.O;
+  const Eigen::Index P = diff_y.numel() / O;
+  thread_local Tensor gy_scratch;
+  const Tensor& gy = g.conv ? as_layout(diff_y, layout::nhwc, gy_scratch) : diff_y;
+  Tensor gh;
+  gh.ensure(diff_y.shape(), g.conv ? layout::nhwc : layout::nchw);
+  if (gamma) {
+    gh.matrix(P, O).noalias() = gy.matrix(P, O) * gamma->asDiagonal();
+  } else {
+    gh.matrix(P, O) = gy.matrix(P, O);
+  }
+  const RowMatrixXf sb = s * b.matrix(O, r);
+  Tensor du;
+  du.ensure(g.conv ? Shape{out[0], r, out[2], out[3]} : Shape{out[0], r}, g.conv ? layout::nhwc : layout::nchw);
+  gemm({.M = P, .N = r, .K = O}, gh.data(), sb.data(), du.data());
+  Tensor dx_low;
+  k.backward_data(du, x_shape, dx_low);
+  base.backward_data(gh, x_shape, diff_x);
+  add(diff_x, dx_low, diff_x);
 }
 
 }  // namespace detail
@@ -214,40 +364,57 @@ class dora_deployed;
 /// A DoRA adapter on a frozen linear or conv2d layer (see the file comment).
 class dora_adapter {
  public:
-  /// An adapter for a linear layer with (effective) base weights [O, K].
-  [[nodiscard]] static dora_adapter linear(Tensor base_weights, dora_config cfg) {
-    if (base_weights.rank() != 2) {
-      throw shape_error(detail::concat("dora_adapter::linear: base weights must be [O, K], got ",
-                                       base_weights.shape().to_string()));
+  /// What forward keeps for backward: A x and references to x and the layer's output.
+  using cache_type = dora_cache;
+  /// The adapter's name in files and reports.
+  static constexpr std::string_view kind = "dora";
+  /// Where dL/dm, dL/dA and dL/dB go among the gradients (parameters() order).
+  ///@{
+  static constexpr std::size_t grad_index_m = 0, grad_index_A = 1, grad_index_B = 2;
+  ///@}
+
+  /// An adapter for `base` (its current weights initialise m = ||W0||_row, so
+  /// the layer's output is unchanged at first).
+  dora_adapter(const layer& base, dora_config cfg) : geo_(base, "dora_adapter"), cfg_(cfg) {
+    detail::check_low_rank_config(geo_, cfg_.rank, cfg_.alpha, "dora_config");
+    if (!std::isfinite(cfg_.norm_eps) || cfg_.norm_eps <= 0) {
+      throw value_error(detail::concat("dora_config: norm_eps must be positive, got ", cfg_.norm_eps));
     }
-    return dora_adapter(std::move(base_weights), false, conv2d_params{}, cfg);
+    check_finite("dora_adapter: base weights", base.effective_weights());
+    // PEFT's initialisation: A kaiming-uniform (a = sqrt 5, i.e. bound 1/sqrt(fan_in)), B = 0, m = ||W0||_row.
+    a_ = detail::init_lora_a(geo_, cfg_.rank, cfg_.seed);
+    b_ = geo_.conv ? Tensor(Shape{geo_.O, cfg_.rank, 1, 1}) : Tensor(Shape{geo_.O, cfg_.rank});
+    kernels_ = detail::low_rank_kernels(geo_.conv, a_, geo_.params);
+    // m = ||W0||_row computed exactly as n is, so that gamma = m / n is exactly 1 at init.
+    m_ = Tensor(Shape{geo_.O});
+    n_ = Tensor(Shape{geo_.O});
+    rebase(base);
+    m_ = n_;
+    update_gamma();
   }
 
-  /// An adapter for a conv2d layer with (effective) base weights [O, C, kh, kw] and geometry `p`.
-  [[nodiscard]] static dora_adapter conv2d(Tensor base_weights, conv2d_params p, dora_config cfg) {
-    if (base_weights.rank() != 4) {
-      throw shape_error(detail::concat("dora_adapter::conv2d: base weights must be [O, C, kh, kw], got ",
-                                       base_weights.shape().to_string()));
-    }
-    if (p.groups != 1) {
-      throw value_error(detail::concat("dora_adapter::conv2d: groups must be 1 (PEFT's DoRA supports no grouped "
-                                       "convolutions), got ",
-                                       p.groups));
-    }
-    p.relu = false;
-    return dora_adapter(std::move(base_weights), true, p, cfg);
-  }
-
+  /// Movable (the moved-from adapter may only be assigned to or destroyed); not copyable.
+  ///@{
   dora_adapter(dora_adapter&&) noexcept = default;
   dora_adapter& operator=(dora_adapter&&) noexcept = default;
+  ///@}
 
-  [[nodiscard]] bool is_conv() const noexcept { return conv_; }
-  [[nodiscard]] std::int64_t out_features() const noexcept { return O_; }
-  [[nodiscard]] std::int64_t fan_in() const noexcept { return K_; }
+  /// Whether the base layer is a conv2d (else a linear layer).
+  [[nodiscard]] bool is_conv() const noexcept { return geo_.conv; }
+  /// O, the base layer's output channels or features.
+  [[nodiscard]] std::int64_t out_features() const noexcept { return geo_.O; }
+  /// K: C kh kw for a conv2d, in_features for a linear layer.
+  [[nodiscard]] std::int64_t fan_in() const noexcept { return geo_.K; }
+  /// The rank r of A and B.
   [[nodiscard]] std::int64_t rank() const noexcept { return cfg_.rank; }
+  /// The LoRA scale s = alpha / r (alpha / sqrt(r) with rsLoRA), in float.
   [[nodiscard]] float scale() const noexcept { return static_cast<float>(cfg_.scale()); }
+  /// The settings it was made with (norm as last set by set_norm_mode).
   [[nodiscard]] const dora_config& config() const noexcept { return cfg_; }
-  [[nodiscard]] const conv2d_params& conv_params() const noexcept { return params_; }
+  /// The base layer's convolution geometry (ReLU off).
+  [[nodiscard]] const conv2d_params& conv_params() const noexcept { return geo_.params; }
+  /// The shape of the weights the adapter was made for.
+  [[nodiscard]] const Shape& base_weight_shape() const noexcept { return geo_.weight_shape; }
   /// Changes the gradient mode (the parameters are unaffected).
   void set_norm_mode(norm_mode mode) noexcept { cfg_.norm = mode; }
 
@@ -257,203 +424,151 @@ class dora_adapter {
   [[nodiscard]] const Tensor& lora_A() const noexcept { return a_; }
   /// lora_B: [O, r] for linear, [O, r, 1, 1] for conv.
   [[nodiscard]] const Tensor& lora_B() const noexcept { return b_; }
+  /// n [O]: row norms of V = W0 + s B A (clamped below by norm_eps), as of the last refresh.
+  [[nodiscard]] const Tensor& norms() const noexcept { return n_; }
+  /// gamma = m / n [O]: the per-output-channel factor the device applies.
+  [[nodiscard]] Tensor gamma() const { return Tensor::from(Shape{geo_.O}, {gamma_.data(), static_cast<std::size_t>(geo_.O)}); }
 
-  /// Replaces m, A and B (shapes and finiteness checked), then refreshes.
-  void set_parameters(Tensor m, Tensor a, Tensor b) {
-    check_same_shape("dora_adapter::set_parameters: magnitude", m.shape(), m_.shape());
-    check_same_shape("dora_adapter::set_parameters: lora_A", a.shape(), a_.shape());
-    check_same_shape("dora_adapter::set_parameters: lora_B", b.shape(), b_.shape());
-    check_finite("dora_adapter::set_parameters: magnitude", m);
-    check_finite("dora_adapter::set_parameters: lora_A", a);
-    check_finite("dora_adapter::set_parameters: lora_B", b);
+  /// Replaces m, A and B (shapes and finiteness checked), then refreshes against `base`.
+  void set_parameters(const layer& base, Tensor m, Tensor a, Tensor b) {
+    detail::check_parameter("dora_adapter::set_parameters: magnitude", m, m_.shape());
+    detail::check_parameter("dora_adapter::set_parameters: lora_A", a, a_.shape());
+    detail::check_parameter("dora_adapter::set_parameters: lora_B", b, b_.shape());
     m_ = std::move(m);
     a_ = a.to_layout(layout::nchw);
     b_ = b.to_layout(layout::nchw);
-    refresh();
+    refresh(base);
   }
 
-  /// m, A and B for an optimizer to update in place; call refresh() afterwards.
-  [[nodiscard]] std::array<Tensor*, 3> parameters() noexcept { return {&m_, &a_, &b_}; }
+  /// m, A and B for an optimizer to update in place; call refresh(base) afterwards.
+  [[nodiscard]] std::vector<Tensor*> parameters() { return {&m_, &a_, &b_}; }
+  /// m, A and B.
+  [[nodiscard]] std::vector<const Tensor*> parameters() const { return {&m_, &a_, &b_}; }
 
-  /// Recomputes the norms and repacks A after the parameters changed in place.
-  void refresh() {
+  /// Repacks A and recomputes the norms from `base`'s current weights (after
+  /// the parameters changed in place, or the chip drifted).
+  void refresh(const layer& base) {
     kernels_.set_a(a_);
-    update_norms();
-  }
-
-  /// The frozen base weights W0 (what the array applies), PyTorch layout.
-  [[nodiscard]] const Tensor& base_weights() const noexcept { return w0_; }
-
-  /// Replaces W0 (e.g. the chip drifted further); m, A, B are kept.
-  void set_base_weights(Tensor w0) {
-    check_same_shape("dora_adapter::set_base_weights", w0.shape(), w0_.shape());
-    check_finite("dora_adapter::set_base_weights", w0);
-    w0_ = w0.to_layout(layout::nchw);
-    kernels_.set_w0(w0_);
-    update_base_stats();
-    update_norms();
+    if (&base.effective_weights() != w0_seen_ || base.weights_version() != version_seen_ ||
+        base.effective_weights().data() != w0_data_seen_) {
+      rebase(base);
+    } else {
+      update_norms(base);
+    }
+    update_gamma();
   }
 
   /// Sets m to the row norms of `weights` ([O, ...], e.g. the ideal undrifted
-  /// weights: the adapter then starts as a per-channel gain correction).
+  /// weights: the adapter then starts as a per-channel gain correction); call refresh(base) after.
   void init_magnitude_from(const Tensor& weights) {
-    if (weights.numel() != O_ * K_ || weights.dim(0) != O_) {
+    if (weights.numel() != geo_.O * geo_.K || weights.dim(0) != geo_.O) {
       throw shape_error(detail::concat("dora_adapter::init_magnitude_from: weights ", weights.shape().to_string(),
-                                       " do not match the base weights ", w0_.shape().to_string()));
+                                       " do not match the base weights ", geo_.weight_shape.to_string()));
     }
     const Tensor w = weights.to_layout(layout::nchw);
-    m_.vector() = w.matrix(O_, K_).rowwise().norm();
+    m_.vector() = w.matrix(geo_.O, geo_.K).rowwise().norm();
   }
 
-  /// n [O]: row norms of V = W0 + s B A (clamped below by norm_eps).
-  [[nodiscard]] const Tensor& norms() const noexcept { return n_; }
-
-  /// gamma = m / n [O]: the per-output-channel scale the device applies.
-  [[nodiscard]] Tensor gamma() const {
-    Tensor g(Shape{O_});
-    g.vector() = m_.vector().cwiseQuotient(n_.vector());
-    return g;
+  /// u = A x alone into `cache` (which then refers to x and layer_out, as
+  /// forward's does), for a caller that combines y itself (fused with its
+  /// loss); backward() accepts the cache as it accepts forward's.
+  void forward_low_rank(const layer& base, const Tensor& x, const Tensor& layer_out, dora_cache& cache) const {
+    check_io(base, x, layer_out);
+    kernels_.forward(x, cache.u);
+    cache.src = &x;
+    cache.layer_out = &layer_out;
   }
 
-  /// z0 = W0 x (no bias) through the adapter's own frozen kernel.
-  void base_forward(const Tensor& x, Tensor& z0) const { kernels_.base_forward(x, z0); }
-
-  /// y = gamma ⊙ (base_out + s B(A x)) + bias, with base_out = W0 x (no bias)
-  /// from the frozen path. Conv outputs are channels-last. With `cache`,
-  /// keeps what backward needs (and refers to `x`).
-  void forward(const Tensor& x, const Tensor& base_out, const Tensor* bias, Tensor& y,
-               dora_cache* cache = nullptr) const {
-    check_io(x, base_out, bias);
-    if (&y == &x || &y == &base_out) throw value_error("dora_adapter::forward: y must not alias x or base_out");
+  /// y = gamma ⊙ (layer_out - bias + s B(A x)) + bias, layer_out = W0 x + bias
+  /// from the frozen layer. Conv outputs are channels-last. With `cache`,
+  /// keeps what backward needs (and refers to x and layer_out).
+  void forward(const layer& base, const Tensor& x, const Tensor& layer_out, Tensor& y, dora_cache* cache = nullptr) const {
+    check_io(base, x, layer_out);
+    if (&y == &x || &y == &layer_out) throw value_error("dora_adapter::forward: y must not alias x or layer_out");
     thread_local Tensor u_local;
     Tensor& u = cache ? cache->u : u_local;
-    kernels_.a_forward(x, u);
-    const Eigen::VectorXf g = m_.vector().cwiseQuotient(n_.vector());
-    detail::dora_combine(u, base_out, b_.matrix(O_, cfg_.rank), g, scale(), bias, y);
+    kernels_.forward(x, u);
+    detail::low_rank_combine(u, layer_out, b_.matrix(geo_.O, cfg_.rank), &gamma_, scale(), base.bias(), y,
+                             {.bias_in_output = true});
     if (cache) {
       cache->src = &x;
-      cache->base_out = &base_out;
+      cache->layer_out = &layer_out;
     }
   }
 
-  /// The low-rank part of forward alone: u = A x into `cache` (which then
-  /// refers to x and base_out, as forward's does), for a caller that combines
-  /// y = gamma ⊙ (base_out + s u B^T) + bias itself (fused with its loss);
-  /// backward() accepts the cache as it accepts forward's.
-  void forward_low_rank(const Tensor& x, const Tensor& base_out, const Tensor* bias, dora_cache& cache) const {
-    check_io(x, base_out, bias);
-    kernels_.a_forward(x, cache.u);
-    cache.src = &x;
-    cache.base_out = &base_out;
-  }
-
-  /// Inference forward from the frozen layer's own output: `layer_out` =
-  /// W0 x + bias (channels-last for conv), so the caller need not take the
-  /// bias off first; the result equals forward(x, layer_out - bias, bias, y)
-  /// bitwise (then relu(y) with `relu`). `layer_out` is left with unspecified
-  /// contents (on the AVX-512 path y is computed in its storage, which then
-  /// changes places with y's: no second output-sized buffer is streamed).
-  void forward_on_layer_output(const Tensor& x, Tensor& layer_out, const Tensor* bias, Tensor& y,
-                               bool relu = false) const {
-    check_io(x, layer_out, bias);
-    if (&y == &x || &y == &layer_out) throw value_error("dora_adapter::forward: y must not alias x or layer_out");
+  /// Inference in the storage of the layer's output: `out` = W0 x + bias on
+  /// entry (channels-last for conv), the adapted output on exit (then ReLU
+  /// with `relu`), bitwise what forward() gives.
+  void forward_in_place(const layer& base, const Tensor& x, Tensor& out, bool relu) const {
+    check_io(base, x, out);
     thread_local Tensor u;
-    kernels_.a_forward(x, u);
-    const Eigen::VectorXf g = m_.vector().cwiseQuotient(n_.vector());
-    if (layer_out.rank() != 4 || layer_out.memory_layout() == layout::nhwc) {
-      // Element by element, read before written: in place is exact.
-      detail::dora_combine(u, layer_out, b_.matrix(O_, cfg_.rank), g, scale(), bias, layer_out, true, relu);
-      std::swap(layer_out, y);
-      return;
-    }
-    detail::dora_combine(u, layer_out, b_.matrix(O_, cfg_.rank), g, scale(), bias, y, true, relu);
+    kernels_.forward(x, u);
+    if (out.rank() == 4 && out.memory_layout() != layout::nhwc) out = out.to_layout(layout::nhwc);
+    detail::low_rank_combine(u, out, b_.matrix(geo_.O, cfg_.rank), &gamma_, scale(), base.bias(), out,
+                             {.bias_in_output = true, .relu = relu});
   }
 
-  /// As above, computing W0 x itself (kept in the cache when one is given).
-  void forward(const Tensor& x, const Tensor* bias, Tensor& y, dora_cache* cache = nullptr) const {
-    if (cache) {
-      base_forward(x, cache->owned_base_out);
-      forward(x, cache->owned_base_out, bias, y, cache);
-      return;
+  /// Gradients of the loss given dL/dy for the forward that filled `cache`, into
+  /// grads = {dL/dm, dL/dA, dL/dB}; with `diff_x`, also dL/dx (through W0, by
+  /// the base layer's backward-data pass, and through the low-rank path).
+  void backward(const layer& base, const dora_cache& cache, const Tensor& diff_y, std::span<Tensor> grads,
+                Tensor* diff_x = nullptr) const {
+    if (!cache.src || !cache.layer_out) throw value_error("dora_adapter::backward: the cache holds no forward pass");
+    if (grads.size() != 3) {
+      throw value_error(detail::concat("dora_adapter::backward: 3 gradient tensors needed (m, A, B), got ", grads.size()));
     }
-    Tensor z0;
-    base_forward(x, z0);
-    forward(x, z0, bias, y, cache);
-  }
-
-  /// Gradients of the loss given dL/dy for the forward that filled `cache`;
-  /// with `diff_x`, also dL/dx (through W0 and the low-rank path).
-  void backward(const dora_cache& cache, const Tensor& diff_y, dora_gradients& grads, Tensor* diff_x = nullptr) const {
-    if (!cache.src || !cache.base_out) throw value_error("dora_adapter::backward: the cache holds no forward pass");
-    check_same_shape("dora_adapter::backward: diff_y", diff_y.shape(), cache.base_out->shape());
+    geo_.check(base, "dora_adapter::backward");
+    check_same_shape("dora_adapter::backward: diff_y", diff_y.shape(), cache.layer_out->shape());
     const Tensor& x = *cache.src;
-    const auto r = cfg_.rank;
-    const Eigen::Index P = cache.base_out->numel() / O_;
+    const auto r = cfg_.rank, O = geo_.O;
+    const Eigen::Index P = cache.layer_out->numel() / O;
     const float s = scale();
-    const Tensor& gy = conv_ ? detail::as_layout(diff_y, layout::nhwc, 2) : diff_y;
-    const Tensor& z0t = conv_ ? detail::as_layout(*cache.base_out, layout::nhwc, 1) : *cache.base_out;
-    const auto G = gy.matrix(P, O_);
-    const auto B = b_.matrix(O_, r);
-    const Eigen::VectorXf gamma = m_.vector().cwiseQuotient(n_.vector());
-
-    // c_o = sum_p G[p, o] z[p, o] with z = z0 + s u B^T splits into
-    // sum_p G z0 (one pass, per-block partials added in order) and
-    // s sum_j B[o, j] (G^T u)[o, j]; G^T u and s G diag(gamma) B are matmuls.
-    const Eigen::Index blocks = (P + detail::dora_block_rows - 1) / detail::dora_block_rows;
-    Eigen::MatrixXd c_part(O_, blocks);
+    thread_local Tensor gy_scratch, z_scratch;
+    const Tensor& gy = geo_.conv ? detail::as_layout(diff_y, layout::nhwc, gy_scratch) : diff_y;
+    const Tensor& zt = geo_.conv ? detail::as_layout(*cache.layer_out, layout::nhwc, z_scratch) : *cache.layer_out;
+    const auto B = b_.matrix(O, r);
     const float* g_ptr = gy.data();
-    const float* z_ptr = z0t.data();
-#pragma omp parallel for schedule(static)
-    for (Eigen::Index blk = 0; blk < blocks; ++blk) {
-      const Eigen::Index p0 = blk * detail::dora_block_rows, p1 = std::min(P, p0 + detail::dora_block_rows);
-      std::vector<double> acc(static_cast<std::size_t>(O_), 0.0);
-      for (Eigen::Index p = p0; p < p1; ++p) {
-        const float* gr = g_ptr + p * O_;
-        const float* zr = z_ptr + p * O_;
-        for (Eigen::Index o = 0; o < O_; ++o) acc[static_cast<std::size_t>(o)] += static_cast<double>(gr[o] * zr[o]);
-      }
-      c_part.col(blk) = Eigen::Map<const Eigen::VectorXd>(acc.data(), O_);
-    }
-    RowMatrixXf gtu(O_, r);  // G^T u
-    detail::gemm({O_, r, P, true, false, false}, g_ptr, cache.u.data(), gtu.data());
-    const RowMatrixXf w_gb = s * (gamma.asDiagonal() * B);  // [O, r]
-    thread_local Tensor ghb_t;                              // s G diag(gamma) B = s Ĝ B
+
+    // c_o = sum_p G[p, o] z[p, o] with z = z0 + s u B^T splits into sum_p G z0
+    // (z0 = layer_out - bias; one pass, per-block partials added in order) and
+    // s sum_j B[o, j] (G^T u)[o, j]; G^T u and s G diag(gamma) B are matmuls.
+    Eigen::VectorXd c = detail::column_dots(g_ptr, zt.data(), base.bias(), P, O);
+    RowMatrixXf gtu(O, r);  // G^T u
+    detail::gemm({.M = O, .N = r, .K = P, .ta = true}, g_ptr, cache.u.data(), gtu.data());
+    const RowMatrixXf w_gb = s * (gamma_.asDiagonal() * B);  // [O, r]
+    thread_local Tensor ghb_t;                               // s G diag(gamma) B = s Ĝ B
     ghb_t.ensure(cache.u.shape(), cache.u.memory_layout());
-    detail::gemm({P, r, O_, false, false, false}, g_ptr, w_gb.data(), ghb_t.data());
-    Tensor gh_t;  // Ĝ = G diag(gamma), for the input gradient through W0
-    if (diff_x) {
-      gh_t.ensure(cache.base_out->shape(), conv_ ? layout::nhwc : layout::nchw);
-      gh_t.matrix(P, O_).noalias() = G * gamma.asDiagonal();
-    }
-    Eigen::VectorXd c = Eigen::VectorXd::Zero(O_);
-    for (Eigen::Index blk = 0; blk < blocks; ++blk) c += c_part.col(blk);
+    detail::gemm({.M = P, .N = r, .K = O}, g_ptr, w_gb.data(), ghb_t.data());
     c += static_cast<double>(s) * (B.cast<double>().cwiseProduct(gtu.cast<double>())).rowwise().sum();
 
-    grads.lora_B.ensure(b_.shape());
-    auto dB = grads.lora_B.matrix(O_, r);
-    dB.noalias() = s * (gamma.asDiagonal() * gtu);
-    grads.lora_A.ensure(a_.shape());
+    Tensor& dB = grads[grad_index_B];
+    dB.ensure(b_.shape());
+    dB.matrix(O, r).noalias() = s * (gamma_.asDiagonal() * gtu);
+    Tensor& dA = grads[grad_index_A];
+    dA.ensure(a_.shape());
     Tensor dx_low;
-    if (conv_) {
-      kernels_.a_conv_backward(x, ghb_t, grads.lora_A, diff_x ? &dx_low : nullptr);
-    } else {
-      const Tensor& xs = detail::as_layout(x, layout::nchw, 3);
-      detail::gemm({r, K_, P, true, false, false}, ghb_t.data(), xs.data(), grads.lora_A.data());
-    }
-    complete_gradients(c, grads);
+    kernels_.backward(x, ghb_t, dA, diff_x ? &dx_low : nullptr);
+    complete_gradients(base, c, grads);
     if (diff_x) {
-      if (conv_) {
-        kernels_.base_conv().backward_data(gh_t, x.shape(), *diff_x);
-      } else {
-        kernels_.base_linear().backward_data(gh_t, *diff_x);
-        kernels_.a_linear().backward_data(ghb_t, dx_low);
-        if (x.rank() == 4) {  // a flattened image input: hand back its shape
-          diff_x->reshape(x.shape());
-          dx_low.reshape(x.shape());
-        }
-      }
+      Tensor gh;  // Ĝ = G diag(gamma): the input gradient through W0
+      gh.ensure(cache.layer_out->shape(), geo_.conv ? layout::nhwc : layout::nchw);
+      gh.matrix(P, O).noalias() = gy.matrix(P, O) * gamma_.asDiagonal();
+      base.backward_data(gh, x.shape(), *diff_x);
       add(*diff_x, dx_low, *diff_x);
     }
+  }
+  /// backward() into a dora_gradients.
+  void backward(const layer& base, const dora_cache& cache, const Tensor& diff_y, dora_gradients& grads,
+                Tensor* diff_x = nullptr) const {
+    std::array<Tensor, 3> g{std::move(grads.magnitude), std::move(grads.lora_A), std::move(grads.lora_B)};
+    backward(base, cache, diff_y, g, diff_x);
+    grads = {std::move(g[0]), std::move(g[1]), std::move(g[2])};
+  }
+
+  /// dL/dx alone for dL/dy (it does not depend on x): Ĝ W0 + s (Ĝ B) A.
+  void backward_data(const layer& base, const Tensor& diff_y, const Shape& x_shape, Tensor& diff_x) const {
+    detail::low_rank_input_gradient(geo_, kernels_, base, b_, cfg_.rank, scale(), &gamma_, diff_y, x_shape, diff_x,
+                                    "dora_adapter::backward_data");
   }
 
   /// Completes `grads` from c = dL/dgamma [O] (gamma = m / n) when dL/dA and
@@ -461,27 +576,32 @@ class dora_adapter {
   /// norm_mode::exact, adds the part through n to dL/dA and dL/dB. backward()
   /// ends with it; a caller that has dL/dgamma from elsewhere (the
   /// statistics-based calibration) finishes its gradients the same way.
-  void complete_gradients(const Eigen::VectorXd& c, dora_gradients& grads) const {
-    if (c.size() != O_) {
-      throw shape_error(
-          detail::concat("dora_adapter::complete_gradients: dL/dgamma has ", c.size(), " values, not ", O_));
+  void complete_gradients(const layer& base, const Eigen::VectorXd& c, std::span<Tensor> grads) const {
+    const auto r = cfg_.rank, O = geo_.O, K = geo_.K;
+    if (c.size() != O) {
+      throw shape_error(detail::concat("dora_adapter::complete_gradients: dL/dgamma has ", c.size(), " values, not ", O));
     }
-    check_same_shape("dora_adapter::complete_gradients: dL/dA", grads.lora_A.shape(), a_.shape());
-    check_same_shape("dora_adapter::complete_gradients: dL/dB", grads.lora_B.shape(), b_.shape());
-    const auto r = cfg_.rank;
+    if (grads.size() != 3) {
+      throw value_error(detail::concat("dora_adapter::complete_gradients: 3 gradient tensors needed, got ", grads.size()));
+    }
+    check_same_shape("dora_adapter::complete_gradients: dL/dA", grads[grad_index_A].shape(), a_.shape());
+    check_same_shape("dora_adapter::complete_gradients: dL/dB", grads[grad_index_B].shape(), b_.shape());
     const Eigen::VectorXd nd = n_.vector().cast<double>();
-    grads.magnitude.ensure(m_.shape());
-    grads.magnitude.vector() = c.cwiseQuotient(nd).cast<float>();
+    Tensor& dm = grads[grad_index_m];
+    dm.ensure(m_.shape());
+    dm.vector() = c.cwiseQuotient(nd).cast<float>();
     if (cfg_.norm != norm_mode::exact) return;
+    geo_.check(base, "dora_adapter::complete_gradients");
     const Eigen::VectorXd md = m_.vector().cast<double>();
     const Eigen::VectorXd kappa = md.cwiseProduct(c).cwiseQuotient(nd.cwiseProduct(nd).cwiseProduct(nd));
-    const Eigen::MatrixXd Bd = b_.matrix(O_, r).cast<double>(), Ad = a_.matrix(r, K_).cast<double>();
+    const Eigen::MatrixXd Bd = b_.matrix(O, r).cast<double>(), Ad = a_.matrix(r, K).cast<double>();
     const double sd = cfg_.scale();
-    grads.lora_B.matrix(O_, r) -= (sd * kappa.asDiagonal() * (w0_a_t_ + sd * Bd * a_a_t_)).cast<float>();
+    grads[grad_index_B].matrix(O, r) -= (sd * kappa.asDiagonal() * (w0_a_t_ + sd * Bd * a_a_t_)).cast<float>();
     const Eigen::MatrixXd kb = kappa.asDiagonal() * Bd;  // rows of B scaled by kappa
-    Eigen::MatrixXd corr = kb.transpose() * w0_.matrix(O_, K_).cast<double>();
+    const Tensor w0 = base.effective_weights().to_layout(layout::nchw);
+    Eigen::MatrixXd corr = kb.transpose() * w0.matrix(O, K).cast<double>();
     corr.noalias() += sd * (Bd.transpose() * kb) * Ad;
-    grads.lora_A.matrix(r, K_) -= (sd * corr).cast<float>();
+    grads[grad_index_A].matrix(r, K) -= (sd * corr).cast<float>();
   }
 
   /// W' = gamma ⊙ (W0 + s B A) in the base weights' layout: the single weight
@@ -489,89 +609,75 @@ class dora_adapter {
   /// crossbar path is ideal can run the adapted layer as one frozen kernel on
   /// W' (no per-image adapter work); a non-ideal crossbar output needs the
   /// factorised forward.
-  [[nodiscard]] Tensor merged_weights() const { return detail::dora_merge(w0_, a_, b_, gamma().vector(), scale()); }
+  [[nodiscard]] Tensor merged_weights(const layer& base) const {
+    geo_.check(base, "dora_adapter::merged_weights");
+    return detail::low_rank_merge(base.effective_weights(), a_, b_, &gamma_, scale());
+  }
 
   /// Adapter values: O + r K + O r.
-  [[nodiscard]] std::int64_t parameter_count() const noexcept { return O_ + cfg_.rank * K_ + O_ * cfg_.rank; }
-  /// Weights of the base layer on the crossbar: O K.
-  [[nodiscard]] std::int64_t base_weight_count() const noexcept { return O_ * K_; }
+  [[nodiscard]] std::int64_t parameter_count() const noexcept { return geo_.O + cfg_.rank * geo_.K + geo_.O * cfg_.rank; }
 
-  /// Parameters, SRAM bytes (at `precision`) and share of the RRAM weights.
+  /// Parameters, SRAM bytes (at `precision`: int8 keeps A and B as int8 with one
+  /// fp16 scale per row, gamma in fp16) and share of the base layer's weights.
   [[nodiscard]] adapter_footprint footprint(sram_precision precision = sram_precision::fp32) const noexcept {
-    const auto r = static_cast<std::size_t>(cfg_.rank), O = static_cast<std::size_t>(O_),
-               K = static_cast<std::size_t>(K_);
-    std::size_t bytes = 0;
-    switch (precision) {
-      case sram_precision::fp32: bytes = 4 * (O + r * K + O * r); break;
-      case sram_precision::fp16: bytes = 2 * (O + r * K + O * r); break;
-      case sram_precision::int8: bytes = (r * K + O * r) + 2 * (O + r + O); break;
-    }
-    return {parameter_count(), base_weight_count(), bytes};
+    return {parameter_count(), geo_.O * geo_.K, detail::low_rank_bytes(geo_.O, geo_.K, cfg_.rank, 1, precision)};
   }
+  /// The same (the concept's form).
+  [[nodiscard]] adapter_footprint footprint(const layer& /*base*/, sram_precision precision) const noexcept {
+    return footprint(precision);
+  }
+
+  /// The parameters by PEFT file name: lora_magnitude_vector [O] (a conv
+  /// adapter's is [1, O, 1, 1] in PEFT files), lora_A.weight, lora_B.weight.
+  [[nodiscard]] named_tensors tensors() const {
+    Tensor m = m_;
+    if (geo_.conv) m.reshape(Shape{1, geo_.O, 1, 1});
+    return {{"lora_magnitude_vector", std::move(m)}, {"lora_A.weight", a_}, {"lora_B.weight", b_}};
+  }
+  /// Replaces the parameters from tensors named as tensors() names them
+  /// (shapes and values checked; nothing changes on error), then refreshes.
+  void load(const layer& base, const std::map<std::string, Tensor>& files) {
+    Tensor m = detail::take_tensor(files, "lora_magnitude_vector", m_.shape(), "dora_adapter::load");
+    Tensor a = detail::take_tensor(files, "lora_A.weight", a_.shape(), "dora_adapter::load");
+    Tensor b = detail::take_tensor(files, "lora_B.weight", b_.shape(), "dora_adapter::load");
+    set_parameters(base, std::move(m), std::move(a), std::move(b));
+  }
+
+  /// The low-rank form (gamma, A, B, s) for the statistics calibration and the fused loss.
+  [[nodiscard]] low_rank_form low_rank() const noexcept { return {&a_, &b_, cfg_.scale(), &gamma_}; }
 
   /// The inference form the device stores (see dora_deployed).
   [[nodiscard]] dora_deployed deploy(sram_precision precision = sram_precision::fp32) const;
 
  private:
-  dora_adapter(Tensor w0, bool conv, const conv2d_params& p, dora_config cfg)
-      : conv_(conv), params_(p), cfg_(cfg) {
-    check_finite(conv ? "dora_adapter::conv2d: base weights" : "dora_adapter::linear: base weights", w0);
-    w0_ = w0.to_layout(layout::nchw);
-    O_ = w0_.dim(0);
-    K_ = w0_.numel() / std::max<std::int64_t>(O_, 1);
-    const auto r = cfg_.rank;
-    if (r < 1 || r > dora_config::max_rank || r > std::min(O_, K_)) {
-      throw value_error(detail::concat("dora_config: rank must be in [1, min(", dora_config::max_rank, ", O = ", O_, ", K = ", K_,
-                                       ")], got ", r));
-    }
-    if (!std::isfinite(cfg_.alpha) || cfg_.alpha <= 0) {
-      throw value_error(detail::concat("dora_config: alpha must be a positive finite number, got ", cfg_.alpha));
-    }
-    if (!std::isfinite(cfg_.norm_eps) || cfg_.norm_eps <= 0) {
-      throw value_error(detail::concat("dora_config: norm_eps must be positive, got ", cfg_.norm_eps));
-    }
-    // PEFT's initialisation: A kaiming-uniform (a = sqrt 5, i.e. bound 1/sqrt(fan_in)), B = 0, m = ||W0||_row.
-    a_ = conv ? Tensor(Shape{r, w0_.dim(1), w0_.dim(2), w0_.dim(3)}) : Tensor(Shape{r, K_});
-    const auto bound = static_cast<float>(1.0 / std::sqrt(static_cast<double>(K_)));
-    fill_uniform(a_, counter_rng(cfg_.seed, 0x646f7261 /* "dora" */), -bound, bound);
-    b_ = conv ? Tensor(Shape{O_, r, 1, 1}) : Tensor(Shape{O_, r});
-    kernels_ = detail::dora_kernels(conv, a_, w0_, params_);
-    update_base_stats();
-    // m = ||W0||_row computed exactly as n is, so that gamma = m / n is exactly 1 at init.
-    m_ = Tensor(Shape{O_});
-    n_ = Tensor(Shape{O_});
-    update_norms();
-    m_ = n_;
+  void check_io(const layer& base, const Tensor& x, const Tensor& layer_out) const {
+    detail::check_low_rank_io(geo_, base, x, layer_out, "dora_adapter");
   }
 
-  void check_io(const Tensor& x, const Tensor& base_out, const Tensor* bias) const {
-    const Shape expected = conv_ ? kernels_.base_conv().output_shape(x.shape())
-                                 : Shape{x.rank() > 0 ? x.dim(0) : 0, O_};
-    if (!conv_ && (x.rank() < 2 || x.numel() != x.dim(0) * K_)) {
-      throw shape_error(detail::concat("dora_adapter: src ", x.shape().to_string(), " does not give ", K_,
-                                       " features per row"));
-    }
-    check_same_shape("dora_adapter::forward: base_out", base_out.shape(), expected);
-    if (bias && !(bias->shape() == Shape{O_})) {
-      throw shape_error(detail::concat("dora_adapter::forward: bias ", bias->shape().to_string(), " should be [", O_,
-                                       "]"));
-    }
+  /// Everything derived from W0: ||W0_o||^2, then the norms.
+  void rebase(const layer& base) {
+    geo_.check(base, "dora_adapter::refresh");
+    const Tensor& w = base.effective_weights();
+    const Tensor& w0 = w.memory_layout() == layout::nchw ? w : (w0_plain_ = w.to_layout(layout::nchw));
+    w0_sq_ = w0.matrix(geo_.O, geo_.K).cast<double>().rowwise().squaredNorm();
+    w0_seen_ = &w;
+    w0_data_seen_ = w.data();
+    version_seen_ = base.weights_version();
+    update_norms(base);
   }
 
-  void update_base_stats() {
-    w0_sq_ = w0_.matrix(O_, K_).cast<double>().rowwise().squaredNorm();
-  }
-
-  void update_norms() {
-    const auto r = cfg_.rank;
-    // W0 A^T [O, r] and A A^T [r, r] in double (row_dots_f64: the same bits with or without AVX-512).
-    w0_a_t_.resize(O_, r);  // no reallocation once sized
+  void update_norms(const layer& base) {
+    const auto r = cfg_.rank, O = geo_.O, K = geo_.K;
+    const Tensor& w = base.effective_weights();
+    const Tensor& w0 = w.memory_layout() == layout::nchw ? w : (w0_plain_ = w.to_layout(layout::nchw));
+    // W0 A^T [O, r] and A A^T [r, r] in double (row_dots_f64: the same bits on every ISA tier).
+    w0_a_t_.resize(O, r);  // no reallocation once sized
     a_a_t_.resize(r, r);
-    detail::row_dots_f64({w0_.data(), K_}, O_, {a_.data(), K_}, r, K_, w0_a_t_.data());
-    detail::row_dots_f64({a_.data(), K_}, r, {a_.data(), K_}, r, K_, a_a_t_.data());
+    detail::row_dots_f64({w0.data(), K}, O, {a_.data(), K}, r, K, w0_a_t_.data());
+    detail::row_dots_f64({a_.data(), K}, r, {a_.data(), K}, r, K, a_a_t_.data());
     const double s = cfg_.scale();
     const float* B = b_.data();
-    for (Eigen::Index o = 0; o < O_; ++o) {
+    for (Eigen::Index o = 0; o < O; ++o) {
       double cross = 0, quad = 0;
       for (Eigen::Index j = 0; j < r; ++j) {
         const double bj = B[o * r + j];
@@ -585,15 +691,22 @@ class dora_adapter {
     }
   }
 
-  bool conv_ = false;
-  conv2d_params params_;
+  void update_gamma() { gamma_ = m_.vector().cwiseQuotient(n_.vector()); }
+
+  detail::base_geometry geo_;
   dora_config cfg_;
-  std::int64_t O_ = 0, K_ = 0;
-  Tensor w0_, m_, a_, b_, n_;
+  Tensor m_, a_, b_, n_;
+  Eigen::VectorXf gamma_;
   Eigen::VectorXd w0_sq_;
   Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> w0_a_t_, a_a_t_;  ///< W0 A^T, A A^T
-  detail::dora_kernels kernels_;
+  Tensor w0_plain_;  ///< W0 in plain layout when the layer keeps it otherwise (scratch)
+  const Tensor* w0_seen_ = nullptr;
+  const float* w0_data_seen_ = nullptr;
+  std::uint64_t version_seen_ = 0;
+  detail::low_rank_kernels kernels_;
 };
+
+static_assert(low_rank_adapter<dora_adapter>);
 
 /// What the device stores and computes at inference: gamma = m / n [O], A and
 /// B, at a storage precision (values held dequantised). Its forward is the
@@ -601,14 +714,16 @@ class dora_adapter {
 /// rounding at fp16 / int8.
 class dora_deployed {
  public:
+  /// `a`'s gamma, A and B as stored at `precision` (fp16: all half; int8: A, B per-row int8, gamma half).
   dora_deployed(const dora_adapter& a, sram_precision precision)
       : precision_(precision), scale_(a.scale()), footprint_(a.footprint(precision)), O_(a.out_features()),
         r_(a.rank()) {
-    gamma_ = a.gamma();
+    const Tensor g = a.gamma();
+    gamma_ = g.vector();
     lora_a_ = a.lora_A();
     lora_b_ = a.lora_B();
     if (precision == sram_precision::fp16 || precision == sram_precision::int8) {
-      for (float& v : gamma_.values()) v = round_to_half(v);
+      for (float& v : gamma_) v = round_to_half(v);
     }
     if (precision == sram_precision::fp16) {
       for (float& v : lora_a_.values()) v = round_to_half(v);
@@ -617,28 +732,31 @@ class dora_deployed {
       quantise_rows(lora_a_, r_);
       quantise_rows(lora_b_, O_);
     }
-    w0_ = a.base_weights();
-    // The deploy form only adds to W0 x from the crossbar: no frozen W0 kernel of its own.
-    kernels_ = detail::dora_kernels(a.is_conv(), lora_a_, Tensor(), a.conv_params());
+    kernels_ = detail::low_rank_kernels(a.is_conv(), lora_a_, a.conv_params());
   }
 
+  /// Storage precision of gamma, A and B.
   [[nodiscard]] sram_precision precision() const noexcept { return precision_; }
   /// gamma [O] as stored.
-  [[nodiscard]] const Tensor& gamma() const noexcept { return gamma_; }
+  [[nodiscard]] Tensor gamma() const { return Tensor::from(Shape{O_}, {gamma_.data(), static_cast<std::size_t>(O_)}); }
   /// A and B as stored (dequantised).
+  ///@{
   [[nodiscard]] const Tensor& lora_A() const noexcept { return lora_a_; }
   [[nodiscard]] const Tensor& lora_B() const noexcept { return lora_b_; }
+  ///@}
   /// Parameters, SRAM bytes and share of the RRAM weights.
   [[nodiscard]] const adapter_footprint& footprint() const noexcept { return footprint_; }
 
-  /// W' = gamma ⊙ (W0 + s B A) from the stored values (see dora_adapter::merged_weights).
-  [[nodiscard]] Tensor merged_weights() const { return detail::dora_merge(w0_, lora_a_, lora_b_, gamma_.vector(), scale_); }
+  /// W' = gamma ⊙ (W0 + s B A) from the stored values and `base`'s weights (see dora_adapter::merged_weights).
+  [[nodiscard]] Tensor merged_weights(const layer& base) const {
+    return detail::low_rank_merge(base.effective_weights(), lora_a_, lora_b_, &gamma_, scale_);
+  }
 
-  /// y = gamma ⊙ (base_out + s B(A x)) + bias, base_out = W0 x from the crossbar.
-  void forward(const Tensor& x, const Tensor& base_out, const Tensor* bias, Tensor& y) const {
+  /// y = gamma ⊙ (layer_out - bias + s B(A x)) + bias, layer_out = W0 x + bias from the crossbar.
+  void forward(const Tensor& x, const Tensor& layer_out, const Tensor* bias, Tensor& y) const {
     thread_local Tensor u;
-    kernels_.a_forward(x, u);
-    detail::dora_combine(u, base_out, lora_b_.matrix(O_, r_), gamma_.vector(), scale_, bias, y);
+    kernels_.forward(x, u);
+    detail::low_rank_combine(u, layer_out, lora_b_.matrix(O_, r_), &gamma_, scale_, bias, y, {.bias_in_output = true});
   }
 
  private:
@@ -661,8 +779,9 @@ class dora_deployed {
   float scale_;
   adapter_footprint footprint_;
   std::int64_t O_, r_;
-  Tensor gamma_, lora_a_, lora_b_, w0_;
-  detail::dora_kernels kernels_;
+  Eigen::VectorXf gamma_;
+  Tensor lora_a_, lora_b_;
+  detail::low_rank_kernels kernels_;
 };
 
 inline dora_deployed dora_adapter::deploy(sram_precision precision) const { return {*this, precision}; }

@@ -3,7 +3,7 @@
 /// A plain reference of the DoRA layer, templated on the scalar so tests can
 /// run it in double precision: it materialises W' = m ⊙ V / ||V||_row with
 /// V = W0 + s B A and computes y = X W'^T + b on im2col rows, and gives the
-/// gradients by the closed forms of ../shared/PAPER.md. The fast adapter
+/// gradients by the closed forms of docs/formulas.md (sec. 1). The fast adapter
 /// (rimc::dora_adapter) never materialises W' and is checked against this.
 
 #include <Eigen/Core>
@@ -14,16 +14,25 @@
 
 namespace rimc::reference {
 
+/// Row-major dynamic matrix of T.
 template <class T>
 using dmat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+/// Dynamic column vector of T.
 template <class T>
 using dvec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
 
 /// The parameters of one DoRA layer as matrices: W0 [O, K], A [r, K], B [O, r], m [O], bias [O] (may be empty).
 template <class T>
 struct dora_params {
+  /// W0 [O, K], A [r, K] and B [O, r].
+  ///@{
   dmat<T> w0, a, b;
+  ///@}
+  /// Magnitude m [O] and bias [O] (bias may be empty).
+  ///@{
   dvec<T> m, bias;
+  ///@}
+  /// s = alpha / r (or alpha / sqrt(r) with rsLoRA).
   T scale = T(1);
 };
 
@@ -50,8 +59,12 @@ template <class T>
 /// Gradients of L = <G, Y> for dora_forward.
 template <class T>
 struct dora_grads {
+  /// dL/dm [O].
   dvec<T> m;
+  /// dL/dA [r, K], dL/dB [O, r] and dL/dX [P, K].
+  ///@{
   dmat<T> a, b, x;
+  ///@}
 };
 
 /// Closed-form gradients: detached norm (n treated as a constant) or exact.

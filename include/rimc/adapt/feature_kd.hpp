@@ -1,59 +1,77 @@
 #pragma once
 /// \file
-/// Layer-wise feature-distillation calibration (Dong et al., arXiv 2504.03763):
-/// DoRA adapters are attached to the student's layers one at a time in
-/// forward order. For layer l the input is what the already-calibrated
-/// student produces at that point on the calibration images, the target is
-/// the teacher's output of layer l (pre-activation, folded batch-norm bias
-/// included) on the same images, and only layer l's adapter is trained to
-/// minimise the mean squared error between them; it is then frozen. The
-/// crossbar weights are only read: no RRAM write happens.
+/// Layer-wise feature-distillation calibration (Dong et al., arXiv
+/// 2504.03763; docs/formulas.md, sec. 3): adapters are attached to the
+/// student's layers one at a time in forward order. For layer l the input is
+/// what the already-calibrated student produces at that point on the
+/// calibration images, the target is the teacher's output of layer l
+/// (pre-activation, folded batch-norm bias included) on the same images, and
+/// only layer l's adapter is trained to minimise the mean squared error
+/// between them; it is then frozen. The crossbar weights are only read: no
+/// RRAM write happens.
 ///
-/// Each step's loss and gradients are computed either directly over the N
-/// images or from statistics of the layer computed once
-/// (feature_statistics.hpp: the same loss rewritten, exact to rounding);
-/// calibration_config::loss_path chooses, by default per layer by a cost model.
+/// Any adapter type works (adapt/adapter.hpp): a factory makes each layer's
+/// adapter; without one, DoRA adapters are made from the config. For
+/// low-rank adapters (DoRA, LoRA) each step's loss and gradients are computed
+/// either directly over the N images or from statistics of the layer computed
+/// once (feature_statistics.hpp: the same loss rewritten, exact to rounding);
+/// calibration_config::loss_path chooses, by default per layer by a cost
+/// model. Other adapters take the direct path.
 ///
-/// Guards: invalid settings (rank 0 or above a target's min(O, K), no images,
-/// a non-positive learning rate, non-finite images or teacher features) are
-/// rejected before any adapter is attached. A step whose loss is NaN/Inf or
-/// above 1000x the layer's starting MSE, or that leaves a non-finite
-/// parameter, is undone: the last good parameters are restored, Adam restarts
-/// at half the step size, and the event is counted in the layer's report.
+/// Guards: invalid settings (a rank or adapter a target cannot take, no
+/// images, a non-positive learning rate, non-finite images or teacher
+/// features, a teacher and student that disagree on batch-norm folding) are
+/// rejected before any adapter is attached: every adapter is made before the
+/// first layer is calibrated. A step whose loss is NaN/Inf or above 1000x the
+/// layer's starting MSE, or that leaves a non-finite parameter, is undone: the
+/// last good parameters are restored, Adam restarts at half the step size,
+/// and the event is counted in the layer's report.
 
+#include <rimc/adapt/adapted_layer.hpp>
+#include <rimc/adapt/adapter.hpp>
 #include <rimc/adapt/dora_adapter.hpp>
 #include <rimc/adapt/feature_statistics.hpp>
 #include <rimc/adapt/optim.hpp>
 #include <rimc/core/error.hpp>
+#include <rimc/kernels/arch/dispatch.hpp>
 #include <rimc/kernels/mse.hpp>
 #include <rimc/nn/network.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace rimc {
 
+struct layer_calibration;
+
+/// Called after each layer is calibrated: its report, its position among the targets (0-based) and their number.
+using calibration_progress = std::function<void(const layer_calibration&, std::size_t index, std::size_t count)>;
+
 /// Settings of a calibration run.
 struct calibration_config {
-  std::int64_t rank = 2;                ///< adapter rank r
-  double alpha = 0;                     ///< lora_alpha; 0 means alpha = rank (s = 1)
-  bool use_rslora = false;
-  norm_mode norm = norm_mode::detached;
+  std::int64_t rank = 2;                ///< DoRA rank r (the default adapter)
+  double alpha = 0;                     ///< DoRA lora_alpha; 0 means alpha = rank (s = 1)
+  bool use_rslora = false;              ///< DoRA: s = alpha / sqrt(r)
+  norm_mode norm = norm_mode::detached; ///< DoRA: gradient through the norms
   int steps = 100;                      ///< Adam steps per layer
   double lr = 1e-2;                     ///< Adam learning rate
-  std::uint64_t seed = 0;               ///< seeds each adapter's A (mixed with the layer's index)
-  bool magnitude_from_teacher = false;  ///< init m from the teacher's (ideal) row norms, not the drifted ones
+  std::uint64_t seed = 0;               ///< seeds each adapter (mixed with the layer's index)
+  bool magnitude_from_teacher = false;  ///< DoRA: init m from the teacher's (ideal) row norms, not the drifted ones
   std::vector<std::string> targets;     ///< layers to adapt; empty: every conv2d and linear node
   kd_loss_path loss_path = kd_loss_path::automatic;  ///< how each step's loss and gradients are computed
   /// automatic: no statistics path for a layer whose statistics need more bytes than this
   double statistics_max_bytes = 256.0 * 1024 * 1024;
+  calibration_progress on_layer;        ///< optional progress callback
 
+  /// Throws value_error naming the first invalid field.
   void validate() const {
     if (rank < 1) throw value_error(detail::concat("calibration_config: rank must be >= 1, got ", rank));
     if (steps < 0) throw value_error(detail::concat("calibration_config: steps must be >= 0, got ", steps));
@@ -71,44 +89,100 @@ struct calibration_config {
 
 /// What calibrating one layer did.
 struct layer_calibration {
+  /// The node's name.
   std::string name;
+  /// Feature MSE to the teacher before and after.
+  ///@{
   double mse_before = 0, mse_after = 0;  ///< feature MSE to the teacher before and after
+  ///@}
+  /// Adam steps taken.
   int steps = 0;
   int divergences = 0;  ///< steps whose loss was NaN/Inf or exploded: parameters restored, lr halved
   double lr = 0;        ///< the Adam step size at the end (the configured one halved at each divergence)
   kd_loss_path path = kd_loss_path::direct;  ///< how the steps were computed (statistics or direct)
+  /// Wall time of this layer's calibration, s.
   double seconds = 0;
+  /// The layer's adapter (fp32 SRAM).
   adapter_footprint footprint;
 };
 
-/// What a calibration run did.
-struct calibration_result {
+/// What a calibration run did, with adapters of type A.
+template <adapter A>
+struct basic_calibration_result {
+  /// One report per target, in calibration order.
   std::vector<layer_calibration> layers;
   adapter_footprint footprint;     ///< all adapters together (fp32 SRAM)
   double seconds = 0;              ///< wall time of the whole calibration
   std::uint64_t rram_writes = 0;   ///< RRAM programming events during calibration (always 0)
-  std::map<std::string, std::shared_ptr<dora_adapter>> adapters;  ///< by node name, attached to the student
+  std::map<std::string, std::shared_ptr<adapted_layer<A>>> adapters;  ///< by node name, attached to the student
+};
+
+/// What a calibration run with DoRA adapters did.
+using calibration_result = basic_calibration_result<dora_adapter>;
+
+/// What an adapter factory is told about the layer it makes an adapter for.
+struct adapter_request {
+  const layer& base;          ///< the student's frozen layer (W0 as the chip applies it)
+  const std::string& name;    ///< the node's name
+  int index;                  ///< the node's index in the network
+  std::uint64_t seed;         ///< the calibration seed mixed with the index
+  const network& teacher;     ///< the teacher (e.g. to start from its weights)
+};
+
+/// Makes DoRA adapters from a calibration_config's DoRA settings.
+struct dora_factory {
+  /// DoRA rank r.
+  std::int64_t rank = 2;
+  double alpha = 0;  ///< 0: alpha = rank
+  /// s = alpha / sqrt(r) instead of alpha / r.
+  bool use_rslora = false;
+  /// Gradient through the norms.
+  norm_mode norm = norm_mode::detached;
+  /// Init m from the teacher's (ideal) row norms, not the drifted ones.
+  bool magnitude_from_teacher = false;
+
+  /// The factory the config describes.
+  [[nodiscard]] static dora_factory from(const calibration_config& cfg) {
+    return {cfg.rank, cfg.alpha, cfg.use_rslora, cfg.norm, cfg.magnitude_from_teacher};
+  }
+  /// A DoRA adapter for `r.base`, seeded with `r.seed`.
+  [[nodiscard]] dora_adapter operator()(const adapter_request& r) const {
+    dora_config dc;
+    dc.rank = rank;
+    dc.alpha = alpha > 0 ? alpha : static_cast<double>(rank);
+    dc.use_rslora = use_rslora;
+    dc.norm = norm;
+    dc.seed = r.seed;
+    dora_adapter a(r.base, dc);
+    if (magnitude_from_teacher) {
+      a.init_magnitude_from(r.teacher.node(r.name).params.at("weight"));
+      a.refresh(r.base);
+    }
+    return a;
+  }
 };
 
 namespace detail {
-/// Rejects up front a target that is not a conv2d or linear node of `net`, and
-/// a rank that target's adapter cannot have (at most min(O, K, dora_config::max_rank)).
-inline void check_calibration_targets(const network& net, const std::vector<std::string>& targets, std::int64_t rank,
-                                      const char* who) {
+
+/// The seed of the adapter of node `index`: the calibration seed mixed with the index.
+[[nodiscard]] constexpr std::uint64_t adapter_seed(std::uint64_t seed, int index) noexcept {
+  return seed ^ (0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(index + 1));
+}
+
+/// The calibration targets: `targets`, or every conv2d and linear node; each
+/// must be one, without a fused ReLU, and not adapted yet.
+[[nodiscard]] inline std::vector<std::string> calibration_targets(const network& net, std::vector<std::string> targets,
+                                                                 const char* who) {
+  if (targets.empty()) targets = net.layer_names();
   if (targets.empty()) throw value_error(concat(who, ": no conv2d or linear layer to calibrate"));
   for (const auto& name : targets) {
     const network_node& n = net.node(name);
-    if (n.kind != op_kind::conv2d && n.kind != op_kind::linear) {
-      throw value_error(concat(who, ": target '", name, "' is not a conv2d or linear layer"));
-    }
-    const Tensor& w = n.params.at("weight");
-    const std::int64_t O = w.dim(0), K = w.numel() / std::max<std::int64_t>(O, 1);
-    const std::int64_t limit = std::min({O, K, dora_config::max_rank});
-    if (rank > limit) {
-      throw value_error(concat(who, ": rank ", rank, " is larger than layer '", name, "' allows: min(O = ", O,
-                               ", K = ", K, ", ", dora_config::max_rank, ") = ", limit));
+    if (!n.has_layer()) throw value_error(concat(who, ": target '", name, "' is not a conv2d or linear layer"));
+    if (std::dynamic_pointer_cast<adapted_layer_base>(n.layer)) {
+      throw value_error(concat(who, ": target '", name, "' has an adapter already (detach_adapters first)"));
     }
   }
+  return targets;
 }
 
 [[nodiscard]] inline bool all_finite(const Tensor& t) {
@@ -125,51 +199,77 @@ inline void check_no_fused_relu(const network& net, const std::string& name, con
   }
 }
 
-/// A calibration step's forward and loss: u = A x into `cache`, then
-/// mse(gamma ⊙ (z0 + s u B^T) + bias, target, grad). When z0 and the target
-/// are laid out alike, the combination is fused with the loss block by block
-/// (y is never stored) and gives bitwise the loss and gradient of forward()
-/// then mse(); otherwise it is forward() then mse(), into `y`.
-inline double adapter_mse(const dora_adapter& a, const Tensor& x, const Tensor& z0, const Tensor* bias,
-                          const Tensor& target, Tensor& y, Tensor* grad, dora_cache& cache) {
-  const bool flat = z0.rank() != 4 || z0.memory_layout() == layout::nhwc;
-  if (flat && target.memory_layout() == z0.memory_layout() &&
-      target.shape() == z0.shape()) {
-    a.forward_low_rank(x, z0, bias, cache);
-    const auto O = a.out_features(), r = a.rank(), P = z0.numel() / O, n = P * O;
-    const Eigen::VectorXf gamma = a.magnitude().vector().cwiseQuotient(a.norms().vector());
-    const RowMatrixXf sbt = a.scale() * a.lora_B().matrix(O, r).transpose();  // as dora_combine forms it
-    const Eigen::VectorXf shift = bias ? Eigen::VectorXf(bias->vector()) : Eigen::VectorXf::Zero(O);
-    if (grad) grad->ensure(z0.shape(), z0.memory_layout());
-    const float *u = cache.u.data(), *zp = z0.data(), *tp = target.data();
-    float* gp = grad ? grad->data() : nullptr;
-    const auto blocks = (n + mse_block_size - 1) / mse_block_size;
-    const auto nd = static_cast<double>(n);
-    thread_local std::vector<double> part;
-    part.assign(static_cast<std::size_t>(blocks), 0.0);
-    double* pp = part.data();
-#pragma omp parallel for schedule(static) if (blocks > 4)
-    for (std::int64_t b = 0; b < blocks; ++b) {
-      thread_local std::vector<float> ybuf;
-      const auto i0 = b * mse_block_size, i1 = std::min(n, i0 + mse_block_size), p0 = i0 / O, p1 = (i1 - 1) / O + 1;
-      ybuf.resize(static_cast<std::size_t>((p1 - p0) * O));
-      combine_rows_block(u, sbt.data(), zp, nullptr, gamma.data(), shift.data(), r, O, p0, p1, ybuf.data(), false);
-      pp[b] = mse_block(ybuf.data() + (i0 - p0 * O), tp + i0, gp ? gp + i0 : nullptr, i1 - i0, nd);
-    }
-    double s = 0;
-    for (double v : part) s += v;
-    return s / nd;
+/// Teacher and student must be the same network, batch norm folded alike
+/// (a folded student against an unfolded teacher trains towards pre-BN features).
+inline void check_teacher_student(const network& teacher, const network& student, const char* who) {
+  if (teacher.size() != student.size()) {
+    throw value_error(concat(who, ": the teacher has ", teacher.size(), " nodes, the student ", student.size()));
   }
-  a.forward(x, z0, bias, y, &cache);
+  for (std::size_t i = 0; i < teacher.size(); ++i) {
+    const auto& t = teacher.nodes()[i];
+    const auto& s = student.nodes()[i];
+    if (t.name != s.name || t.kind != s.kind) {
+      throw value_error(concat(who, ": node ", i, " is '", t.name, "' (", to_string(t.kind), ") in the teacher and '",
+                               s.name, "' (", to_string(s.kind), ") in the student"));
+    }
+    if (t.kind == op_kind::batch_norm && t.folded != s.folded) {
+      throw value_error(concat(who, ": batch norm '", t.name, "' is ", t.folded ? "folded" : "not folded",
+                               " in the teacher but ", s.folded ? "folded" : "not folded",
+                               " in the student; fold both or neither"));
+    }
+  }
+}
+
+/// A calibration step's forward and loss: mse(adapted output, target, grad),
+/// keeping the backward's cache. For low-rank adapters, when the layer output
+/// and the target are laid out alike, the combination is fused with the loss
+/// block by block (y is never stored) and gives bitwise the loss and
+/// gradient of forward() then mse(); otherwise it is forward() then mse(), into `y`.
+template <adapter A>
+double adapter_mse(const A& a, const layer& base, const Tensor& x, const Tensor& layer_out, const Tensor& target,
+                   Tensor& y, Tensor* grad, typename A::cache_type& cache) {
+  if constexpr (low_rank_adapter<A> && requires { a.forward_low_rank(base, x, layer_out, cache); }) {
+    const bool flat = layer_out.rank() != 4 || layer_out.memory_layout() == layout::nhwc;
+    if (flat && target.memory_layout() == layer_out.memory_layout() && target.shape() == layer_out.shape()) {
+      a.forward_low_rank(base, x, layer_out, cache);
+      const low_rank_form f = a.low_rank();
+      const auto O = layer_out.dim(1), r = a.rank(), P = layer_out.numel() / O, n = P * O;
+      const RowMatrixXf sbt = static_cast<float>(f.scale) * f.lora_B->matrix(O, r).transpose();  // as the combination forms it
+      const Tensor* bias = base.bias();
+      Eigen::VectorXf gamma = f.gamma ? *f.gamma : Eigen::VectorXf::Ones(O);
+      const Eigen::VectorXf shift = f.gamma && bias ? Eigen::VectorXf(bias->vector()) : Eigen::VectorXf::Zero(O);
+      const float* unbias = f.gamma && bias ? bias->data() : nullptr;
+      if (grad) grad->ensure(layer_out.shape(), layer_out.memory_layout());
+      const float *u = cache.u.data(), *zp = layer_out.data(), *tp = target.data();
+      float* gp = grad ? grad->data() : nullptr;
+      const auto blocks = (n + mse_block_size - 1) / mse_block_size;
+      const auto nd = static_cast<double>(n);
+      thread_local std::vector<double> part;
+      part.assign(static_cast<std::size_t>(blocks), 0.0);
+      double* pp = part.data();
+#pragma omp parallel for schedule(static) if (blocks > 4)
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        thread_local std::vector<float> ybuf;
+        const auto i0 = b * mse_block_size, i1 = std::min(n, i0 + mse_block_size), p0 = i0 / O, p1 = (i1 - 1) / O + 1;
+        ybuf.resize(static_cast<std::size_t>((p1 - p0) * O));
+        combine_rows_block(u, sbt.data(), zp, unbias, gamma.data(), shift.data(), r, O, p0, p1, ybuf.data(), false);
+        pp[b] = mse_block(ybuf.data() + (i0 - p0 * O), tp + i0, gp ? gp + i0 : nullptr, i1 - i0, nd);
+      }
+      double s = 0;
+      for (double v : part) s += v;
+      return s / nd;
+    }
+  }
+  a.forward(base, x, layer_out, y, &cache);
   return mse(y, target, grad);
 }
 
 /// The loss path for a layer with P output positions (cfg.loss_path unless
 /// automatic: then statistics when feature_statistics::cost is at most
 /// feature_statistics::direct_cost and they fit in cfg.statistics_max_bytes).
-[[nodiscard]] inline kd_loss_path choose_loss_path(const calibration_config& cfg, const dora_adapter& a, std::int64_t P) {
+[[nodiscard]] inline kd_loss_path choose_loss_path(const calibration_config& cfg, std::int64_t K, std::int64_t O,
+                                                   std::int64_t r, std::int64_t P) {
   if (cfg.loss_path != kd_loss_path::automatic) return cfg.loss_path;
-  const auto K = a.fan_in(), O = a.out_features(), r = a.rank();
   const bool fits = feature_statistics::bytes(K, O) <= cfg.statistics_max_bytes;
   return fits && feature_statistics::cost(P, K, O, r, cfg.steps) <= feature_statistics::direct_cost(P, K, O, r, cfg.steps)
              ? kd_loss_path::statistics
@@ -244,12 +344,59 @@ class student_prefix {
   int done_ = 0;                 ///< nodes up to this index have their current values in known_ where needed
   bool ordered_ = true;
 };
+
+/// Every target's adapter from `make`, made before anything is attached: a
+/// target that cannot take one fails the whole call (the error names it).
+template <class A, class Factory>
+[[nodiscard]] std::vector<A> make_adapters(const network& teacher, const network& student,
+                                           const std::vector<std::string>& targets, std::uint64_t seed, Factory& make,
+                                           const char* who) {
+  std::vector<A> made;
+  made.reserve(targets.size());
+  for (const auto& name : targets) {
+    const int index = student.id(name);
+    try {
+      made.push_back(make(adapter_request{student.layer(name), name, index, adapter_seed(seed, index), teacher}));
+    } catch (const error&) {
+      rethrow_in(concat(who, ": layer '", name, "'"));
+    }
+  }
+  return made;
+}
+
+/// Copies `from` into the adapter's parameters and refreshes it.
+template <adapter A>
+void restore_parameters(A& a, const layer& base, const std::vector<Tensor>& from) {
+  const auto p = a.parameters();
+  for (std::size_t k = 0; k < p.size(); ++k) *p[k] = from[k];
+  a.refresh(base);
+}
+
+/// Copies of the adapter's parameters.
+template <adapter A>
+[[nodiscard]] std::vector<Tensor> copy_parameters(const A& a) {
+  std::vector<Tensor> out;
+  for (const Tensor* t : a.parameters()) out.push_back(*t);
+  return out;
+}
+
+template <adapter A>
+[[nodiscard]] bool parameters_finite(const A& a) {
+  for (const Tensor* t : a.parameters())
+    if (!all_finite(*t)) return false;
+  return true;
+}
+
 }  // namespace detail
 
-/// Calibrates `student` against `teacher` on `images` (see the file comment);
-/// the adapters stay attached to the student and are returned.
-[[nodiscard]] inline calibration_result calibrate_feature_kd(const network& teacher, network& student, const Tensor& images,
-                                                             const calibration_config& cfg) {
+/// Calibrates `student` against `teacher` on `images` (see the file comment)
+/// with the adapters `make(adapter_request)` returns; they stay attached to
+/// the student and are returned.
+template <class Factory>
+  requires adapter<std::invoke_result_t<Factory&, const adapter_request&>>
+[[nodiscard]] auto calibrate_feature_kd(const network& teacher, network& student, const Tensor& images,
+                                        const calibration_config& cfg, Factory&& make) {
+  using A = std::invoke_result_t<Factory&, const adapter_request&>;
   cfg.validate();
   if (images.rank() < 2 || images.dim(0) < 1) {
     throw value_error(detail::concat("calibrate_feature_kd: need at least one calibration image, got ",
@@ -257,16 +404,14 @@ class student_prefix {
   }
   if (!detail::all_finite(images)) throw value_error("calibrate_feature_kd: the calibration images are not finite");
   const auto t_start = std::chrono::steady_clock::now();
-  std::vector<std::string> targets = cfg.targets;
-  if (targets.empty()) {
-    for (const auto& n : student.nodes())
-      if (n.kind == op_kind::conv2d || n.kind == op_kind::linear) targets.push_back(n.name);
-  }
-  detail::check_calibration_targets(student, targets, cfg.rank, "calibrate_feature_kd");
+  detail::check_teacher_student(teacher, student, "calibrate_feature_kd");
+  const std::vector<std::string> targets = detail::calibration_targets(student, cfg.targets, "calibrate_feature_kd");
   for (const auto& t : targets) {
     detail::check_no_fused_relu(student, t, "student");
     detail::check_no_fused_relu(teacher, t, "teacher");
   }
+  // Every adapter first: a target that cannot take one fails before anything is attached.
+  std::vector<A> made = detail::make_adapters<A>(teacher, student, targets, cfg.seed, make, "calibrate_feature_kd");
   // The teacher's features for every target, once.
   std::map<std::string, Tensor> teacher_out;
   (void)teacher.forward(images, targets, teacher_out);
@@ -277,54 +422,47 @@ class student_prefix {
   }
   const std::uint64_t writes_before = student.rram_writes();
 
-  calibration_result result;
+  basic_calibration_result<A> result;
   detail::student_prefix prefix(student, images, targets);
-  for (const auto& name : targets) {
+  for (std::size_t li = 0; li < targets.size(); ++li) {
+    const std::string& name = targets[li];
     const auto t0 = std::chrono::steady_clock::now();
-    const network_node& node = student.node(name);
-    // The calibrated-so-far student's input to this layer, and W0 x: both fixed during this layer's calibration.
+    // The calibrated-so-far student's input to this layer, and the frozen layer's output: both fixed here.
     const Tensor x = prefix.input_of(name);
-    const frozen_layer& layer = student.layer(name);
-    Tensor z0;
-    layer.forward(x, z0);
-    if (z0.rank() == 4) z0 = z0.to_layout(layout::nhwc);
-    const auto b = node.params.find("bias");
-    const Tensor* bias = b == node.params.end() ? nullptr : &b->second;
-    if (bias) z0.matrix(z0.numel() / bias->numel(), bias->numel()).rowwise() -= bias->vector().transpose();
+    const std::shared_ptr<layer> base_ptr = student.layer_ptr(name);
+    const layer& base = *base_ptr;
+    Tensor layer_out;
+    base.forward(x, layer_out);
+    if (layer_out.rank() == 4) layer_out = layer_out.to_layout(layout::nhwc);
     Tensor target = teacher_out.at(name);
     if (target.rank() == 4) target = target.to_layout(layout::nhwc);
+    A& a = made[li];
 
-    dora_config dc;
-    dc.rank = cfg.rank;
-    dc.alpha = cfg.alpha > 0 ? cfg.alpha : static_cast<double>(cfg.rank);
-    dc.use_rslora = cfg.use_rslora;
-    dc.norm = cfg.norm;
-    dc.seed = cfg.seed ^ (0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(student.id(name) + 1));
-    auto adapter = std::make_shared<dora_adapter>(node.kind == op_kind::conv2d
-                                                      ? dora_adapter::conv2d(layer.effective_weights(), node.conv, dc)
-                                                      : dora_adapter::linear(layer.effective_weights(), dc));
-    if (cfg.magnitude_from_teacher) {
-      adapter->init_magnitude_from(teacher.node(name).params.at("weight"));
-      adapter->refresh();
-    }
     layer_calibration rep;
     rep.name = name;
-    rep.path = detail::choose_loss_path(cfg, *adapter, z0.numel() / adapter->out_features());
     std::optional<detail::feature_statistics> stats;
-    if (rep.path == kd_loss_path::statistics) stats.emplace(*adapter, x, z0, bias, target);
+    if constexpr (low_rank_adapter<A>) {
+      rep.path = detail::choose_loss_path(cfg, a.fan_in(), a.out_features(), a.rank(),
+                                          layer_out.numel() / a.out_features());
+      if (rep.path == kd_loss_path::statistics) stats.emplace(base, x, layer_out, target);
+    } else {
+      rep.path = kd_loss_path::direct;
+    }
     Tensor y, grad;
-    dora_cache cache;
-    dora_gradients g;
+    typename A::cache_type cache{};
+    std::vector<Tensor> g(a.parameters().size());
     // This step's loss and, when wanted, its gradients into g.
     auto evaluate = [&](bool want_grad) {
-      if (stats) return stats->evaluate(*adapter, want_grad ? &g : nullptr);
-      const double loss = detail::adapter_mse(*adapter, x, z0, bias, target, y, want_grad ? &grad : nullptr, cache);
-      if (want_grad && std::isfinite(loss)) adapter->backward(cache, grad, g);
+      if constexpr (low_rank_adapter<A>) {
+        if (stats) return stats->evaluate(a, base, want_grad ? std::span<Tensor>(g) : std::span<Tensor>());
+      }
+      const double loss = detail::adapter_mse(a, base, x, layer_out, target, y, want_grad ? &grad : nullptr, cache);
+      if (want_grad && std::isfinite(loss)) a.backward(base, cache, grad, std::span<Tensor>(g), nullptr);
       return loss;
     };
     adam opt(cfg.lr);
     double last_good = 0;
-    std::array<Tensor, 3> good{adapter->magnitude(), adapter->lora_A(), adapter->lora_B()};
+    std::vector<Tensor> good = detail::copy_parameters(a);
     for (int step = 0; step <= cfg.steps; ++step) {
       const double loss = evaluate(step < cfg.steps);
       if (step == 0) {
@@ -336,39 +474,47 @@ class student_prefix {
         last_good = loss;
       }
       // Divergence guard: restore the last good parameters and halve the step size.
-      const auto p = adapter->parameters();
-      if (!std::isfinite(loss) || loss > 1e3 * std::max(rep.mse_before, 1e-30) || !detail::all_finite(*p[0]) ||
-          !detail::all_finite(*p[1]) || !detail::all_finite(*p[2])) {
+      if (!std::isfinite(loss) || loss > 1e3 * std::max(rep.mse_before, 1e-30) || !detail::parameters_finite(a)) {
         ++rep.divergences;
-        adapter->set_parameters(good[0], good[1], good[2]);
+        detail::restore_parameters(a, base, good);
         opt = adam(opt.lr() * 0.5);
         continue;
       }
       if (loss <= last_good) {
         last_good = loss;
-        good = {adapter->magnitude(), adapter->lora_A(), adapter->lora_B()};
+        good = detail::copy_parameters(a);
       }
       if (step == cfg.steps) break;
-      const param_slot slots[] = {{p[0], &g.magnitude}, {p[1], &g.lora_A}, {p[2], &g.lora_B}};
+      const auto p = a.parameters();
+      std::vector<param_slot> slots;
+      for (std::size_t k = 0; k < p.size(); ++k) slots.push_back({p[k], &g[k]});
       opt.step(slots);
-      adapter->refresh();
+      a.refresh(base);
       ++rep.steps;
     }
     // Keep the best parameters seen (never worse than the start).
-    adapter->set_parameters(good[0], good[1], good[2]);
+    detail::restore_parameters(a, base, good);
     rep.mse_after = evaluate(false);
     rep.lr = opt.lr();
-    rep.footprint = adapter->footprint();
+    rep.footprint = a.footprint(base, sram_precision::fp32);
     rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     result.footprint += rep.footprint;
     result.layers.push_back(rep);
-    student.attach_adapter(name, adapter);
+    result.adapters[name] = attach_adapter(student, name, std::move(a));
     prefix.changed(name);
-    result.adapters[name] = adapter;
+    if (cfg.on_layer) cfg.on_layer(rep, li, targets.size());
   }
   result.rram_writes = student.rram_writes() - writes_before;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return result;
+}
+
+/// Calibrates with DoRA adapters made from `cfg`'s DoRA settings (rank, alpha,
+/// rsLoRA, norm mode, magnitude from the teacher).
+[[nodiscard]] inline calibration_result calibrate_feature_kd(const network& teacher, network& student,
+                                                             const Tensor& images, const calibration_config& cfg) {
+  cfg.validate();
+  return calibrate_feature_kd(teacher, student, images, cfg, dora_factory::from(cfg));
 }
 
 }  // namespace rimc

@@ -1,9 +1,10 @@
 #pragma once
 /// \file
 /// The feature-KD loss of one layer from statistics computed once
-/// (../shared/PAPER.md, "A performance note on feature-KD calibration"): exact,
-/// not an approximation; it differs from the direct computation only in
-/// rounding.
+/// (docs/formulas.md, sec. 3, "the statistics form"): exact, not an
+/// approximation; it differs from the direct computation only in rounding.
+/// It serves every low-rank adapter (DoRA with its per-channel gamma, LoRA
+/// with gamma = 1).
 ///
 /// Within one layer's calibration the im2col rows x_i of the layer's input
 /// (K values each; i over images and output positions, P of them), the
@@ -25,6 +26,7 @@
 /// keeps every term the size of the error itself, so the sums lose few
 /// digits to cancellation; the per-channel sums are in double.
 
+#include <rimc/adapt/adapter.hpp>
 #include <rimc/adapt/dora_adapter.hpp>
 #include <rimc/core/error.hpp>
 #include <rimc/kernels/im2col.hpp>
@@ -35,6 +37,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 namespace rimc {
@@ -47,6 +50,7 @@ enum class kd_loss_path : std::uint8_t {
   direct,      ///< forward and backward over all N images at every step
 };
 
+/// "automatic", "statistics" or "direct".
 [[nodiscard]] inline const char* to_string(kd_loss_path p) noexcept {
   switch (p) {
     case kd_loss_path::automatic: return "automatic";
@@ -65,35 +69,38 @@ class feature_statistics {
   /// working memory (16 MiB) whatever N; the chunks' products are added in order.
   static constexpr std::int64_t chunk_floats = std::int64_t{1} << 22;
 
-  /// `x`: the layer's input; `z0`: W0 x without the bias and `target`: the
-  /// teacher's output with it, both [P, O] row-major (channels-last for a
-  /// conv); `bias`: the layer's bias [O] or null. Keeps only the statistics.
-  /// `chunk_rows` overrides the rows per chunk (tests).
-  feature_statistics(const dora_adapter& a, const Tensor& x, const Tensor& z0, const Tensor* bias,
-                     const Tensor& target, std::int64_t chunk_rows = 0)
-      : K_(a.fan_in()), O_(a.out_features()), W_(K_ + 2 * O_) {
+  /// `x`: the layer's input; `layer_out`: the frozen layer's output W0 x +
+  /// bias and `target`: the teacher's output, both [P, O] row-major
+  /// (channels-last for a conv); `base` gives the bias and the geometry.
+  /// Keeps only the statistics. `chunk_rows` overrides the rows per chunk (tests).
+  feature_statistics(const layer& base, const Tensor& x, const Tensor& layer_out, const Tensor& target,
+                     std::int64_t chunk_rows = 0)
+      : geo_(base, "feature_statistics"), K_(geo_.K), O_(geo_.O), W_(K_ + 2 * O_) {
+    const Tensor* bias = base.bias();
+    const Tensor& z0 = layer_out;
     const std::int64_t P = z0.numel() / std::max<std::int64_t>(O_, 1);
     if (z0.numel() != P * O_ || target.numel() != z0.numel()) {
-      throw shape_error(concat("feature_statistics: base output ", z0.shape().to_string(), " and target ",
+      throw shape_error(concat("feature_statistics: layer output ", z0.shape().to_string(), " and target ",
                                target.shape().to_string(), " must both hold P x ", O_, " values"));
     }
-    if (bias && bias->numel() != O_) {
-      throw shape_error(concat("feature_statistics: bias ", bias->shape().to_string(), " should hold ", O_, " values"));
+    if (z0.rank() == 4 && (z0.memory_layout() != layout::nhwc || target.memory_layout() != layout::nhwc)) {
+      throw value_error("feature_statistics: the layer output and the target must be channels-last");
     }
     count_ = static_cast<double>(P * O_);
     const float* z = z0.data();
     const float* t = target.data();
+    const float* bp = bias ? bias->data() : nullptr;
     Shape out;
+    thread_local Tensor x_scratch;
     const Tensor* xs = &x;
-    if (a.is_conv()) {
-      const Tensor& w = a.base_weights();
-      out = im2col_output_shape(x, w.dim(2), w.dim(3), a.conv_params());
+    if (geo_.conv) {
+      out = im2col_output_shape(x, geo_.weight_shape[2], geo_.weight_shape[3], geo_.params);
       if (out[0] * out[2] * out[3] != P) {
         throw shape_error(concat("feature_statistics: input ", x.shape().to_string(), " gives ",
-                                 out[0] * out[2] * out[3], " output positions, the base output has ", P));
+                                 out[0] * out[2] * out[3], " output positions, the layer output has ", P));
       }
     } else {
-      xs = &as_layout(x, layout::nchw, 3);
+      xs = &as_layout(x, layout::nchw, x_scratch);
       if (x.numel() != P * K_) {
         throw shape_error(concat("feature_statistics: input ", x.shape().to_string(), " does not give ", P, " rows of ",
                                  K_, " features"));
@@ -115,19 +122,20 @@ class feature_statistics {
 #pragma omp parallel for schedule(static)
       for (std::int64_t b = 0; b < blocks; ++b) {
         const std::int64_t p0 = b * block, p1 = std::min(n, p0 + block);
-        if (a.is_conv()) {
-          const Tensor& w = a.base_weights();
-          im2col_rows(x, w.dim(2), w.dim(3), a.conv_params(), out, r0 + p0, r0 + p1, yp + p0 * W_, W_);
+        if (geo_.conv) {
+          im2col_rows(x, geo_.weight_shape[2], geo_.weight_shape[3], geo_.params, out, r0 + p0, r0 + p1,
+                      yp + p0 * W_, W_);
         }
         double* bz = sp + b * 3 * O_;
         for (std::int64_t p = p0; p < p1; ++p) {
           float* row = yp + p * W_;
-          if (!a.is_conv()) std::copy_n(xs->data() + (r0 + p) * K_, K_, row);
+          if (!geo_.conv) std::copy_n(xs->data() + (r0 + p) * K_, K_, row);
           const float* zr = z + (r0 + p) * O_;
           const float* tr = t + (r0 + p) * O_;
           for (std::int64_t o = 0; o < O_; ++o) {
-            const double zo = zr[o], qo = zo + (bias ? double((*bias)[o]) : 0.0) - double(tr[o]);
-            row[K_ + o] = zr[o];
+            const float zf = bp ? zr[o] - bp[o] : zr[o];  // W0 x: the layer's output without its bias
+            const double zo = zf, qo = zo + (bp ? double(bp[o]) : 0.0) - double(tr[o]);
+            row[K_ + o] = zf;
             row[K_ + O_ + o] = static_cast<float>(qo);
             bz[o] += zo * zo;
             bz[O_ + o] += zo * qo;
@@ -158,18 +166,35 @@ class feature_statistics {
         ct_[static_cast<std::size_t>(c * K_ + k)] = s_[static_cast<std::size_t>(k * W_ + K_ + c)];
   }
 
-  /// The mean squared error of `a`'s output against the target and, with
-  /// `grads`, its gradients with respect to m, A and B (norm mode as `a`'s).
-  [[nodiscard]] double evaluate(const dora_adapter& a, dora_gradients* grads) {
-    if (a.fan_in() != K_ || a.out_features() != O_) {
-      throw shape_error(concat("feature_statistics::evaluate: adapter is ", a.out_features(), " x ", a.fan_in(),
-                               ", the statistics are for ", O_, " x ", K_));
+  /// The mean squared error of adapter `a`'s output against the target and,
+  /// with `grads` non-empty (one tensor per parameter of `a`), its gradients
+  /// (norm mode as `a`'s).
+  template <low_rank_adapter A>
+  [[nodiscard]] double evaluate(const A& a, const layer& base, std::span<Tensor> grads = {}) {
+    Tensor* dA = grads.empty() ? nullptr : &grads[A::grad_index_A];
+    Tensor* dB = grads.empty() ? nullptr : &grads[A::grad_index_B];
+    const double loss = evaluate(a.low_rank(), a.rank(), dA, dB, grads.empty() ? nullptr : &dgamma_);
+    if (!grads.empty()) a.complete_gradients(base, dgamma_, grads);
+    return loss;
+  }
+
+  /// The loss of the low-rank form `f` of rank r and, with dA and dB, its
+  /// gradients at fixed gamma and dL/dgamma into `dgamma` (when f has a gamma).
+  [[nodiscard]] double evaluate(const low_rank_form& f, std::int64_t r, Tensor* dA_out, Tensor* dB_out,
+                                Eigen::VectorXd* dgamma) {
+    if (f.lora_A->numel() != r * K_ || f.lora_B->numel() != O_ * r) {
+      throw shape_error(concat("feature_statistics::evaluate: A ", f.lora_A->shape().to_string(), " and B ",
+                               f.lora_B->shape().to_string(), " do not fit rank ", r, " on ", O_, " x ", K_));
     }
-    const std::int64_t r = a.rank();
-    const double s = a.scale();
-    const float* A = a.lora_A().data();
-    const float* B = a.lora_B().data();
-    gamma_ = a.magnitude().vector().cwiseQuotient(a.norms().vector());
+    const bool want_grads = dA_out && dB_out;
+    const double s = f.scale;
+    const float* A = f.lora_A->data();
+    const float* B = f.lora_B->data();
+    if (f.gamma) {
+      gamma_ = *f.gamma;
+    } else {
+      gamma_.setOnes(O_);
+    }
     const Eigen::VectorXf& gamma = gamma_;
     // u = A [G | X^T Z0 | X^T Q]  [r, W]
     u_.resize(static_cast<std::size_t>(r * W_));
@@ -208,13 +233,13 @@ class feature_statistics {
       mb_.noalias() = M_ * b_;
       const double quad = b_.dot(mb_);
       total += d * d * zz_[o] + 2 * d * zq_[o] + qq_[o] + 2 * s * g * lin + s * s * g * g * quad;
-      if (!grads) continue;
+      if (!want_grads) continue;
       dgamma_[o] = scale2 * (d * zz_[o] + zq_[o] + s * lin + s * g * bz + s * s * g * quad);
       dB_.row(o) = (scale2 * (s * g * (d * acz_ + acq_) + s * s * g * g * mb_)).transpose();
       wgb_.row(o) = (s * g * b_).transpose();
     }
     const double loss = std::max(0.0, total / count_);
-    if (!grads) return loss;
+    if (!want_grads) return loss;
 
     // dL/dA = 2 / count (R A G + E [X^T Z0 | X^T Q]^T), R = wgb^T wgb, E = [wgb^T diag(d) | wgb^T].
     R_.noalias() = wgb_.transpose() * wgb_;
@@ -226,17 +251,17 @@ class feature_statistics {
       }
     lin_.resize(static_cast<std::size_t>(r * K_));
     rows_times_matrix({e_.data(), 2 * O_}, r, 2 * O_, {ct_.data(), K_}, K_, lin_.data(), K_);
-    grads->lora_A.ensure(a.lora_A().shape());
-    grads->lora_B.ensure(a.lora_B().shape());
-    float* dA = grads->lora_A.data();
+    dA_out->ensure(f.lora_A->shape());
+    dB_out->ensure(f.lora_B->shape());
+    float* dA = dA_out->data();
     for (std::int64_t j = 0; j < r; ++j)
       for (std::int64_t k = 0; k < K_; ++k) {
         double acc = lin_[static_cast<std::size_t>(j * K_ + k)];
         for (std::int64_t l = 0; l < r; ++l) acc += R_(j, l) * double(u_[static_cast<std::size_t>(l * W_ + k)]);
         dA[j * K_ + k] = static_cast<float>(scale2 * acc);
       }
-    grads->lora_B.matrix(O_, r) = dB_.cast<float>();
-    a.complete_gradients(dgamma_, *grads);
+    dB_out->matrix(O_, r) = dB_.cast<float>();
+    if (dgamma) *dgamma = dgamma_;
     return loss;
   }
 
@@ -266,6 +291,7 @@ class feature_statistics {
   }
 
  private:
+  base_geometry geo_;
   std::int64_t K_, O_, W_;
   double count_ = 0;
   std::vector<float> s_;   ///< [K, W]: X^T [X | Z0 | Q]

@@ -19,7 +19,9 @@ namespace rimc {
 
 /// One parameter an optimizer updates in place, with its gradient (same shape).
 struct param_slot {
+  /// The parameter, updated in place.
   Tensor* value;
+  /// Its gradient, same shape.
   const Tensor* grad;
 };
 
@@ -48,6 +50,7 @@ inline void check_slots(std::string_view who, std::span<const param_slot> slots,
 /// Stochastic gradient descent with optional momentum, dampening-free, and L2 weight decay.
 class sgd {
  public:
+  /// Step size `lr` > 0, momentum in [0, 1), L2 `weight_decay` >= 0; Nesterov needs momentum > 0.
   explicit sgd(double lr, double momentum = 0.0, double weight_decay = 0.0, bool nesterov = false)
       : lr_(lr), momentum_(momentum), weight_decay_(weight_decay), nesterov_(nesterov) {
     detail::check_rate("sgd", "lr", lr, 0.0, true);
@@ -56,7 +59,9 @@ class sgd {
     if (nesterov && momentum == 0.0) throw value_error("sgd: nesterov needs momentum > 0");
   }
 
+  /// The SGD step size.
   [[nodiscard]] double lr() const noexcept { return lr_; }
+  /// Changes the step size (> 0), e.g. for a schedule; value_error otherwise.
   void set_lr(double lr) {
     detail::check_rate("sgd", "lr", lr, 0.0, true);
     lr_ = lr;
@@ -101,6 +106,7 @@ class sgd {
 /// it is AdamW (Loshchilov & Hutter 2019), else weight decay is added to the gradient.
 class adam {
  public:
+  /// Step size `lr` > 0, betas in [0, 1), `eps` > 0, `weight_decay` >= 0 (decoupled: AdamW).
   explicit adam(double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,
                 double weight_decay = 0.0, bool decoupled_weight_decay = true)
       : lr_(lr), beta1_(beta1), beta2_(beta2), eps_(eps), weight_decay_(weight_decay),
@@ -112,11 +118,14 @@ class adam {
     detail::check_rate("adam", "weight_decay", weight_decay, 0.0, false);
   }
 
+  /// The Adam step size.
   [[nodiscard]] double lr() const noexcept { return lr_; }
+  /// Changes the step size (> 0), e.g. for a schedule; value_error otherwise.
   void set_lr(double lr) {
     detail::check_rate("adam", "lr", lr, 0.0, true);
     lr_ = lr;
   }
+  /// Updates taken since construction or the last reset, t in the bias corrections.
   [[nodiscard]] std::int64_t steps() const noexcept { return t_; }
 
   /// One Adam(W) update of every slot.

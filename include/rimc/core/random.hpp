@@ -41,9 +41,12 @@ namespace rimc {
 /// and the element index as `i`.
 class counter_rng {
  public:
+  /// The source keyed by `seed`, on stream `stream`.
   constexpr counter_rng(std::uint64_t seed, std::uint64_t stream = 0) noexcept : seed_(seed), stream_(stream) {}
 
+  /// The key.
   [[nodiscard]] constexpr std::uint64_t seed() const noexcept { return seed_; }
+  /// The stream id.
   [[nodiscard]] constexpr std::uint64_t stream() const noexcept { return stream_; }
 
   /// The same seed with another stream.

@@ -17,9 +17,11 @@ namespace rimc {
 /// Dimensions of a tensor: rank 0..4, outermost first (N, C, H, W for images).
 class Shape {
  public:
+  /// The largest rank a Shape holds.
   static constexpr int max_rank = 4;
 
   Shape() = default;
+  /// Dimensions `dims`, outermost first; shape_error past max_rank, on a negative dimension or int64 overflow.
   Shape(std::initializer_list<std::int64_t> dims) {
     if (dims.size() > max_rank) {
       throw shape_error(detail::concat("Shape: rank ", dims.size(), " exceeds the maximum rank ", max_rank));
@@ -28,6 +30,7 @@ class Shape {
     std::copy(dims.begin(), dims.end(), dims_.begin());
     validate();
   }
+  /// Dimensions from the range [first, last), checked as for the list constructor.
   template <class It>
   Shape(It first, It last) {
     const auto n = std::distance(first, last);
@@ -39,7 +42,9 @@ class Shape {
     validate();
   }
 
+  /// Number of dimensions, 0 to max_rank.
   [[nodiscard]] int rank() const noexcept { return rank_; }
+  /// Dimension i, unchecked.
   [[nodiscard]] std::int64_t operator[](int i) const noexcept { return dims_[static_cast<std::size_t>(i)]; }
   /// Dimension i with a range check.
   [[nodiscard]] std::int64_t at(int i) const {
@@ -48,8 +53,11 @@ class Shape {
     }
     return dims_[static_cast<std::size_t>(i)];
   }
+  /// The rank() dimensions as a range, outermost first.
+  ///@{
   [[nodiscard]] const std::int64_t* begin() const noexcept { return dims_.data(); }
   [[nodiscard]] const std::int64_t* end() const noexcept { return dims_.data() + rank_; }
+  ///@}
 
   /// Number of elements (1 for rank 0).
   [[nodiscard]] std::int64_t numel() const noexcept {
@@ -68,9 +76,11 @@ class Shape {
     return s + "]";
   }
 
+  /// Same rank and same dimensions.
   friend bool operator==(const Shape& a, const Shape& b) noexcept {
     return a.rank_ == b.rank_ && std::equal(a.begin(), a.end(), b.begin());
   }
+  /// Writes to_string().
   friend std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << s.to_string(); }
 
  private:

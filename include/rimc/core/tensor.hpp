@@ -18,6 +18,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <memory>
+#include <string>
 #include <new>
 #include <span>
 #include <string_view>
@@ -62,6 +63,7 @@ struct aligned_deleter {
 /// honours the layout; `data()` exposes the raw storage for kernels.
 class Tensor {
  public:
+  /// Element type (float32).
   using value_type = float;
 
   Tensor() = default;
@@ -80,6 +82,7 @@ class Tensor {
   }
 
   /// A tensor holding `values` in the order of `l`.
+  ///@{
   [[nodiscard]] static Tensor from(const Shape& shape, std::span<const float> values, layout l = layout::nchw) {
     if (static_cast<std::int64_t>(values.size()) != shape.numel()) {
       throw shape_error(detail::concat("Tensor::from: ", values.size(), " values given for shape ",
@@ -93,11 +96,14 @@ class Tensor {
                                    layout l = layout::nchw) {
     return from(shape, std::span<const float>(values.begin(), values.size()), l);
   }
+  ///@}
 
+  /// A deep copy: own storage, same shape and layout.
   Tensor(const Tensor& o) : shape_(o.shape_), layout_(o.layout_), capacity_(o.numel()) {
     data_ = detail::aligned_alloc_floats(capacity_);
     if (capacity_ > 0) std::memcpy(data_.get(), o.data_.get(), bytes());
   }
+  /// Deep copy, reusing this tensor's allocation when it is large enough.
   Tensor& operator=(const Tensor& o) {
     if (this == &o) return *this;
     if (!o.data_) {  // a default-constructed (empty) tensor
@@ -108,11 +114,13 @@ class Tensor {
     if (numel() > 0) std::memcpy(data_.get(), o.data_.get(), bytes());
     return *this;
   }
+  /// Takes `o`'s storage; `o` is left empty.
   Tensor(Tensor&& o) noexcept
       : data_(std::move(o.data_)), shape_(o.shape_), layout_(o.layout_), capacity_(o.capacity_) {
     o.shape_ = Shape{};
     o.capacity_ = 0;
   }
+  /// Takes `o`'s storage; `o` is left empty.
   Tensor& operator=(Tensor&& o) noexcept {
     data_ = std::move(o.data_);
     shape_ = o.shape_;
@@ -124,37 +132,56 @@ class Tensor {
   }
   ~Tensor() = default;
 
+  /// The logical dimensions (N, C, H, W at rank 4), whatever the layout.
   [[nodiscard]] const Shape& shape() const noexcept { return shape_; }
+  /// Number of dimensions, 0 to 4.
   [[nodiscard]] int rank() const noexcept { return shape_.rank(); }
+  /// Logical dimension i with a range check (shape_error).
   [[nodiscard]] std::int64_t dim(int i) const { return shape_.at(i); }
+  /// Storage order (`nhwc` only at rank 4).
   [[nodiscard]] layout memory_layout() const noexcept { return layout_; }
+  /// Number of elements (0 for a default-constructed tensor).
   [[nodiscard]] std::int64_t numel() const noexcept { return shape_.rank() == 0 && !data_ ? 0 : shape_.numel(); }
+  /// True when it holds no elements.
   [[nodiscard]] bool empty() const noexcept { return numel() == 0; }
+  /// Size of the elements, bytes.
   [[nodiscard]] std::size_t bytes() const noexcept { return static_cast<std::size_t>(numel()) * sizeof(float); }
 
+  /// The raw storage in memory_layout() order (null when there are no elements).
+  ///@{
   [[nodiscard]] float* data() noexcept { return data_.get(); }
   [[nodiscard]] const float* data() const noexcept { return data_.get(); }
+  ///@}
+  /// The elements as a span, in storage order.
+  ///@{
   [[nodiscard]] std::span<float> values() noexcept { return {data_.get(), static_cast<std::size_t>(numel())}; }
   [[nodiscard]] std::span<const float> values() const noexcept {
     return {data_.get(), static_cast<std::size_t>(numel())};
   }
+  ///@}
 
   /// Storage offset of logical element (n, c, h, w) of a rank-4 tensor.
   [[nodiscard]] std::int64_t offset(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w) const noexcept {
     const auto C = shape_[1], H = shape_[2], W = shape_[3];
     return layout_ == layout::nchw ? ((n * C + c) * H + h) * W + w : ((n * H + h) * W + w) * C + c;
   }
+  /// Logical element (n, c, h, w) of a rank-4 tensor, unchecked.
+  ///@{
   [[nodiscard]] float& at(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w) noexcept {
     return data_[static_cast<std::size_t>(offset(n, c, h, w))];
   }
   [[nodiscard]] float at(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w) const noexcept {
     return data_[static_cast<std::size_t>(offset(n, c, h, w))];
   }
+  ///@}
   /// Element i in storage order.
+  ///@{
   [[nodiscard]] float& operator[](std::int64_t i) noexcept { return data_[static_cast<std::size_t>(i)]; }
   [[nodiscard]] float operator[](std::int64_t i) const noexcept { return data_[static_cast<std::size_t>(i)]; }
+  ///@}
 
   /// Row-major [rows, cols] view of the storage (rows * cols must equal numel()).
+  ///@{
   [[nodiscard]] Eigen::Map<RowMatrixXf, Eigen::Aligned64> matrix(std::int64_t rows, std::int64_t cols) {
     check_matrix(rows, cols);
     return {data_.get(), static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols)};
@@ -163,20 +190,27 @@ class Tensor {
     check_matrix(rows, cols);
     return {data_.get(), static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols)};
   }
+  ///@}
   /// The natural matrix view of a rank-2 tensor.
+  ///@{
   [[nodiscard]] Eigen::Map<RowMatrixXf, Eigen::Aligned64> matrix() { return matrix(mat_rows(), mat_cols()); }
   [[nodiscard]] Eigen::Map<const RowMatrixXf, Eigen::Aligned64> matrix() const {
     return matrix(mat_rows(), mat_cols());
   }
+  ///@}
   /// The storage as one column vector.
+  ///@{
   [[nodiscard]] Eigen::Map<Eigen::VectorXf, Eigen::Aligned64> vector() {
     return {data_.get(), static_cast<Eigen::Index>(numel())};
   }
   [[nodiscard]] Eigen::Map<const Eigen::VectorXf, Eigen::Aligned64> vector() const {
     return {data_.get(), static_cast<Eigen::Index>(numel())};
   }
+  ///@}
 
+  /// Sets every element to v.
   void fill(float v) noexcept { std::fill_n(data_.get(), numel(), v); }
+  /// Sets every element to 0.
   void zero() noexcept {
     if (numel() > 0) std::memset(data_.get(), 0, bytes());
   }
@@ -280,5 +314,8 @@ inline void check_finite(std::string_view what, const Tensor& t) {
     }
   }
 }
+
+/// Tensors with names, in order: e.g. an adapter's parameters as its file keys.
+using named_tensors = std::vector<std::pair<std::string, Tensor>>;
 
 }  // namespace rimc

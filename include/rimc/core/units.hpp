@@ -15,8 +15,11 @@ namespace rimc {
 struct seconds {
   double value = 0;  ///< s
   constexpr seconds() = default;
+  /// `s` seconds.
   constexpr explicit seconds(double s) noexcept : value(s) {}
+  /// Ordered by value.
   friend constexpr auto operator<=>(const seconds&, const seconds&) = default;
+  /// Writes "<value> s".
   friend std::ostream& operator<<(std::ostream& os, seconds s) { return os << s.value << " s"; }
 };
 
@@ -24,14 +27,18 @@ struct seconds {
 struct drift_level {
   double value = 0;  ///< dimensionless
   constexpr drift_level() = default;
+  /// Level `v` (dimensionless).
   constexpr explicit drift_level(double v) noexcept : value(v) {}
+  /// Ordered by value.
   friend constexpr auto operator<=>(const drift_level&, const drift_level&) = default;
+  /// Writes "level <value>".
   friend std::ostream& operator<<(std::ostream& os, drift_level l) { return os << "level " << l.value; }
 };
 
 namespace literals {
 /// 3600_s: a time in seconds.
 constexpr seconds operator""_s(long double s) noexcept { return seconds{static_cast<double>(s)}; }
+/// 3600_s with an integer literal: a time in seconds.
 constexpr seconds operator""_s(unsigned long long s) noexcept { return seconds{static_cast<double>(s)}; }
 }  // namespace literals
 

@@ -25,7 +25,7 @@
 ///   its optimizer state to SRAM once per step and reads them once per step;
 ///   its digital compute per step (calibration_compute::direct) is 3 x the
 ///   forward MACs of A x and B u (forward, and the two backward products),
-///   3 (r K + O r) positions N; with the Gram-statistics form of PAPER.md
+///   3 (r K + O r) positions N; with the Gram-statistics form of docs/formulas.md (sec. 3)
 ///   (calibration_compute::gram) it is K^2 positions N + 2 K O positions N
 ///   once per layer (X^T X, X^T Z0, X^T T) plus 3 (r K^2 + O r K + O K) per
 ///   step, independent of N and positions; `cheaper` takes the smaller per layer;
@@ -50,7 +50,7 @@ namespace rimc {
 /// How the DoRA calibration's digital compute is counted (see the file comment).
 enum class calibration_compute : std::uint8_t {
   direct,   ///< forward and backward of the adapter on every row, every step (rimc's calibrate_feature_kd)
-  gram,     ///< per-layer statistics once, then O(r K^2) per step (PAPER.md's exact reformulation)
+  gram,     ///< per-layer statistics once, then O(r K^2) per step (the exact reformulation of docs/formulas.md, sec. 3)
   cheaper,  ///< per layer, whichever of the two needs fewer MACs
 };
 
@@ -346,29 +346,6 @@ inline void check_rank(const std::vector<layer_geometry>& layers, std::int64_t r
   rep.rram_cells = detail::cells_of(crossbar_layers, dev, m);
   for (const auto& g : adapted) rep.adapter_parameters += adapter_parameters(g, w.rank);
   return rep;
-}
-
-/// Every strategy for `net` with every conv2d/linear layer adapted.
-[[nodiscard]] inline calibration_cost_report compare_calibration_costs(const network& net, const device_config& dev,
-                                                                       const cost_model& m,
-                                                                       const calibration_workload& w) {
-  const auto layers = layer_geometries(net);
-  return compare_calibration_costs(layers, layers, dev, m, w);
-}
-
-/// Every strategy for a calibration that ran on `net` (`cfg`, `result`) with `samples` images:
-/// the adapted layers are those in `result`, rank and steps come from `cfg`.
-[[nodiscard]] inline calibration_cost_report compare_calibration_costs(const network& net,
-                                                                       const calibration_result& result,
-                                                                       const calibration_config& cfg,
-                                                                       std::int64_t samples, const device_config& dev,
-                                                                       const cost_model& m,
-                                                                       calibration_workload w = {}) {
-  const auto layers = layer_geometries(net);
-  w.rank = cfg.rank;
-  w.steps_per_layer = cfg.steps;
-  w.samples = samples;
-  return compare_calibration_costs(layers, calibrated_layers(layers, result, cfg.rank), dev, m, w);
 }
 
 }  // namespace rimc

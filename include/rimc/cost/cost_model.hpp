@@ -20,8 +20,8 @@ namespace rimc {
 ///
 /// Default (formula): a cell is reset, then climbs to its target level with
 /// incremental-step pulses, each followed by a verify read, one pulse per
-/// level climbed (ISPP-style write-verify; PAPER.md: "multi-level
-/// programming needs write-verify loops (many pulses per cell)"). With the
+/// level climbed (ISPP-style write-verify; docs/formulas.md, sec. 7: multi-level
+/// programming needs write-verify loops, many pulses per cell). With the
 /// target uniform over L = 2^bits levels the mean is
 ///
 ///     mean_pulses(L) = base_pulses + pulses_per_level * (L - 1) / 2,
@@ -80,18 +80,18 @@ struct write_verify_model {
 /// and the digital unit (defaults: public figures, source beside each).
 struct cost_model {
   // --- RRAM ---------------------------------------------------------------
-  /// Energy of one write pulse on one cell, pJ. ITRS 2011 (PAPER.md): about
+  /// Energy of one write pulse on one cell, pJ. ITRS 2011 (docs/formulas.md, sec. 7): about
   /// 0.1-3 pJ per pulse-bit; 1 pJ is the middle of that range.
   double rram_write_energy_pj_per_pulse = 1.0;
-  /// Duration of one write pulse, ns. NeuroSim V2.1 default write pulse: 50 ns (PAPER.md).
+  /// Duration of one write pulse, ns. NeuroSim V2.1 default write pulse: 50 ns (docs/formulas.md, sec. 7).
   double rram_write_latency_ns_per_pulse = 50.0;
   /// Energy of reading one cell once (an MVM read or a verify read), pJ.
-  /// NeuroSim V2.1 read (PAPER.md): 0.5 V for 10 ns on Ron = 240 kOhm,
+  /// NeuroSim V2.1 read (docs/formulas.md, sec. 7): 0.5 V for 10 ns on Ron = 240 kOhm,
   /// V^2 / Ron * t = 0.25 / 240e3 * 10e-9 J = 0.0104 pJ (on-state, the worst case).
   double rram_read_energy_pj_per_cell = 0.0104;
-  /// Duration of one (verify) read, ns. NeuroSim V2.1 read pulse: 10 ns (PAPER.md).
+  /// Duration of one (verify) read, ns. NeuroSim V2.1 read pulse: 10 ns (docs/formulas.md, sec. 7).
   double rram_read_latency_ns = 10.0;
-  /// Write cycles a cell survives, cycles. PAPER.md: about 1e6-1e12; the
+  /// Write cycles a cell survives, cycles. Published ranges: about 1e6-1e12; the
   /// conservative end, typical of multi-level HfOx cells.
   double rram_endurance_cycles = 1e6;
   /// True: each write pulse uses one endurance cycle (each pulse switches the
@@ -112,29 +112,29 @@ struct cost_model {
 
   // --- Periphery ----------------------------------------------------------
   /// Energy of one ADC conversion (one bit line, one slice, one MVM), pJ.
-  /// Not in PAPER.md: ISAAC (Shafiee et al., ISCA 2016) lists 8 ADCs of
+  /// ISAAC (Shafiee et al., ISCA 2016) lists 8 ADCs of
   /// 8 bits at 1.28 GS/s in 16 mW, i.e. about 1.6 pJ per conversion; rounded to 2.
   double adc_energy_pj_per_conversion = 2.0;
-  /// Energy of one DAC conversion (one word line, one MVM), pJ. Not in
-  /// PAPER.md: ISAAC's 1-bit DACs (8 x 128 in 4 mW at 1.28 GHz) are about
+  /// Energy of one DAC conversion (one word line, one MVM), pJ.
+  /// ISAAC's 1-bit DACs (8 x 128 in 4 mW at 1.28 GHz) are about
   /// 4 fJ per bit; 0.03 pJ covers an 8-bit input streamed bit-serially.
   double dac_energy_pj_per_conversion = 0.03;
 
   // --- SRAM ---------------------------------------------------------------
-  /// Energy to write one SRAM bit, pJ. PAPER.md: about 0.5 fJ/bit.
+  /// Energy to write one SRAM bit, pJ. About 0.5 fJ/bit (docs/formulas.md, sec. 7).
   double sram_write_energy_pj_per_bit = 5e-4;
-  /// Energy to read one SRAM bit, pJ. PAPER.md gives one figure for SRAM; a
-  /// read is taken to cost as much as a write (0.5 fJ/bit).
+  /// Energy to read one SRAM bit, pJ. The public figure is one for SRAM
+  /// access; a read is taken to cost as much as a write (0.5 fJ/bit).
   double sram_read_energy_pj_per_bit = 5e-4;
-  /// Latency of one SRAM access of `sram_word_bits` bits, ns. PAPER.md: sub-ns; rounded up to 1 ns.
+  /// Latency of one SRAM access of `sram_word_bits` bits, ns. Sub-ns in the public figures; rounded up to 1 ns.
   double sram_latency_ns = 1.0;
   /// Bits per SRAM access, bits. Assumption: a 64-bit word.
   double sram_word_bits = 64.0;
-  /// Write cycles an SRAM bit survives, cycles. PAPER.md: about 1e16.
+  /// Write cycles an SRAM bit survives, cycles. About 1e16 (docs/formulas.md, sec. 7).
   double sram_endurance_cycles = 1e16;
 
   // --- Digital unit -------------------------------------------------------
-  /// Energy of one fp32 multiply-accumulate, pJ. Not in PAPER.md: Horowitz,
+  /// Energy of one fp32 multiply-accumulate, pJ. Horowitz,
   /// "Computing's energy problem", ISSCC 2014 (45 nm): fp32 mult 3.7 + add 0.9 pJ.
   double mac_energy_pj_fp32 = 4.6;
   /// Energy of one fp16 MAC, pJ. Horowitz ISSCC 2014: fp16 mult 1.1 + add 0.4 pJ.

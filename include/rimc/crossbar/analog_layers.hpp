@@ -69,8 +69,8 @@ class analog_core {
   }
 
   template <drift_model M>
-  void drift_to(const M& model, double t_or_level, std::uint64_t seed) {
-    array_.drift_to(model, t_or_level, mix_seed(seed, opt_.layer_id));
+  void drift_to(const M& model, typename M::argument_type when, std::uint64_t seed) {
+    array_.drift_to(model, when, mix_seed(seed, opt_.layer_id));
   }
   void reset_drift() { array_.reset_drift(); }
   void reprogram(const Tensor& w_ok, std::uint64_t seed) {
@@ -148,16 +148,19 @@ class analog_core {
 enum class tile_kernel : std::uint8_t {
   automatic,  ///< `conv` where it is exact, else `gemm`
   gemm,       ///< im2col rows times each tile's matrix (rimc::matmul, in cache-sized row chunks); any periphery
-  conv,       ///< one oneDNN convolution per tile and slice over the tile's input channels; needs
-              ///< differential mapping, no DAC or a fixed-range DAC (element-wise), and no read noise
+  conv,       ///< one oneDNN convolution per tile and slice over the tile's input channels; needs a
+              ///< mapping without digital offset (differential), no DAC or a fixed-range DAC
+              ///< (element-wise), and no read noise
 };
 
 /// A linear layer y = x W^T + b whose W [O, K] is programmed onto RRAM crossbars.
 template <crossbar_tile Tile = CrossbarTile<>>
 class basic_analog_linear {
  public:
+  /// The crossbar tile type the weights are programmed onto.
   using tile_type = Tile;
 
+  /// Programs `weights` [O, K] as `options` says; optional digital `bias` [O], then ReLU when `relu`.
   basic_analog_linear(const Tensor& weights, std::optional<Tensor> bias = std::nullopt, analog_options options = {},
                       bool relu = false)
       : core_("analog_linear", checked_weights(weights), options),
@@ -166,19 +169,26 @@ class basic_analog_linear {
         relu_(relu),
         digital_(core_.effective_ok(), bias_, relu) {}
 
+  /// Input width K (crossbar rows).
   [[nodiscard]] std::int64_t in_features() const noexcept { return core_.array().rows(); }
+  /// Output width O (crossbar columns).
   [[nodiscard]] std::int64_t out_features() const noexcept { return core_.array().cols(); }
   /// The weights [O, K] the layer applies now (array readback times column gain), bias excluded.
   [[nodiscard]] const Tensor& effective_weights() const noexcept { return digital_.weights(); }
   /// The digital bias [O], if any.
   [[nodiscard]] const std::optional<Tensor>& bias() const noexcept { return bias_; }
+  /// Whether ReLU follows the bias.
   [[nodiscard]] bool fused_relu() const noexcept { return relu_; }
+  /// The programmed crossbars, [K, O].
   [[nodiscard]] const TiledArray<Tile>& array() const noexcept { return core_.array(); }
+  /// DAC, ADC and noise settings of the array.
   [[nodiscard]] const periphery_config& periphery() const noexcept { return core_.array().periphery(); }
   /// True when forward runs tile by tile (the periphery is not ideal).
   [[nodiscard]] bool uses_tile_path() const noexcept { return !periphery().is_ideal(); }
   /// RRAM cell programming events since construction.
   [[nodiscard]] std::uint64_t rram_writes() const noexcept { return core_.array().rram_writes(); }
+  /// Changes whenever effective_weights() does (drift, reprogramming, column gain).
+  [[nodiscard]] std::uint64_t weights_version() const noexcept { return version_; }
   /// Digital per-output gain applied after the array (1 by default).
   [[nodiscard]] const std::vector<float>& column_gain() const noexcept { return core_.gain(); }
 
@@ -206,6 +216,7 @@ class basic_analog_linear {
         N, [=](std::int64_t r0, std::int64_t r1, float* d) { std::copy(x + r0 * K, x + r1 * K, d); }, dst.data(),
         bias_, relu_);
   }
+  /// \overload
   [[nodiscard]] Tensor forward(const Tensor& src) const {
     Tensor dst;
     forward(src, dst);
@@ -214,12 +225,13 @@ class basic_analog_linear {
 
   /// diff_src [N, K] = diff_dst [N, O] times the effective weights (no ReLU).
   void backward_data(const Tensor& diff_dst, Tensor& diff_src) const { digital_.backward_data(diff_dst, diff_src); }
+  /// \overload
   [[nodiscard]] Tensor backward_data(const Tensor& diff_dst) const { return digital_.backward_data(diff_dst); }
 
-  /// Sets the array to `model` at time / level t_or_level (re-derived from the programmed state).
+  /// Sets the array to `model` at time / level `when` (re-derived from the programmed state).
   template <drift_model M>
-  void drift_to(const M& model, double t_or_level, std::uint64_t seed) {
-    core_.drift_to(model, t_or_level, seed);
+  void drift_to(const M& model, typename M::argument_type when, std::uint64_t seed) {
+    core_.drift_to(model, when, seed);
     refresh();
   }
   /// Returns the array to its programmed state.
@@ -270,12 +282,16 @@ class basic_analog_linear {
     converted = src.to_layout(layout::nchw);
     return converted->data();
   }
-  void refresh() { digital_.set_weights(core_.effective_ok()); }
+  void refresh() {
+    digital_.set_weights(core_.effective_ok());
+    ++version_;
+  }
 
   detail::analog_core<Tile> core_;
   std::optional<Tensor> bias_;
   bool relu_;
   linear digital_;
+  std::uint64_t version_ = 0;
 };
 
 /// A 2-D convolution whose weights [O, C, kh, kw] (flattened to K = C kh kw
@@ -283,8 +299,10 @@ class basic_analog_linear {
 template <crossbar_tile Tile = CrossbarTile<>>
 class basic_analog_conv2d {
  public:
+  /// The crossbar tile type the weights are programmed onto.
   using tile_type = Tile;
 
+  /// Programs `weights` [O, C, kh, kw] as `options` says; optional digital `bias` [O], geometry `params`.
   basic_analog_conv2d(const Tensor& weights, std::optional<Tensor> bias = std::nullopt, conv2d_params params = {},
                       analog_options options = {})
       : core_("analog_conv2d", checked_weights(weights, params), options, weights.dim(2) * weights.dim(3)),
@@ -292,7 +310,7 @@ class basic_analog_conv2d {
                    : std::nullopt),
         wshape_(weights.shape()),
         digital_(effective(), bias_, params) {
-    if constexpr (Tile::devices == 2) {
+    if (!core_.array().grid().has_digital_offset()) {
       conv2d_params tp = params;
       tp.relu = false;
       const auto& a = core_.array();
@@ -305,13 +323,18 @@ class basic_analog_conv2d {
   [[nodiscard]] const Tensor& effective_weights() const noexcept { return digital_.weights(); }
   /// The digital bias [O], if any.
   [[nodiscard]] const std::optional<Tensor>& bias() const noexcept { return bias_; }
+  /// Stride, padding, dilation and fused ReLU (groups 1).
   [[nodiscard]] const conv2d_params& params() const noexcept { return digital_.params(); }
+  /// The programmed crossbars, [C kh kw, O].
   [[nodiscard]] const TiledArray<Tile>& array() const noexcept { return core_.array(); }
+  /// DAC, ADC and noise settings of the array.
   [[nodiscard]] const periphery_config& periphery() const noexcept { return core_.array().periphery(); }
   /// True when forward runs tile by tile (the periphery is not ideal).
   [[nodiscard]] bool uses_tile_path() const noexcept { return !periphery().is_ideal(); }
   /// RRAM cell programming events since construction.
   [[nodiscard]] std::uint64_t rram_writes() const noexcept { return core_.array().rram_writes(); }
+  /// Changes whenever effective_weights() does (drift, reprogramming, column gain).
+  [[nodiscard]] std::uint64_t weights_version() const noexcept { return version_; }
   /// Digital per-output-channel gain applied after the array (1 by default).
   [[nodiscard]] const std::vector<float>& column_gain() const noexcept { return core_.gain(); }
   /// Destination shape for a source of shape `src`.
@@ -330,7 +353,8 @@ class basic_analog_conv2d {
     const Shape out = output_shape(src.shape());
     if (kernel == tile_kernel::conv && !conv_kernel_exact()) {
       throw value_error(
-          "analog_conv2d: tile_kernel::conv needs differential mapping, no DAC or a fixed-range DAC, and no read noise");
+          "analog_conv2d: tile_kernel::conv needs a mapping without digital offset, no DAC or a fixed-range DAC, and no "
+          "read noise");
     }
     if (&src == &dst) {
       Tensor y;
@@ -349,8 +373,10 @@ class basic_analog_conv2d {
   /// True when the per-tile convolution kernel computes the tile-exact result (see tile_kernel::conv).
   [[nodiscard]] bool conv_kernel_exact() const noexcept {
     const auto& p = periphery();
-    return Tile::devices == 2 && (!p.dac || p.dac->scaling == dac_scaling::fixed) && p.read.is_none();
+    return !core_.array().grid().has_digital_offset() && (!p.dac || p.dac->scaling == dac_scaling::fixed) &&
+           p.read.is_none();
   }
+  /// \overload
   [[nodiscard]] Tensor forward(const Tensor& src) const {
     Tensor dst;
     forward(src, dst);
@@ -361,14 +387,15 @@ class basic_analog_conv2d {
   void backward_data(const Tensor& diff_dst, const Shape& src_shape, Tensor& diff_src) const {
     digital_.backward_data(diff_dst, src_shape, diff_src);
   }
+  /// \overload
   [[nodiscard]] Tensor backward_data(const Tensor& diff_dst, const Shape& src_shape) const {
     return digital_.backward_data(diff_dst, src_shape);
   }
 
-  /// Sets the array to `model` at time / level t_or_level (re-derived from the programmed state).
+  /// Sets the array to `model` at time / level `when` (re-derived from the programmed state).
   template <drift_model M>
-  void drift_to(const M& model, double t_or_level, std::uint64_t seed) {
-    core_.drift_to(model, t_or_level, seed);
+  void drift_to(const M& model, typename M::argument_type when, std::uint64_t seed) {
+    core_.drift_to(model, when, seed);
     refresh();
   }
   /// Returns the array to its programmed state.
@@ -422,6 +449,7 @@ class basic_analog_conv2d {
   }
   void refresh() {
     digital_.set_weights(effective());
+    ++version_;
     const auto& a = core_.array();
     const auto S = static_cast<std::size_t>(a.grid().slices);
     for (std::size_t i = 0; i < tile_convs_.size(); ++i)
@@ -513,7 +541,8 @@ class basic_analog_conv2d {
   std::optional<Tensor> bias_;
   Shape wshape_;
   conv2d digital_;
-  std::vector<conv2d> tile_convs_;  ///< per (tile, slice): the tile as a convolution (differential mapping only)
+  std::vector<conv2d> tile_convs_;  ///< per (tile, slice): the tile as a convolution (mappings without digital offset)
+  std::uint64_t version_ = 0;
 };
 
 /// Analog linear layer on 256 x 256 float tiles, differential mapping, nearest-level programming.

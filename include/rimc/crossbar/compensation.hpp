@@ -28,8 +28,10 @@ enum class compensation_kind : std::uint8_t {
 /// and `set_column_gain(span)`: rimc's analog_conv2d and analog_linear.
 class drift_compensation {
  public:
+  /// A compensation of kind `kind`, with no reference yet.
   explicit drift_compensation(compensation_kind kind = compensation_kind::global) : kind_(kind) {}
 
+  /// One global gain or one per column.
   [[nodiscard]] compensation_kind kind() const noexcept { return kind_; }
   /// True once a reference read has been recorded.
   [[nodiscard]] bool has_reference() const noexcept { return !reference_.empty(); }

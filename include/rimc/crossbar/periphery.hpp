@@ -34,6 +34,7 @@ struct dac_config {
   dac_scaling scaling = dac_scaling::per_vector_absmax;  ///< scaling mode
   double range = 1.0;                                   ///< input full scale for `fixed` scaling (input units)
 
+  /// Throws value_error unless bits is in 2..16 and range > 0 and finite.
   void validate() const {
     detail::check_int_range("dac_config", "bits", bits, 2, 16);
     detail::check_finite_value("dac_config", "range", range);
@@ -56,6 +57,7 @@ struct adc_config {
   double range = 0.0;                                ///< full scale for `fixed` mode (normalised current)
   double percentile = 99.99;                         ///< for `percentile` mode, in (0, 100]
 
+  /// Throws value_error unless bits is in 2..16 and the fixed range or the percentile is valid.
   void validate() const {
     detail::check_int_range("adc_config", "bits", bits, 2, 16);
     if (mode == adc_range_mode::fixed) {
@@ -93,6 +95,7 @@ struct periphery_config {
   /// True when the array computes exactly with its effective weights.
   [[nodiscard]] bool is_ideal() const noexcept { return !dac && !adc && output_noise == 0.0 && read.is_none(); }
 
+  /// Throws value_error for an invalid DAC, ADC, output noise or read noise.
   void validate() const {
     if (dac) dac->validate();
     if (adc) adc->validate();

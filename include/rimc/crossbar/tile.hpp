@@ -2,7 +2,10 @@
 /// \file
 /// rimc::CrossbarTile: one fixed-size RRAM crossbar holding a block of a
 /// weight matrix as conductances (programmed and current, after drift), and
-/// the float matrices its columns compute with.
+/// the float matrices its columns compute with; and the crossbar_tile
+/// concept, which any tile type TiledArray can run satisfies (a user's own
+/// tile included). How weights split over the devices of a cell is the
+/// mapping policy's business (device/programming.hpp): the tile only calls it.
 
 #include <rimc/core/error.hpp>
 #include <rimc/core/tensor.hpp>
@@ -33,11 +36,15 @@ class CrossbarTile {
   static_assert(Rows >= 1 && Cols >= 1, "CrossbarTile: the geometry must be at least 1 x 1");
 
  public:
+  /// Storage type of the conductances (uS).
   using scalar_type = Scalar;
+  /// How weights split over the devices of a cell (device/programming.hpp).
   using mapping_type = Mapping;
+  /// How codes round to cell levels (device/programming.hpp).
   using quantiser_type = Quantiser;
   static constexpr std::int64_t max_rows = Rows;  ///< word lines (inputs)
   static constexpr std::int64_t max_cols = Cols;  ///< bit lines (outputs)
+  /// Cells per slice of a weight (the mapping's devices).
   static constexpr int devices = Mapping::devices;
 
   CrossbarTile() = default;
@@ -55,11 +62,17 @@ class CrossbarTile {
     current_ = programmed_;
   }
 
+  /// First matrix row (input) on this tile.
   [[nodiscard]] std::int64_t row0() const noexcept { return row0_; }
+  /// First matrix column (output) on this tile.
   [[nodiscard]] std::int64_t col0() const noexcept { return col0_; }
+  /// Rows (inputs) in use, 1..Rows.
   [[nodiscard]] std::int64_t rows() const noexcept { return rows_; }
+  /// Columns (outputs) in use, 1..Cols.
   [[nodiscard]] std::int64_t cols() const noexcept { return cols_; }
+  /// Cells per weight and device (digits of each code).
   [[nodiscard]] int slices() const noexcept { return grid_.slices; }
+  /// Conductance levels and code layout of every cell.
   [[nodiscard]] const level_grid& grid() const noexcept { return grid_; }
   /// Cells in use: rows * cols * slices * devices.
   [[nodiscard]] std::int64_t cells() const noexcept { return rows_ * cols_ * grid_.slices * devices; }
@@ -83,23 +96,21 @@ class CrossbarTile {
   /// returns the number of cells written. Drift is reset.
   std::uint64_t program(const float* w, const float* scales, const device_config& dev, std::uint64_t seed) {
     const auto S = grid_.slices;
+    const mapping_codes codes{grid_.q_max, grid_.q_off};
+    const auto quantise = [](double v) { return Quantiser::quantise(v); };
 #pragma omp parallel for schedule(static)
     for (std::int64_t r = 0; r < rows_; ++r) {
       std::array<double, 4> digits{};
+      std::array<double, devices> u{};
       const std::span<double> dg(digits.data(), static_cast<std::size_t>(S));
       for (std::int64_t c = 0; c < cols_; ++c) {
         const auto k = row0_ + r, o = col0_ + c;
         const double scale = scales[o];
         const double wv = w[k * matrix_cols_ + o];
-        const double q = scale > 0 ? Quantiser::quantise(std::clamp(wv / scale, -1.0, 1.0) * grid_.q_max) : 0.0;
+        const double x = scale > 0 ? std::clamp(wv / scale, -1.0, 1.0) : 0.0;
+        Mapping::split(x, codes, quantise, std::span<double, devices>(u));
         for (int d = 0; d < devices; ++d) {
-          double u = 0;
-          if constexpr (devices == 2) {
-            u = (d == 0) == (q > 0) ? std::abs(q) : 0.0;
-          } else {
-            u = q + grid_.q_off;
-          }
-          grid_.split(u, dg);
+          grid_.split(u[static_cast<std::size_t>(d)], dg);
           for (int s = 0; s < S; ++s) {
             programmed_[local(r, c, s, d)] = static_cast<Scalar>(
                 program_cell(grid_.conductance_us(digits[static_cast<std::size_t>(s)]), dev, seed,
@@ -112,10 +123,10 @@ class CrossbarTile {
     return static_cast<std::uint64_t>(cells());
   }
 
-  /// Sets every cell to model(programmed, t_or_level, seed, cell), clamped to the device range.
+  /// Sets every cell to model(programmed, when, seed, cell), clamped to the device range.
   template <drift_model M>
-  void drift_to(const M& model, double t_or_level, std::uint64_t seed) {
-    model.validate(t_or_level);
+  void drift_to(const M& model, typename M::argument_type when, std::uint64_t seed) {
+    model.validate(when);
     const double lo = grid_.g_min_us, hi = grid_.g_min_us + grid_.range_us;
     const auto S = grid_.slices;
 #pragma omp parallel for schedule(static)
@@ -125,7 +136,7 @@ class CrossbarTile {
           for (int d = 0; d < devices; ++d) {
             const auto i = local(r, c, s, d);
             current_[i] = static_cast<Scalar>(
-                std::clamp(model(static_cast<double>(programmed_[i]), t_or_level, seed, global_cell(r, c, s, d)),
+                std::clamp(model(static_cast<double>(programmed_[i]), when, seed, global_cell(r, c, s, d)),
                            lo, hi));
           }
     rebuild();
@@ -146,24 +157,26 @@ class CrossbarTile {
       for (std::int64_t c = 0; c < cols_; ++c) {
         double code = 0;
         for (int s = 0; s < S; ++s) {
-          double v = grid_.digit(current_[local(r, c, s, 0)]);
-          if constexpr (devices == 2) v -= grid_.digit(current_[local(r, c, s, 1)]);
+          double v = Mapping::coefficients[0] * grid_.digit(current_[local(r, c, s, 0)]);
+          for (int d = 1; d < devices; ++d)
+            v += Mapping::coefficients[static_cast<std::size_t>(d)] * grid_.digit(current_[local(r, c, s, d)]);
           code += grid_.place(s) * v;
         }
-        if constexpr (devices == 1) code -= grid_.q_off;
+        if (grid_.q_off != 0) code -= grid_.q_off;
         const auto o = col0_ + c;
         out[(row0_ + r) * matrix_cols_ + o] = static_cast<float>(scales[o] * code / grid_.q_max);
       }
   }
 
-  /// The [rows x cols] matrix slice `s` computes with: (G+ - G-) / range
-  /// (differential) or G / range (offset), from the current conductances.
+  /// The [rows x cols] matrix slice `s` computes with: sum_d coefficient_d G_d /
+  /// range ((G+ - G-) / range for a differential pair, G / range for offset),
+  /// from the current conductances.
   [[nodiscard]] const Tensor& analog_matrix(int s) const noexcept {
     return analog_[static_cast<std::size_t>(s)];
   }
 
   /// The [rows x cols] per-read variance of slice s's column currents per
-  /// unit input squared: sum over devices of (sigma(G) / range)^2.
+  /// unit input squared: sum over devices of (coefficient sigma(G) / range)^2.
   [[nodiscard]] Tensor read_variance(const read_noise& noise, int s) const {
     Tensor v(Shape{rows_, cols_});
     const double inv = 1.0 / grid_.range_us;
@@ -172,7 +185,8 @@ class CrossbarTile {
         double acc = 0;
         for (int d = 0; d < devices; ++d) {
           const double sg = noise.sigma_us(current_[local(r, c, s, d)]) * inv;
-          acc += sg * sg;
+          const double k = Mapping::coefficients[static_cast<std::size_t>(d)];
+          acc += (k * k) * (sg * sg);
         }
         v[r * cols_ + c] = static_cast<float>(acc);
       }
@@ -192,8 +206,9 @@ class CrossbarTile {
       m.ensure(Shape{rows_, cols_});
       for (std::int64_t r = 0; r < rows_; ++r)
         for (std::int64_t c = 0; c < cols_; ++c) {
-          double g = current_[local(r, c, s, 0)];
-          if constexpr (devices == 2) g -= current_[local(r, c, s, 1)];
+          double g = Mapping::coefficients[0] * current_[local(r, c, s, 0)];
+          for (int d = 1; d < devices; ++d)
+            g += Mapping::coefficients[static_cast<std::size_t>(d)] * current_[local(r, c, s, d)];
           m[r * cols_ + c] = static_cast<float>(g * inv);
         }
     }
@@ -204,5 +219,35 @@ class CrossbarTile {
   std::vector<Scalar> programmed_, current_;
   std::vector<Tensor> analog_;
 };
+
+/// What TiledArray needs of a tile type: its size and policies, construction
+/// at a block of the weight matrix, programming (counting cell writes), drift
+/// to any drift model's time or level and back, the weights it applies, the
+/// per-slice matrix its columns compute with and the per-read variance.
+/// CrossbarTile is one; a user type (e.g. one wrapping CrossbarTile to model
+/// faults) that provides these runs on every analog path.
+template <class T>
+concept crossbar_tile =
+    std::default_initializable<T> && std::movable<T> && mapping_policy<typename T::mapping_type> &&
+    quantiser_policy<typename T::quantiser_type> &&
+    requires(T& t, const T& ct, std::int64_t i, const level_grid& g, const float* w, float* out,
+             const device_config& dev, std::uint64_t seed, const read_noise& noise, int s) {
+      { T::max_rows } -> std::convertible_to<std::int64_t>;
+      { T::max_cols } -> std::convertible_to<std::int64_t>;
+      T(i, i, i, i, i, g);
+      { t.program(w, w, dev, seed) } -> std::same_as<std::uint64_t>;
+      t.drift_to(relative_drift{}, drift_level{0.1}, seed);
+      t.drift_to(log_time_drift{}, seconds{1.0}, seed);
+      t.reset_drift();
+      ct.read_weights(w, out);
+      { ct.analog_matrix(s) } -> std::convertible_to<const Tensor&>;
+      { ct.read_variance(noise, s) } -> std::convertible_to<Tensor>;
+      { ct.rows() } -> std::convertible_to<std::int64_t>;
+      { ct.cols() } -> std::convertible_to<std::int64_t>;
+      { ct.row0() } -> std::convertible_to<std::int64_t>;
+      { ct.col0() } -> std::convertible_to<std::int64_t>;
+    };
+
+static_assert(crossbar_tile<CrossbarTile<>>);
 
 }  // namespace rimc

@@ -28,17 +28,6 @@
 
 namespace rimc {
 
-namespace detail {
-template <class T>
-struct is_crossbar_tile : std::false_type {};
-template <class S, std::int64_t R, std::int64_t C, class M, class Q>
-struct is_crossbar_tile<CrossbarTile<S, R, C, M, Q>> : std::true_type {};
-}  // namespace detail
-
-/// A CrossbarTile instantiation.
-template <class T>
-concept crossbar_tile = detail::is_crossbar_tile<T>::value;
-
 /// A [K x O] weight matrix (rows = inputs, columns = outputs) programmed onto
 /// ceil(K / Rows) x ceil(O / Cols) tiles of type `Tile`.
 ///
@@ -49,6 +38,7 @@ concept crossbar_tile = detail::is_crossbar_tile<T>::value;
 template <crossbar_tile Tile = CrossbarTile<>>
 class TiledArray {
  public:
+  /// The tile type the matrix is split over.
   using tile_type = Tile;
 
   /// Programs `w` ([K, O]) onto tiles with device `dev`; `seed` draws the programming noise.
@@ -82,6 +72,8 @@ class TiledArray {
     reprogram(w, seed);
   }
 
+  /// Movable (tiles, scales and periphery state move over); not copyable.
+  ///@{
   TiledArray(TiledArray&& o) noexcept { *this = std::move(o); }
   TiledArray& operator=(TiledArray&& o) noexcept {
     dev_ = o.dev_;
@@ -100,18 +92,25 @@ class TiledArray {
     calls_.store(o.calls_.load());
     return *this;
   }
+  ///@}
 
   [[nodiscard]] std::int64_t rows() const noexcept { return K_; }  ///< K (inputs)
   [[nodiscard]] std::int64_t cols() const noexcept { return O_; }  ///< O (outputs)
+  /// Tiles down the matrix: ceil(K / rows per tile).
   [[nodiscard]] std::int64_t tile_grid_rows() const noexcept { return grid_rows_; }
+  /// Tiles across the matrix: ceil(O / Cols).
   [[nodiscard]] std::int64_t tile_grid_cols() const noexcept { return grid_cols_; }
   /// Consecutive rows kept on one tile (kh * kw for a convolution, else 1).
   [[nodiscard]] std::int64_t row_group() const noexcept { return row_group_; }
+  /// Tile (i, j) of the grid (std::out_of_range outside it).
   [[nodiscard]] const Tile& tile(std::int64_t i, std::int64_t j) const {
     return tiles_.at(static_cast<std::size_t>(i * grid_cols_ + j));
   }
+  /// All tiles, row-major over the grid.
   [[nodiscard]] const std::vector<Tile>& tiles() const noexcept { return tiles_; }
+  /// The device the array was programmed with.
   [[nodiscard]] const device_config& device() const noexcept { return dev_; }
+  /// Conductance levels and code layout of every cell.
   [[nodiscard]] const level_grid& grid() const noexcept { return grid_; }
   /// Weight scale of each column (max |w| of the column, or of the layer), weight units.
   [[nodiscard]] const std::vector<float>& scales() const noexcept { return scales_; }
@@ -135,11 +134,11 @@ class TiledArray {
     refresh_read_variance();
   }
 
-  /// Sets every cell to `model` at time / level `t_or_level` from its programmed state.
+  /// Sets every cell to `model` at time / level `when` from its programmed state.
   template <drift_model M>
-  void drift_to(const M& model, double t_or_level, std::uint64_t seed) {
-    model.validate(t_or_level);
-    for (auto& t : tiles_) t.drift_to(model, t_or_level, seed);
+  void drift_to(const M& model, typename M::argument_type when, std::uint64_t seed) {
+    model.validate(when);
+    for (auto& t : tiles_) t.drift_to(model, when, seed);
     refresh_read_variance();
   }
 
@@ -156,6 +155,7 @@ class TiledArray {
     return out;
   }
 
+  /// DAC, ADC and noise settings.
   [[nodiscard]] const periphery_config& periphery() const noexcept { return periphery_; }
 
   /// Replaces the periphery (no RRAM write). A fixed ADC range applies at
@@ -214,6 +214,7 @@ class TiledArray {
     check_input(x);
     mvm_rows(x.dim(0), row_copier(x), y, [](std::int64_t, std::int64_t, float*) {});
   }
+  /// \overload
   [[nodiscard]] Tensor mvm(const Tensor& x) const {
     Tensor y;
     mvm(x, y);
@@ -356,12 +357,14 @@ class TiledArray {
     call_plan p;
     p.factor.resize(static_cast<std::size_t>(O_));
     for (std::int64_t o = 0; o < O_; ++o) p.factor[static_cast<std::size_t>(o)] = static_cast<float>(column_factor(o));
-    // Offset mapping: sum_s radix^s (G_s - g_min) / range * lm1 - q_off is the code, so the
-    // digit-0 conductance and q_off come off digitally as offset_code * sum(x~).
-    if constexpr (Tile::devices == 1) {
+    // The code is sum_s radix^s sum_d c_d (G_sd - g_min) / range * lm1 - q_off: where the
+    // coefficients c_d do not cancel (offset mapping), the g_min part and q_off come off
+    // digitally as offset_code * sum(x~).
+    if (grid_.has_digital_offset()) {
       double places = 0;
       for (int s = 0; s < grid_.slices; ++s) places += grid_.place(s);
-      p.offset_code = static_cast<float>(places * grid_.g_min_us / grid_.range_us + grid_.q_off / grid_.lm1);
+      p.offset_code = static_cast<float>(grid_.coefficient_sum * places * grid_.g_min_us / grid_.range_us +
+                                         grid_.q_off / grid_.lm1);
     }
     p.seed = detail::mix_seed(periphery_.noise_seed, call);
     return p;
@@ -387,7 +390,7 @@ class TiledArray {
     const auto& P = periphery_;
     const bool calibrating = samples != nullptr;
     const bool reading = !calibrating && !P.read.is_none();
-    constexpr bool offset = Tile::devices == 1;
+    const bool offset = grid_.has_digital_offset();
 
     sc.in.ensure(Shape{M, K_});
     fill(r0, r1, sc.in.data());

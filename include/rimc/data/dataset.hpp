@@ -23,9 +23,12 @@ namespace rimc {
 
 /// Labelled images: images [N, C, H, W] (normalised floats), labels [N].
 struct dataset {
+  /// Images [N, C, H, W], normalised floats.
   Tensor images;
+  /// Class labels [N].
   std::vector<std::int32_t> labels;
 
+  /// Number of images N.
   [[nodiscard]] std::int64_t size() const noexcept { return static_cast<std::int64_t>(labels.size()); }
 
   /// Images [begin, begin + count) as a new tensor (count clipped at the end).
@@ -76,7 +79,9 @@ struct dataset {
 inline const std::filesystem::path fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
 
 /// Fashion-MNIST's training-set pixel mean and standard deviation (of x / 255).
+///@{
 inline constexpr float fashion_mnist_mean = 0.2860f, fashion_mnist_std = 0.3530f;
+///@}
 
 /// An MNIST-style dataset from its two IDX arrays (images [N, H, W], labels
 /// [N] in 0..9) as [N, 1, H, W] with x -> (x / 255 - mean) / std; `source`
@@ -100,23 +105,37 @@ inline constexpr float fashion_mnist_mean = 0.2860f, fashion_mnist_std = 0.3530f
   return d;
 }
 
+namespace detail {
+/// The file of an MNIST-style split ("train" or "test": train-*/t10k-*, gz or not) with `stem`.
+[[nodiscard]] inline std::filesystem::path mnist_like_file(const std::filesystem::path& dir, const std::string& split,
+                                                          const std::string& stem) {
+  if (split != "train" && split != "test") {
+    throw value_error(concat("load_mnist_like: split must be \"train\" or \"test\", got \"", split, "\""));
+  }
+  const std::string prefix = split == "train" ? "train" : "t10k";
+  for (const char* ext : {".gz", ""}) {
+    const auto p = dir / (prefix + stem + ext);
+    if (std::filesystem::exists(p)) return p;
+  }
+  throw io_error(concat(dir.string(), ": no ", prefix, stem, "[.gz]"));
+}
+}  // namespace detail
+
 /// Loads an MNIST-style split ("train" or "test": train-*/t10k-* files, gz or
 /// not) as [N, 1, H, W] with x -> (x / 255 - mean) / std.
 [[nodiscard]] inline dataset load_mnist_like(const std::filesystem::path& dir, const std::string& split,
                                              float mean = fashion_mnist_mean, float std_dev = fashion_mnist_std) {
-  if (split != "train" && split != "test") {
-    throw value_error(detail::concat("load_mnist_like: split must be \"train\" or \"test\", got \"", split, "\""));
-  }
-  const std::string prefix = split == "train" ? "train" : "t10k";
-  auto find = [&](const std::string& stem) {
-    for (const char* ext : {".gz", ""}) {
-      const auto p = dir / (prefix + stem + ext);
-      if (std::filesystem::exists(p)) return p;
-    }
-    throw io_error(detail::concat(dir.string(), ": no ", prefix, stem, "[.gz]"));
-  };
-  return mnist_like_dataset(read_idx(find("-images-idx3-ubyte")), read_idx(find("-labels-idx1-ubyte")), dir.string(),
-                            mean, std_dev);
+  return mnist_like_dataset(read_idx(detail::mnist_like_file(dir, split, "-images-idx3-ubyte")),
+                            read_idx(detail::mnist_like_file(dir, split, "-labels-idx1-ubyte")), dir.string(), mean,
+                            std_dev);
+}
+
+/// The number of images of an MNIST-style split, from its label file's header alone.
+[[nodiscard]] inline std::int64_t mnist_like_size(const std::filesystem::path& dir, const std::string& split) {
+  const auto path = detail::mnist_like_file(dir, split, "-labels-idx1-ubyte");
+  const auto dims = read_idx_dims(path);
+  if (dims.size() != 1) throw io_error(detail::concat(path.string(), ": labels must be rank 1, got rank ", dims.size()));
+  return dims[0];
 }
 
 /// CIFAR records as a dataset [N, 3, 32, 32] with per-channel normalisation.

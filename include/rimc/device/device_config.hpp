@@ -64,7 +64,7 @@ inline void check_int_range(std::string_view what, std::string_view field, int v
 /// target level plus N(0, sigma(G)^2) with sigma(G) = c0 + c1 G + c2 G^2 in
 /// uS (G in uS, the target conductance), clamped at 0. This one form covers
 /// none, constant sigma, sigma proportional to G, and the presets of
-/// PAPER.md (HfOx/CMO ReRAM affine fits, the PCM quadratic fit).
+/// docs/formulas.md, sec. 4 (HfOx/CMO ReRAM affine fits, the PCM quadratic fit).
 struct programming_noise {
   double c0_us = 0.0;  ///< constant term of sigma, uS
   double c1 = 0.0;     ///< linear term of sigma (per uS of G), dimensionless

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// Device and drift presets from public models (constants as in PAPER.md):
+/// Device and drift presets from public models (constants and sources in docs/formulas.md, sec. 4):
 /// the paper's relative drift, HfOx/CMO ReRAM (IBM), NeuRRAM (Wan et al.
 /// 2022) and a PCM-like power law (Nandakumar et al. 2019).
 
@@ -40,7 +40,7 @@ enum class cmo_acceptance : std::uint8_t {
 [[nodiscard]] inline log_time_drift cmo_reram_drift() { return {}; }
 
 /// CMO ReRAM read noise at t_s seconds after programming.
-[[nodiscard]] inline read_noise cmo_reram_read_noise(double t_s) { return read_noise::cmo_reram(t_s); }
+[[nodiscard]] inline read_noise cmo_reram_read_noise(seconds t) { return read_noise::cmo_reram(t); }
 
 /// NeuRRAM (Wan et al. 2022): g_max 40 uS; the write-verify spread is part
 /// of its measured relaxation table (use neurram_drift at t >= 1 s).

@@ -42,8 +42,11 @@ inline void write_all(int fd, const void* p, std::size_t n, const std::filesyste
 /// Receives the content of a file being written atomically; `write` may be called many times.
 class atomic_writer {
  public:
+  /// Writes to the open descriptor `fd` of temporary file `temp` (named in errors); does not own `fd`.
   explicit atomic_writer(int fd, std::filesystem::path temp) : fd_(fd), temp_(std::move(temp)) {}
+  /// Appends [data, data + bytes); io_error on failure.
   void write(const void* data, std::size_t bytes) { detail::write_all(fd_, data, bytes, temp_); }
+  /// \overload
   void write(std::string_view s) { write(s.data(), s.size()); }
 
  private:
@@ -59,6 +62,7 @@ class atomic_writer {
 /// together unless a rename itself fails.
 class staged_file {
  public:
+  /// Opens a temporary file beside `path`; io_error when it cannot be created.
   explicit staged_file(std::filesystem::path path) : path_(std::move(path)) {
     dir_ = path_.has_parent_path() ? path_.parent_path() : std::filesystem::path(".");
     std::string name = ".";  // appended piecewise: "." + string trips GCC 12's -Wrestrict false positive

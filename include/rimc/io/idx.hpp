@@ -21,7 +21,9 @@ namespace rimc {
 
 /// An IDX array of unsigned bytes: dims outermost first and the data.
 struct idx_array {
+  /// Dimensions, outermost first.
   std::vector<std::int64_t> dims;
+  /// The bytes, row-major (as many as the dims multiply to).
   std::vector<std::uint8_t> data;
 };
 
@@ -125,8 +127,36 @@ namespace detail {
   return parse_idx(detail::read_file_bytes(path), path.string());
 }
 
+/// The dimensions of an IDX file (raw or gzip-compressed) from its header
+/// alone: reads 4 + 4 rank bytes, however large the file (programs check a
+/// request against a dataset's size before loading it).
+[[nodiscard]] inline std::vector<std::int64_t> read_idx_dims(const std::filesystem::path& path) {
+  const std::string source = path.string();
+  gzFile f = gzopen(source.c_str(), "rb");
+  if (!f) throw io_error(detail::concat(source, ": cannot open"));
+  std::uint8_t head[4 + 16];
+  const int got = gzread(f, head, sizeof(head));
+  gzclose(f);
+  if (got < 4) throw io_error(detail::concat(source, ": ", got < 0 ? 0 : got, " bytes, too short for an IDX header"));
+  if (head[0] != 0 || head[1] != 0 || head[2] != 0x08) {
+    throw io_error(detail::concat(source, ": not an IDX file of unsigned bytes (header ", int(head[0]), ", ", int(head[1]),
+                                  ", ", int(head[2]), ")"));
+  }
+  const int ndim = head[3];
+  if (ndim < 1 || ndim > 4) throw io_error(detail::concat(source, ": IDX rank ", ndim, " out of range [1, 4]"));
+  if (got < 4 + 4 * ndim) throw io_error(detail::concat(source, ": too short for a rank-", ndim, " IDX header"));
+  std::vector<std::int64_t> dims;
+  for (int d = 0; d < ndim; ++d) {
+    const std::uint8_t* p = head + 4 + 4 * d;
+    dims.push_back(static_cast<std::int64_t>((std::uint64_t{p[0]} << 24) | (std::uint64_t{p[1]} << 16) |
+                                             (std::uint64_t{p[2]} << 8) | p[3]));
+  }
+  return dims;
+}
+
 /// One record of a CIFAR binary file: label(s) and a 3x32x32 image (channel-major bytes).
 struct cifar_records {
+  /// Number of records.
   std::int64_t count = 0;
   std::vector<std::int32_t> labels;  ///< fine labels for CIFAR-100
   std::vector<std::uint8_t> pixels;  ///< count x 3072

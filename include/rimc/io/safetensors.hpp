@@ -49,16 +49,24 @@ enum class st_dtype : std::uint8_t { F64, F32, F16, BF16, I64, I32, I16, I8, U8,
 
 /// One tensor's entry in a safetensors header.
 struct st_tensor_info {
+  /// The tensor key.
   std::string name;
+  /// Element type in the file.
   st_dtype dtype = st_dtype::F32;
+  /// Dimensions, outermost first.
   std::vector<std::int64_t> shape;
+  /// Byte offsets [begin, end) into the data section.
+  ///@{
   std::uint64_t begin = 0, end = 0;  ///< byte offsets into the data section
+  ///@}
 
+  /// Number of elements (1 for a scalar).
   [[nodiscard]] std::int64_t numel() const noexcept {
     std::int64_t n = 1;
     for (auto d : shape) n *= d;
     return n;
   }
+  /// "[2, 3, 32, 32]".
   [[nodiscard]] std::string shape_string() const {
     std::string s = "[";
     for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -93,6 +101,7 @@ class safetensors_file {
   /// The free-form string metadata ("__metadata__").
   [[nodiscard]] const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
 
+  /// Whether a tensor `name` is present.
   [[nodiscard]] bool contains(std::string_view name) const noexcept { return find(name) != nullptr; }
 
   /// The entry `name`; throws io_error naming the file and the key if absent.

@@ -25,6 +25,7 @@ namespace rimc {
 /// be called concurrently; `set_weights` may not overlap them.
 class conv2d {
  public:
+  /// A convolution of `weights` [O, C / groups, kh, kw] with optional `bias` [O]; shape_error on a mismatch.
   conv2d(Tensor weights, std::optional<Tensor> bias = std::nullopt, conv2d_params params = {})
       : s_(std::make_unique<state>()) {
     if (weights.rank() != 4) {
@@ -47,11 +48,17 @@ class conv2d {
     if (s_->bias) s_->bias_memory = detail::wrap(*s_->bias);
   }
 
+  /// Movable (the moved-from object may only be assigned to or destroyed); not copyable.
+  ///@{
   conv2d(conv2d&&) noexcept = default;
   conv2d& operator=(conv2d&&) noexcept = default;
+  ///@}
 
+  /// Weights [O, C / groups, kh, kw], nchw.
   [[nodiscard]] const Tensor& weights() const noexcept { return s_->weights.plain(); }
+  /// Bias [O], if any.
   [[nodiscard]] const std::optional<Tensor>& bias() const noexcept { return s_->bias; }
+  /// Stride, padding, dilation, groups and fused ReLU.
   [[nodiscard]] const conv2d_params& params() const noexcept { return s_->params; }
 
   /// Replaces the weights (same shape): packed copies are redone on next use.
@@ -82,7 +89,8 @@ class conv2d {
       return;
     }
     const auto e = fwd_entry(src, false);
-    const Tensor& s = detail::as_layout(src, e->src_layout);
+    thread_local Tensor src_scratch;
+    const Tensor& s = detail::as_layout(src, e->src_layout, src_scratch);
     dst.ensure(e->dst_shape, e->dst_layout);
     auto& args = detail::thread_args();
     args[DNNL_ARG_SRC] = detail::wrap(e->pd.src_desc(), s.data());
@@ -92,6 +100,7 @@ class conv2d {
     args[DNNL_ARG_SCRATCHPAD] = detail::thread_scratchpad(e->pd.scratchpad_desc());
     detail::onednn_call("conv2d forward", [&] { detail::execute(e->prim, args); });
   }
+  /// \overload
   [[nodiscard]] Tensor forward(const Tensor& src) const {
     Tensor dst;
     forward(src, dst);
@@ -109,7 +118,8 @@ class conv2d {
       return;
     }
     const auto e = bwd_entry(diff_dst, src_shape);
-    const Tensor& d = detail::as_layout(diff_dst, e->dst_layout);
+    thread_local Tensor diff_scratch;
+    const Tensor& d = detail::as_layout(diff_dst, e->dst_layout, diff_scratch);
     diff_src.ensure(src_shape, e->src_layout);
     auto& args = detail::thread_args();
     args[DNNL_ARG_DIFF_DST] = detail::wrap(e->pd.diff_dst_desc(), d.data());
@@ -118,6 +128,7 @@ class conv2d {
     args[DNNL_ARG_SCRATCHPAD] = detail::thread_scratchpad(e->pd.scratchpad_desc());
     detail::onednn_call("conv2d backward_data", [&] { detail::execute(e->prim, args); });
   }
+  /// \overload
   [[nodiscard]] Tensor backward_data(const Tensor& diff_dst, const Shape& src_shape) const {
     Tensor diff_src;
     backward_data(diff_dst, src_shape, diff_src);
@@ -201,6 +212,7 @@ class conv2d {
         ->pd.impl_info_str();
   }
 
+  /// \overload
   [[nodiscard]] Tensor backward_weights(const Tensor& src, const Tensor& diff_dst) const {
     Tensor diff_weights;
     backward_weights(src, diff_dst, diff_weights);

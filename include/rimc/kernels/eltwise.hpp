@@ -47,6 +47,7 @@ inline void relu(const Tensor& src, Tensor& dst) {
                              {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->fwd_scratchpad)}});
   });
 }
+/// \overload
 [[nodiscard]] inline Tensor relu(const Tensor& src) {
   Tensor dst;
   relu(src, dst);
@@ -57,7 +58,8 @@ inline void relu(const Tensor& src, Tensor& dst) {
 inline void relu_backward(const Tensor& diff_dst, const Tensor& src, Tensor& diff_src) {
   check_same_shape("relu_backward: diff_dst vs src", diff_dst.shape(), src.shape());
   const auto e = detail::relu_primitives(src);
-  const Tensor& d = detail::as_layout(diff_dst, src.memory_layout());
+  thread_local Tensor d_scratch;
+  const Tensor& d = detail::as_layout(diff_dst, src.memory_layout(), d_scratch);
   if (&diff_src == &src) {
     Tensor out;
     relu_backward(diff_dst, src, out);
@@ -74,6 +76,7 @@ inline void relu_backward(const Tensor& diff_dst, const Tensor& src, Tensor& dif
                              {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->bwd_scratchpad)}});
   });
 }
+/// \overload
 [[nodiscard]] inline Tensor relu_backward(const Tensor& diff_dst, const Tensor& src) {
   Tensor diff_src;
   relu_backward(diff_dst, src, diff_src);
@@ -120,6 +123,7 @@ inline void add(const Tensor& a, const Tensor& b, Tensor& dst, bool relu_after =
                               {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->scratchpad)}});
   });
 }
+/// \overload
 [[nodiscard]] inline Tensor add(const Tensor& a, const Tensor& b, bool relu_after = false) {
   Tensor dst;
   add(a, b, dst, relu_after);

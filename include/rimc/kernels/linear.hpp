@@ -22,6 +22,7 @@ namespace rimc {
 /// per format oneDNN asks for.
 class linear {
  public:
+  /// A layer of `weights` [O, K] with optional `bias` [O], then ReLU when `relu`; shape_error on a mismatch.
   linear(Tensor weights, std::optional<Tensor> bias = std::nullopt, bool relu = false)
       : s_(std::make_unique<state>()) {
     if (weights.rank() != 2) {
@@ -42,13 +43,21 @@ class linear {
     }
   }
 
+  /// Movable (the moved-from object may only be assigned to or destroyed); not copyable.
+  ///@{
   linear(linear&&) noexcept = default;
   linear& operator=(linear&&) noexcept = default;
+  ///@}
 
+  /// Weights [O, K].
   [[nodiscard]] const Tensor& weights() const noexcept { return s_->bwd_weights.plain(); }
+  /// Input width K.
   [[nodiscard]] std::int64_t in_features() const noexcept { return weights().shape()[1]; }
+  /// Output width O.
   [[nodiscard]] std::int64_t out_features() const noexcept { return weights().shape()[0]; }
+  /// Whether a bias [O] is added.
   [[nodiscard]] bool has_bias() const noexcept { return s_->bias.has_value(); }
+  /// Whether ReLU follows the bias.
   [[nodiscard]] bool fused_relu() const noexcept { return s_->relu; }
 
   /// Replaces the weights (same shape): packed copies are redone on next use.
@@ -67,7 +76,8 @@ class linear {
       return;
     }
     const auto N = rows_of(src);
-    const Tensor& s = detail::as_layout(src, layout::nchw);
+    thread_local Tensor src_scratch;
+    const Tensor& s = detail::as_layout(src, layout::nchw, src_scratch);
     const auto e = fwd_entry(N);
     dst.ensure(Shape{N, out_features()});
     std::unordered_map<int, dnnl::memory> args{
@@ -78,6 +88,7 @@ class linear {
     args.emplace(DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->pd.scratchpad_desc()));
     detail::onednn_call("linear forward", [&] { detail::execute(e->prim, args); });
   }
+  /// \overload
   [[nodiscard]] Tensor forward(const Tensor& src) const {
     Tensor dst;
     forward(src, dst);
@@ -105,6 +116,7 @@ class linear {
     args.emplace(DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->pd.scratchpad_desc()));
     detail::onednn_call("linear backward_data", [&] { detail::execute(e->prim, args); });
   }
+  /// \overload
   [[nodiscard]] Tensor backward_data(const Tensor& diff_dst) const {
     Tensor diff_src;
     backward_data(diff_dst, diff_src);
@@ -270,6 +282,7 @@ inline void matmul(const Tensor& a, const Tensor& b, Tensor& c) {
                               {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->pd.scratchpad_desc())}});
   });
 }
+/// \overload
 [[nodiscard]] inline Tensor matmul(const Tensor& a, const Tensor& b) {
   Tensor c;
   matmul(a, b, c);

@@ -206,15 +206,13 @@ inline void reorder(const dnnl::memory& src, const dnnl::memory& dst) {
 }
 
 /// Brings `src` into layout `want`: returns `src` itself when it already is,
-/// else a converted copy held in a per-thread scratch tensor (valid until the
-/// next call on this thread with the same `slot`).
-[[nodiscard]] inline const Tensor& as_layout(const Tensor& src, layout want, int slot = 0) {
+/// else a converted copy written into the caller's `scratch` (which the
+/// caller keeps alive, and unused elsewhere, while it reads the result).
+[[nodiscard]] inline const Tensor& as_layout(const Tensor& src, layout want, Tensor& scratch) {
   if (src.memory_layout() == want || src.rank() != 4) return src;
-  thread_local std::array<Tensor, 4> scratch;
-  Tensor& tmp = scratch[static_cast<std::size_t>(slot)];
-  tmp.ensure(src.shape(), want);
-  reorder(wrap(src), wrap(tmp));
-  return tmp;
+  scratch.ensure(src.shape(), want);
+  reorder(wrap(src), wrap(scratch));
+  return scratch;
 }
 
 /// A frozen weight tensor kept in plain form plus a copy reordered into each

@@ -26,6 +26,7 @@ enum class pool_kind : std::uint8_t { max, avg };
 
 /// Geometry of a 2-D pooling window (PyTorch's MaxPool2d / AvgPool2d, floor mode).
 struct pool2d_params {
+  /// Max or average pooling.
   pool_kind kind = pool_kind::max;
   std::array<std::int64_t, 2> kernel{2, 2};   ///< window (h, w), >= 1
   std::array<std::int64_t, 2> stride{2, 2};   ///< (h, w), >= 1

@@ -20,14 +20,20 @@ namespace rimc {
 /// workspace), so only the source is needed, not a stored index map.
 class pool2d {
  public:
+  /// A pooling window of geometry `params`; value_error on an invalid one.
   explicit pool2d(pool2d_params params) : s_(std::make_unique<state>()) {
     (void)pool2d_output_shape(Shape{1, 1, params.kernel[0], params.kernel[1]}, params);
     s_->params = params;
   }
+  /// Movable (the moved-from object may only be assigned to or destroyed); not copyable.
+  ///@{
   pool2d(pool2d&&) noexcept = default;
   pool2d& operator=(pool2d&&) noexcept = default;
+  ///@}
 
+  /// Kind, window, stride, padding and count_include_pad.
   [[nodiscard]] const pool2d_params& params() const noexcept { return s_->params; }
+  /// Destination shape for a source of shape `src`.
   [[nodiscard]] Shape output_shape(const Shape& src) const { return pool2d_output_shape(src, s_->params); }
 
   /// dst = pool(src), in src's layout. `dst` is resized as needed.
@@ -47,6 +53,7 @@ class pool2d {
                                          {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(e->fwd_inference_scratchpad)}});
     });
   }
+  /// \overload
   [[nodiscard]] Tensor forward(const Tensor& src) const {
     Tensor dst;
     forward(src, dst);
@@ -64,7 +71,8 @@ class pool2d {
       return;
     }
     const auto e = entry_for(src.shape(), src.memory_layout());
-    const Tensor& d = detail::as_layout(diff_dst, src.memory_layout());
+    thread_local Tensor d_scratch;
+    const Tensor& d = detail::as_layout(diff_dst, src.memory_layout(), d_scratch);
     diff_src.ensure(src.shape(), src.memory_layout());
     detail::onednn_call("pool2d backward_data", [&] {
       std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_DIFF_DST, detail::wrap(d)},
@@ -83,6 +91,7 @@ class pool2d {
       detail::execute(e->bwd, args);
     });
   }
+  /// \overload
   [[nodiscard]] Tensor backward_data(const Tensor& diff_dst, const Tensor& src) const {
     Tensor diff_src;
     backward_data(diff_dst, src, diff_src);
@@ -143,6 +152,7 @@ inline void global_avg_pool2d(const Tensor& src, Tensor& dst) {
   pools.emplace_back(Shape{hw[0], hw[1]}, pool2d(pool2d_params{pool_kind::avg, hw, {1, 1}, {0, 0}, true}));
   pools.back().second.forward(src, dst);
 }
+/// \overload
 [[nodiscard]] inline Tensor global_avg_pool2d(const Tensor& src) {
   Tensor dst;
   global_avg_pool2d(src, dst);

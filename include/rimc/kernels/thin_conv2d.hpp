@@ -32,6 +32,7 @@ namespace rimc {
 class thin_conv2d {
  public:
   thin_conv2d() = default;
+  /// A convolution of `weights` [r, C, kh, kw] with geometry `params` (groups 1).
   thin_conv2d(const Tensor& weights, conv2d_params params) : params_(params) {
     if (params.groups != 1) throw value_error(detail::concat("thin_conv2d: groups must be 1, got ", params.groups));
     if (weights.rank() != 4) {
@@ -45,8 +46,11 @@ class thin_conv2d {
     set_weights(weights);
   }
 
+  /// [r, C, kh, kw].
   [[nodiscard]] const Shape& weight_shape() const noexcept { return shape_; }
+  /// Stride, padding and dilation (groups 1).
   [[nodiscard]] const conv2d_params& params() const noexcept { return params_; }
+  /// Destination shape [N, r, OH, OW] for a source of shape `src`.
   [[nodiscard]] Shape output_shape(const Shape& src) const { return conv2d_output_shape(src, shape_, params_); }
 
   /// Replaces the weights (same shape).
@@ -63,13 +67,14 @@ class thin_conv2d {
   /// u [N, r, OH, OW] (channels-last) = conv(src, weights).
   void forward(const Tensor& src, Tensor& u) const {
     const Shape out = output_shape(src.shape());
-    const Tensor& x = detail::as_layout(src, layout::nhwc, 3);
+    thread_local Tensor x_scratch;
+    const Tensor& x = detail::as_layout(src, layout::nhwc, x_scratch);
     const auto N = out[0], r = shape_[0], OHW = out[2] * out[3], HW = x.dim(2) * x.dim(3), C = shape_[1];
     const auto OW = out[3], W = x.dim(3), sw = params_.stride[1], Tr = a_cat_.cols();
     // Y^T [T r, N H W]: row t r + j holds tap t of output channel j for every input pixel.
     thread_local Tensor yt;
     yt.ensure(Shape{Tr, N * HW});
-    detail::gemm({Tr, N * HW, C, true, true, false}, a_cat_.data(), x.data(), yt.data());  // A_cat^T X^T
+    detail::gemm({.M = Tr, .N = N * HW, .K = C, .ta = true, .tb = true}, a_cat_.data(), x.data(), yt.data());  // A_cat^T X^T
     u.ensure(out, layout::nhwc);
     const float* Y = yt.data();
     float* U = u.data();
@@ -99,11 +104,42 @@ class thin_conv2d {
   void backward(const Tensor& src, const Tensor& diff_u, Tensor& diff_weights, Tensor* diff_src = nullptr) const {
     const Shape out = output_shape(src.shape());
     check_same_shape("thin_conv2d::backward: diff_u", diff_u.shape(), out);
-    const Tensor& x = detail::as_layout(src, layout::nhwc, 3);
-    const Tensor& du = detail::as_layout(diff_u, layout::nhwc, 2);
-    const auto N = out[0], r = shape_[0], OHW = out[2] * out[3], HW = x.dim(2) * x.dim(3), C = shape_[1];
-    const auto OW = out[3], W = x.dim(3), sw = params_.stride[1], Tr = a_cat_.cols();
-    // D^T [T r, N H W]: du scattered back to the input pixel each tap read.
+    thread_local Tensor x_scratch;
+    const Tensor& x = detail::as_layout(src, layout::nhwc, x_scratch);
+    const float* D = scatter(diff_u, out, x.shape());
+    const auto N = out[0], HW = x.dim(2) * x.dim(3), C = shape_[1], Tr = a_cat_.cols();
+    // dA_cat [C, T r] = X^T D;  dX [N H W, C] = D A_cat^T.
+    thread_local RowMatrixXf g;
+    g.resize(C, Tr);
+    detail::gemm({.M = C, .N = Tr, .K = N * HW, .ta = true, .tb = true}, x.data(), D, g.data());
+    if (diff_src) {
+      diff_src->ensure(src.shape(), layout::nhwc);
+      detail::gemm({.M = N * HW, .N = C, .K = Tr, .ta = true, .tb = true}, D, a_cat_.data(), diff_src->data());
+    }
+    diff_weights.ensure(shape_);
+    const auto r = shape_[0], T = shape_[2] * shape_[3];
+    for (std::int64_t j = 0; j < r; ++j)
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t t = 0; t < T; ++t) diff_weights[(j * C + c) * T + t] = g(c, t * r + j);
+  }
+
+  /// The input gradient alone (channels-last, shape `src_shape`) given du = dL/du.
+  void backward_data(const Tensor& diff_u, const Shape& src_shape, Tensor& diff_src) const {
+    const Shape out = output_shape(src_shape);
+    check_same_shape("thin_conv2d::backward_data: diff_u", diff_u.shape(), out);
+    const float* D = scatter(diff_u, out, src_shape);
+    const auto N = out[0], HW = src_shape[2] * src_shape[3], C = shape_[1], Tr = a_cat_.cols();
+    diff_src.ensure(src_shape, layout::nhwc);
+    detail::gemm({.M = N * HW, .N = C, .K = Tr, .ta = true, .tb = true}, D, a_cat_.data(), diff_src.data());
+  }
+
+ private:
+  /// D^T [T r, N H W]: du scattered back to the input pixel each tap read (per-thread storage).
+  const float* scatter(const Tensor& diff_u, const Shape& out, const Shape& src) const {
+    thread_local Tensor du_scratch;
+    const Tensor& du = detail::as_layout(diff_u, layout::nhwc, du_scratch);
+    const auto N = out[0], r = shape_[0], OHW = out[2] * out[3], HW = src[2] * src[3];
+    const auto OW = out[3], W = src[3], sw = params_.stride[1], Tr = a_cat_.cols();
     thread_local Tensor dt;
     dt.ensure(Shape{Tr, N * HW});
     float* D = dt.data();
@@ -117,8 +153,8 @@ class thin_conv2d {
         const float* dun = DU + n * OHW * r;
         for (std::int64_t p = 0; p < OHW; ++p)
           for (std::int64_t j = 0; j < r; ++j) dut[static_cast<std::size_t>(j * OHW + p)] = dun[p * r + j];
-        for_each_run(out, x.shape(), [&](std::int64_t t, std::int64_t oh, std::int64_t ih, std::int64_t lo,
-                                         std::int64_t hi, std::int64_t off) {
+        for_each_run(out, src, [&](std::int64_t t, std::int64_t oh, std::int64_t ih, std::int64_t lo, std::int64_t hi,
+                                   std::int64_t off) {
           for (std::int64_t j = 0; j < r; ++j) {
             const float* from = dut.data() + j * OHW + oh * OW;
             float* dst = D + (t * r + j) * N * HW + n * HW + ih * W + off;
@@ -127,22 +163,9 @@ class thin_conv2d {
         });
       }
     }
-    // dA_cat [C, T r] = X^T D;  dX [N H W, C] = D A_cat^T.
-    thread_local RowMatrixXf g;
-    g.resize(C, Tr);
-    detail::gemm({C, Tr, N * HW, true, true, false}, x.data(), D, g.data());
-    if (diff_src) {
-      diff_src->ensure(src.shape(), layout::nhwc);
-      detail::gemm({N * HW, C, Tr, true, true, false}, D, a_cat_.data(), diff_src->data());
-    }
-    diff_weights.ensure(shape_);
-    const auto T = shape_[2] * shape_[3];
-    for (std::int64_t j = 0; j < r; ++j)
-      for (std::int64_t c = 0; c < C; ++c)
-        for (std::int64_t t = 0; t < T; ++t) diff_weights[(j * C + c) * T + t] = g(c, t * r + j);
+    return D;
   }
 
- private:
   /// For every tap t and output row oh of one image whose input row ih is in
   /// bounds, calls f(t, oh, ih, lo, hi, off): output columns [lo, hi) read
   /// input column ow * stride + off, all in bounds.

@@ -3,111 +3,188 @@
 /// Deployment of a network onto RRAM crossbars: chosen conv2d / linear nodes
 /// (by default all) are replaced by analog layers programmed from their
 /// (batch-norm-folded) weights; everything else stays digital. The returned
-/// handle drifts every analog layer at once, reproducibly from a seed, and
-/// counts RRAM writes.
+/// handle drifts every analog layer at once, reproducibly from a seed, counts
+/// RRAM writes, and gives each analog layer by node name.
 
 #include <rimc/crossbar/analog_layers.hpp>
-#include <rimc/nn/network.hpp>
+#include <rimc/nn/graph.hpp>
+#include <rimc/nn/layer.hpp>
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
 #include <vector>
 
 namespace rimc {
 
 namespace detail {
-template <class Tile>
-class analog_conv_layer final : public frozen_layer {
- public:
-  analog_conv_layer(const network_node& n, const analog_options& opt)
-      : a_(n.params.at("weight"), bias_of(n), n.conv, opt) {}
-  void forward(const Tensor& src, Tensor& dst) const override { a_.forward(src, dst); }
-  void backward_data(const Tensor& dy, const Shape& s, Tensor& dx) const override { a_.backward_data(dy, s, dx); }
-  [[nodiscard]] const Tensor& effective_weights() const override { return a_.effective_weights(); }
-  [[nodiscard]] std::uint64_t rram_writes() const override { return a_.rram_writes(); }
-  [[nodiscard]] bool is_analog() const override { return true; }
-  [[nodiscard]] basic_analog_conv2d<Tile>& analog() noexcept { return a_; }
-
-  static std::optional<Tensor> bias_of(const network_node& n) {
-    const auto b = n.params.find("bias");
-    return b == n.params.end() ? std::nullopt : std::optional<Tensor>(b->second);
-  }
-
- private:
-  basic_analog_conv2d<Tile> a_;
-};
-
-template <class Tile>
-class analog_linear_layer final : public frozen_layer {
- public:
-  analog_linear_layer(const network_node& n, const analog_options& opt)
-      : a_(n.params.at("weight"), analog_conv_layer<Tile>::bias_of(n), opt, n.relu_after) {}
-  void forward(const Tensor& src, Tensor& dst) const override { a_.forward(src, dst); }
-  void backward_data(const Tensor& dy, const Shape& s, Tensor& dx) const override {
-    a_.backward_data(dy, dx);
-    if (s.rank() == 4) dx.reshape(s);
-  }
-  [[nodiscard]] const Tensor& effective_weights() const override { return a_.effective_weights(); }
-  [[nodiscard]] std::uint64_t rram_writes() const override { return a_.rram_writes(); }
-  [[nodiscard]] bool is_analog() const override { return true; }
-  [[nodiscard]] basic_analog_linear<Tile>& analog() noexcept { return a_; }
-
- private:
-  basic_analog_linear<Tile> a_;
-};
+[[nodiscard]] inline std::optional<Tensor> bias_of(const network_node& n) {
+  const auto b = n.params.find("bias");
+  return b == n.params.end() ? std::nullopt : std::optional<Tensor>(b->second);
+}
 }  // namespace detail
 
-/// The analog layers of a deployed network.
+/// A network layer whose weights live on crossbars: a basic_analog_conv2d
+/// (Conv = true) or basic_analog_linear under the rimc::layer interface.
+template <class Tile, bool Conv>
+class analog_layer final : public layer {
+ public:
+  /// The analog layer type underneath.
+  using analog_type = std::conditional_t<Conv, basic_analog_conv2d<Tile>, basic_analog_linear<Tile>>;
+
+  /// Programs node `n`'s weights onto crossbars as `opt` says; its bias stays digital.
+  analog_layer(const network_node& n, const analog_options& opt) : a_(make(n, opt)), bias_(detail::bias_of(n)) {}
+
+  void forward(const Tensor& src, Tensor& dst) const override { a_.forward(src, dst); }
+  void backward_data(const Tensor& dy, const Shape& s, Tensor& dx) const override {
+    if constexpr (Conv) {
+      a_.backward_data(dy, s, dx);
+    } else {
+      a_.backward_data(dy, dx);
+      if (s.rank() == 4) dx.reshape(s);
+    }
+  }
+  [[nodiscard]] const Tensor& effective_weights() const override { return a_.effective_weights(); }
+  [[nodiscard]] const Tensor* bias() const override { return bias_ ? &*bias_ : nullptr; }
+  [[nodiscard]] const conv2d_params* conv_params() const override {
+    if constexpr (Conv) {
+      return &a_.params();
+    } else {
+      return nullptr;
+    }
+  }
+  [[nodiscard]] std::uint64_t weights_version() const override { return a_.weights_version(); }
+  [[nodiscard]] std::uint64_t rram_writes() const override { return a_.rram_writes(); }
+  [[nodiscard]] bool is_analog() const override { return true; }
+
+  /// The analog layer (drift, periphery, column gain, the arrays).
+  ///@{
+  [[nodiscard]] analog_type& analog() noexcept { return a_; }
+  [[nodiscard]] const analog_type& analog() const noexcept { return a_; }
+  ///@}
+
+ private:
+  static analog_type make(const network_node& n, const analog_options& opt) {
+    if constexpr (Conv) {
+      return analog_type(n.params.at("weight"), detail::bias_of(n), n.conv, opt);
+    } else {
+      return analog_type(n.params.at("weight"), detail::bias_of(n), opt, n.relu_after);
+    }
+  }
+
+  analog_type a_;
+  std::optional<Tensor> bias_;
+};
+
+template <class Tile>
+class analog_deployment;
+
+/// Programs the conv2d / linear nodes `names` of `net` (all of them when
+/// empty) onto crossbars of type `Tile` with `options`; each layer's seeds are
+/// mixed with its node index. Fold batch norm first so the folded weights are
+/// programmed; a node already deployed or adapted is an error.
+template <class Tile = CrossbarTile<>>
+[[nodiscard]] analog_deployment<Tile> deploy_analog(graph& net, const analog_options& options,
+                                                    std::vector<std::string> names = {});
+
+/// The analog layers of a deployed network, by node name.
 template <class Tile = CrossbarTile<>>
 class analog_deployment {
  public:
-  /// Names of the nodes that run on crossbars.
-  [[nodiscard]] const std::vector<std::string>& names() const noexcept { return names_; }
+  using conv_layer = analog_layer<Tile, true>;     ///< a deployed conv2d
+  using linear_layer = analog_layer<Tile, false>;  ///< a deployed linear layer
 
-  /// Drifts every analog layer to time / level `t_or_level` of `model`, from
-  /// the programmed state (never accumulated); layer i uses seed mixed with its node index.
-  template <class Model>
-  void drift_to(const Model& model, double t_or_level, std::uint64_t seed) {
-    for (auto& c : convs_) c->analog().drift_to(model, t_or_level, seed);
-    for (auto& l : linears_) l->analog().drift_to(model, t_or_level, seed);
+  /// Names of the nodes that run on crossbars, in deployment order.
+  [[nodiscard]] std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    for (const auto& e : layers_) out.push_back(e.name);
+    return out;
+  }
+  /// Number of analog layers.
+  [[nodiscard]] std::size_t size() const noexcept { return layers_.size(); }
+
+  /// The analog convolution of node `name` (value_error if it is not a deployed conv2d).
+  [[nodiscard]] basic_analog_conv2d<Tile>& conv(std::string_view name) { return find<true>(name).analog(); }
+  /// The analog linear layer of node `name` (value_error if it is not a deployed linear node).
+  [[nodiscard]] basic_analog_linear<Tile>& linear(std::string_view name) { return find<false>(name).analog(); }
+
+  /// Calls f(name, layer) for each analog layer in deployment order, `layer`
+  /// being a basic_analog_conv2d<Tile>& or a basic_analog_linear<Tile>&.
+  template <class F>
+  void for_each(F&& f) {
+    for (auto& e : layers_) std::visit([&](auto& l) { f(std::as_const(e.name), l->analog()); }, e.layer);
+  }
+  /// The same, read-only.
+  template <class F>
+  void for_each(F&& f) const {
+    for (const auto& e : layers_)
+      std::visit([&](const auto& l) { f(e.name, std::as_const(*l).analog()); }, e.layer);
+  }
+
+  /// Drifts every analog layer to time or level `when` of `model`, from the
+  /// programmed state (never accumulated); each layer mixes `seed` with its node index.
+  template <drift_model Model>
+  void drift_to(const Model& model, typename Model::argument_type when, std::uint64_t seed) {
+    for_each([&](const std::string&, auto& a) { a.drift_to(model, when, seed); });
   }
 
   /// Back to the freshly programmed conductances.
   void reset_drift() {
-    for (auto& c : convs_) c->analog().reset_drift();
-    for (auto& l : linears_) l->analog().reset_drift();
+    for_each([](const std::string&, auto& a) { a.reset_drift(); });
   }
 
   /// RRAM programming events over all layers.
   [[nodiscard]] std::uint64_t rram_writes() const {
     std::uint64_t w = 0;
-    for (const auto& c : convs_) w += c->rram_writes();
-    for (const auto& l : linears_) w += l->rram_writes();
+    for_each([&](const std::string&, const auto& a) { w += a.rram_writes(); });
     return w;
   }
 
   /// Weights on the crossbars.
   [[nodiscard]] std::int64_t rram_weights() const {
     std::int64_t n = 0;
-    for (const auto& c : convs_) n += c->effective_weights().numel();
-    for (const auto& l : linears_) n += l->effective_weights().numel();
+    for_each([&](const std::string&, const auto& a) { n += a.effective_weights().numel(); });
     return n;
   }
 
-  std::vector<std::shared_ptr<detail::analog_conv_layer<Tile>>> convs_;
-  std::vector<std::shared_ptr<detail::analog_linear_layer<Tile>>> linears_;
-  std::vector<std::string> names_;
+ private:
+  friend analog_deployment deploy_analog<Tile>(graph&, const analog_options&, std::vector<std::string>);
+
+  struct entry {
+    std::string name;
+    std::variant<std::shared_ptr<conv_layer>, std::shared_ptr<linear_layer>> layer;
+  };
+
+  template <bool Conv>
+  analog_layer<Tile, Conv>& find(std::string_view name) {
+    for (auto& e : layers_) {
+      if (e.name != name) continue;
+      if (auto* p = std::get_if<std::shared_ptr<analog_layer<Tile, Conv>>>(&e.layer)) return **p;
+      throw value_error(detail::concat("analog_deployment: node '", name, "' is deployed as a ",
+                                       Conv ? "linear layer" : "conv2d", ", not a ", Conv ? "conv2d" : "linear layer"));
+    }
+    throw value_error(detail::concat("analog_deployment: node '", name, "' is not deployed"));
+  }
+
+  std::vector<entry> layers_;
 };
 
-/// Programs the conv2d / linear nodes `names` of `net` (all of them when
-/// empty) onto crossbars with `options`; each layer's seeds are mixed with its
-/// node index. Fold batch norm first so the folded weights are programmed.
-template <class Tile = CrossbarTile<>>
-[[nodiscard]] analog_deployment<Tile> deploy_analog(network& net, const analog_options& options,
-                                                    std::vector<std::string> names = {}) {
-  if (names.empty()) {
-    for (const auto& n : net.nodes())
-      if (n.kind == op_kind::conv2d || n.kind == op_kind::linear) names.push_back(n.name);
+template <class Tile>
+analog_deployment<Tile> deploy_analog(graph& net, const analog_options& options, std::vector<std::string> names) {
+  if (names.empty()) names = net.layer_names();
+  for (const auto& name : names) {
+    const network_node& n = net.node(name);
+    if (!n.has_layer()) {
+      throw value_error(detail::concat("deploy_analog: node '", name, "' is a ", to_string(n.kind),
+                                       ", not a conv2d or linear"));
+    }
+    if (!n.own_layer()) {
+      throw value_error(detail::concat("deploy_analog: node '", name, "' already runs a deployed or adapted layer"));
+    }
   }
   analog_deployment<Tile> d;
   for (const auto& name : names) {
@@ -115,18 +192,14 @@ template <class Tile = CrossbarTile<>>
     analog_options opt = options;
     opt.layer_id = static_cast<std::uint64_t>(net.id(name));
     if (n.kind == op_kind::conv2d) {
-      auto layer = std::make_shared<detail::analog_conv_layer<Tile>>(n, opt);
-      d.convs_.push_back(layer);
+      auto layer = std::make_shared<analog_layer<Tile, true>>(n, opt);
       net.set_layer(name, layer);
-    } else if (n.kind == op_kind::linear) {
-      auto layer = std::make_shared<detail::analog_linear_layer<Tile>>(n, opt);
-      d.linears_.push_back(layer);
-      net.set_layer(name, layer);
+      d.layers_.push_back({name, layer});
     } else {
-      throw value_error(detail::concat("deploy_analog: node '", name, "' is a ", to_string(n.kind),
-                                       ", not a conv2d or linear"));
+      auto layer = std::make_shared<analog_layer<Tile, false>>(n, opt);
+      net.set_layer(name, layer);
+      d.layers_.push_back({name, layer});
     }
-    d.names_.push_back(name);
   }
   return d;
 }

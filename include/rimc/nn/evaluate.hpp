@@ -21,8 +21,11 @@ namespace rimc {
 struct eval_result {
   double top1 = 0;           ///< fraction of images whose highest logit is the label
   double top5 = 0;           ///< fraction whose label is among the five highest logits
+  /// Images evaluated.
   std::int64_t images = 0;
+  /// Wall-clock time of the evaluation, s.
   double seconds = 0;
+  /// Throughput, images / s (0 when no time was measured).
   [[nodiscard]] double images_per_s() const noexcept { return seconds > 0 ? static_cast<double>(images) / seconds : 0; }
 };
 

@@ -27,6 +27,7 @@ struct adam_step_consts {
 
 }  // namespace rimc::detail
 
+/// Defined only while this header includes the per-tier files, which refuse to compile anywhere else.
 #define RIMC_ARCH_INTERNAL 1
 #include <rimc/kernels/arch/portable.hpp>
 #include <rimc/kernels/arch/avx2.hpp>

@@ -27,6 +27,7 @@
 #define RIMC_HAVE_X86_DISPATCH 1
 #include <immintrin.h>
 #else
+/// 0 where only the portable forms are compiled (not x86-64, or neither GCC nor Clang).
 #define RIMC_HAVE_X86_DISPATCH 0
 #endif
 
@@ -47,9 +48,11 @@
   _Pragma("GCC diagnostic push")                                \
   _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"") \
   _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+/// Ends a RIMC_SIMD_WARNINGS_OFF region.
 #define RIMC_SIMD_WARNINGS_ON _Pragma("GCC diagnostic pop")
 #else
 #define RIMC_SIMD_WARNINGS_OFF
+/// Ends a RIMC_SIMD_WARNINGS_OFF region (empty where nothing is silenced).
 #define RIMC_SIMD_WARNINGS_ON
 #endif
 
@@ -121,6 +124,7 @@ inline isa_tier set_max_isa(isa_tier cap) noexcept { return detail::runtime_isa_
 /// Caps the tier for its lifetime and restores the previous cap after.
 class isa_guard {
  public:
+  /// Caps the tier at `cap` until destruction.
   explicit isa_guard(isa_tier cap) noexcept : previous_(set_max_isa(cap)) {}
   isa_guard(const isa_guard&) = delete;
   isa_guard& operator=(const isa_guard&) = delete;

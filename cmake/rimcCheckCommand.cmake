@@ -1,0 +1,27 @@
+# Runs a program and checks how it ends: cmake -DCOMMAND="prog;arg;..." -DEXPECT_EXIT=2
+#   -DEXPECT_OUTPUT="text it must print" [-DMAX_MS=1000] -P rimcCheckCommand.cmake
+# Fails unless the exit code is EXPECT_EXIT, stdout or stderr contains EXPECT_OUTPUT
+# verbatim, and the run took at most MAX_MS milliseconds of wall time.
+if(NOT DEFINED MAX_MS)
+  set(MAX_MS 1000)
+endif()
+string(TIMESTAMP start "%s%f")
+execute_process(COMMAND ${COMMAND} RESULT_VARIABLE code OUTPUT_VARIABLE out ERROR_VARIABLE err)
+string(TIMESTAMP stop "%s%f")
+math(EXPR elapsed_ms "(${stop} - ${start}) / 1000")
+set(all "${out}${err}")
+string(FIND "${all}" "${EXPECT_OUTPUT}" at)
+set(problems "")
+if(NOT code STREQUAL EXPECT_EXIT)
+  string(APPEND problems "exit code ${code}, expected ${EXPECT_EXIT}\n")
+endif()
+if(at EQUAL -1)
+  string(APPEND problems "the output lacks: ${EXPECT_OUTPUT}\n")
+endif()
+if(elapsed_ms GREATER MAX_MS)
+  string(APPEND problems "took ${elapsed_ms} ms, more than ${MAX_MS} ms\n")
+endif()
+message(STATUS "exit ${code} after ${elapsed_ms} ms; output:\n${all}")
+if(problems)
+  message(FATAL_ERROR "${problems}")
+endif()

@@ -1,0 +1,231 @@
+#pragma once
+/// \file
+/// rimc::adapted_layer: a frozen layer and an adapter on top of it, as one
+/// network layer, the way PEFT wraps its base layer. The frozen layer (digital
+/// or on crossbars) computes W0 x + bias; the adapter turns it into the
+/// adapted output, borrowing W0 and the backward-data pass from the layer at
+/// every call. When the frozen layer's weights change (the chip drifted
+/// again, a column gain was set) the adapter re-derives what it keeps from
+/// them (DoRA's norms) before the next use, under a lock, so a network may
+/// keep running from several threads.
+///
+/// attach_adapter / detach_adapters put adapted layers into a network and
+/// take them out again; adapters_of finds them.
+
+#include <rimc/adapt/adapter.hpp>
+#include <rimc/core/error.hpp>
+#include <rimc/core/tensor.hpp>
+#include <rimc/nn/graph.hpp>
+#include <rimc/nn/layer.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace rimc {
+
+/// What every adapted layer has, whatever its adapter type.
+class adapted_layer_base : public layer {
+ public:
+  /// The frozen layer underneath.
+  [[nodiscard]] const std::shared_ptr<layer>& base() const noexcept { return base_; }
+  /// The adapter's kind ("dora", "lora", ...).
+  [[nodiscard]] virtual std::string_view adapter_kind() const noexcept = 0;
+  /// The adapter's parameters by file name.
+  [[nodiscard]] virtual named_tensors adapter_tensors() const = 0;
+  /// Values, SRAM bytes and share of the frozen weights of the adapter.
+  [[nodiscard]] virtual adapter_footprint footprint(sram_precision precision = sram_precision::fp32) const = 0;
+
+  [[nodiscard]] std::shared_ptr<layer> wrapped() const override { return base_; }
+  void backward_data(const Tensor& dy, const Shape& s, Tensor& dx) const override = 0;
+  /// The frozen layer's weights (what the crossbar applies; the adapter's
+  /// correction is not among them).
+  [[nodiscard]] const Tensor& effective_weights() const override { return base_->effective_weights(); }
+  [[nodiscard]] const Tensor* bias() const override { return base_->bias(); }
+  [[nodiscard]] const conv2d_params* conv_params() const override { return base_->conv_params(); }
+  [[nodiscard]] std::uint64_t weights_version() const override { return base_->weights_version(); }
+  [[nodiscard]] std::uint64_t rram_writes() const override { return base_->rram_writes(); }
+  [[nodiscard]] bool is_analog() const override { return base_->is_analog(); }
+
+ protected:
+  /// Wraps `base`; value_error when it is null.
+  explicit adapted_layer_base(std::shared_ptr<layer> base) : base_(std::move(base)) {
+    if (!base_) throw value_error("adapted_layer: no base layer given");
+  }
+
+  /// The frozen layer underneath (never null).
+  std::shared_ptr<layer> base_;
+};
+
+/// A frozen layer with an adapter of type A on top (see the file comment).
+template <adapter A>
+class adapted_layer final : public adapted_layer_base {
+ public:
+  /// Wraps `base` with `a` (made for `base`'s weights).
+  adapted_layer(std::shared_ptr<layer> base, A a) : adapted_layer_base(std::move(base)), adapter_(std::move(a)) {
+    seen_.store(base_->weights_version());
+  }
+
+  /// The adapter. After changing its parameters in place, call parameters_changed().
+  ///@{
+  [[nodiscard]] A& adapter() noexcept { return adapter_; }
+  [[nodiscard]] const A& adapter() const noexcept { return adapter_; }
+  ///@}
+
+  [[nodiscard]] std::string_view adapter_kind() const noexcept override { return A::kind; }
+  [[nodiscard]] named_tensors adapter_tensors() const override { return adapter_.tensors(); }
+  [[nodiscard]] adapter_footprint footprint(sram_precision precision = sram_precision::fp32) const override {
+    return adapter_.footprint(*base_, precision);
+  }
+
+  void forward(const Tensor& src, Tensor& dst) const override { run(src, dst, false); }
+  [[nodiscard]] bool fuses_relu() const override { return in_place_adapter<A>; }
+  void forward_relu(const Tensor& src, Tensor& dst) const override {
+    if constexpr (in_place_adapter<A>) {
+      run(src, dst, true);
+    } else {
+      run(src, dst, false);
+      relu(dst, dst);
+    }
+  }
+  void backward_data(const Tensor& dy, const Shape& s, Tensor& dx) const override {
+    sync();
+    adapter_.backward_data(*base_, dy, s, dx);
+  }
+
+  [[nodiscard]] std::vector<Tensor*> trainable_parameters() override { return adapter_.parameters(); }
+  [[nodiscard]] std::vector<const Tensor*> parameters() const override {
+    return static_cast<const A&>(adapter_).parameters();
+  }
+  void parameters_changed() override {
+    adapter_.refresh(*base_);
+    seen_.store(base_->weights_version());
+  }
+
+  std::unique_ptr<layer_cache> forward_train(const Tensor& src, Tensor& dst) const override {
+    sync();
+    auto c = std::make_unique<cache>();
+    base_->forward(src, c->layer_out);
+    if (c->layer_out.rank() == 4 && c->layer_out.memory_layout() != layout::nhwc) {
+      c->layer_out = c->layer_out.to_layout(layout::nhwc);
+    }
+    adapter_.forward(*base_, src, c->layer_out, dst, &c->state);
+    return c;
+  }
+  void backward(const layer_cache* lc, const Tensor& src, const Tensor& diff_dst, Tensor* diff_src,
+                std::span<Tensor> param_grads) const override {
+    const auto* c = dynamic_cast<const cache*>(lc);
+    if (!c) throw value_error("adapted_layer::backward: no cache from this layer's forward_train");
+    (void)src;
+    adapter_.backward(*base_, c->state, diff_dst, param_grads, diff_src);
+  }
+
+  /// Re-derives the adapter's state from the frozen layer's weights if they changed since.
+  void sync() const {
+    const std::uint64_t v = base_->weights_version();
+    if (seen_.load(std::memory_order_acquire) == v) return;
+    const std::lock_guard lock(mutex_);
+    if (seen_.load(std::memory_order_relaxed) == v) return;
+    adapter_.refresh(*base_);
+    seen_.store(v, std::memory_order_release);
+  }
+
+ private:
+  struct cache final : layer_cache {
+    Tensor layer_out;
+    typename A::cache_type state;
+  };
+
+  void run(const Tensor& src, Tensor& dst, bool fuse_relu) const {
+    sync();
+    if constexpr (in_place_adapter<A>) {
+      // The frozen layer writes into dst's storage and the adapter combines in place: one output-sized buffer.
+      if (&src == &dst) {
+        Tensor y;
+        run(src, y, fuse_relu);
+        dst = std::move(y);
+        return;
+      }
+      base_->forward(src, dst);
+      adapter_.forward_in_place(*base_, src, dst, fuse_relu);
+    } else {
+      thread_local Tensor z;
+      base_->forward(src, z);
+      if (z.rank() == 4 && z.memory_layout() != layout::nhwc) z = z.to_layout(layout::nhwc);
+      Tensor y;
+      adapter_.forward(*base_, src, z, y, nullptr);
+      dst = std::move(y);
+      if (fuse_relu) relu(dst, dst);
+    }
+  }
+
+  mutable A adapter_;  ///< mutable for sync(): the norms follow the frozen weights (under mutex_)
+  mutable std::mutex mutex_;
+  mutable std::atomic<std::uint64_t> seen_{0};
+};
+
+/// Wraps conv2d / linear node `name` of `net` with adapter `a` (made for that
+/// node's current layer) and returns the adapted layer. A node with a fused
+/// ReLU is refused (attach before fuse_relu()), as is a node already adapted.
+template <adapter A>
+std::shared_ptr<adapted_layer<A>> attach_adapter(graph& net, std::string_view name, A a) {
+  const network_node& n = net.node(name);
+  if (!n.has_layer()) {
+    throw value_error(detail::concat("attach_adapter: node '", name, "' is a ", to_string(n.kind),
+                                     ", not a conv2d or linear"));
+  }
+  if (n.conv.relu || n.relu_after) {
+    throw value_error(detail::concat("attach_adapter: node '", name,
+                                     "' has a fused ReLU; attach adapters to a network without fuse_relu()"));
+  }
+  if (std::dynamic_pointer_cast<adapted_layer_base>(n.layer)) {
+    throw value_error(detail::concat("attach_adapter: node '", name, "' has an adapter already"));
+  }
+  auto l = std::make_shared<adapted_layer<A>>(n.layer, std::move(a));
+  net.set_layer(name, l);
+  return l;
+}
+
+/// Makes an adapter for node `name` with `make(const layer& base)` and attaches it.
+template <class Make>
+auto attach_new_adapter(graph& net, std::string_view name, Make&& make) {
+  return attach_adapter(net, name, make(net.layer(name)));
+}
+
+/// The adapted layers of `net` by node name.
+[[nodiscard]] inline std::map<std::string, std::shared_ptr<adapted_layer_base>> adapted_layers(const graph& net) {
+  std::map<std::string, std::shared_ptr<adapted_layer_base>> out;
+  for (const auto& n : net.nodes())
+    if (auto a = std::dynamic_pointer_cast<adapted_layer_base>(n.layer)) out.emplace(n.name, std::move(a));
+  return out;
+}
+
+/// The adapter of type A on node `name` (value_error if the node has none of that type).
+template <adapter A>
+[[nodiscard]] std::shared_ptr<adapted_layer<A>> adapter_at(const graph& net, std::string_view name) {
+  auto l = std::dynamic_pointer_cast<adapted_layer<A>>(net.layer_ptr(name));
+  if (!l) throw value_error(detail::concat("adapter_at: node '", name, "' has no ", A::kind, " adapter"));
+  return l;
+}
+
+/// Removes the adapter of every adapted node, putting its frozen layer back.
+inline void detach_adapters(graph& net) {
+  for (const auto& [name, l] : adapted_layers(net)) net.set_layer(name, l->base());
+}
+
+/// Total values, SRAM bytes and frozen weights of every adapter in `net`.
+[[nodiscard]] inline adapter_footprint adapters_footprint(const graph& net,
+                                                          sram_precision precision = sram_precision::fp32) {
+  adapter_footprint f;
+  for (const auto& [name, l] : adapted_layers(net)) f += l->footprint(precision);
+  return f;
+}
+
+}  // namespace rimc
