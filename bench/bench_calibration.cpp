@@ -18,6 +18,10 @@
 //   evaluate_calibrated/B        inference of the drifted, calibrated chip, batch B = 50 (the demo's
 //                                evaluation) and 250
 //   evaluate_drifted/B           the same without adapters (the bare drifted chip)
+//   calibrate_layer/isa:T/10, calibrate_resnet20/isa:T/10   the same with rimc's own kernels capped
+//                          at each ISA tier T below the machine's (avx2, scalar; kernels/arch/isa.hpp),
+//                          in the same run; oneDNN stays on its best ISA (cap it for the whole
+//                          process with ONEDNN_MAX_CPU_ISA to time a machine without AVX-512)
 //
 // Counters: steps/s (Adam steps, all layers), images/s (calibration images
 // through an adapter's forward + backward per second: N x steps / time; for
@@ -32,6 +36,7 @@
 #include <rimc/adapt/feature_kd.hpp>
 #include <rimc/core/random.hpp>
 #include <rimc/data/dataset.hpp>
+#include <rimc/kernels/arch/dispatch.hpp>
 #include <rimc/nn/deploy.hpp>
 #include <rimc/nn/models.hpp>
 
@@ -131,7 +136,8 @@ void set_counters(benchmark::State& state, std::int64_t n, std::int64_t steps) {
 }
 
 void calibrate(benchmark::State& state, const std::vector<std::string>& targets,
-               kd_loss_path path = kd_loss_path::automatic) {
+               kd_loss_path path = kd_loss_path::automatic, isa_tier tier = active_isa()) {
+  const isa_guard cap(tier);
   const auto n = state.range(0);
   const network teacher = teacher_network();
   chip c;
@@ -241,4 +247,21 @@ BENCHMARK(calibrate_resnet50)->Args({32, 10})->Args({224, 10})->UseRealTime()->U
 BENCHMARK(calibrate_resnet20_cold)->Arg(10)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(evaluate_calibrated)->Arg(50)->Arg(250)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(evaluate_drifted)->Arg(50)->Arg(250)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_MAIN();
+
+int main(int argc, char** argv) {
+  for (const isa_tier tier : {isa_tier::avx2, isa_tier::scalar}) {
+    if (tier >= active_isa()) continue;
+    const std::string t = "/isa:" + std::string(to_string(tier));
+    benchmark::RegisterBenchmark(("calibrate_layer" + t).c_str(), [tier](benchmark::State& state) {
+      calibrate(state, {"layer2.1.conv1"}, kd_loss_path::automatic, tier);
+    })->Arg(10)->UseRealTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("calibrate_resnet20" + t).c_str(), [tier](benchmark::State& state) {
+      calibrate(state, {}, kd_loss_path::automatic, tier);
+    })->Arg(10)->UseRealTime()->Unit(benchmark::kMillisecond);
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -6,25 +6,42 @@
 # (deploy + drift, feature-KD calibration, evaluation of the 10k test images)
 # the median wall times of both, the ratio, both accuracies and both peak RSS.
 #
-#   bench/compare.sh [-r R] [-b build-dir] [-t threads] [-o out-dir] [-- extra demo/peer options]
+#   bench/compare.sh [-r R] [-b build-dir] [-t threads] [-i tier] [-o out-dir] [-- extra demo/peer options]
 #
 # Defaults: R = 3, build/release (configured Release if missing), 2 threads,
-# bench/results/compare. Needs python3-torch, python3-numpy and GNU time
-# (installed with apt when missing and running as root).
+# the machine's best ISA, bench/results/compare. -i avx2 runs both as on a
+# CPU without AVX-512: rimc with RIMC_MAX_ISA=avx2, oneDNN (rimc's and
+# PyTorch's) with ONEDNN_MAX_CPU_ISA=AVX2, PyTorch's own kernels with
+# ATEN_CPU_CAPABILITY=avx2; -i scalar: rimc's portable tier, oneDNN at SSE4.1,
+# ATEN_CPU_CAPABILITY=default. Needs python3-torch, python3-numpy and GNU
+# time (installed with apt when missing and running as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-reps=3 build=build/release threads=2 out=bench/results/compare
-while getopts "r:b:t:o:" opt; do
+reps=3 build=build/release threads=2 out=bench/results/compare tier=native
+while getopts "r:b:t:i:o:" opt; do
   case $opt in
     r) reps=$OPTARG ;;
     b) build=$OPTARG ;;
     t) threads=$OPTARG ;;
+    i) tier=$OPTARG ;;
     o) out=$OPTARG ;;
-    *) sed -n '2,14p' "$0"; exit 2 ;;
+    *) sed -n '2,18p' "$0"; exit 2 ;;
   esac
 done
+case $tier in
+  native) isa_env=() ;;
+  avx512) isa_env=(RIMC_MAX_ISA=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE ATEN_CPU_CAPABILITY=avx512) ;;
+  avx2) isa_env=(RIMC_MAX_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2) ;;
+  scalar) isa_env=(RIMC_MAX_ISA=scalar ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default) ;;
+  *) echo "compare.sh: -i must be avx512, avx2 or scalar, got '$tier'" >&2; exit 2 ;;
+esac
 shift $((OPTIND - 1))
 extra=("$@")
+# rimc runs as tools/demo.sh runs it (OMP_WAIT_POLICY=passive unless set); the
+# peer keeps the caller's setting (GOMP's default when unset): passive waiting
+# slows PyTorch's many short parallel regions (its calibration took 6.6 s
+# passive against 3.7 s by default in one pair of runs here).
+rimc_wait=${OMP_WAIT_POLICY:-passive}
 
 if [ ! -x /usr/bin/time ]; then
   if [ "$(id -u)" = 0 ]; then apt-get install -y time >/dev/null; else echo "compare.sh: needs GNU time (apt-get install time)" >&2; exit 1; fi
@@ -38,15 +55,15 @@ mkdir -p "$out"
 rm -f "$out"/rimc.*.csv "$out"/peer.*.csv "$out"/*.time "$out"/*.log
 
 run_rimc() {
-  OMP_NUM_THREADS=$threads /usr/bin/time -v -o "$out/rimc.$1.time" \
+  env "${isa_env[@]}" OMP_WAIT_POLICY="$rimc_wait" OMP_NUM_THREADS=$threads /usr/bin/time -v -o "$out/rimc.$1.time" \
     "$demo" --no-backprop --threads "$threads" --csv "$out/rimc.$1.csv" "${extra[@]}" >"$out/rimc.$1.log" 2>&1
 }
 run_peer() {
-  OMP_NUM_THREADS=$threads /usr/bin/time -v -o "$out/peer.$1.time" \
+  env "${isa_env[@]}" OMP_NUM_THREADS=$threads /usr/bin/time -v -o "$out/peer.$1.time" \
     /usr/bin/python3 bench/peer/torch_calibrate.py --threads "$threads" --csv "$out/peer.$1.csv" "${extra[@]}" \
     >"$out/peer.$1.log" 2>&1
 }
-echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >"$out/conditions.txt"
+echo "ISA: ${tier}${isa_env:+ (${isa_env[*]})}, OMP_WAIT_POLICY rimc ${rimc_wait} peer ${OMP_WAIT_POLICY:-unset}, load before: $(cut -d' ' -f1-3 /proc/loadavg)" >"$out/conditions.txt"
 for i in $(seq 1 "$reps"); do
   if [ $((i % 2)) = 1 ]; then run_rimc "$i"; run_peer "$i"; else run_peer "$i"; run_rimc "$i"; fi
   echo "repetition $i of $reps done" >&2

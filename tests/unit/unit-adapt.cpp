@@ -141,7 +141,10 @@ TEST_SUITE("adapt") {
     const Tensor before = net.forward(x);
     auto l = attach_adapter(net, "c2", dora_adapter(net.layer("c2"), {.rank = 2, .alpha = 2.0}));
     CHECK(adapted_layers(net).size() == 1);
-    CHECK(net.forward(x) == before);  // B = 0 at init
+    // B = 0 at init: the same function. DoRA scales W0 x = z - bias and adds the bias back, which
+    // returned z bitwise here with oneDNN's AVX-512 convolutions but rounds some elements by one ulp
+    // with its AVX2 ones (the release-avx2 preset), so the check is to rounding.
+    test::check_close(net.forward(x), before, 1e-6, 1e-6);
     CHECK_THROWS_WITH(attach_adapter(net, "c2", lora_adapter(net.layer("c2"), {.rank = 2})),
                       "[rimc.value_error] attach_adapter: node 'c2' has an adapter already");
     CHECK_THROWS_WITH(net.set_parameter("c2", "bias", Tensor(Shape{8})),

@@ -11,6 +11,7 @@
 #include <rimc/adapt/feature_statistics.hpp>
 #include <rimc/adapt/lora_adapter.hpp>
 #include <rimc/adapt/optim.hpp>
+#include <rimc/kernels/arch/isa.hpp>
 #include <rimc/kernels/small_gemm.hpp>
 #include <rimc/nn/deploy.hpp>
 #include <rimc/nn/network.hpp>
@@ -24,6 +25,7 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <utility>
 #include <vector>
 
 using namespace rimc;
@@ -265,5 +267,38 @@ TEST_SUITE("feature statistics") {
     bad.loss_path = kd_loss_path::automatic;
     bad.statistics_max_bytes = std::nan("");
     CHECK_THROWS_WITH_AS(bad.validate(), doctest::Contains("statistics_max_bytes"), value_error);
+  }
+
+  TEST_CASE("the automatic loss path follows the ISA tier's cost model (bench/results/loss_paths_*.csv)") {
+    // (P, K, O) of layers timed by bench/loss_paths, N = 10, rank 2, 100 steps, and the faster path per tier.
+    struct measured {
+      const char* name;
+      std::int64_t P, K, O;
+      kd_loss_path avx512, avx2, scalar;
+    };
+    constexpr auto S = kd_loss_path::statistics, D = kd_loss_path::direct;
+    const measured layers[] = {
+        {"resnet20 layer1.0.conv1", 7840, 144, 16, S, S, S},
+        {"resnet20 layer3.1.conv1", 490, 576, 64, S, S, D},
+        {"resnet50/32 layer1.0.conv2", 640, 576, 64, S, S, D},
+        {"resnet50/32 layer4.0.conv2", 10, 4608, 512, D, D, D},
+        {"resnet50/224 layer1.0.conv2", 31360, 576, 64, S, S, S},
+        {"resnet50/224 layer3.0.conv2", 1960, 2304, 256, D, D, D},
+    };
+    calibration_config cfg;
+    for (const auto& l : layers) {
+      CAPTURE(l.name);
+      for (const auto& [tier, want] : {std::pair{isa_tier::avx512, l.avx512}, std::pair{isa_tier::avx2, l.avx2},
+                                       std::pair{isa_tier::scalar, l.scalar}}) {
+        CAPTURE(to_string(tier));
+        const bool stats = detail::feature_statistics::cost(l.P, l.K, l.O, 2, 100, tier) <=
+                           detail::feature_statistics::direct_cost(l.P, l.K, l.O, 2, 100, tier);
+        CHECK((stats ? S : D) == want);
+        if (tier <= active_isa()) {  // the calibrator asks the active tier
+          const isa_guard cap(tier);
+          CHECK(detail::choose_loss_path(cfg, l.K, l.O, 2, l.P) == want);
+        }
+      }
+    }
   }
 }

@@ -266,7 +266,8 @@ double adapter_mse(const A& a, const layer& base, const Tensor& x, const Tensor&
 
 /// The loss path for a layer with P output positions (cfg.loss_path unless
 /// automatic: then statistics when feature_statistics::cost is at most
-/// feature_statistics::direct_cost and they fit in cfg.statistics_max_bytes).
+/// feature_statistics::direct_cost on the active ISA tier and they fit in
+/// cfg.statistics_max_bytes).
 [[nodiscard]] inline kd_loss_path choose_loss_path(const calibration_config& cfg, std::int64_t K, std::int64_t O,
                                                    std::int64_t r, std::int64_t P) {
   if (cfg.loss_path != kd_loss_path::automatic) return cfg.loss_path;

@@ -29,6 +29,7 @@
 #include <rimc/adapt/adapter.hpp>
 #include <rimc/adapt/dora_adapter.hpp>
 #include <rimc/core/error.hpp>
+#include <rimc/kernels/arch/isa.hpp>
 #include <rimc/kernels/im2col.hpp>
 #include <rimc/kernels/linear.hpp>
 #include <rimc/kernels/small_gemm.hpp>
@@ -265,25 +266,47 @@ class feature_statistics {
     return loss;
   }
 
-  /// The work of `steps` steps on this path, building the statistics
-  /// included, in multiply-adds; the one-off matmul counts half (oneDNN runs
-  /// it at about twice the rate of the per-step products, measured on the
-  /// ResNet-20 shapes).
-  [[nodiscard]] static double cost(std::int64_t P, std::int64_t K, std::int64_t O, std::int64_t r, int steps) {
+  /// The cost model's weights on one ISA tier, in units of the statistics
+  /// path's per-step multiply-add: `build` for the one-off matmul, `direct`
+  /// for the direct path's per-step multiply-adds, `call` for its fixed
+  /// per-step cost (kernel calls).
+  struct path_costs {
+    double build;   ///< weight of the statistics' one-off P K (K + 2 O)
+    double direct;  ///< weight of the direct path's per-step P r (2 K + 3 O)
+    double call;    ///< the direct path's fixed cost per step
+  };
+  /// The weights for `tier`, fitted by tools/fit_cost_model.py to
+  /// bench/loss_paths runs (the ResNet-20 layers and four ResNet-50 layers
+  /// at 32x32 and 224x224, N = 10; bench/results/loss_paths_*.csv). AVX-512
+  /// and AVX2 share them: on both the statistics' matmul runs at about twice
+  /// the rate of the per-step products and the direct path's thin,
+  /// memory-bound kernels at about half, plus about 30 us of kernel calls
+  /// per step. On the portable tier the per-step products run without
+  /// vectors while oneDNN's convolutions of the direct path still have
+  /// them, so the direct path is relatively cheaper.
+  [[nodiscard]] static constexpr path_costs costs_for(isa_tier tier) noexcept {
+    return tier == isa_tier::scalar ? path_costs{0.08, 0.25, 5e4} : path_costs{0.5, 2.0, 1e6};
+  }
+  /// The work of `steps` steps on this path on `tier`, building the
+  /// statistics included: steps r K (K + 4 O) + build P K (K + 2 O).
+  [[nodiscard]] static double cost(std::int64_t P, std::int64_t K, std::int64_t O, std::int64_t r, int steps,
+                                   isa_tier tier = active_isa()) {
     const double k = static_cast<double>(K), w = static_cast<double>(K + 2 * O);
-    return 0.5 * static_cast<double>(P) * k * w + steps * static_cast<double>(r) * k * (w + 2.0 * static_cast<double>(O));
+    return costs_for(tier).build * static_cast<double>(P) * k * w +
+           steps * static_cast<double>(r) * k * (w + 2.0 * static_cast<double>(O));
   }
   /// The same for the direct path: per step the forward of A x, the
-  /// combination and the loss, and the backward of A, B and m, counted
-  /// twice (its thin, memory-bound kernels run at about half the rate of the
-  /// statistics path's product), plus a fixed 1e6 for its kernel calls
-  /// (about 30 us). Both weights were fitted to the ResNet-20 layers and to
-  /// four ResNet-50 layers at 32x32 and 224x224 (N = 10), where this choice
-  /// picks the faster path for every layer measured.
-  [[nodiscard]] static double direct_cost(std::int64_t P, std::int64_t K, std::int64_t O, std::int64_t r, int steps) {
+  /// combination and the loss, and the backward of A, B and m,
+  /// P r (2 K + 3 O) multiply-adds weighted by `direct`, plus `call`.
+  /// On the layers measured this picks the faster path for every layer on
+  /// AVX-512, and for all but one near the crossover on AVX2 and on the
+  /// portable tier (tools/fit_cost_model.py prints the comparison).
+  [[nodiscard]] static double direct_cost(std::int64_t P, std::int64_t K, std::int64_t O, std::int64_t r, int steps,
+                                          isa_tier tier = active_isa()) {
+    const path_costs c = costs_for(tier);
     const double per_step =
         static_cast<double>(P) * static_cast<double>(r) * (2.0 * static_cast<double>(K) + 3.0 * static_cast<double>(O));
-    return steps * (2.0 * per_step + 1e6);
+    return steps * (c.direct * per_step + c.call);
   }
   /// Bytes the statistics keep.
   [[nodiscard]] static double bytes(std::int64_t K, std::int64_t O) {
