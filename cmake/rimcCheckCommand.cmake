@@ -1,14 +1,28 @@
 # Runs a program and checks how it ends: cmake -DCOMMAND="prog;arg;..." -DEXPECT_EXIT=2
 #   -DEXPECT_OUTPUT="text it must print" [-DMAX_MS=1000] -P rimcCheckCommand.cmake
 # Fails unless the exit code is EXPECT_EXIT, stdout or stderr contains EXPECT_OUTPUT
-# verbatim, and the run took at most MAX_MS milliseconds of wall time.
+# verbatim, and the run took at most MAX_MS milliseconds of wall time
+# (microsecond timestamps need CMake 3.23; older versions time in whole
+# seconds and allow MAX_MS + 1000).
 if(NOT DEFINED MAX_MS)
   set(MAX_MS 1000)
 endif()
-string(TIMESTAMP start "%s%f")
+if(CMAKE_VERSION VERSION_LESS 3.23)
+  set(stamp "%s")
+  set(per_ms 1)
+  math(EXPR MAX_MS "${MAX_MS} + 1000")
+else()
+  set(stamp "%s%f")
+  set(per_ms 1000)
+endif()
+string(TIMESTAMP start "${stamp}")
 execute_process(COMMAND ${COMMAND} RESULT_VARIABLE code OUTPUT_VARIABLE out ERROR_VARIABLE err)
-string(TIMESTAMP stop "%s%f")
-math(EXPR elapsed_ms "(${stop} - ${start}) / 1000")
+string(TIMESTAMP stop "${stamp}")
+if(per_ms EQUAL 1)
+  math(EXPR elapsed_ms "(${stop} - ${start}) * 1000")
+else()
+  math(EXPR elapsed_ms "(${stop} - ${start}) / 1000")
+endif()
 set(all "${out}${err}")
 string(FIND "${all}" "${EXPECT_OUTPUT}" at)
 set(problems "")

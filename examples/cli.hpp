@@ -8,6 +8,7 @@
 
 #include <rimc/core/error.hpp>
 #include <rimc/core/parallel.hpp>
+#include <rimc/kernels/arch/isa.hpp>
 
 #include <CLI/CLI.hpp>
 
@@ -191,11 +192,12 @@ class command_line {
   void check(std::function<void()> f) { checks_.push_back(std::move(f)); }
 
   /// Parses argv: --help prints the flags and exits 0; an error prints
-  /// "<program>: <message>" and exits 2.
+  /// "<program>: <message>" and exits 2. A bad RIMC_MAX_ISA is reported here too.
   void parse(int argc, char** argv) {
     try {
       app_.parse(argc, argv);
       for (const auto& c : checks_) c();
+      (void)rimc::active_isa();
     } catch (const CLI::CallForHelp& e) {
       std::exit(app_.exit(e));
     } catch (const CLI::ParseError& e) {

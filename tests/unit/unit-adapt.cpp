@@ -2,8 +2,9 @@
 // in a network (attach, detach, the frozen layer's weights borrowed and
 // followed when the chip drifts again, network backprop through them), a
 // user-defined adapter trained by the unchanged calibrators, a user-defined
-// tile type on every analog path, and the network's guards (input shapes,
-// parameters of deployed layers, concurrent reads).
+// tile type on every analog path, the network's guards (input shapes,
+// parameters of deployed layers), and failures that leave the network as it
+// was (deploy, fold, calibration).
 
 #include <rimc/adapt/adapted_layer.hpp>
 #include <rimc/adapt/backprop.hpp>
@@ -155,6 +156,72 @@ TEST_SUITE("adapt") {
     CHECK(net.node("c2").own_layer());
     net.set_parameter("c2", "bias", Tensor(Shape{8}));  // allowed again
     CHECK(!(net.forward(x) == before));
+  }
+
+  TEST_CASE("a failed deploy, fold or calibration leaves the network as it was") {
+    SUBCASE("deploy_analog: a later layer that cannot be programmed, or a name listed twice") {
+      network net;
+      int x = net.input(Shape{4, 6, 6});
+      x = net.conv2d("plain", x, 4, 3, conv2d_params{{1, 1}, {1, 1}});
+      net.conv2d("grouped", x, 4, 3, conv2d_params{.stride = {1, 1}, .padding = {1, 1}, .groups = 2});
+      CHECK_THROWS_WITH((void)deploy_analog(net, analog_options{}),
+                        "[rimc.value_error] analog_conv2d: groups must be 1, got 2");
+      CHECK(net.node("plain").own_layer());  // nothing was placed
+      CHECK_THROWS_WITH((void)deploy_analog(net, analog_options{}, {"plain", "plain"}),
+                        "[rimc.value_error] deploy_analog: node 'plain' is listed twice");
+      CHECK(net.node("plain").own_layer());
+      auto chip = deploy_analog(net, analog_options{}, {"plain"});  // and it still deploys
+      CHECK_FALSE(net.node("plain").own_layer());
+    }
+    SUBCASE("fold_batch_norm: a deployed conv after a foldable one") {
+      network net;
+      int x = net.input(Shape{2, 6, 6});
+      x = net.conv2d("a", x, 3, 3);
+      x = net.batch_norm("a_bn", x);
+      x = net.conv2d("b", x, 3, 1);
+      net.batch_norm("b_bn", x);
+      test::for_each_parameter(net, [&](const network_node&, const std::string& p, Tensor& t) {
+        if (p != "num_batches_tracked") fill_uniform(t, counter_rng(3), 0.5f, 1.5f);
+      });
+      const Tensor a_weights = net.node("a").params.at("weight");
+      auto chip = deploy_analog(net, analog_options{}, {"b"});
+      CHECK_THROWS_WITH(net.fold_batch_norm(), "[rimc.value_error] network::fold_batch_norm: 'b' already runs a "
+                                               "deployed or adapted layer; fold batch norm before deploying");
+      CHECK(net.node("a").params.at("weight") == a_weights);
+      CHECK_FALSE(net.node("a_bn").bypass);
+    }
+    SUBCASE("calibrate_feature_kd: a failure after the first layer takes its adapter off again") {
+      const network teacher = toy(21);
+      network student = toy(21);
+      auto chip = deploy_analog(student, analog_options{});
+      chip.drift_to(relative_drift{}, drift_level{0.2}, 22);
+      const Tensor images = test::random_tensor(Shape{3, 2, 9, 9}, 23);
+      const Tensor before = student.forward(images);
+      calibration_config cfg;
+      cfg.steps = 3;
+      cfg.on_layer = [](const layer_calibration& l, std::size_t, std::size_t) {
+        if (l.name == "c2") throw value_error("stop at c2");
+      };
+      CHECK_THROWS_WITH((void)calibrate_feature_kd(teacher, student, images, cfg), "[rimc.value_error] stop at c2");
+      CHECK(adapted_layers(student).empty());
+      CHECK(student.forward(images) == before);
+      cfg.targets = {"c1", "c1"};
+      CHECK_THROWS_WITH((void)calibrate_feature_kd(teacher, student, images, cfg),
+                        "[rimc.value_error] calibrate_feature_kd: target 'c1' is listed twice");
+    }
+    SUBCASE("calibrate_backprop: a fused ReLU outside the targets is refused before anything is attached") {
+      const network teacher = toy(31);
+      network student = toy(31);
+      student.fuse_relu();
+      backprop_config cfg;
+      cfg.steps = 2;
+      cfg.targets = {"fc"};
+      const Tensor images = test::random_tensor(Shape{2, 2, 9, 9}, 32);
+      CHECK_THROWS_WITH((void)calibrate_backprop(teacher, student, images, {0, 1}, cfg),
+                        "[rimc.value_error] calibrate_backprop: student node 'c1' has a fused ReLU; backprop needs the "
+                        "network without fuse_relu()");
+      CHECK(adapted_layers(student).empty());
+    }
   }
 
   TEST_CASE("an adapted layer follows its crossbars: after more drift its output uses the new weights' norms") {

@@ -96,6 +96,37 @@ TEST_SUITE("network") {
     // Running the rest of the network from a captured feature gives the same output.
     std::map<std::string, Tensor> none;
     test::check_close(net.forward_from(net.id("block.add"), f.at("block.add"), net.output(), {}, none), y, 1e-6, 1e-6);
+    // The same from a map of known values; keys outside the network and values of the wrong shape are refused.
+    const int add = net.id("block.add");
+    test::check_close(net.forward_from(add, std::map<int, Tensor>{{add, f.at("block.add")}}, net.output(), {}, none), y,
+                      1e-6, 1e-6);
+    const int n = static_cast<int>(net.nodes().size());
+    const std::string bad_key = detail::concat("[rimc.value_error] network::forward_from: known value for node index ",
+                                               n + 3, ", but the network has nodes 0..", n - 1);
+    CHECK_THROWS_WITH_AS((void)net.forward_from(add, std::map<int, Tensor>{{n + 3, x}}, net.output(), {}, none),
+                         bad_key.c_str(), value_error);
+    CHECK_THROWS_WITH_AS((void)net.forward_from(add, std::map<int, Tensor>{{add, f.at("stem_relu")}}, net.output(), {}, none),
+                         "[rimc.shape_error] network::forward_from: node 'block.add' takes batches of [12, 5, 5] per sample, "
+                         "got [4, 8, 9, 9]",
+                         shape_error);
+  }
+
+  TEST_CASE("a ReLU is not fused into a conv whose folded batch norm feeds another node too") {
+    // conv -> bn -> {relu, add(relu, bn)}: after folding, the add must still read the conv's linear output.
+    network net;
+    const int x = net.input(Shape{2, 6, 6});
+    const int c = net.conv2d("c", x, 4, 3, conv2d_params{{1, 1}, {1, 1}}, true);
+    const int bn = net.batch_norm("bn", c);
+    const int r = net.relu("r", bn);
+    net.add("sum", r, bn);
+    randomise(net, 7);
+    const Tensor in = test::random_tensor(Shape{2, 2, 6, 6}, 8);
+    const Tensor before = net.forward(in);
+    net.fold_batch_norm();
+    net.fuse_relu();
+    CHECK_FALSE(net.node("c").conv.relu);
+    CHECK_FALSE(net.node("r").bypass);
+    test::check_close(net.forward(in), before, 1e-5, 1e-5);
   }
 
   TEST_CASE("folding batch norm and fusing ReLU keep the output and the node names") {
@@ -133,7 +164,10 @@ TEST_SUITE("network") {
                       "padded by (0, 0)");
     CHECK_THROWS_WITH(net.linear("fc", a, 10),
                       "[rimc.shape_error] network: linear 'fc' needs a flat input, but 'a' is [4, 6, 6]; add a flatten node");
+    CHECK_THROWS_WITH(net.conv2d("none", x, 0, 3),
+                      "[rimc.value_error] network: conv2d 'none' needs out_channels and kernel >= 1, got 0 and 3x3");
     const int f = net.flatten("f", a);
+    CHECK_THROWS_WITH(net.linear("empty", f, 0), "[rimc.value_error] network: linear 'empty' needs out_features >= 1, got 0");
     CHECK_THROWS_WITH(net.conv2d("c", f, 4, 1),
                       "[rimc.shape_error] network: conv2d 'c' needs a [C, H, W] input, but 'f' is [144]");
     CHECK_THROWS_WITH((void)net.id("nope"), "[rimc.value_error] network: no node named 'nope'");

@@ -222,6 +222,14 @@ TEST_SUITE("peft") {
     // A second attach finds the adapters already there, and changes nothing.
     CHECK_THROWS_WITH(attach_peft_adapter(bare, dir), (std::string() + "[rimc.value_error] " + dir.string() +
                                                       ": node 'layer1.0.conv1' has an adapter already").c_str());
+    // A network whose ReLUs are fused into the layers cannot take them: the adapter would see relu(W0 x + b).
+    network fused = test::two_layer_network();
+    fused.fuse_relu();
+    CHECK_THROWS_WITH(attach_peft_adapter(fused, dir),
+                      (std::string() + "[rimc.value_error] " + dir.string() +
+                       ": node 'layer1.0.conv1' has a fused ReLU; attach adapters to a network without fuse_relu()")
+                          .c_str());
+    CHECK(adapted_layers(fused).empty());
   }
 
   TEST_CASE("a file with a missing key, a wrong shape or a wrong dtype is rejected and nothing changes") {
@@ -238,7 +246,8 @@ TEST_SUITE("peft") {
       save_safetensors(st, m);
     };
     test::adapted_pair<> b(50);
-    const Tensor before = b.conv->adapter().lora_A();
+    const Tensor conv_before = b.conv->adapter().lora_A();
+    const Tensor fc_before = b.fc->adapter().lora_B();
     SUBCASE("missing key") {
       rewrite("base_model.model.fc.lora_B.weight", "base_model.model.fc.lora_b.weight", Tensor(Shape{10, 4}));
       CHECK_THROWS_WITH(load_peft_adapter(dir, b.net), (std::string() + "[rimc.io_error] " + st.string() + ": missing tensor 'base_model.model.fc.lora_B.weight'").c_str());
@@ -248,6 +257,14 @@ TEST_SUITE("peft") {
       CHECK_THROWS_WITH(load_peft_adapter(dir, b.net), (std::string() + "[rimc.shape_error] " + st.string() +
                             ": tensor 'base_model.model.fc.lora_A.weight' has shape [4, 31] but the adapter expects "
                             "[4, 32]").c_str());
+    }
+    SUBCASE("wrong shape in the module read last") {
+      // Modules are read in name order (fc first): a module-by-module load would have changed fc.
+      rewrite("base_model.model.layer1.0.conv1.lora_B.weight", "base_model.model.layer1.0.conv1.lora_B.weight",
+              Tensor(Shape{8, 3, 1, 1}));
+      CHECK_THROWS_WITH(load_peft_adapter(dir, b.net), (std::string() + "[rimc.shape_error] " + st.string() +
+                            ": tensor 'base_model.model.layer1.0.conv1.lora_B.weight' has shape [8, 3, 1, 1] but the "
+                            "adapter expects [8, 2, 1, 1]").c_str());
     }
     SUBCASE("wrong dtype") {
       // An integer tensor where a float one belongs: written by hand.
@@ -275,6 +292,7 @@ TEST_SUITE("peft") {
                         (std::string() + "[rimc.value_error] " + lora_dir.string() +
                          ": adapter_config.json says use_dora 0 but module 'fc' has a dora adapter").c_str());
     }
-    CHECK(b.conv->adapter().lora_A() == before);  // no module was half-loaded
+    CHECK(b.conv->adapter().lora_A() == conv_before);  // no module was half-loaded
+    CHECK(b.fc->adapter().lora_B() == fc_before);
   }
 }

@@ -69,7 +69,10 @@ template <adapter A>
 class adapted_layer final : public adapted_layer_base {
  public:
   /// Wraps `base` with `a` (made for `base`'s weights).
+  /// The adapter is refreshed from `base` here (its geometry checked, DoRA's
+  /// norms taken from the weights as they are now).
   adapted_layer(std::shared_ptr<layer> base, A a) : adapted_layer_base(std::move(base)), adapter_(std::move(a)) {
+    adapter_.refresh(*base_);
     seen_.store(base_->weights_version());
   }
 
@@ -171,6 +174,20 @@ class adapted_layer final : public adapted_layer_base {
   mutable std::atomic<std::uint64_t> seen_{0};
 };
 
+namespace detail {
+/// Throws value_error ("<who>: node '<name>' ...") unless node `n`'s layer can
+/// take an adapter: no fused ReLU (its output would be relu(W0 x + b)), none yet.
+inline void check_adaptable(const network_node& n, const std::string& who) {
+  if (n.conv.relu || n.relu_after) {
+    throw value_error(detail::concat(who, ": node '", n.name,
+                                     "' has a fused ReLU; attach adapters to a network without fuse_relu()"));
+  }
+  if (std::dynamic_pointer_cast<adapted_layer_base>(n.layer)) {
+    throw value_error(detail::concat(who, ": node '", n.name, "' has an adapter already"));
+  }
+}
+}  // namespace detail
+
 /// Wraps conv2d / linear node `name` of `net` with adapter `a` (made for that
 /// node's current layer) and returns the adapted layer. A node with a fused
 /// ReLU is refused (attach before fuse_relu()), as is a node already adapted.
@@ -181,13 +198,7 @@ std::shared_ptr<adapted_layer<A>> attach_adapter(graph& net, std::string_view na
     throw value_error(detail::concat("attach_adapter: node '", name, "' is a ", to_string(n.kind),
                                      ", not a conv2d or linear"));
   }
-  if (n.conv.relu || n.relu_after) {
-    throw value_error(detail::concat("attach_adapter: node '", name,
-                                     "' has a fused ReLU; attach adapters to a network without fuse_relu()"));
-  }
-  if (std::dynamic_pointer_cast<adapted_layer_base>(n.layer)) {
-    throw value_error(detail::concat("attach_adapter: node '", name, "' has an adapter already"));
-  }
+  detail::check_adaptable(n, "attach_adapter");
   auto l = std::make_shared<adapted_layer<A>>(n.layer, std::move(a));
   net.set_layer(name, l);
   return l;
@@ -219,6 +230,39 @@ template <adapter A>
 inline void detach_adapters(graph& net) {
   for (const auto& [name, l] : adapted_layers(net)) net.set_layer(name, l->base());
 }
+
+namespace detail {
+/// Attaches adapters and, unless commit() is called, takes them off again at
+/// destruction (in reverse order): a calibration that fails half-way leaves
+/// the network as it found it.
+class attach_transaction {
+ public:
+  explicit attach_transaction(graph& net) noexcept : net_(net) {}
+  attach_transaction(const attach_transaction&) = delete;
+  attach_transaction& operator=(const attach_transaction&) = delete;
+  ~attach_transaction() {
+    for (auto it = attached_.rbegin(); it != attached_.rend(); ++it) {
+      try {
+        net_.set_layer(it->first, it->second);
+      } catch (...) {  // the base layer came from this node: set_layer accepts it
+      }
+    }
+  }
+  /// attach_adapter(net, name, a), remembered.
+  template <adapter A>
+  std::shared_ptr<adapted_layer<A>> attach(std::string_view name, A a) {
+    auto l = attach_adapter(net_, name, std::move(a));
+    attached_.emplace_back(std::string(name), l->base());
+    return l;
+  }
+  /// Keeps every adapter attached so far.
+  void commit() noexcept { attached_.clear(); }
+
+ private:
+  graph& net_;
+  std::vector<std::pair<std::string, std::shared_ptr<layer>>> attached_;
+};
+}  // namespace detail
 
 /// Total values, SRAM bytes and frozen weights of every adapter in `net`.
 [[nodiscard]] inline adapter_footprint adapters_footprint(const graph& net,

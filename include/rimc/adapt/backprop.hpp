@@ -121,6 +121,19 @@ template <class Factory>
   const auto t_start = std::chrono::steady_clock::now();
   detail::check_teacher_student(teacher, student, "calibrate_backprop");
   const std::vector<std::string> targets = detail::calibration_targets(student, cfg.targets, "calibrate_backprop");
+  // The training tape runs every node unfused: refuse a fused ReLU anywhere before attaching anything.
+  for (const auto& n : student.nodes()) {
+    if (!n.bypass && n.conv.relu) {
+      throw value_error(detail::concat("calibrate_backprop: student node '", n.name,
+                                       "' has a fused ReLU; backprop needs the network without fuse_relu()"));
+    }
+  }
+  for (const auto& t : targets) {
+    if (student.node(t).relu_after) {
+      throw value_error(detail::concat("calibrate_backprop: target '", t,
+                                       "' has a fused ReLU; backprop needs the network without fuse_relu()"));
+    }
+  }
   std::vector<A> made = detail::make_adapters<A>(teacher, student, targets, cfg.seed, make, "calibrate_backprop");
   const Tensor teacher_logits = teacher.forward(images);
   for (std::size_t i = 0; i < labels.size(); ++i) {
@@ -132,8 +145,9 @@ template <class Factory>
   const std::uint64_t writes_before = student.rram_writes();
   basic_calibration_result<A> result;
   std::vector<std::shared_ptr<adapted_layer<A>>> adapted;
+  detail::attach_transaction attached(student);  // a failure below takes the adapters off again
   for (std::size_t i = 0; i < targets.size(); ++i) {
-    auto l = attach_adapter(student, targets[i], std::move(made[i]));
+    auto l = attached.attach(targets[i], std::move(made[i]));
     adapted.push_back(l);
     result.adapters[targets[i]] = l;
   }
@@ -182,7 +196,12 @@ template <class Factory>
     std::vector<param_slot> slots;
     for (std::size_t i = 0; i < adapted.size(); ++i) {
       const auto p = adapted[i]->trainable_parameters();
-      const auto& gr = grads.at(targets[i]);
+      const auto g = grads.find(targets[i]);
+      if (g == grads.end()) {
+        throw value_error(detail::concat("calibrate_backprop: target '", targets[i],
+                                         "' gets no gradient: it does not feed the network's output"));
+      }
+      const auto& gr = g->second;
       for (std::size_t k = 0; k < p.size(); ++k) slots.push_back({p[k], &gr[k]});
     }
     opt.step(slots);
@@ -203,6 +222,7 @@ template <class Factory>
   result.rram_writes = student.rram_writes() - writes_before;
   result.seconds = whole.seconds;
   if (cfg.on_progress) cfg.on_progress(whole, 0, 1);
+  attached.commit();
   return result;
 }
 

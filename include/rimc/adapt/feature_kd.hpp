@@ -22,7 +22,9 @@
 /// images, a non-positive learning rate, non-finite images or teacher
 /// features, a teacher and student that disagree on batch-norm folding) are
 /// rejected before any adapter is attached: every adapter is made before the
-/// first layer is calibrated. A step whose loss is NaN/Inf or above 1000x the
+/// first layer is calibrated. An error after that (a layer that starts
+/// non-finite, an exception from on_layer) takes this call's adapters off
+/// again before it propagates. A step whose loss is NaN/Inf or above 1000x the
 /// layer's starting MSE, or that leaves a non-finite parameter, is undone: the
 /// last good parameters are restored, Adam restarts at half the step size,
 /// and the event is counted in the layer's report.
@@ -175,7 +177,12 @@ namespace detail {
                                                                  const char* who) {
   if (targets.empty()) targets = net.layer_names();
   if (targets.empty()) throw value_error(concat(who, ": no conv2d or linear layer to calibrate"));
-  for (const auto& name : targets) {
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    const std::string& name = targets[i];
+    if (std::find(targets.begin(), targets.begin() + static_cast<std::ptrdiff_t>(i), name) !=
+        targets.begin() + static_cast<std::ptrdiff_t>(i)) {
+      throw value_error(concat(who, ": target '", name, "' is listed twice"));
+    }
     const network_node& n = net.node(name);
     if (!n.has_layer()) throw value_error(concat(who, ": target '", name, "' is not a conv2d or linear layer"));
     if (std::dynamic_pointer_cast<adapted_layer_base>(n.layer)) {
@@ -247,13 +254,15 @@ double adapter_mse(const A& a, const layer& base, const Tensor& x, const Tensor&
       thread_local std::vector<double> part;
       part.assign(static_cast<std::size_t>(blocks), 0.0);
       double* pp = part.data();
+      const isa_tier tier = active_isa();  // outside the parallel region (it may throw)
 #pragma omp parallel for schedule(static) if (blocks > 4)
       for (std::int64_t b = 0; b < blocks; ++b) {
         thread_local std::vector<float> ybuf;
         const auto i0 = b * mse_block_size, i1 = std::min(n, i0 + mse_block_size), p0 = i0 / O, p1 = (i1 - 1) / O + 1;
         ybuf.resize(static_cast<std::size_t>((p1 - p0) * O));
-        combine_rows_block(u, sbt.data(), zp, unbias, gamma.data(), shift.data(), r, O, p0, p1, ybuf.data(), false);
-        pp[b] = mse_block(ybuf.data() + (i0 - p0 * O), tp + i0, gp ? gp + i0 : nullptr, i1 - i0, nd);
+        combine_rows_block(u, sbt.data(), zp, unbias, gamma.data(), shift.data(), r, O, p0, p1, ybuf.data(), false,
+                           tier);
+        pp[b] = mse_block(ybuf.data() + (i0 - p0 * O), tp + i0, gp ? gp + i0 : nullptr, i1 - i0, nd, tier);
       }
       double s = 0;
       for (double v : part) s += v;
@@ -424,6 +433,7 @@ template <class Factory>
   const std::uint64_t writes_before = student.rram_writes();
 
   basic_calibration_result<A> result;
+  detail::attach_transaction attached(student);  // a failure below takes this call's adapters off again
   detail::student_prefix prefix(student, images, targets);
   for (std::size_t li = 0; li < targets.size(); ++li) {
     const std::string& name = targets[li];
@@ -501,10 +511,11 @@ template <class Factory>
     rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     result.footprint += rep.footprint;
     result.layers.push_back(rep);
-    result.adapters[name] = attach_adapter(student, name, std::move(a));
+    result.adapters[name] = attached.attach(name, std::move(a));
     prefix.changed(name);
     if (cfg.on_layer) cfg.on_layer(rep, li, targets.size());
   }
+  attached.commit();
   result.rram_writes = student.rram_writes() - writes_before;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return result;

@@ -193,9 +193,7 @@ inline std::vector<std::string> attach_peft_adapter(graph& net, const std::files
       throw value_error(detail::concat(source, ": adapter_config.json targets '", n.name, "', a ", to_string(n.kind),
                                        "; only conv2d and linear nodes take adapters"));
     }
-    if (std::dynamic_pointer_cast<adapted_layer_base>(n.layer)) {
-      throw value_error(detail::concat(source, ": node '", n.name, "' has an adapter already"));
-    }
+    detail::check_adaptable(n, source);
     const std::int64_t r = cfg.rank_of(n.name);
     const double alpha = cfg.alpha_of(n.name);
     try {

@@ -22,10 +22,11 @@ inline void combine_rows(const float* u, const float* sbt, const float* z0, cons
                          const float* shift, std::int64_t r, std::int64_t O, std::int64_t P, float* y,
                          bool relu = false) {
   const std::int64_t blocks = (P + combine_block_rows - 1) / combine_block_rows;
+  const isa_tier tier = active_isa();  // outside the parallel region (it may throw)
 #pragma omp parallel for schedule(static) if (P * O > 65536)
   for (std::int64_t b = 0; b < blocks; ++b) {
     const std::int64_t p0 = b * combine_block_rows, p1 = std::min(P, p0 + combine_block_rows);
-    combine_rows_block(u, sbt, z0, unbias, gamma, shift, r, O, p0, p1, y + p0 * O, relu);
+    combine_rows_block(u, sbt, z0, unbias, gamma, shift, r, O, p0, p1, y + p0 * O, relu, tier);
   }
 }
 

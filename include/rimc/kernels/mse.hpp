@@ -32,9 +32,10 @@ inline double mse(const Tensor& y, const Tensor& t, Tensor* grad) {
   const auto nd = static_cast<double>(n);
   thread_local std::vector<double> part;
   part.assign(static_cast<std::size_t>(blocks), 0.0);
+  const isa_tier tier = active_isa();  // outside the parallel region (it may throw)
   auto block = [&](std::int64_t b) {
     const auto i0 = b * mse_block_size, len = std::min(n, i0 + mse_block_size) - i0;
-    return mse_block(yp + i0, tp + i0, gp ? gp + i0 : nullptr, len, nd);
+    return mse_block(yp + i0, tp + i0, gp ? gp + i0 : nullptr, len, nd, tier);
   };
   double* pp = part.data();
 #pragma omp parallel for schedule(static) if (blocks > 4)

@@ -26,10 +26,11 @@ inline void rows_times_matrix(matrix_ref a, std::int64_t r, std::int64_t K, matr
                               std::int64_t ldo) {
   constexpr std::int64_t strip = rows_times_matrix_strip;
   const std::int64_t strips = (N + strip - 1) / strip;
+  const isa_tier tier = active_isa();  // outside the parallel region (it may throw)
 #pragma omp parallel for schedule(static) if (strips > 1 && r * K * N > 262144)
   for (std::int64_t t = 0; t < strips; ++t) {
     const std::int64_t c0 = t * strip, c1 = std::min(N, c0 + strip);
-    rows_times_matrix_cols(a, r, K, b, c0, c1, out, ldo);
+    rows_times_matrix_cols(a, r, K, b, c0, c1, out, ldo, tier);
   }
 }
 

@@ -10,6 +10,8 @@
 #include <rimc/nn/graph.hpp>
 #include <rimc/nn/layer.hpp>
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -176,7 +178,12 @@ class analog_deployment {
 template <class Tile>
 analog_deployment<Tile> deploy_analog(graph& net, const analog_options& options, std::vector<std::string> names) {
   if (names.empty()) names = net.layer_names();
-  for (const auto& name : names) {
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    const std::string& name = names[i];
+    if (std::find(names.begin(), names.begin() + static_cast<std::ptrdiff_t>(i), name) !=
+        names.begin() + static_cast<std::ptrdiff_t>(i)) {
+      throw value_error(detail::concat("deploy_analog: node '", name, "' is listed twice"));
+    }
     const network_node& n = net.node(name);
     if (!n.has_layer()) {
       throw value_error(detail::concat("deploy_analog: node '", name, "' is a ", to_string(n.kind),
@@ -186,20 +193,27 @@ analog_deployment<Tile> deploy_analog(graph& net, const analog_options& options,
       throw value_error(detail::concat("deploy_analog: node '", name, "' already runs a deployed or adapted layer"));
     }
   }
+  // Every layer is programmed before any node changes: an error leaves the network as it was.
   analog_deployment<Tile> d;
   for (const auto& name : names) {
     const network_node& n = net.node(name);
     analog_options opt = options;
     opt.layer_id = static_cast<std::uint64_t>(net.id(name));
     if (n.kind == op_kind::conv2d) {
-      auto layer = std::make_shared<analog_layer<Tile, true>>(n, opt);
-      net.set_layer(name, layer);
-      d.layers_.push_back({name, layer});
+      d.layers_.push_back({name, std::make_shared<analog_layer<Tile, true>>(n, opt)});
     } else {
-      auto layer = std::make_shared<analog_layer<Tile, false>>(n, opt);
-      net.set_layer(name, layer);
-      d.layers_.push_back({name, layer});
+      d.layers_.push_back({name, std::make_shared<analog_layer<Tile, false>>(n, opt)});
     }
+  }
+  std::size_t placed = 0;
+  try {
+    for (const auto& e : d.layers_) {
+      std::visit([&](const auto& l) { net.set_layer(e.name, l); }, e.layer);
+      ++placed;
+    }
+  } catch (...) {
+    for (std::size_t i = 0; i < placed; ++i) net.reset_layer(d.layers_[i].name);
+    throw;
   }
   return d;
 }

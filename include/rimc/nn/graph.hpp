@@ -104,6 +104,10 @@ class graph {
   int conv2d(std::string name, int in, std::int64_t out_channels, std::array<std::int64_t, 2> kernel,
              conv2d_params p = {}, bool bias = false) {
     const Shape& s = image_input("conv2d", name, in);
+    if (out_channels < 1 || kernel[0] < 1 || kernel[1] < 1) {
+      throw value_error(detail::concat("network: conv2d '", name, "' needs out_channels and kernel >= 1, got ",
+                                       out_channels, " and ", kernel[0], "x", kernel[1]));
+    }
     const Shape w{out_channels, s[0] / std::max<std::int64_t>(p.groups, 1), kernel[0], kernel[1]};
     const Shape out = conv2d_output_shape(Shape{1, s[0], s[1], s[2]}, w, p);
     network_node n = make(std::move(name), op_kind::conv2d, {in}, Shape{out[1], out[2], out[3]});
@@ -174,6 +178,9 @@ class graph {
     if (s.rank() != 1) {
       throw shape_error(detail::concat("network: linear '", name, "' needs a flat input, but '", nodes_[idx(in)].name,
                                        "' is ", s.to_string(), "; add a flatten node"));
+    }
+    if (out_features < 1) {
+      throw value_error(detail::concat("network: linear '", name, "' needs out_features >= 1, got ", out_features));
     }
     network_node n = make(std::move(name), op_kind::linear, {in}, Shape{out_features});
     n.params["weight"] = Tensor(Shape{out_features, s[0]});
@@ -312,6 +319,18 @@ class graph {
     for (const auto& n : nodes_)
       for (int i : n.inputs) c += (i == id) ? 1 : 0;
     return c + (output() == id ? 1 : 0);
+  }
+
+  /// How many running nodes read node `id`'s value, directly or through
+  /// bypassed nodes (a folded batch norm passes its producer's value on; the
+  /// output counts as one).
+  [[nodiscard]] int value_consumers(int id) const {
+    int c = 0;
+    for (const auto& n : nodes_) {
+      if (n.bypass) continue;
+      for (int i : n.inputs) c += (resolve(i) == id) ? 1 : 0;
+    }
+    return c + (resolve(output()) == id ? 1 : 0);
   }
 
  protected:

@@ -63,11 +63,20 @@ class network : public graph {
   /// Runs nodes (from, to] given the outputs of the earlier nodes they
   /// consume in `known` (by node index; read, never copied or overwritten),
   /// capturing as forward does: resumes a forward pass from the values an
-  /// earlier pass left (layer-wise calibration runs each prefix once).
+  /// earlier pass left (layer-wise calibration runs each prefix once). Each
+  /// key must be a node index, each value a batch of that node's shape.
   [[nodiscard]] Tensor forward_from(int from, const std::map<int, Tensor>& known, int to,
                                     const std::vector<std::string>& capture,
                                     std::map<std::string, Tensor>& captured) const {
     check_range(from, to);
+    const int n = static_cast<int>(nodes().size());
+    for (const auto& [k, v] : known) {
+      if (k < 0 || k >= n) {
+        throw value_error(detail::concat("network::forward_from: known value for node index ", k,
+                                         ", but the network has nodes 0..", n - 1));
+      }
+      detail::check_batch(*this, resolve(k), v, "network::forward_from");
+    }
     return detail::run(*this, Tensor(), from, to, capture, captured, &known);
   }
 

@@ -19,14 +19,23 @@ namespace rimc {
 /// an error: fold first (the crossbars must hold the folded weights).
 inline void fold_batch_norm(graph& g) {
   auto& nodes = detail::graph_access::nodes(g);
-  for (auto& bn : nodes) {
-    if (bn.kind != op_kind::batch_norm || bn.bypass) continue;
-    network_node& conv = nodes[static_cast<std::size_t>(bn.inputs[0])];
-    if (conv.kind != op_kind::conv2d || g.consumers(bn.inputs[0]) != 1 || conv.conv.relu) continue;
+  auto foldable = [&](const network_node& bn) {
+    if (bn.kind != op_kind::batch_norm || bn.bypass) return false;
+    const network_node& conv = nodes[static_cast<std::size_t>(bn.inputs[0])];
+    return conv.kind == op_kind::conv2d && g.consumers(bn.inputs[0]) == 1 && !conv.conv.relu;
+  };
+  // Every conv is checked before any weight changes: an error leaves the network as it was.
+  for (const auto& bn : nodes) {
+    if (!foldable(bn)) continue;
+    const network_node& conv = nodes[static_cast<std::size_t>(bn.inputs[0])];
     if (!conv.own_layer()) {
       throw value_error(detail::concat("network::fold_batch_norm: '", conv.name,
                                        "' already runs a deployed or adapted layer; fold batch norm before deploying"));
     }
+  }
+  for (auto& bn : nodes) {
+    if (!foldable(bn)) continue;
+    network_node& conv = nodes[static_cast<std::size_t>(bn.inputs[0])];
     const auto O = conv.shape[0];
     Tensor& w = conv.params["weight"];
     if (!conv.params.contains("bias")) conv.params["bias"] = Tensor(Shape{O});
@@ -55,7 +64,8 @@ inline void fuse_relu(graph& g) {
     if (r.kind != op_kind::relu || r.bypass) continue;
     const int src = g.resolve(r.inputs[0]);
     network_node& p = nodes[static_cast<std::size_t>(src)];
-    if (g.consumers(src) != 1 || (p.has_layer() && !p.own_layer())) continue;
+    // Counted through folded batch norms: conv -> bn (folded) -> {relu, add} must keep the add's input linear.
+    if (g.value_consumers(src) != 1 || (p.has_layer() && !p.own_layer())) continue;
     if (p.kind == op_kind::conv2d && !p.conv.relu) {
       p.conv.relu = true;
     } else if ((p.kind == op_kind::linear || p.kind == op_kind::add) && !p.relu_after) {

@@ -50,21 +50,42 @@ namespace rimc::detail {
 /// shift (z = z0, or z0 - unbias when unbias is given; then max(y, 0) with
 /// `relu`); u [P, r], sbt [r, O], z0 [P, O] row-major; y points at row p0.
 /// Per element an FMA chain over j from zero, then each epilogue step rounded.
+///
+/// Each kernel also has a form that takes the tier: callers that run blocks
+/// inside an OpenMP region read active_isa() once before it, so that a bad
+/// RIMC_MAX_ISA is reported as a value_error instead of escaping a parallel
+/// region (which would terminate the process).
+inline void combine_rows_block(const float* u, const float* sbt, const float* z0, const float* unbias,
+                               const float* gamma, const float* shift, std::int64_t r, std::int64_t O, std::int64_t p0,
+                               std::int64_t p1, float* y, bool relu, isa_tier tier) {
+  RIMC_ISA_CALL(tier, combine_rows, u, sbt, z0, unbias, gamma, shift, r, O, p0, p1, y, relu);
+}
+/// The same on the active tier.
 inline void combine_rows_block(const float* u, const float* sbt, const float* z0, const float* unbias,
                                const float* gamma, const float* shift, std::int64_t r, std::int64_t O, std::int64_t p0,
                                std::int64_t p1, float* y, bool relu) {
-  RIMC_ISA_CALL(active_isa(), combine_rows, u, sbt, z0, unbias, gamma, shift, r, O, p0, p1, y, relu);
+  combine_rows_block(u, sbt, z0, unbias, gamma, shift, r, O, p0, p1, y, relu, active_isa());
 }
 
 /// Sum of (y - t)^2 over [0, len) in double (8 lanes, fixed order); with g, g = float(2 (y - t) / n).
+[[nodiscard]] inline double mse_block(const float* y, const float* t, float* g, std::int64_t len, double n,
+                                      isa_tier tier) {
+  return RIMC_ISA_CALL(tier, mse_block, y, t, g, len, n);
+}
+/// The same on the active tier.
 [[nodiscard]] inline double mse_block(const float* y, const float* t, float* g, std::int64_t len, double n) {
-  return RIMC_ISA_CALL(active_isa(), mse_block, y, t, g, len, n);
+  return mse_block(y, t, g, len, n, active_isa());
 }
 
 /// Columns [c0, c1) of out [r, N] = a [r, K] b [K, N]: per element an FMA chain over k from zero.
 inline void rows_times_matrix_cols(matrix_ref a, std::int64_t r, std::int64_t K, matrix_ref b, std::int64_t c0,
+                                   std::int64_t c1, float* out, std::int64_t ldo, isa_tier tier) {
+  RIMC_ISA_CALL(tier, rows_times_matrix, a, r, K, b, c0, c1, out, ldo);
+}
+/// The same on the active tier.
+inline void rows_times_matrix_cols(matrix_ref a, std::int64_t r, std::int64_t K, matrix_ref b, std::int64_t c0,
                                    std::int64_t c1, float* out, std::int64_t ldo) {
-  RIMC_ISA_CALL(active_isa(), rows_times_matrix, a, r, K, b, c0, c1, out, ldo);
+  rows_times_matrix_cols(a, r, K, b, c0, c1, out, ldo, active_isa());
 }
 
 /// out[i * r + j] = sum_k x[i, k] a[j, k] in double (8 lanes, fixed order).
