@@ -3,7 +3,8 @@
 # every CTest test in Release; reruns the unit tests and the small example runs
 # as an AVX2-only machine would (rimc's kernels and oneDNN capped at AVX2) and
 # with rimc's kernels on their portable tier, so every ISA fallback runs; then
-# builds and runs everything again under AddressSanitizer + UBSan.
+# builds at -O1 and runs every test of rimc's code again under AddressSanitizer
+# + UBSan (the build-system, header, dependency and docs checks run in Release).
 # RIMC_TEST_PRESETS="release" limits the presets run (release-avx2 and
 # release-scalar reuse the release build).
 set -euo pipefail

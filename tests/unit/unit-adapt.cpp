@@ -22,6 +22,10 @@
 #include <cmath>
 #include <span>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_adapt {
+
 using namespace rimc;
 
 namespace {
@@ -353,3 +357,5 @@ TEST_SUITE("adapt") {
     CHECK(chip.rram_weights() == 6 * 18 + 8 * 54 + 5 * 8);
   }
 }
+
+}  // namespace unit_adapt

@@ -17,6 +17,10 @@
 #include <limits>
 #include <vector>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_analog {
+
 using namespace rimc;
 
 namespace {
@@ -423,3 +427,5 @@ TEST_SUITE("analog") {
     CHECK_THROWS_WITH(analog_conv2d{inf_w}, "[rimc.value_error] analog_conv2d: weights: element 7 of tensor [4, 2, 3, 3] is inf");
   }
 }
+
+}  // namespace unit_analog

@@ -22,6 +22,10 @@
 #include <filesystem>
 #include <string>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_atomic_saves {
+
 using namespace rimc;
 
 namespace {
@@ -158,3 +162,5 @@ TEST_SUITE("atomic saves") {
     std::filesystem::remove_all(dir);
   }
 }
+
+}  // namespace unit_atomic_saves

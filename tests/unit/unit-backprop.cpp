@@ -12,6 +12,10 @@
 
 #include <cmath>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_backprop {
+
 using namespace rimc;
 
 namespace {
@@ -192,3 +196,5 @@ TEST_SUITE("backprop") {
     CHECK(adapted_layers(student).empty());
   }
 }
+
+}  // namespace unit_backprop

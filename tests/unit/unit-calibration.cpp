@@ -13,6 +13,10 @@
 #include <limits>
 #include <string>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_calibration {
+
 using namespace rimc;
 
 namespace {
@@ -173,3 +177,5 @@ TEST_SUITE("calibration") {
     for (std::int64_t i = 0; i < out.numel(); ++i) REQUIRE(std::isfinite(out[i]));
   }
 }
+
+}  // namespace unit_calibration

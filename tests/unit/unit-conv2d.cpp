@@ -11,6 +11,10 @@
 
 #include <vector>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_conv2d {
+
 using namespace rimc;
 
 namespace {
@@ -253,3 +257,5 @@ TEST_SUITE("conv2d backward-weights") {
                   doctest::Approx(expected[(n * out[1] + o) * out[2] * out[3] + i]).epsilon(1e-5));
   }
 }
+
+}  // namespace unit_conv2d

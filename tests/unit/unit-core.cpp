@@ -17,6 +17,10 @@
 #include <set>
 #include <vector>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_core {
+
 using namespace rimc;
 
 TEST_SUITE("core") {
@@ -221,3 +225,5 @@ TEST_SUITE("parallel") {
     CHECK(max_threads() == 4 * omp_get_num_procs());
   }
 }
+
+}  // namespace unit_core

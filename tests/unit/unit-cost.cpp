@@ -17,6 +17,10 @@
 #include <cmath>
 #include <limits>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_cost {
+
 using namespace rimc;
 
 namespace {
@@ -350,3 +354,5 @@ TEST_SUITE("cost") {
     CHECK_THROWS_WITH(w.validate(), "[rimc.value_error] calibration_workload: samples must be >= 1, got 0");
   }
 }
+
+}  // namespace unit_cost

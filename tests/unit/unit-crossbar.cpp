@@ -18,6 +18,10 @@
 #include <limits>
 #include <vector>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_crossbar {
+
 using namespace rimc;
 
 namespace {
@@ -354,3 +358,5 @@ TEST_SUITE("crossbar") {
     CHECK(a.rram_writes() == 2 * cells);
   }
 }
+
+}  // namespace unit_crossbar

@@ -12,6 +12,10 @@
 #include <fstream>
 #include <set>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_datasets {
+
 using namespace rimc;
 
 namespace {
@@ -108,3 +112,5 @@ TEST_SUITE("datasets") {
     CHECK(std::abs(test.images.vector().mean()) < 0.05f);
   }
 }
+
+}  // namespace unit_datasets

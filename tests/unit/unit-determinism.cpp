@@ -50,6 +50,10 @@
 #include <thread>
 #include <vector>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_determinism {
+
 using namespace rimc;
 
 namespace {
@@ -246,3 +250,5 @@ TEST_SUITE("determinism") {
     }
   }
 }
+
+}  // namespace unit_determinism

@@ -13,6 +13,10 @@
 #include <limits>
 #include <vector>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_device {
+
 using namespace rimc;
 
 namespace {
@@ -330,3 +334,5 @@ TEST_SUITE("device") {
     CHECK(presets::cmo_reram_read_noise(seconds{100.0}).form == read_noise::kind::cmo_reram);
   }
 }
+
+}  // namespace unit_device

@@ -15,6 +15,10 @@
 
 #include <filesystem>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_dora {
+
 using namespace rimc;
 using reference::dmat;
 using reference::dvec;
@@ -509,3 +513,5 @@ TEST_SUITE("dora") {
     for (std::int64_t o = 0; o < 6; ++o) CHECK(g.magnitude[o] == doctest::Approx(ref.m[o]).epsilon(1e-4).scale(1e-4));
   }
 }
+
+}  // namespace unit_dora

@@ -16,6 +16,10 @@
 #include <numbers>
 #include <vector>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_drift {
+
 using namespace rimc;
 
 namespace {
@@ -293,3 +297,5 @@ TEST_SUITE("drift") {
     CHECK(std::abs(sd - 1) < 5 / std::sqrt(2.0 * double(n)));
   }
 }
+
+}  // namespace unit_drift

@@ -8,6 +8,10 @@
 
 #include <doctest/doctest.h>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_eltwise {
+
 using namespace rimc;
 
 TEST_SUITE("eltwise") {
@@ -76,3 +80,5 @@ TEST_SUITE("eltwise") {
                       "[rimc.shape_error] add: shapes differ: [2, 3] vs [3, 2]");
   }
 }
+
+}  // namespace unit_eltwise

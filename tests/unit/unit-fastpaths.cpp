@@ -18,6 +18,10 @@
 #include <cstring>
 #include <span>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_fastpaths {
+
 using namespace rimc;
 
 TEST_SUITE("fast paths") {
@@ -153,3 +157,5 @@ TEST_SUITE("fast paths") {
   }
 
 }
+
+}  // namespace unit_fastpaths

@@ -11,6 +11,10 @@
 
 #include <vector>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_im2col {
+
 using namespace rimc;
 
 namespace {
@@ -88,3 +92,5 @@ TEST_SUITE("im2col") {
     CHECK_THROWS_WITH_AS(im2col(src, 3, 3, p, a), "[rimc.value_error] im2col: groups must be 1, got 2", value_error);
   }
 }
+
+}  // namespace unit_im2col

@@ -21,6 +21,10 @@
 #include <string>
 #include <vector>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_isa {
+
 using namespace rimc;
 
 namespace {
@@ -201,3 +205,5 @@ TEST_SUITE("isa tiers") {
     }
   }
 }
+
+}  // namespace unit_isa

@@ -10,6 +10,10 @@
 
 #include <doctest/doctest.h>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_linear {
+
 using namespace rimc;
 
 TEST_SUITE("linear") {
@@ -135,3 +139,5 @@ TEST_SUITE("concurrency") {
     }
   }
 }
+
+}  // namespace unit_linear

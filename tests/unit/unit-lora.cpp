@@ -16,6 +16,10 @@
 
 #include <doctest/doctest.h>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_lora {
+
 using namespace rimc;
 using reference::dmat;
 using reference::dvec;
@@ -205,3 +209,5 @@ TEST_SUITE("lora") {
     CHECK(b.adapters.size() == 3);
   }
 }
+
+}  // namespace unit_lora

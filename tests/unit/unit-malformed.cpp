@@ -26,6 +26,10 @@
 #include <string>
 #include <vector>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_malformed {
+
 using namespace rimc;
 using test::float_bytes;
 using test::safetensors_bytes;
@@ -348,3 +352,5 @@ TEST_SUITE("malformed") {
     CHECK(pair.fc->adapter().lora_A() == before);
   }
 }
+
+}  // namespace unit_malformed

@@ -15,6 +15,10 @@
 #include <fstream>
 #include <sstream>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_network {
+
 using namespace rimc;
 
 namespace {
@@ -252,3 +256,5 @@ TEST_SUITE("network") {
     }
   }
 }
+
+}  // namespace unit_network

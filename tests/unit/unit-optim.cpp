@@ -8,6 +8,10 @@
 
 #include <cmath>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_optim {
+
 using namespace rimc;
 
 namespace {
@@ -96,3 +100,5 @@ TEST_SUITE("optim") {
                       "parameter set changes");
   }
 }
+
+}  // namespace unit_optim

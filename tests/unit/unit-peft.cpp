@@ -17,6 +17,10 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_peft {
+
 using namespace rimc;
 
 namespace {
@@ -296,3 +300,5 @@ TEST_SUITE("peft") {
     CHECK(b.fc->adapter().lora_B() == fc_before);
   }
 }
+
+}  // namespace unit_peft

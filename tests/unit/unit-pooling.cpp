@@ -10,6 +10,10 @@
 
 #include <vector>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_pooling {
+
 using namespace rimc;
 
 namespace {
@@ -134,3 +138,5 @@ TEST_SUITE("pooling") {
     }
   }
 }
+
+}  // namespace unit_pooling

@@ -15,6 +15,10 @@
 #include <limits>
 #include <string>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_safetensors {
+
 using namespace rimc;
 
 TEST_SUITE("half") {
@@ -106,3 +110,5 @@ TEST_SUITE("safetensors") {
     std::filesystem::remove_all(dir);
   }
 }
+
+}  // namespace unit_safetensors

@@ -28,6 +28,10 @@
 #include <utility>
 #include <vector>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_statistics {
+
 using namespace rimc;
 
 namespace {
@@ -205,7 +209,7 @@ TEST_SUITE("feature statistics") {
     CHECK_THROWS_WITH_AS((void)st.evaluate(other, *other_base), doctest::Contains("do not fit rank 2 on 12 x 45"), shape_error);
   }
 
-  TEST_CASE("a calibration on the statistics path ends where the direct path does; automatic picks per layer") {
+  TEST_CASE("a calibration on the statistics path ends where the direct path does, and the automatic path picks per layer") {
     // A small conv net with biases (c1, c2) and a linear head, the student its drifted copy.
     network teacher;
     int x = teacher.input(Shape{3, 12, 12});
@@ -302,3 +306,5 @@ TEST_SUITE("feature statistics") {
     }
   }
 }
+
+}  // namespace unit_statistics

@@ -11,6 +11,10 @@
 
 #include <filesystem>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_teacher {
+
 using namespace rimc;
 
 namespace {
@@ -53,3 +57,5 @@ TEST_SUITE("teacher") {
     CHECK(r.top5 >= r.top1);
   }
 }
+
+}  // namespace unit_teacher

@@ -9,6 +9,10 @@
 
 #include <doctest/doctest.h>
 
+// This file's names live in a namespace of their own: all unit-test files build into one
+// program from a few unity translation units (tests/CMakeLists.txt).
+namespace unit_thin_conv2d {
+
 using namespace rimc;
 
 TEST_SUITE("thin_conv2d") {
@@ -89,3 +93,5 @@ TEST_SUITE("thin_conv2d") {
                       "[rimc.shape_error] thin_conv2d::backward: diff_u: shapes differ: [1, 2, 2, 2] vs [1, 2, 3, 3]");
   }
 }
+
+}  // namespace unit_thin_conv2d
