@@ -78,3 +78,4 @@
 #include <rimc/adapt/lora_adapter.hpp>
 #include <rimc/adapt/optim.hpp>
 #include <rimc/adapt/peft_files.hpp>
+#include <rimc/adapt/vera_adapter.hpp>

@@ -1,7 +1,12 @@
 #pragma once
-// Network helpers for rimc's unit tests: filling parameters in place.
+// Network helpers for rimc's unit tests: filling parameters in place, and a small
+// conv net the adapter tests calibrate.
 
-#include <rimc/nn/graph.hpp>
+#include <rimc/core/random.hpp>
+#include <rimc/kernels/params.hpp>
+#include <rimc/nn/network.hpp>
+
+#include <cstdint>
 
 #include <string>
 
@@ -19,6 +24,25 @@ void for_each_parameter(graph& net, F&& f) {
       net.set_parameter(n.name, key, std::move(t));
     }
   }
+}
+
+/// Two 3x3 convolutions with bias (8 and 12 channels, the second stride 2), ReLUs,
+/// global average pooling and a linear layer to 4 classes, on 2x10x10 inputs;
+/// parameters uniform in [-0.4, 0.4] from `seed` on.
+inline network small_conv_net(std::uint64_t seed) {
+  network net;
+  int x = net.input(Shape{2, 10, 10});
+  x = net.conv2d("c1", x, 8, 3, conv2d_params{{1, 1}, {1, 1}}, true);
+  x = net.relu("r1", x);
+  x = net.conv2d("c2", x, 12, 3, conv2d_params{{2, 2}, {1, 1}}, true);
+  x = net.relu("r2", x);
+  x = net.global_avg_pool("gap", x);
+  x = net.flatten("flat", x);
+  net.linear("fc", x, 4);
+  for_each_parameter(net, [&](const network_node&, const std::string&, Tensor& t) {
+    fill_uniform(t, counter_rng(seed++), -0.4f, 0.4f);
+  });
+  return net;
 }
 
 }  // namespace rimc::test

@@ -155,21 +155,7 @@ TEST_SUITE("lora") {
   }
 
   TEST_CASE("the feature-KD and backprop calibrators train LoRA adapters unchanged, on both loss paths") {
-    auto make = [](std::uint64_t seed) {
-      network net;
-      int x = net.input(Shape{2, 10, 10});
-      x = net.conv2d("c1", x, 8, 3, conv2d_params{{1, 1}, {1, 1}}, true);
-      x = net.relu("r1", x);
-      x = net.conv2d("c2", x, 12, 3, conv2d_params{{2, 2}, {1, 1}}, true);
-      x = net.relu("r2", x);
-      x = net.global_avg_pool("gap", x);
-      x = net.flatten("flat", x);
-      net.linear("fc", x, 4);
-      test::for_each_parameter(net, [&](const network_node&, const std::string&, Tensor& t) {
-        fill_uniform(t, counter_rng(seed++), -0.4f, 0.4f);
-      });
-      return net;
-    };
+    const auto make = test::small_conv_net;
     const network teacher = make(1);
     const Tensor images = test::random_tensor(Shape{6, 2, 10, 10}, 3);
     const auto lora = [](const adapter_request& r) { return lora_adapter(r.base, {.rank = 2, .alpha = 2.0, .seed = r.seed}); };

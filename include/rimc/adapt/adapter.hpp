@@ -7,8 +7,8 @@
 /// backward-data pass) from the layer it is given at every call, so it never
 /// holds a copy that could go stale when the chip drifts further.
 ///
-/// dora_adapter and lora_adapter satisfy it; examples/extend_rimc.cpp defines
-/// a third outside the library. adapted_layer (adapt/adapted_layer.hpp) wraps
+/// dora_adapter, lora_adapter and vera_adapter satisfy it;
+/// examples/extend_rimc.cpp defines one outside the library. adapted_layer (adapt/adapted_layer.hpp) wraps
 /// a frozen layer and an adapter into a network layer; the calibrators
 /// (feature_kd.hpp, backprop.hpp) train any adapter through this concept.
 
