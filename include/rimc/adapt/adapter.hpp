@@ -8,9 +8,10 @@
 /// holds a copy that could go stale when the chip drifts further.
 ///
 /// dora_adapter, lora_adapter and vera_adapter satisfy it;
-/// examples/extend_rimc.cpp defines one outside the library. adapted_layer (adapt/adapted_layer.hpp) wraps
-/// a frozen layer and an adapter into a network layer; the calibrators
-/// (feature_kd.hpp, backprop.hpp) train any adapter through this concept.
+/// examples/extend_rimc.cpp defines one outside the library. adapted_layer
+/// (adapt/adapted_layer.hpp) wraps a frozen layer and an adapter into a
+/// network layer; the calibrators (feature_kd.hpp, backprop.hpp) train any
+/// adapter through this concept.
 
 #include <rimc/core/tensor.hpp>
 #include <rimc/cost/sram.hpp>
