@@ -207,6 +207,32 @@ inline void low_rank_combine(const Tensor& u, const Tensor& layer_out, const Eig
                opts.relu);
 }
 
+/// The additive low-rank forward LoRA and VeRA share: u = A x (into the cache
+/// when given, which then also refers to x and layer_out), y = layer_out +
+/// s u B^T; `who` names the adapter in errors.
+inline void additive_low_rank_forward(const low_rank_kernels& k, const Eigen::Ref<const RowMatrixXf>& b, float s,
+                                      const Tensor& x, const Tensor& layer_out, Tensor& y, low_rank_cache* cache,
+                                      std::string_view who) {
+  if (&y == &x || &y == &layer_out) throw value_error(concat(who, "::forward: y must not alias x or layer_out"));
+  thread_local Tensor u_local;
+  Tensor& u = cache ? cache->u : u_local;
+  k.forward(x, u);
+  low_rank_combine(u, layer_out, b, nullptr, s, nullptr, y, {});
+  if (cache) {
+    cache->src = &x;
+    cache->layer_out = &layer_out;
+  }
+}
+
+/// The same in the storage of the layer's output (then ReLU with `relu`), bitwise the above.
+inline void additive_low_rank_in_place(const low_rank_kernels& k, const Eigen::Ref<const RowMatrixXf>& b, float s,
+                                       const Tensor& x, Tensor& out, bool relu) {
+  thread_local Tensor u;
+  k.forward(x, u);
+  if (out.rank() == 4 && out.memory_layout() != layout::nhwc) out = out.to_layout(layout::nhwc);
+  low_rank_combine(u, out, b, nullptr, s, nullptr, out, {.relu = relu});
+}
+
 /// diag(gamma) (W0 + s B A) with W0 [O, ...], A [r, ...], B [O, r, ...] (gamma null: 1).
 [[nodiscard]] inline Tensor low_rank_merge(const Tensor& w0, const Tensor& a, const Tensor& b,
                                            const Eigen::VectorXf* gamma, float s) {

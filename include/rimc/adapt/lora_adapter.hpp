@@ -122,24 +122,13 @@ class lora_adapter {
   void forward(const layer& base, const Tensor& x, const Tensor& layer_out, Tensor& y,
                low_rank_cache* cache = nullptr) const {
     check_io(base, x, layer_out);
-    if (&y == &x || &y == &layer_out) throw value_error("lora_adapter::forward: y must not alias x or layer_out");
-    thread_local Tensor u_local;
-    Tensor& u = cache ? cache->u : u_local;
-    kernels_.forward(x, u);
-    detail::low_rank_combine(u, layer_out, b_.matrix(geo_.O, cfg_.rank), nullptr, scale(), nullptr, y, {});
-    if (cache) {
-      cache->src = &x;
-      cache->layer_out = &layer_out;
-    }
+    detail::additive_low_rank_forward(kernels_, b_.matrix(geo_.O, cfg_.rank), scale(), x, layer_out, y, cache, "lora_adapter");
   }
 
   /// Inference in the storage of the layer's output (then ReLU with `relu`), bitwise forward()'s.
   void forward_in_place(const layer& base, const Tensor& x, Tensor& out, bool relu) const {
     check_io(base, x, out);
-    thread_local Tensor u;
-    kernels_.forward(x, u);
-    if (out.rank() == 4 && out.memory_layout() != layout::nhwc) out = out.to_layout(layout::nhwc);
-    detail::low_rank_combine(u, out, b_.matrix(geo_.O, cfg_.rank), nullptr, scale(), nullptr, out, {.relu = relu});
+    detail::additive_low_rank_in_place(kernels_, b_.matrix(geo_.O, cfg_.rank), scale(), x, out, relu);
   }
 
   /// grads = {dL/dA, dL/dB} for dL/dy and the forward that filled `cache`;
