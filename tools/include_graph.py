@@ -10,7 +10,7 @@ Reads every `#include <rimc/...>` line under include/rimc, prints the graph
      device only (layer geometry, never a network or a training result);
   3. SIMD code stays in kernels/arch/: nothing else includes <immintrin.h>,
      uses a target attribute, or includes a per-tier kernel file;
-  4. nothing refers to files outside the repository (../shared).
+  4. no relative path in a header climbs out of the repository.
 Top-level headers (rimc.hpp, dora.hpp, ...) are umbrellas and may include anything.
 
   include_graph.py [--root include/rimc] [--dot]     exit 0: rules kept, 1: broken
@@ -40,6 +40,7 @@ TIER_FILES = {"kernels/arch/portable.hpp", "kernels/arch/avx2.hpp", "kernels/arc
 def scan(root):
     edges = defaultdict(int)
     problems = []
+    repo = os.path.abspath(os.path.join(root, "..", ".."))  # root is <repo>/include/rimc
     for dirpath, _, files in os.walk(root):
         for name in sorted(files):
             if not name.endswith(".hpp"):
@@ -64,8 +65,10 @@ def scan(root):
                     problems.append(f"{rel} uses a target attribute outside kernels/arch/")
                 if re.search(r"\b_mm(256|512)?_[a-z0-9_]+\s*\(", text):
                     problems.append(f"{rel} calls an intrinsic outside kernels/arch/")
-            if "../shared" in text or "shared/PAPER" in text:
-                problems.append(f"{rel} refers to a file outside the repository (../shared)")
+            for m in re.finditer(r"(?:\.\./)+[\w.-]+(?:/[\w.-]+)*", text):
+                target = os.path.normpath(os.path.join(dirpath, m.group(0)))
+                if os.path.commonpath([repo, target]) != repo:
+                    problems.append(f"{rel} refers to {m.group(0)}, outside the repository")
     return edges, problems
 
 

@@ -1,10 +1,15 @@
 #pragma once
 // Network helpers for rimc's unit tests: filling parameters in place, and a small
-// conv net the adapter tests calibrate.
+// conv net the adapter tests calibrate (digital, and deployed and drifted).
 
+#include <rimc/adapt/backprop.hpp>
 #include <rimc/core/random.hpp>
+#include <rimc/device/drift.hpp>
 #include <rimc/kernels/params.hpp>
+#include <rimc/nn/deploy.hpp>
 #include <rimc/nn/network.hpp>
+
+#include <doctest/doctest.h>
 
 #include <cstdint>
 
@@ -43,6 +48,30 @@ inline network small_conv_net(std::uint64_t seed) {
     fill_uniform(t, counter_rng(seed++), -0.4f, 0.4f);
   });
   return net;
+}
+
+/// small_conv_net(seed) deployed on crossbars (default analog options) and
+/// drifted by 20% relative drift (drift seed 7): a student to calibrate.
+inline network drifted_small_conv_net(std::uint64_t seed) {
+  network net = small_conv_net(seed);
+  auto chip = deploy_analog(net, analog_options{});
+  chip.drift_to(relative_drift{}, drift_level{0.2}, 7);
+  return net;
+}
+
+/// Backprop calibration (30 joint steps, KL only) of drifted_small_conv_net(1)
+/// against `teacher` on `images` with adapters from `make`: the first report's
+/// loss goes down and all three layers get an adapter.
+template <class Factory>
+void check_backprop_trains(const network& teacher, const Tensor& images, Factory make) {
+  network student = drifted_small_conv_net(1);
+  backprop_config cfg;
+  cfg.steps = 30;
+  cfg.kl_weight = 1.0;
+  cfg.ce_weight = 0.0;
+  const auto b = calibrate_backprop(teacher, student, images, {0, 1, 2, 3, 0, 1}, cfg, make);
+  CHECK(b.layers[0].mse_after < b.layers[0].mse_before);
+  CHECK(b.adapters.size() == 3);
 }
 
 }  // namespace rimc::test

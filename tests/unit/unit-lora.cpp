@@ -161,9 +161,7 @@ TEST_SUITE("lora") {
     const auto lora = [](const adapter_request& r) { return lora_adapter(r.base, {.rank = 2, .alpha = 2.0, .seed = r.seed}); };
     std::map<kd_loss_path, std::vector<layer_calibration>> runs;
     for (const kd_loss_path path : {kd_loss_path::direct, kd_loss_path::statistics}) {
-      network student = make(1);
-      auto chip = deploy_analog(student, analog_options{});
-      chip.drift_to(relative_drift{}, drift_level{0.2}, 7);
+      network student = test::drifted_small_conv_net(1);
       calibration_config cfg;
       cfg.steps = 30;
       cfg.lr = 0.02;
@@ -183,16 +181,7 @@ TEST_SUITE("lora") {
       CHECK(runs[kd_loss_path::statistics][i].mse_after ==
             doctest::Approx(runs[kd_loss_path::direct][i].mse_after).epsilon(1e-2));
     }
-    network student = make(1);
-    auto chip = deploy_analog(student, analog_options{});
-    chip.drift_to(relative_drift{}, drift_level{0.2}, 7);
-    backprop_config bcfg;
-    bcfg.steps = 30;
-    bcfg.kl_weight = 1.0;
-    bcfg.ce_weight = 0.0;
-    const auto b = calibrate_backprop(teacher, student, images, {0, 1, 2, 3, 0, 1}, bcfg, lora);
-    CHECK(b.layers[0].mse_after < b.layers[0].mse_before);
-    CHECK(b.adapters.size() == 3);
+    test::check_backprop_trains(teacher, images, lora);
   }
 }
 

@@ -279,9 +279,7 @@ TEST_SUITE("vera") {
     // One pair of projections for the whole network: K up to 8 * 3 * 3, O up to 12.
     const auto proj = std::make_shared<const vera_projections>(4, 72, 12, 5);
     const auto vera = [&](const adapter_request& r) { return vera_adapter(r.base, {.projections = proj}); };
-    network student = make(1);
-    auto chip = deploy_analog(student, analog_options{});
-    chip.drift_to(relative_drift{}, drift_level{0.2}, 7);
+    network student = test::drifted_small_conv_net(1);
     calibration_config cfg;
     cfg.steps = 40;
     cfg.lr = 0.05;
@@ -295,16 +293,7 @@ TEST_SUITE("vera") {
     CHECK(r.rram_writes == 0);
     CHECK(r.footprint.parameters == (4 + 8) + (4 + 12) + (4 + 4));
 
-    network student2 = make(1);
-    auto chip2 = deploy_analog(student2, analog_options{});
-    chip2.drift_to(relative_drift{}, drift_level{0.2}, 7);
-    backprop_config bc;
-    bc.steps = 30;
-    bc.kl_weight = 1.0;
-    bc.ce_weight = 0.0;
-    const auto b = calibrate_backprop(teacher, student2, images, {0, 1, 2, 3, 0, 1}, bc, vera);
-    CHECK(b.layers[0].mse_after < b.layers[0].mse_before);
-    CHECK(b.adapters.size() == 3);
+    test::check_backprop_trains(teacher, images, vera);
   }
 }
 

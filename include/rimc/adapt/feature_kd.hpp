@@ -177,12 +177,8 @@ namespace detail {
                                                                  const char* who) {
   if (targets.empty()) targets = net.layer_names();
   if (targets.empty()) throw value_error(concat(who, ": no conv2d or linear layer to calibrate"));
-  for (std::size_t i = 0; i < targets.size(); ++i) {
-    const std::string& name = targets[i];
-    if (std::find(targets.begin(), targets.begin() + static_cast<std::ptrdiff_t>(i), name) !=
-        targets.begin() + static_cast<std::ptrdiff_t>(i)) {
-      throw value_error(concat(who, ": target '", name, "' is listed twice"));
-    }
+  check_listed_once(targets, who, "target");
+  for (const auto& name : targets) {
     const network_node& n = net.node(name);
     if (!n.has_layer()) throw value_error(concat(who, ": target '", name, "' is not a conv2d or linear layer"));
     if (std::dynamic_pointer_cast<adapted_layer_base>(n.layer)) {

@@ -10,7 +10,6 @@
 #include <rimc/nn/graph.hpp>
 #include <rimc/nn/layer.hpp>
 
-#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -178,12 +177,8 @@ class analog_deployment {
 template <class Tile>
 analog_deployment<Tile> deploy_analog(graph& net, const analog_options& options, std::vector<std::string> names) {
   if (names.empty()) names = net.layer_names();
-  for (std::size_t i = 0; i < names.size(); ++i) {
-    const std::string& name = names[i];
-    if (std::find(names.begin(), names.begin() + static_cast<std::ptrdiff_t>(i), name) !=
-        names.begin() + static_cast<std::ptrdiff_t>(i)) {
-      throw value_error(detail::concat("deploy_analog: node '", name, "' is listed twice"));
-    }
+  detail::check_listed_once(names, "deploy_analog", "node");
+  for (const auto& name : names) {
     const network_node& n = net.node(name);
     if (!n.has_layer()) {
       throw value_error(detail::concat("deploy_analog: node '", name, "' is a ", to_string(n.kind),

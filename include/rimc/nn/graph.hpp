@@ -79,6 +79,14 @@ struct network_node {
 
 class graph;
 namespace detail {
+/// Throws value_error("<who>: <noun> '<name>' is listed twice") for the first
+/// name in `names` that repeats an earlier one.
+inline void check_listed_once(const std::vector<std::string>& names, std::string_view who, std::string_view noun) {
+  for (auto it = names.begin(); it != names.end(); ++it) {
+    if (std::find(names.begin(), it, *it) != it) throw value_error(concat(who, ": ", noun, " '", *it, "' is listed twice"));
+  }
+}
+
 /// The graph's internals for the passes, the executor and the parameter files (nn/ only).
 struct graph_access {
   static std::vector<network_node>& nodes(graph& g);
