@@ -77,22 +77,44 @@ struct write_verify_model {
 };
 
 /// Energy, latency and endurance of the RRAM array, its periphery, the SRAM
-/// and the digital unit (defaults: public figures, source beside each).
+/// and the digital unit (defaults: public figures, source and arithmetic beside
+/// each; the list is docs/formulas.md, sec. 7).
+///
+/// Sources cited below by short name:
+/// - Yang 2013: J. J. Yang, D. B. Strukov, D. R. Stewart, "Memristive devices for computing", Nature
+///   Nanotechnology 8, 13-24 (2013), Table 1 "Comparison of memory and storage technologies" (device-level
+///   figures taken from ITRS 2011; the caption warns that circuit-level overheads, not included, can dominate).
+/// - NeuroSim V2.1: `Training_pytorch/NeuroSIM/Param.cpp` of `github.com/neurosim/DNN_NeuroSim_V2.1`, the tool of
+///   X. Peng, S. Huang, H. Jiang, A. Lu, S. Yu, "DNN+NeuroSim V2.0: An End-to-End Benchmarking Framework for
+///   Compute-in-Memory Accelerators for On-Chip Training", IEEE TCAD 40(11), 2306-2319 (2021).
+/// - ISAAC: A. Shafiee, A. Nag, N. Muralimanohar, R. Balasubramonian, J. P. Strachan, M. Hu, R. S. Williams,
+///   V. Srikumar, "ISAAC: A Convolutional Neural Network Accelerator with In-Situ Analog Arithmetic in
+///   Crossbars", ISCA 2016, pp. 14-26, Table I "ISAAC parameters" (32 nm; powers are per group of a kind
+///   within one IMA) and sec. IV (one crossbar read, the pipeline cycle, takes 100 ns).
+/// - Horowitz 2014: M. Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014,
+///   pp. 10-14, Fig. 1.1.9 "Rough energy costs for various operations in 45nm 0.9V".
 struct cost_model {
   // --- RRAM ---------------------------------------------------------------
-  /// Energy of one write pulse on one cell, pJ. ITRS 2011 (docs/formulas.md, sec. 7): about
-  /// 0.1-3 pJ per pulse-bit; 1 pJ is the middle of that range.
+  /// Energy of one write pulse on one cell, pJ. Yang 2013, Table 1, memristor column, "Energy per bit":
+  /// 0.1-3 pJ; 1 pJ lies inside that range (its log-midpoint is sqrt(0.1 x 3) = 0.55 pJ). Cross-check with
+  /// NeuroSim V2.1's write pulse (`writeVoltage = 4` V, `writePulseWidth = 50e-9` s): V^2 / R * t on
+  /// Ron = 240 kOhm is 16 / 240e3 * 50e-9 J = 3.3 pJ, on Roff = 24 MOhm 0.033 pJ.
   double rram_write_energy_pj_per_pulse = 1.0;
-  /// Duration of one write pulse, ns. NeuroSim V2.1 default write pulse: 50 ns (docs/formulas.md, sec. 7).
+  /// Duration of one write pulse, ns. NeuroSim V2.1, Param.cpp: `writePulseWidth = 50e-9` (s), i.e. 50 ns.
   double rram_write_latency_ns_per_pulse = 50.0;
-  /// Energy of reading one cell once (an MVM read or a verify read), pJ.
-  /// NeuroSim V2.1 read (docs/formulas.md, sec. 7): 0.5 V for 10 ns on Ron = 240 kOhm,
-  /// V^2 / Ron * t = 0.25 / 240e3 * 10e-9 J = 0.0104 pJ (on-state, the worst case).
+  /// Energy of reading one cell once (an MVM read or a verify read), pJ. Derived from NeuroSim V2.1,
+  /// Param.cpp: `readVoltage = 0.5` (V), `readPulseWidth = 10e-9` (s), `resistanceOn = 240e3` (Ohm),
+  /// `resistanceOff = 240e3*100`: V^2 / Ron * t = 0.25 / 240e3 * 10e-9 J = 0.0104 pJ (on-state, the worst
+  /// case; the off-state read is 100 times less).
   double rram_read_energy_pj_per_cell = 0.0104;
-  /// Duration of one (verify) read, ns. NeuroSim V2.1 read pulse: 10 ns (docs/formulas.md, sec. 7).
+  /// Duration of one (verify) read, ns. NeuroSim V2.1, Param.cpp: `readPulseWidth = 10e-9` (s), i.e. 10 ns
+  /// (Yang 2013, Table 1 gives a memristor read time under 10 ns).
   double rram_read_latency_ns = 10.0;
-  /// Write cycles a cell survives, cycles. Published ranges: about 1e6-1e12; the
-  /// conservative end, typical of multi-level HfOx cells.
+  /// Write cycles a cell survives, cycles. Published range about 1e6-1e12: Yang 2013, Table 1, memristor
+  /// "Endurance (cycles)" 1e12 (a prototype-device figure); P. Huang et al., "Analytic model of endurance
+  /// degradation and its practical applications for operation scheme optimization in metal oxide based RRAM",
+  /// IEDM 2013, reach 1e6 cycles for all four levels of a multi-level HfOx cell. The default takes that
+  /// conservative, multi-level end.
   double rram_endurance_cycles = 1e6;
   /// True: each write pulse uses one endurance cycle (each pulse switches the
   /// cell; conservative); false: each whole write-verify programming uses one.
@@ -111,37 +133,50 @@ struct cost_model {
   std::int64_t tile_cols = 256;  ///< bit lines per tile
 
   // --- Periphery ----------------------------------------------------------
-  /// Energy of one ADC conversion (one bit line, one slice, one MVM), pJ.
-  /// ISAAC (Shafiee et al., ISCA 2016) lists 8 ADCs of
-  /// 8 bits at 1.28 GS/s in 16 mW, i.e. about 1.6 pJ per conversion; rounded to 2.
-  double adc_energy_pj_per_conversion = 2.0;
-  /// Energy of one DAC conversion (one word line, one MVM), pJ.
-  /// ISAAC's 1-bit DACs (8 x 128 in 4 mW at 1.28 GHz) are about
-  /// 4 fJ per bit; 0.03 pJ covers an 8-bit input streamed bit-serially.
-  double dac_energy_pj_per_conversion = 0.03;
+  /// Energy of one ADC conversion (one bit line, one slice, one MVM), pJ. ISAAC, Table I: per IMA, 8 ADCs of
+  /// 8 bits, 1.2 GSps, 16 mW together, i.e. 2 mW each; sec. V runs each at 1.28 GSps (the 128 bit lines of a
+  /// crossbar converted within one 100 ns cycle). 2e-3 W / 1.28e9 /s = 1.56 pJ per conversion (at the table's
+  /// 1.2 GSps, 1.67 pJ). The earlier default was 2 pJ (that figure rounded up).
+  double adc_energy_pj_per_conversion = 1.56;
+  /// Energy of one DAC conversion (one word line, one MVM), pJ. ISAAC, Table I: per IMA, 8 x 128 1-bit DACs
+  /// in 4 mW, i.e. 3.9 uW each; a DAC applies one input bit per 100 ns crossbar cycle (secs. IV and V), so a
+  /// 1-bit conversion costs 3.9e-6 W * 100e-9 s = 0.39 pJ and an 8-bit input streamed bit-serially
+  /// 8 x 0.39 = 3.1 pJ, the default. (The earlier default, 0.03 pJ, counted the 8 bits at
+  /// 4 mW / 1024 / 1.28e9 /s = 3 fJ each, as if the DACs switched at the ADC's rate.) The ADC count stays
+  /// one conversion per bit line and MVM: a bit-serial design converts once per input bit, so ADC energy
+  /// is a lower bound there.
+  double dac_energy_pj_per_conversion = 3.1;
 
   // --- SRAM ---------------------------------------------------------------
-  /// Energy to write one SRAM bit, pJ. About 0.5 fJ/bit (docs/formulas.md, sec. 7).
-  double sram_write_energy_pj_per_bit = 5e-4;
-  /// Energy to read one SRAM bit, pJ. The public figure is one for SRAM
-  /// access; a read is taken to cost as much as a write (0.5 fJ/bit).
-  double sram_read_energy_pj_per_bit = 5e-4;
-  /// Latency of one SRAM access of `sram_word_bits` bits, ns. Sub-ns in the public figures; rounded up to 1 ns.
+  /// Energy to write one SRAM bit, pJ. An adapter store accessed word by word is an SRAM array: Horowitz
+  /// 2014, Fig. 1.1.9, a 64-bit access to an 8 KB cache is 10 pJ, i.e. 10 / 64 = 0.156 pJ/bit, the default
+  /// (32 KB: 20 pJ, 0.31 pJ/bit; 1 MB: 100 pJ, 1.6 pJ/bit: a larger store costs more per bit). The earlier
+  /// default, 0.5 fJ/bit, was the SRAM device figure of Yang 2013, Table 1 ("Energy per bit" 0.0005 pJ, from
+  /// ITRS 2011), which leaves out decoders, bit lines and sense amplifiers: about 300 times less.
+  double sram_write_energy_pj_per_bit = 0.156;
+  /// Energy to read one SRAM bit, pJ. Horowitz 2014, Fig. 1.1.9: an 8 KB array read is 10 pJ per 64 bits
+  /// = 0.156 pJ/bit (see `sram_write_energy_pj_per_bit`; a write is taken to cost as much as a read).
+  double sram_read_energy_pj_per_bit = 0.156;
+  /// Latency of one SRAM access of `sram_word_bits` bits, ns. Yang 2013, Table 1: SRAM read and write
+  /// time 0.1-0.3 ns; rounded up to 1 ns, one access per cycle of a 1 GHz digital unit (as `mac_latency_ns`).
   double sram_latency_ns = 1.0;
-  /// Bits per SRAM access, bits. Assumption: a 64-bit word.
+  /// Bits per SRAM access, bits. Assumption: a 64-bit word (the access width of Horowitz 2014's cache figures).
   double sram_word_bits = 64.0;
-  /// Write cycles an SRAM bit survives, cycles. About 1e16 (docs/formulas.md, sec. 7).
+  /// Write cycles an SRAM bit survives, cycles. Yang 2013, Table 1: SRAM "Endurance (cycles)" 1e16.
   double sram_endurance_cycles = 1e16;
 
   // --- Digital unit -------------------------------------------------------
-  /// Energy of one fp32 multiply-accumulate, pJ. Horowitz,
-  /// "Computing's energy problem", ISSCC 2014 (45 nm): fp32 mult 3.7 + add 0.9 pJ.
+  /// Energy of one fp32 multiply-accumulate, pJ. Horowitz 2014, Fig. 1.1.9 (45 nm, 0.9 V): 32-bit FP
+  /// multiply 3.7 pJ + 32-bit FP add 0.9 pJ = 4.6 pJ (a MAC counted as one multiply and one add).
   double mac_energy_pj_fp32 = 4.6;
-  /// Energy of one fp16 MAC, pJ. Horowitz ISSCC 2014: fp16 mult 1.1 + add 0.4 pJ.
+  /// Energy of one fp16 MAC (16-bit accumulate), pJ. Horowitz 2014, Fig. 1.1.9: 16-bit FP multiply
+  /// 1.1 pJ + 16-bit FP add 0.4 pJ = 1.5 pJ.
   double mac_energy_pj_fp16 = 1.5;
-  /// Energy of one int8 MAC (32-bit accumulate), pJ. Horowitz ISSCC 2014: int8 mult 0.2 + int32 add 0.1 pJ.
+  /// Energy of one int8 MAC (32-bit accumulate), pJ. Horowitz 2014, Fig. 1.1.9: 8-bit integer multiply
+  /// 0.2 pJ + 32-bit integer add 0.1 pJ = 0.3 pJ.
   double mac_energy_pj_int8 = 0.3;
-  /// Time of one MAC, ns. Assumption: one MAC unit at 1 GHz (scale it by your unit's parallelism).
+  /// Time of one MAC, ns. Assumption: one MAC unit at 1 GHz (NeuroSim V2.1's `clkFreq = 1e9` is the same
+  /// clock; Horowitz 2014 gives energies only). Scale it by your unit's parallelism.
   double mac_latency_ns = 1.0;
 
   /// Throws value_error "cost_model: <field> must be > 0, got <value>" for the first invalid field.
