@@ -34,10 +34,14 @@
 
 #include <rimc/adapt/adapted_layer.hpp>
 #include <rimc/adapt/adapter.hpp>
+#include <rimc/adapt/affine_adapter.hpp>
 #include <rimc/adapt/backprop.hpp>
+#include <rimc/adapt/budget.hpp>
 #include <rimc/adapt/dora_adapter.hpp>
 #include <rimc/adapt/feature_kd.hpp>
 #include <rimc/adapt/lora_adapter.hpp>
 #include <rimc/adapt/optim.hpp>
 #include <rimc/adapt/peft_files.hpp>
+#include <rimc/adapt/schedule.hpp>
 #include <rimc/adapt/vera_adapter.hpp>
+#include <rimc/adapt/vera_files.hpp>

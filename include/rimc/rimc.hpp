@@ -69,7 +69,9 @@
 
 #include <rimc/adapt/adapted_layer.hpp>
 #include <rimc/adapt/adapter.hpp>
+#include <rimc/adapt/affine_adapter.hpp>
 #include <rimc/adapt/backprop.hpp>
+#include <rimc/adapt/budget.hpp>
 #include <rimc/adapt/calibration_costs.hpp>
 #include <rimc/adapt/dora_adapter.hpp>
 #include <rimc/adapt/dora_reference.hpp>
@@ -78,4 +80,6 @@
 #include <rimc/adapt/lora_adapter.hpp>
 #include <rimc/adapt/optim.hpp>
 #include <rimc/adapt/peft_files.hpp>
+#include <rimc/adapt/schedule.hpp>
 #include <rimc/adapt/vera_adapter.hpp>
+#include <rimc/adapt/vera_files.hpp>

@@ -40,6 +40,9 @@ class adapted_layer_base : public layer {
   [[nodiscard]] virtual std::string_view adapter_kind() const noexcept = 0;
   /// The adapter's parameters by file name.
   [[nodiscard]] virtual named_tensors adapter_tensors() const = 0;
+  /// Sets the adapter's parameters from tensors by file name (the adapter's
+  /// load: every shape and value checked, nothing changed on error).
+  virtual void load_adapter_tensors(const std::map<std::string, Tensor>& tensors) = 0;
   /// Values, SRAM bytes and share of the frozen weights of the adapter.
   [[nodiscard]] virtual adapter_footprint footprint(sram_precision precision = sram_precision::fp32) const = 0;
 
@@ -84,6 +87,12 @@ class adapted_layer final : public adapted_layer_base {
 
   [[nodiscard]] std::string_view adapter_kind() const noexcept override { return A::kind; }
   [[nodiscard]] named_tensors adapter_tensors() const override { return adapter_.tensors(); }
+  void load_adapter_tensors(const std::map<std::string, Tensor>& tensors) override {
+    const std::lock_guard lock(mutex_);
+    adapter_.load(*base_, tensors);
+    adapter_.refresh(*base_);
+    seen_.store(base_->weights_version(), std::memory_order_release);
+  }
   [[nodiscard]] adapter_footprint footprint(sram_precision precision = sram_precision::fp32) const override {
     return adapter_.footprint(*base_, precision);
   }

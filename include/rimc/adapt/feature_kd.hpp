@@ -42,10 +42,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -395,6 +397,196 @@ template <adapter A>
 
 }  // namespace detail
 
+namespace detail {
+
+/// The calibration of one adapter set shared by `students` (one student: the
+/// ordinary calibration, bitwise): per layer, the loss is the mean of the
+/// students' feature MSEs and the gradient the mean of their gradients; every
+/// student gets a copy of the adapter (the same parameters on its own frozen
+/// layer) attached before the next layer. The result's adapters are the
+/// first student's.
+template <class A, class Factory>
+[[nodiscard]] basic_calibration_result<A> calibrate_feature_kd_shared(const network& teacher,
+                                                                      std::span<network* const> students,
+                                                                      const Tensor& images,
+                                                                      const calibration_config& cfg, Factory& make,
+                                                                      const char* who) {
+  cfg.validate();
+  if (students.empty()) throw value_error(concat(who, ": no student given"));
+  for (std::size_t k = 0; k < students.size(); ++k) {
+    if (students[k] == nullptr) throw value_error(concat(who, ": student ", k, " is null"));
+    for (std::size_t j = 0; j < k; ++j)
+      if (students[j] == students[k]) throw value_error(concat(who, ": students ", j, " and ", k, " are the same network"));
+  }
+  if (images.rank() < 2 || images.dim(0) < 1) {
+    throw value_error(concat(who, ": need at least one calibration image, got ", images.shape().to_string()));
+  }
+  if (!all_finite(images)) throw value_error(concat(who, ": the calibration images are not finite"));
+  const auto t_start = std::chrono::steady_clock::now();
+  const std::size_t K = students.size();
+  for (std::size_t k = 0; k < K; ++k) check_teacher_student(teacher, *students[k], who);
+  const std::vector<std::string> targets = calibration_targets(*students[0], cfg.targets, who);
+  for (std::size_t k = 1; k < K; ++k) {
+    if (calibration_targets(*students[k], cfg.targets, who) != targets) {
+      throw value_error(concat(who, ": student ", k, " has other calibration targets than student 0"));
+    }
+  }
+  for (const auto& t : targets) {
+    for (std::size_t k = 0; k < K; ++k) check_no_fused_relu(*students[k], t, "student");
+    check_no_fused_relu(teacher, t, "teacher");
+  }
+  // Every adapter first: a target that cannot take one fails before anything is attached.
+  std::vector<std::vector<A>> made;
+  for (std::size_t k = 0; k < K; ++k)
+    made.push_back(make_adapters<A>(teacher, *students[k], targets, cfg.seed, make, who));
+  // The teacher's features for every target, once.
+  std::map<std::string, Tensor> teacher_out;
+  (void)teacher.forward(images, targets, teacher_out);
+  for (const auto& t : targets) {
+    if (!all_finite(teacher_out.at(t))) {
+      throw value_error(concat(who, ": the teacher's output of layer '", t, "' is not finite"));
+    }
+  }
+  std::uint64_t writes_before = 0;
+  for (network* s : students) writes_before += s->rram_writes();
+
+  basic_calibration_result<A> result;
+  std::deque<attach_transaction> attached;  // a failure below takes this call's adapters off again
+  std::deque<student_prefix> prefix;
+  for (network* s : students) {
+    attached.emplace_back(*s);
+    prefix.emplace_back(*s, images, targets);
+  }
+  // What one student contributes to a layer's calibration.
+  struct lane {
+    std::shared_ptr<layer> base;
+    Tensor x, layer_out;
+    std::optional<feature_statistics> stats;
+    std::vector<Tensor> g;
+  };
+  for (std::size_t li = 0; li < targets.size(); ++li) {
+    const std::string& name = targets[li];
+    const auto t0 = std::chrono::steady_clock::now();
+    Tensor target = teacher_out.at(name);
+    if (target.rank() == 4) target = target.to_layout(layout::nhwc);
+    A& a = made[0][li];  // the parameters every student shares
+    layer_calibration rep;
+    rep.name = name;
+    std::vector<lane> lanes(K);
+    for (std::size_t k = 0; k < K; ++k) {
+      lane& ln = lanes[k];
+      // The calibrated-so-far student's input to this layer, and the frozen layer's output: both fixed here.
+      ln.x = prefix[k].input_of(name);
+      ln.base = students[k]->layer_ptr(name);
+      ln.base->forward(ln.x, ln.layer_out);
+      if (ln.layer_out.rank() == 4) ln.layer_out = ln.layer_out.to_layout(layout::nhwc);
+      ln.g.resize(a.parameters().size());
+    }
+    const auto sync_copies = [&] {
+      if (K == 1) return;
+      const std::vector<Tensor> p = copy_parameters(a);
+      for (std::size_t k = 1; k < K; ++k) restore_parameters(made[k][li], *lanes[k].base, p);
+    };
+    sync_copies();
+    if constexpr (low_rank_adapter<A>) {
+      rep.path = choose_loss_path(cfg, a.fan_in(), a.out_features(), a.rank(), lanes[0].layer_out.numel() / a.out_features());
+      if (rep.path == kd_loss_path::statistics)
+        for (lane& ln : lanes) ln.stats.emplace(*ln.base, ln.x, ln.layer_out, target);
+    } else {
+      rep.path = kd_loss_path::direct;
+    }
+    Tensor y, grad;
+    typename A::cache_type cache{};
+    // Student k's loss and, when wanted, its gradients into its lane.
+    const auto evaluate_one = [&](std::size_t k, bool want_grad) {
+      A& ak = made[k][li];
+      lane& ln = lanes[k];
+      const layer& base = *ln.base;
+      if constexpr (low_rank_adapter<A>) {
+        if (ln.stats) return ln.stats->evaluate(ak, base, want_grad ? std::span<Tensor>(ln.g) : std::span<Tensor>());
+      }
+      const double loss = adapter_mse(ak, base, ln.x, ln.layer_out, target, y, want_grad ? &grad : nullptr, cache);
+      if (want_grad && std::isfinite(loss)) ak.backward(base, cache, grad, std::span<Tensor>(ln.g), nullptr);
+      return loss;
+    };
+    // This step's loss (the students' mean) and, when wanted, the mean gradients into lanes[0].g.
+    const auto evaluate = [&](bool want_grad) {
+      if (K == 1) return evaluate_one(0, want_grad);
+      double loss = 0;
+      for (std::size_t k = 0; k < K; ++k) loss += evaluate_one(k, want_grad);
+      if (want_grad) {
+        const float inv = 1.0f / static_cast<float>(K);
+        for (std::size_t j = 0; j < lanes[0].g.size(); ++j) {
+          Tensor& g0 = lanes[0].g[j];
+          for (std::int64_t i = 0; i < g0.numel(); ++i) {
+            double sum = 0;
+            for (std::size_t k = 0; k < K; ++k) sum += lanes[k].g[j][i];
+            g0[i] = static_cast<float>(sum) * inv;
+          }
+        }
+      }
+      return loss / static_cast<double>(K);
+    };
+    adam opt(cfg.lr);
+    double last_good = 0;
+    std::vector<Tensor> good = copy_parameters(a);
+    for (int step = 0; step <= cfg.steps; ++step) {
+      const double loss = evaluate(step < cfg.steps);
+      if (step == 0) {
+        if (!std::isfinite(loss)) {
+          throw value_error(concat(who, ": layer '", name, "' starts with feature MSE ", loss,
+                                   ": its input or the teacher's output is not finite"));
+        }
+        rep.mse_before = loss;
+        last_good = loss;
+      }
+      // Divergence guard: restore the last good parameters and halve the step size.
+      if (!std::isfinite(loss) || loss > 1e3 * std::max(rep.mse_before, 1e-30) || !parameters_finite(a)) {
+        ++rep.divergences;
+        restore_parameters(a, *lanes[0].base, good);
+        sync_copies();
+        opt = adam(opt.lr() * 0.5);
+        continue;
+      }
+      if (loss <= last_good) {
+        last_good = loss;
+        good = copy_parameters(a);
+      }
+      if (step == cfg.steps) break;
+      const auto p = a.parameters();
+      std::vector<param_slot> slots;
+      for (std::size_t k = 0; k < p.size(); ++k) slots.push_back({p[k], &lanes[0].g[k]});
+      opt.step(slots);
+      a.refresh(*lanes[0].base);
+      sync_copies();
+      ++rep.steps;
+    }
+    // Keep the best parameters seen (never worse than the start).
+    restore_parameters(a, *lanes[0].base, good);
+    sync_copies();
+    rep.mse_after = evaluate(false);
+    rep.lr = opt.lr();
+    rep.footprint = a.footprint(*lanes[0].base, sram_precision::fp32);
+    rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    result.footprint += rep.footprint;
+    result.layers.push_back(rep);
+    for (std::size_t k = K; k-- > 0;) {
+      auto l = attached[k].attach(name, std::move(made[k][li]));
+      if (k == 0) result.adapters[name] = std::move(l);
+      prefix[k].changed(name);
+    }
+    if (cfg.on_layer) cfg.on_layer(rep, li, targets.size());
+  }
+  for (auto& t : attached) t.commit();
+  result.rram_writes = 0;
+  for (network* s : students) result.rram_writes += s->rram_writes();
+  result.rram_writes -= writes_before;
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  return result;
+}
+
+}  // namespace detail
+
 /// Calibrates `student` against `teacher` on `images` (see the file comment)
 /// with the adapters `make(adapter_request)` returns; they stay attached to
 /// the student and are returned.
@@ -403,118 +595,25 @@ template <class Factory>
 [[nodiscard]] auto calibrate_feature_kd(const network& teacher, network& student, const Tensor& images,
                                         const calibration_config& cfg, Factory&& make) {
   using A = std::invoke_result_t<Factory&, const adapter_request&>;
-  cfg.validate();
-  if (images.rank() < 2 || images.dim(0) < 1) {
-    throw value_error(detail::concat("calibrate_feature_kd: need at least one calibration image, got ",
-                                     images.shape().to_string()));
-  }
-  if (!detail::all_finite(images)) throw value_error("calibrate_feature_kd: the calibration images are not finite");
-  const auto t_start = std::chrono::steady_clock::now();
-  detail::check_teacher_student(teacher, student, "calibrate_feature_kd");
-  const std::vector<std::string> targets = detail::calibration_targets(student, cfg.targets, "calibrate_feature_kd");
-  for (const auto& t : targets) {
-    detail::check_no_fused_relu(student, t, "student");
-    detail::check_no_fused_relu(teacher, t, "teacher");
-  }
-  // Every adapter first: a target that cannot take one fails before anything is attached.
-  std::vector<A> made = detail::make_adapters<A>(teacher, student, targets, cfg.seed, make, "calibrate_feature_kd");
-  // The teacher's features for every target, once.
-  std::map<std::string, Tensor> teacher_out;
-  (void)teacher.forward(images, targets, teacher_out);
-  for (const auto& t : targets) {
-    if (!detail::all_finite(teacher_out.at(t))) {
-      throw value_error(detail::concat("calibrate_feature_kd: the teacher's output of layer '", t, "' is not finite"));
-    }
-  }
-  const std::uint64_t writes_before = student.rram_writes();
+  network* const one[] = {&student};
+  return detail::calibrate_feature_kd_shared<A>(teacher, std::span<network* const>(one), images, cfg, make,
+                                                "calibrate_feature_kd");
+}
 
-  basic_calibration_result<A> result;
-  detail::attach_transaction attached(student);  // a failure below takes this call's adapters off again
-  detail::student_prefix prefix(student, images, targets);
-  for (std::size_t li = 0; li < targets.size(); ++li) {
-    const std::string& name = targets[li];
-    const auto t0 = std::chrono::steady_clock::now();
-    // The calibrated-so-far student's input to this layer, and the frozen layer's output: both fixed here.
-    const Tensor x = prefix.input_of(name);
-    const std::shared_ptr<layer> base_ptr = student.layer_ptr(name);
-    const layer& base = *base_ptr;
-    Tensor layer_out;
-    base.forward(x, layer_out);
-    if (layer_out.rank() == 4) layer_out = layer_out.to_layout(layout::nhwc);
-    Tensor target = teacher_out.at(name);
-    if (target.rank() == 4) target = target.to_layout(layout::nhwc);
-    A& a = made[li];
-
-    layer_calibration rep;
-    rep.name = name;
-    std::optional<detail::feature_statistics> stats;
-    if constexpr (low_rank_adapter<A>) {
-      rep.path = detail::choose_loss_path(cfg, a.fan_in(), a.out_features(), a.rank(),
-                                          layer_out.numel() / a.out_features());
-      if (rep.path == kd_loss_path::statistics) stats.emplace(base, x, layer_out, target);
-    } else {
-      rep.path = kd_loss_path::direct;
-    }
-    Tensor y, grad;
-    typename A::cache_type cache{};
-    std::vector<Tensor> g(a.parameters().size());
-    // This step's loss and, when wanted, its gradients into g.
-    auto evaluate = [&](bool want_grad) {
-      if constexpr (low_rank_adapter<A>) {
-        if (stats) return stats->evaluate(a, base, want_grad ? std::span<Tensor>(g) : std::span<Tensor>());
-      }
-      const double loss = detail::adapter_mse(a, base, x, layer_out, target, y, want_grad ? &grad : nullptr, cache);
-      if (want_grad && std::isfinite(loss)) a.backward(base, cache, grad, std::span<Tensor>(g), nullptr);
-      return loss;
-    };
-    adam opt(cfg.lr);
-    double last_good = 0;
-    std::vector<Tensor> good = detail::copy_parameters(a);
-    for (int step = 0; step <= cfg.steps; ++step) {
-      const double loss = evaluate(step < cfg.steps);
-      if (step == 0) {
-        if (!std::isfinite(loss)) {
-          throw value_error(detail::concat("calibrate_feature_kd: layer '", name, "' starts with feature MSE ", loss,
-                                           ": its input or the teacher's output is not finite"));
-        }
-        rep.mse_before = loss;
-        last_good = loss;
-      }
-      // Divergence guard: restore the last good parameters and halve the step size.
-      if (!std::isfinite(loss) || loss > 1e3 * std::max(rep.mse_before, 1e-30) || !detail::parameters_finite(a)) {
-        ++rep.divergences;
-        detail::restore_parameters(a, base, good);
-        opt = adam(opt.lr() * 0.5);
-        continue;
-      }
-      if (loss <= last_good) {
-        last_good = loss;
-        good = detail::copy_parameters(a);
-      }
-      if (step == cfg.steps) break;
-      const auto p = a.parameters();
-      std::vector<param_slot> slots;
-      for (std::size_t k = 0; k < p.size(); ++k) slots.push_back({p[k], &g[k]});
-      opt.step(slots);
-      a.refresh(base);
-      ++rep.steps;
-    }
-    // Keep the best parameters seen (never worse than the start).
-    detail::restore_parameters(a, base, good);
-    rep.mse_after = evaluate(false);
-    rep.lr = opt.lr();
-    rep.footprint = a.footprint(base, sram_precision::fp32);
-    rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    result.footprint += rep.footprint;
-    result.layers.push_back(rep);
-    result.adapters[name] = attached.attach(name, std::move(a));
-    prefix.changed(name);
-    if (cfg.on_layer) cfg.on_layer(rep, li, targets.size());
-  }
-  attached.commit();
-  result.rram_writes = student.rram_writes() - writes_before;
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  return result;
+/// Calibrates ONE adapter set for several students at once: the simulated
+/// chips of an offline (drift-aware) calibration, each a realisation of the
+/// same drift. Per layer the loss is the mean of the students' feature MSEs
+/// (each student's input comes from its own calibrated-so-far prefix) and
+/// the gradient the mean of theirs; every student ends with a copy of the
+/// adapters attached (the same parameters on its own frozen weights). The
+/// result's adapters are the first student's; tensors() of each gives the
+/// set to load onto a chip that was never seen.
+template <class Factory>
+  requires adapter<std::invoke_result_t<Factory&, const adapter_request&>>
+[[nodiscard]] auto calibrate_feature_kd_ensemble(const network& teacher, std::span<network* const> students,
+                                                 const Tensor& images, const calibration_config& cfg, Factory&& make) {
+  using A = std::invoke_result_t<Factory&, const adapter_request&>;
+  return detail::calibrate_feature_kd_shared<A>(teacher, students, images, cfg, make, "calibrate_feature_kd_ensemble");
 }
 
 /// Calibrates with DoRA adapters made from `cfg`'s DoRA settings (rank, alpha,

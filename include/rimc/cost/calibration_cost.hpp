@@ -305,6 +305,63 @@ inline void check_rank(const std::vector<layer_geometry>& layers, std::int64_t r
   return s;
 }
 
+/// One adapted layer of a calibration in SRAM with any adapter type: the
+/// layer, the values trained, and the digital MACs per calibration row (one
+/// image at one output position) per step and once.
+struct sram_calibration_layer {
+  layer_geometry geometry;        ///< the adapted layer
+  double trained_values = 0;      ///< adapter values written to SRAM each step (once when there are no steps)
+  double macs_per_row_step = 0;   ///< forward and backward MACs per row and step, MACs
+  double macs_per_row_once = 0;   ///< MACs per row computed once (e.g. statistics), MACs
+};
+
+/// A calibration in SRAM with any adapter (the DoRA case is dora_sram_cost):
+/// `steps` steps over `samples` images, each step writing and reading every
+/// trained value with `optimizer_state_values` fp32 optimizer values (a
+/// closed-form fit: steps = 0, the values written once); each adapted
+/// layer's crossbar runs once on the samples. Energy and time as dora_sram_cost counts them.
+[[nodiscard]] inline strategy_cost sram_calibration_cost(std::string name, const std::vector<sram_calibration_layer>& layers,
+                                                         const device_config& dev, const cost_model& m,
+                                                         std::int64_t samples, std::int64_t steps,
+                                                         sram_precision precision = sram_precision::fp32,
+                                                         int optimizer_state_values = 2) {
+  dev.validate();
+  m.validate();
+  if (samples < 1) throw value_error(detail::concat("sram_calibration_cost: samples must be >= 1, got ", samples));
+  if (steps < 0) throw value_error(detail::concat("sram_calibration_cost: steps must be >= 0, got ", steps));
+  if (optimizer_state_values < 0) {
+    throw value_error(detail::concat("sram_calibration_cost: optimizer_state_values must be >= 0, got ",
+                                     optimizer_state_values));
+  }
+  const double bits_per_value = sram_value_bits(precision) + 32.0 * optimizer_state_values;
+  const auto sd = static_cast<double>(steps);
+  double macs = 0, bits = 0;
+  std::vector<layer_geometry> geoms;
+  for (const auto& l : layers) {
+    l.geometry.validate();
+    for (const double v : {l.trained_values, l.macs_per_row_step, l.macs_per_row_once})
+      if (!(v >= 0) || !std::isfinite(v)) {
+        throw value_error(detail::concat("sram_calibration_cost: layer '", l.geometry.name,
+                                         "' has a negative or non-finite count ", v));
+      }
+    const double rows = static_cast<double>(l.geometry.positions * samples);
+    macs += rows * (l.macs_per_row_step * sd + l.macs_per_row_once);
+    bits += l.trained_values * bits_per_value * std::max(sd, 1.0);
+    geoms.push_back(l.geometry);
+  }
+  strategy_cost s;
+  s.strategy = std::move(name);
+  s.digital_macs = macs;
+  s.sram_bits_written = bits;
+  s.energy_j = (macs * detail::mac_energy_pj(m, precision) + bits * (m.sram_write_energy_pj_per_bit +
+                                                                     m.sram_read_energy_pj_per_bit)) * 1e-12 +
+               static_cast<double>(samples) * crossbar_inference_energy_j(geoms, dev, m);
+  s.latency_s = (macs * m.mac_latency_ns + 2.0 * bits / m.sram_word_bits * m.sram_latency_ns) * 1e-9;
+  s.sram_writes_per_bit = std::max(sd, 1.0);
+  detail::set_survivable(s, m);
+  return s;
+}
+
 /// Per-image inference overhead of the DoRA adapters on `adapted` at `w.deploy_precision`:
 /// extra MACs r K P + O r P + O P (the per-channel scale is one multiply per
 /// output value), and the adapter bits read from SRAM once per image.
