@@ -209,19 +209,15 @@ class sweep_runner {
     std::string sum = detail::concat(key_header, ",n,mean,std,min,max,mean_seconds\n");
     for (const row* first : order) {
       const auto& g = groups.at(first->key());
-      double mean = 0, secs = 0, lo = 1e300, hi = -1e300;
+      std::vector<double> top1;
+      double secs = 0;
       for (const row* r : g) {
-        mean += r->top1;
+        top1.push_back(r->top1);
         secs += r->seconds;
-        lo = std::min(lo, r->top1);
-        hi = std::max(hi, r->top1);
       }
-      const double n = static_cast<double>(g.size());
-      mean /= n;
-      double var = 0;
-      for (const row* r : g) var += (r->top1 - mean) * (r->top1 - mean);
-      const double sd = g.size() > 1 ? std::sqrt(var / (n - 1)) : 0.0;
-      sum += detail::concat(key_csv(*first), ",", g.size(), ",", mean, ",", sd, ",", lo, ",", hi, ",", secs / n, "\n");
+      const lab::spread s = lab::spread_of(top1);
+      sum += detail::concat(key_csv(*first), ",", g.size(), ",", s.mean, ",", s.sd, ",", s.lo, ",", s.hi, ",",
+                            secs / static_cast<double>(g.size()), "\n");
     }
     const auto sum_path = std::filesystem::path(a_.out) / (name + "_summary.csv");
     write_file_atomically(sum_path, [&](atomic_writer& w) { w.write(sum); });

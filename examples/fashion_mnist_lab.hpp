@@ -18,7 +18,9 @@
 
 #include "cli.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -155,6 +157,28 @@ inline network load_folded(const std::string& path) {
 
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+/// Mean, sample standard deviation (0 for one value), min and max of a
+/// setting's accuracies over its chips: what the summary CSVs report.
+struct spread {
+  double mean = 0, sd = 0, lo = 0, hi = 0;
+};
+
+/// The spread of `values` (at least one), accumulated in their order.
+inline spread spread_of(const std::vector<double>& values) {
+  spread s{0, 0, 1e300, -1e300};
+  for (const double v : values) {
+    s.mean += v;
+    s.lo = std::min(s.lo, v);
+    s.hi = std::max(s.hi, v);
+  }
+  const double n = static_cast<double>(values.size());
+  s.mean /= n;
+  double var = 0;
+  for (const double v : values) var += (v - s.mean) * (v - s.mean);
+  s.sd = values.size() > 1 ? std::sqrt(var / (n - 1)) : 0.0;
+  return s;
 }
 
 /// A student programmed onto crossbars and drifted; methods are tried on it in turn.

@@ -106,3 +106,42 @@ if r50:
     table(["rank", "adapter parameters", "share % (PEFT)", "share % (loralib ConvLoRA)"],
           [[r["rank"], r["adapter_parameters"], f"{float(r['share_percent']):.2f}", f"{float(r['loralib_share_percent']):.2f}"]
            for r in rows])
+
+life = load("lifetime_summary.csv")
+if life:
+    names = {1: "1 s", 60: "1 min", 3600: "1 h", 86400: "1 day", 172800: "2 days", 604800: "1 week",
+             2629800: "1 month", 31557600: "1 year", 315576000: "10 years"}
+    methods = [("none", "drifted"), ("global_comp", "global comp."), ("column_comp", "per-column comp."),
+               ("bn_recal", "BN recal."), ("dora_field", "DoRA field"), ("lora_field", "LoRA field"),
+               ("vera_field", "VeRA field"), ("vera_offline", "VeRA+ offline"), ("dora_offline", "DoRA offline"),
+               ("dora_budget", "DoRA 1/4 bytes")]
+    ideal = next((float(r["mean"]) for r in life if r["method"] == "ideal"), None)
+    titles = {"cmo": "HfOx/CMO ReRAM", "pcm": "PCM power law", "neurram": "NeuRRAM (table up to 2 days)",
+              "relative": "relative drift (rho = 0.2 at 1 day)"}
+    for p in ("cmo", "pcm", "neurram", "relative"):
+        rows_p = [r for r in life if r["preset"] == p]
+        if not rows_p:
+            continue
+        print(f"**Lifetime, {titles[p]}** (top-1 %, mean ± std over the chips; ideal {ideal:.2f})\n")
+        times = sorted({float(r["time_s"]) for r in rows_p})
+        have = [m for m in methods if any(r["method"] == m[0] for r in rows_p)]
+        rows = []
+        for t in times:
+            ts = next(r["time_s"] for r in rows_p if float(r["time_s"]) == t)
+            rows.append([names.get(round(t), fmt_num(t))] + [cell(life, preset=p, time_s=ts, method=m[0]) for m in have])
+        table(["time"] + [m[1] for m in have], rows)
+    # What each method costs over the whole life (at the last time of the CMO study, or the first preset present).
+    p = next(p for p in ("cmo", "pcm", "neurram", "relative") if any(r["preset"] == p for r in life))
+    last = max(float(r["time_s"]) for r in life if r["preset"] == p)
+    print(f"**What each method costs over the life** ({titles[p]}, at {names.get(round(last), fmt_num(last))}: "
+          "cumulative field samples, recalibrations and their energy and latency from include/rimc/cost; SRAM bytes "
+          "fp32, all levels and shared projections counted)\n")
+    rows = []
+    for m, label in methods:
+        hit = [r for r in life if r["preset"] == p and float(r["time_s"]) == last and r["method"] == m]
+        if not hit:
+            continue
+        r = hit[0]
+        rows.append([label, r["sram_bytes"], r["field_samples"], r["recalibrations"], f"{float(r['energy_j']):.3g}",
+                     f"{float(r['latency_s']):.3g}", f"{float(r['mean']):.2f}"])
+    table(["method", "SRAM bytes", "field samples", "recalibrations", "energy (J)", "latency (s)", "top-1 %"], rows)

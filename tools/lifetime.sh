@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The lifetime study (examples/lifetime.cpp): builds rimc (Release), follows
+# programmed chips from 1 s to 10 years under the CMO-ReRAM, PCM, NeuRRAM and
+# relative-drift models with every recovery method, on the full 10k test set,
+# and renders examples/results/lifetime.png with gnuplot (installed when
+# missing). Results: lifetime.csv (one row per chip, time and method),
+# lifetime_summary.csv (mean/std/min/max over the chips, field samples, SRAM
+# bytes, recalibrations and their energy and latency), lifetime_offline.csv
+# (what the offline preparation took and chose).
+#
+#   tools/lifetime.sh                       # the default study (see the README for its run time)
+#   tools/lifetime.sh --presets cmo --chips 2   # any flags of examples/lifetime (--help lists them)
+#   OUT=dir tools/lifetime.sh               # elsewhere
+#   tools/lifetime.sh plot                  # only re-render the PNG from the CSVs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/install-deps.sh gnuplot-nox
+# Spinning OpenMP threads make every barrier wait for descheduled ones when the cores are shared.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+out=${OUT:-examples/results}
+if [ "${1:-}" != plot ]; then
+  cmake --preset release >/dev/null
+  cmake --build --preset release --target lifetime
+  build/release/examples/lifetime --out "$out" "$@"
+fi
+gnuplot -e "dir='$out'" tools/plot_lifetime.gp
+echo "plot: $out/lifetime.png" >&2
