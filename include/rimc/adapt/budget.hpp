@@ -23,7 +23,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 #include <map>
 #include <numeric>
 #include <span>
@@ -135,8 +134,7 @@ template <class Make>
   };
   std::vector<int> choice(layers.size(), -1);
   if ((cap + 1) * std::max<std::size_t>(layers.size(), 1) <= max_table) {
-    // best[i][b]: the largest gain of layers 0..i-1 within b units; pick[i][b]: layer i-1's option there.
-    const double none = -std::numeric_limits<double>::infinity();
+    // best[i][b]: the largest gain of layers 0..i-1 within b units (0: none taken); pick[i][b]: layer i-1's option there.
     std::vector<std::vector<double>> best(layers.size() + 1, std::vector<double>(cap + 1, 0.0));
     std::vector<std::vector<int>> pick(layers.size() + 1, std::vector<int>(cap + 1, -1));
     for (std::size_t i = 0; i < layers.size(); ++i)
@@ -147,7 +145,7 @@ template <class Make>
           const auto& o = layers[i].options[j];
           const std::size_t w = o.bytes / unit;
           if (o.gain <= 0 || w > b) continue;
-          const double c = best[i][b - w] == none ? none : best[i][b - w] + o.gain;
+          const double c = best[i][b - w] + o.gain;
           if (c > v) {
             v = c;
             p = static_cast<int>(j);
