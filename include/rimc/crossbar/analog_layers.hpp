@@ -76,9 +76,12 @@ class analog_core {
   void reprogram(const Tensor& w_ok, std::uint64_t seed) {
     array_.reprogram(transposed(w_ok), mix_seed(seed, opt_.layer_id));
   }
-  void set_periphery(periphery_config p) {
+  /// Returns whether the effective weights changed (new wires, hence new IR drop).
+  bool set_periphery(periphery_config p) {
+    const bool rewired = !(p.wires == opt_.periphery.wires);
     array_.set_periphery(p);
     opt_.periphery = std::move(p);
+    return rewired;
   }
   void set_gain(std::span<const float> g) {
     if (static_cast<std::int64_t>(g.size()) != array_.cols()) {
@@ -187,6 +190,8 @@ class basic_analog_linear {
   [[nodiscard]] bool uses_tile_path() const noexcept { return !periphery().is_ideal(); }
   /// RRAM cell programming events since construction.
   [[nodiscard]] std::uint64_t rram_writes() const noexcept { return core_.array().rram_writes(); }
+  /// Stuck cells of the arrays (device_config::faults).
+  [[nodiscard]] fault_count stuck_cells() const noexcept { return core_.array().stuck_cells(); }
   /// Changes whenever effective_weights() does (drift, reprogramming, column gain).
   [[nodiscard]] std::uint64_t weights_version() const noexcept { return version_; }
   /// Digital per-output gain applied after the array (1 by default).
@@ -244,8 +249,10 @@ class basic_analog_linear {
     core_.reprogram(checked_weights(weights), seed);
     refresh();
   }
-  /// Replaces the periphery (no RRAM write).
-  void set_periphery(periphery_config p) { core_.set_periphery(std::move(p)); }
+  /// Replaces the periphery (no RRAM write); new wires change the effective weights.
+  void set_periphery(periphery_config p) {
+    if (core_.set_periphery(std::move(p))) refresh();
+  }
   /// Calibrates a percentile ADC on representative inputs src.
   void calibrate_adc(const Tensor& src) {
     std::optional<Tensor> converted;
@@ -333,6 +340,8 @@ class basic_analog_conv2d {
   [[nodiscard]] bool uses_tile_path() const noexcept { return !periphery().is_ideal(); }
   /// RRAM cell programming events since construction.
   [[nodiscard]] std::uint64_t rram_writes() const noexcept { return core_.array().rram_writes(); }
+  /// Stuck cells of the arrays (device_config::faults).
+  [[nodiscard]] fault_count stuck_cells() const noexcept { return core_.array().stuck_cells(); }
   /// Changes whenever effective_weights() does (drift, reprogramming, column gain).
   [[nodiscard]] std::uint64_t weights_version() const noexcept { return version_; }
   /// Digital per-output-channel gain applied after the array (1 by default).
@@ -409,8 +418,10 @@ class basic_analog_conv2d {
     core_.reprogram(weights.to_layout(layout::nchw), seed);
     refresh();
   }
-  /// Replaces the periphery (no RRAM write).
-  void set_periphery(periphery_config p) { core_.set_periphery(std::move(p)); }
+  /// Replaces the periphery (no RRAM write); new wires change the effective weights.
+  void set_periphery(periphery_config p) {
+    if (core_.set_periphery(std::move(p))) refresh();
+  }
   /// Calibrates a percentile ADC on representative inputs src [N, C, H, W].
   void calibrate_adc(const Tensor& src) {
     const Shape out = output_shape(src.shape());

@@ -1,9 +1,11 @@
 #pragma once
 /// \file
-/// Crossbar periphery: the input DAC, the per-tile output ADC, output noise
-/// and per-MVM read noise. An ideal periphery (`periphery_config::ideal()`)
-/// lets the analog layers run one oneDNN kernel on the effective weights;
-/// anything else runs tile by tile.
+/// Crossbar periphery: the input DAC, the per-tile output ADC, output noise,
+/// per-MVM read noise, and the resistance of the array's wires. An ideal
+/// periphery (`is_ideal()`: no DAC, ADC or noise) lets the analog layers run
+/// one oneDNN kernel on the effective weights; anything else runs tile by
+/// tile. IR drop (`wires`) is linear, so it is folded into the effective
+/// weights and the tiles' matrices and keeps the fast path exact.
 ///
 /// Units: the DAC maps each input vector to codes x~ in [-1, 1]; a tile
 /// column then carries the normalised current c = sum_k x~_k (G+_k - G-_k) /
@@ -12,6 +14,7 @@
 /// input". ADC ranges and output noise are in these units.
 
 #include <rimc/core/error.hpp>
+#include <rimc/crossbar/ir_drop.hpp>
 #include <rimc/device/device_config.hpp>
 #include <rimc/device/drift.hpp>
 
@@ -81,6 +84,7 @@ struct periphery_config {
   double output_noise = 0.0;      ///< sigma of Gaussian noise added to each column current, normalised units
   read_noise read{};              ///< per-MVM read noise of each cell
   std::uint64_t noise_seed = 0;   ///< seed of the output and read noise (one draw per call and element)
+  wire_config wires{};            ///< word- and bit-line resistance (IR drop), ideal by default
 
   /// The ideal periphery: no quantisation, no noise.
   [[nodiscard]] static periphery_config ideal() { return {}; }
@@ -92,15 +96,16 @@ struct periphery_config {
     return p;
   }
 
-  /// True when the array computes exactly with its effective weights.
+  /// True when the array computes exactly with its effective weights (IR drop included).
   [[nodiscard]] bool is_ideal() const noexcept { return !dac && !adc && output_noise == 0.0 && read.is_none(); }
 
-  /// Throws value_error for an invalid DAC, ADC, output noise or read noise.
+  /// Throws value_error for an invalid DAC, ADC, output noise, read noise or wire resistance.
   void validate() const {
     if (dac) dac->validate();
     if (adc) adc->validate();
     detail::check_non_negative("periphery_config", "output_noise", output_noise);
     read.validate();
+    wires.validate();
   }
 };
 

@@ -9,6 +9,7 @@
 
 #include <rimc/core/error.hpp>
 #include <rimc/core/tensor.hpp>
+#include <rimc/crossbar/ir_drop.hpp>
 #include <rimc/device/device_config.hpp>
 #include <rimc/device/drift.hpp>
 #include <rimc/device/programming.hpp>
@@ -91,10 +92,40 @@ class CrossbarTile {
     return current_[local(r, c, s, d)];
   }
 
+  /// What cell (r, c, s, d) is stuck at (cell_fault::none for a working cell).
+  [[nodiscard]] cell_fault fault(std::int64_t r, std::int64_t c, int s, int d) const noexcept {
+    return fault_.empty() ? cell_fault::none : static_cast<cell_fault>(fault_[local(r, c, s, d)]);
+  }
+  /// Cells stuck at g_min and at g_max.
+  [[nodiscard]] fault_count stuck_cells() const noexcept { return faults_; }
+
+  /// The wires of this crossbar (ideal by default).
+  [[nodiscard]] const wire_config& wires() const noexcept { return wires_; }
+  /// Sets the wire resistance and IR-drop model; the matrices the tile
+  /// computes with (and the weights it applies) then include IR drop.
+  void set_wires(const wire_config& w) {
+    w.validate();
+    if (w == wires_) return;
+    wires_ = w;
+    if (programmed_once_) rebuild();
+  }
+  /// Effective conductance of cell (r, c, s, d) under IR drop, uS: what the
+  /// cell contributes to its column per unit input (the conductance itself
+  /// with ideal wires).
+  [[nodiscard]] Scalar effective_us(std::int64_t r, std::int64_t c, int s, int d) const noexcept {
+    return source()[local(r, c, s, d)];
+  }
+
   /// Programs the block from the full [K x O] row-major matrix `w` with
   /// per-column scales `scales[o]` (max |w| of the column, or of the layer);
-  /// returns the number of cells written. Drift is reset.
+  /// returns the number of cells written (stuck ones included: the write is
+  /// attempted). Drift is reset.
+  ///
+  /// The stuck-at fault map is drawn from `dev.faults` and `seed` at the
+  /// tile's first programming and kept for its lifetime: a chip's defects do
+  /// not move when it is rewritten. Stuck cells read g_min (SA0) or g_max (SA1).
   std::uint64_t program(const float* w, const float* scales, const device_config& dev, std::uint64_t seed) {
+    if (!programmed_once_) draw_fault_map(dev.faults, seed);
     const auto S = grid_.slices;
     const mapping_codes codes{grid_.q_max, grid_.q_off};
     const auto quantise = [](double v) { return Quantiser::quantise(v); };
@@ -112,9 +143,12 @@ class CrossbarTile {
         for (int d = 0; d < devices; ++d) {
           grid_.split(u[static_cast<std::size_t>(d)], dg);
           for (int s = 0; s < S; ++s) {
-            programmed_[local(r, c, s, d)] = static_cast<Scalar>(
-                program_cell(grid_.conductance_us(digits[static_cast<std::size_t>(s)]), dev, seed,
-                             global_cell(r, c, s, d)));
+            const auto i = local(r, c, s, d);
+            programmed_[i] = static_cast<Scalar>(
+                fault_.empty() || fault_[i] == 0
+                    ? program_cell(grid_.conductance_us(digits[static_cast<std::size_t>(s)]), dev, seed,
+                                   global_cell(r, c, s, d))
+                    : stuck_value(static_cast<cell_fault>(fault_[i])));
           }
         }
       }
@@ -123,7 +157,8 @@ class CrossbarTile {
     return static_cast<std::uint64_t>(cells());
   }
 
-  /// Sets every cell to model(programmed, when, seed, cell), clamped to the device range.
+  /// Sets every cell to model(programmed, when, seed, cell), clamped to the
+  /// device range; stuck cells keep their stuck value.
   template <drift_model M>
   void drift_to(const M& model, typename M::argument_type when, std::uint64_t seed) {
     model.validate(when);
@@ -135,6 +170,10 @@ class CrossbarTile {
         for (int s = 0; s < S; ++s)
           for (int d = 0; d < devices; ++d) {
             const auto i = local(r, c, s, d);
+            if (!fault_.empty() && fault_[i] != 0) {
+              current_[i] = programmed_[i];
+              continue;
+            }
             current_[i] = static_cast<Scalar>(
                 std::clamp(model(static_cast<double>(programmed_[i]), when, seed, global_cell(r, c, s, d)),
                            lo, hi));
@@ -149,17 +188,19 @@ class CrossbarTile {
   }
 
   /// Writes the weights the tile applies (read back from the current
-  /// conductances) into the full [K x O] row-major matrix `out`.
+  /// conductances, through the wires' IR drop) into the full [K x O]
+  /// row-major matrix `out`.
   void read_weights(const float* scales, float* out) const {
     const auto S = grid_.slices;
+    const std::vector<Scalar>& src = source();
 #pragma omp parallel for schedule(static)
     for (std::int64_t r = 0; r < rows_; ++r)
       for (std::int64_t c = 0; c < cols_; ++c) {
         double code = 0;
         for (int s = 0; s < S; ++s) {
-          double v = Mapping::coefficients[0] * grid_.digit(current_[local(r, c, s, 0)]);
+          double v = Mapping::coefficients[0] * grid_.digit(src[local(r, c, s, 0)]);
           for (int d = 1; d < devices; ++d)
-            v += Mapping::coefficients[static_cast<std::size_t>(d)] * grid_.digit(current_[local(r, c, s, d)]);
+            v += Mapping::coefficients[static_cast<std::size_t>(d)] * grid_.digit(src[local(r, c, s, d)]);
           code += grid_.place(s) * v;
         }
         if (grid_.q_off != 0) code -= grid_.q_off;
@@ -170,7 +211,7 @@ class CrossbarTile {
 
   /// The [rows x cols] matrix slice `s` computes with: sum_d coefficient_d G_d /
   /// range ((G+ - G-) / range for a differential pair, G / range for offset),
-  /// from the current conductances.
+  /// from the current conductances (their IR-drop effective values, see set_wires).
   [[nodiscard]] const Tensor& analog_matrix(int s) const noexcept {
     return analog_[static_cast<std::size_t>(s)];
   }
@@ -198,17 +239,73 @@ class CrossbarTile {
     return static_cast<std::size_t>(((s * devices + d) * rows_ + r) * cols_ + c);
   }
 
+  [[nodiscard]] Scalar stuck_value(cell_fault f) const noexcept {
+    return static_cast<Scalar>(f == cell_fault::sa0 ? grid_.g_min_us : grid_.g_min_us + grid_.range_us);
+  }
+
+  void draw_fault_map(const stuck_at_faults& faults, std::uint64_t seed) {
+    faults.validate();
+    programmed_once_ = true;
+    fault_.clear();
+    faults_ = {};
+    if (!faults.any()) return;
+    fault_.assign(static_cast<std::size_t>(cells()), 0);
+    const auto S = grid_.slices;
+    std::uint64_t sa0 = 0, sa1 = 0;
+#pragma omp parallel for schedule(static) reduction(+ : sa0, sa1)
+    for (std::int64_t r = 0; r < rows_; ++r)
+      for (std::int64_t c = 0; c < cols_; ++c)
+        for (int s = 0; s < S; ++s)
+          for (int d = 0; d < devices; ++d) {
+            const cell_fault f = faults.fault(seed, global_cell(r, c, s, d));
+            fault_[local(r, c, s, d)] = static_cast<std::uint8_t>(f);
+            sa0 += f == cell_fault::sa0 ? 1 : 0;
+            sa1 += f == cell_fault::sa1 ? 1 : 0;
+          }
+    faults_ = {sa0, sa1};
+  }
+
+  /// The conductances the columns see: the IR-drop effective ones with resistive wires.
+  [[nodiscard]] const std::vector<Scalar>& source() const noexcept {
+    return effective_.empty() ? current_ : effective_;
+  }
+
+  /// The physical crossbar has `rows` word lines and cols * slices * devices
+  /// bit lines, cell (c, s, d) of a row on bit line (c * slices + s) * devices + d.
+  void apply_ir_drop() {
+    effective_.clear();
+    if (wires_.is_ideal()) return;
+    const auto S = grid_.slices;
+    const std::int64_t P = cols_ * S * devices;
+    std::vector<double> g(static_cast<std::size_t>(rows_ * P));
+    const auto phys = [&](std::int64_t r, std::int64_t c, int s, int d) {
+      return static_cast<std::size_t>(r * P + (c * S + s) * devices + d);
+    };
+    for (std::int64_t r = 0; r < rows_; ++r)
+      for (std::int64_t c = 0; c < cols_; ++c)
+        for (int s = 0; s < S; ++s)
+          for (int d = 0; d < devices; ++d) g[phys(r, c, s, d)] = std::max(0.0, double(current_[local(r, c, s, d)]));
+    const std::vector<double> ge = ir_drop_effective(wires_, g, rows_, P);
+    effective_.resize(current_.size());
+    for (std::int64_t r = 0; r < rows_; ++r)
+      for (std::int64_t c = 0; c < cols_; ++c)
+        for (int s = 0; s < S; ++s)
+          for (int d = 0; d < devices; ++d) effective_[local(r, c, s, d)] = static_cast<Scalar>(ge[phys(r, c, s, d)]);
+  }
+
   void rebuild() {
+    apply_ir_drop();
     analog_.resize(static_cast<std::size_t>(grid_.slices));
+    const std::vector<Scalar>& src = source();
     const double inv = 1.0 / grid_.range_us;
     for (int s = 0; s < grid_.slices; ++s) {
       Tensor& m = analog_[static_cast<std::size_t>(s)];
       m.ensure(Shape{rows_, cols_});
       for (std::int64_t r = 0; r < rows_; ++r)
         for (std::int64_t c = 0; c < cols_; ++c) {
-          double g = Mapping::coefficients[0] * current_[local(r, c, s, 0)];
+          double g = Mapping::coefficients[0] * src[local(r, c, s, 0)];
           for (int d = 1; d < devices; ++d)
-            g += Mapping::coefficients[static_cast<std::size_t>(d)] * current_[local(r, c, s, d)];
+            g += Mapping::coefficients[static_cast<std::size_t>(d)] * src[local(r, c, s, d)];
           m[r * cols_ + c] = static_cast<float>(g * inv);
         }
     }
@@ -217,6 +314,11 @@ class CrossbarTile {
   std::int64_t row0_ = 0, col0_ = 0, rows_ = 0, cols_ = 0, matrix_cols_ = 0;
   level_grid grid_{};
   std::vector<Scalar> programmed_, current_;
+  std::vector<Scalar> effective_;  // IR-drop effective conductances, empty with ideal wires
+  wire_config wires_{};
+  std::vector<std::uint8_t> fault_;  // cell_fault per cell, empty when the device has no faults
+  fault_count faults_{};
+  bool programmed_once_ = false;
   std::vector<Tensor> analog_;
 };
 

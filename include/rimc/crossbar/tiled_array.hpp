@@ -57,6 +57,11 @@ class TiledArray {
       throw shape_error(detail::concat("TiledArray: a row group of ", row_group, " rows must divide K = ", w.dim(0),
                                        " and fit a tile of ", Tile::max_rows, " rows"));
     }
+    if (dev.faults.any() && !has_fault_model) {
+      throw value_error(detail::concat("TiledArray: the tile type has no stuck-at fault model (no stuck_cells()), so "
+                                       "device_config.faults must be none, got sa0 = ", dev.faults.sa0, ", sa1 = ",
+                                       dev.faults.sa1));
+    }
     K_ = w.dim(0);
     O_ = w.dim(1);
     row_group_ = row_group;
@@ -116,6 +121,14 @@ class TiledArray {
   [[nodiscard]] const std::vector<float>& scales() const noexcept { return scales_; }
   /// Cell programming events since construction (drift and reads never add any).
   [[nodiscard]] std::uint64_t rram_writes() const noexcept { return writes_; }
+  /// Stuck cells over all tiles (none for a tile type without a fault model).
+  [[nodiscard]] fault_count stuck_cells() const noexcept {
+    fault_count n;
+    if constexpr (has_fault_model) {
+      for (const auto& t : tiles_) n += t.stuck_cells();
+    }
+    return n;
+  }
 
   /// Writes `w` ([K, O]) onto the tiles again (every cell is one programming event); drift is reset.
   void reprogram(const Tensor& w, std::uint64_t seed) {
@@ -160,8 +173,16 @@ class TiledArray {
 
   /// Replaces the periphery (no RRAM write). A fixed ADC range applies at
   /// once; a percentile ADC needs `calibrate_adc` before the next product.
+  /// New wires recompute every tile's IR drop (and so the effective weights).
   void set_periphery(periphery_config p) {
     p.validate();
+    if (!p.wires.is_ideal() && !has_wire_model) {
+      throw value_error(detail::concat("TiledArray: the tile type has no IR-drop model (no set_wires()), so "
+                                       "periphery_config.wires.segment_ohm must be 0, got ", p.wires.segment_ohm));
+    }
+    if constexpr (has_wire_model) {
+      for (auto& t : tiles_) t.set_wires(p.wires);
+    }
     periphery_ = std::move(p);
     adc_ranges_.clear();
     if (periphery_.adc && periphery_.adc->mode == adc_range_mode::fixed) {
@@ -326,6 +347,11 @@ class TiledArray {
   }
 
  private:
+  static constexpr bool has_fault_model = requires(const Tile& t) {
+    { t.stuck_cells() } -> std::convertible_to<fault_count>;
+  };
+  static constexpr bool has_wire_model = requires(Tile& t, const wire_config& w) { t.set_wires(w); };
+
   /// Normalised per-slice current to weight units: y_o += factor_o * place(s) * c.
   [[nodiscard]] double column_factor(std::int64_t o) const noexcept {
     return static_cast<double>(scales_[static_cast<std::size_t>(o)]) * grid_.lm1 / grid_.q_max;

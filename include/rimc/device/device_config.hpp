@@ -2,15 +2,17 @@
 /// \file
 /// rimc::device_config: the physical description of one RRAM cell type
 /// (conductance range, levels per cell, bit slicing, weight-scale
-/// granularity, programming noise), its validation, and the random-stream
-/// ids every stochastic device effect draws from.
+/// granularity, programming noise, stuck-at faults), its validation, and the
+/// random-stream ids every stochastic device effect draws from.
 
 #include <rimc/core/error.hpp>
+#include <rimc/core/random.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string_view>
+#include <utility>
 
 namespace rimc {
 
@@ -23,6 +25,7 @@ enum class rng_stream : std::uint64_t {
   drift_exponent = 0x4e55'0000,  ///< per-cell power-law drift exponent
   read_noise = 0x5245'4144,      ///< per-MVM read noise
   output_noise = 0x4f55'5450,    ///< per-MVM output (ADC input) noise
+  stuck_at = 0x5354'5543,        ///< stuck-at fault map (one uniform draw per cell)
 };
 
 namespace detail {
@@ -97,6 +100,64 @@ struct programming_noise {
   }
 };
 
+/// What a cell is stuck at, if anything.
+enum class cell_fault : std::uint8_t {
+  none = 0,  ///< a working cell
+  sa0 = 1,   ///< stuck at g_min (high-resistance state)
+  sa1 = 2,   ///< stuck at g_max (low-resistance state)
+};
+
+/// Cells stuck at g_min (SA0) and at g_max (SA1).
+struct fault_count {
+  std::uint64_t sa0 = 0;  ///< cells stuck at g_min
+  std::uint64_t sa1 = 0;  ///< cells stuck at g_max
+
+  /// Stuck cells of either kind.
+  [[nodiscard]] constexpr std::uint64_t total() const noexcept { return sa0 + sa1; }
+  /// Adds another count.
+  constexpr fault_count& operator+=(const fault_count& o) noexcept {
+    sa0 += o.sa0;
+    sa1 += o.sa1;
+    return *this;
+  }
+};
+
+/// Stuck-at faults: a fraction `sa0` of the cells is stuck at g_min and a
+/// fraction `sa1` at g_max, whatever is written to them and however long
+/// they sit (docs/formulas.md, sec. 4). Cell i's fault is a pure function of
+/// (seed, i): u = counter_rng(seed, rng_stream::stuck_at).uniform(i) makes it
+/// SA0 if u < sa0, SA1 if sa0 <= u < sa0 + sa1, so each fraction is exact in
+/// expectation and a cell's fault does not depend on the tile size or thread count.
+struct stuck_at_faults {
+  double sa0 = 0.0;  ///< fraction of cells stuck at g_min, [0, 1]
+  double sa1 = 0.0;  ///< fraction of cells stuck at g_max, [0, 1]
+
+  /// No faults.
+  [[nodiscard]] static constexpr stuck_at_faults none() noexcept { return {}; }
+  /// Whether any cell can be stuck.
+  [[nodiscard]] constexpr bool any() const noexcept { return sa0 > 0 || sa1 > 0; }
+
+  /// Throws value_error naming the fraction that is NaN, outside [0, 1], or when sa0 + sa1 > 1.
+  void validate() const {
+    constexpr std::string_view what = "stuck_at_faults";
+    for (const auto& [field, v] : {std::pair<std::string_view, double>{"sa0", sa0}, {"sa1", sa1}}) {
+      detail::check_finite_value(what, field, v);
+      if (v < 0 || v > 1) throw value_error(detail::concat(what, ": ", field, " must be in [0, 1], got ", v));
+    }
+    if (sa0 + sa1 > 1) {
+      throw value_error(detail::concat(what, ": sa0 + sa1 must be <= 1, got ", sa0, " + ", sa1));
+    }
+  }
+
+  /// The fault of cell `cell` of a chip whose fault map is keyed by `seed`.
+  [[nodiscard]] constexpr cell_fault fault(std::uint64_t seed, std::uint64_t cell) const noexcept {
+    if (!any()) return cell_fault::none;
+    const double u = counter_rng(seed, static_cast<std::uint64_t>(rng_stream::stuck_at)).uniform(cell);
+    if (u < sa0) return cell_fault::sa0;
+    return u < sa0 + sa1 ? cell_fault::sa1 : cell_fault::none;
+  }
+};
+
 /// How finely the weight-to-conductance scale is chosen.
 enum class weight_scale : std::uint8_t {
   per_layer,   ///< one scale (max |w|) for the whole matrix
@@ -116,6 +177,7 @@ struct device_config {
   int slices = 1;           ///< cells per weight (bit slicing, shift-and-add in digital), 1..4
   weight_scale scale = weight_scale::per_column;  ///< weight-scale granularity
   programming_noise noise{};                      ///< programming noise model
+  stuck_at_faults faults{};                       ///< stuck-at faults (none by default)
 
   /// Conductance span g_max_us - g_min_us, uS.
   [[nodiscard]] constexpr double range_us() const noexcept { return g_max_us - g_min_us; }
@@ -136,6 +198,7 @@ struct device_config {
                                        " * ", slices));
     }
     noise.validate();
+    faults.validate();
   }
 };
 

@@ -2,7 +2,8 @@
 /// \file
 /// Device and drift presets from public models (constants and sources in docs/formulas.md, sec. 4):
 /// the paper's relative drift, HfOx/CMO ReRAM (IBM), NeuRRAM (Wan et al.
-/// 2022) and a PCM-like power law (Nandakumar et al. 2019).
+/// 2022), a PCM-like power law (Nandakumar et al. 2019) and measured
+/// stuck-at fault fractions (Chen et al. 2017).
 
 #include <rimc/device/device_config.hpp>
 #include <rimc/device/drift.hpp>
@@ -73,5 +74,14 @@ enum class cmo_acceptance : std::uint8_t {
   m.g_max_us = g_max_us;
   return m;
 }
+
+/// Stuck-at fault fractions measured on a fabricated HfOx RRAM test chip:
+/// 1.75% of the cells stuck at the high-resistance state (SA0, g_min) and
+/// 9.04% at the low-resistance state (SA1, g_max). Source: L. Chen, J. Li,
+/// Y. Chen, Q. Deng, J. Shen, X. Liang, L. Jiang, "Accelerator-friendly
+/// neural-network training: learning variations and defects in RRAM
+/// crossbar", DATE 2017, pp. 19-24 (the fractions are quoted from its
+/// measurement section and reused by later fault-tolerance work).
+[[nodiscard]] inline stuck_at_faults hfox_stuck_at() { return {0.0175, 0.0904}; }
 
 }  // namespace rimc::presets

@@ -145,6 +145,13 @@ class analog_deployment {
     return w;
   }
 
+  /// Stuck cells over all layers (device_config::faults).
+  [[nodiscard]] fault_count stuck_cells() const {
+    fault_count n;
+    for_each([&](const std::string&, const auto& a) { n += a.stuck_cells(); });
+    return n;
+  }
+
   /// Weights on the crossbars.
   [[nodiscard]] std::int64_t rram_weights() const {
     std::int64_t n = 0;

@@ -1,0 +1,203 @@
+// Tests of stuck-at faults (device_config::faults): the fractions over 1e6
+// cells against their binomial standard errors, stuck cells that never move
+// (programming noise, rewriting, every drift model), a fault map independent
+// of the tile size, the counts through the layers and the deployment, and
+// the messages for invalid fractions.
+
+#include <rimc/crossbar/tiled_array.hpp>
+#include <rimc/device.hpp>
+#include <rimc/nn/deploy.hpp>
+
+#include "test_net.hpp"
+#include "test_util.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace unit_faults {
+
+using namespace rimc;
+
+namespace {
+
+/// |count - n f| <= 5 standard errors of a binomial(n, f) count.
+void check_fraction(std::uint64_t count, std::uint64_t n, double f) {
+  const double nd = static_cast<double>(n);
+  const double se = std::sqrt(nd * f * (1 - f));
+  CAPTURE(count);
+  CAPTURE(n);
+  CAPTURE(f);
+  CHECK(std::abs(static_cast<double>(count) - nd * f) <= 5 * se);
+}
+
+device_config faulty_device(stuck_at_faults f) {
+  device_config d;
+  d.g_min_us = 2.0;
+  d.g_max_us = 40.0;
+  d.noise = programming_noise::proportional(0.02);
+  d.faults = f;
+  return d;
+}
+
+/// Every cell of every tile: stuck cells sit exactly at their stuck value, working cells are
+/// counted in `moved` when their conductance differs from `reference` (the same array before).
+template <class A>
+void check_stuck_cells(const A& a, const A* reference, std::uint64_t& moved, std::uint64_t& stuck) {
+  const auto& g = a.grid();
+  const float lo = static_cast<float>(g.g_min_us), hi = static_cast<float>(g.g_min_us + g.range_us);
+  for (std::size_t ti = 0; ti < a.tiles().size(); ++ti) {
+    const auto& t = a.tiles()[ti];
+    for (std::int64_t r = 0; r < t.rows(); ++r)
+      for (std::int64_t c = 0; c < t.cols(); ++c)
+        for (int d = 0; d < 2; ++d) {
+          const auto f = t.fault(r, c, 0, d);
+          const float now = t.conductance_us(r, c, 0, d);
+          if (f == cell_fault::none) {
+            if (reference && now != reference->tiles()[ti].conductance_us(r, c, 0, d)) ++moved;
+            continue;
+          }
+          ++stuck;
+          REQUIRE(now == (f == cell_fault::sa0 ? lo : hi));
+          REQUIRE(t.programmed_us(r, c, 0, d) == now);
+        }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("stuck-at fractions over 1e6 cells are within 5 standard errors of the preset's") {
+  const stuck_at_faults f = presets::hfox_stuck_at();
+  CHECK(f.sa0 == 0.0175);
+  CHECK(f.sa1 == 0.0904);
+  // The draw itself, over 1e6 cell indices.
+  std::uint64_t sa0 = 0, sa1 = 0;
+  constexpr std::uint64_t n = 1'000'000;
+  for (std::uint64_t i = 0; i < n; ++i) {
+    const auto k = f.fault(77, i);
+    sa0 += k == cell_fault::sa0;
+    sa1 += k == cell_fault::sa1;
+  }
+  check_fraction(sa0, n, f.sa0);
+  check_fraction(sa1, n, f.sa1);
+  // Through an array of 1000 x 500 differential weights (1e6 cells), as counted by the tiles.
+  const TiledArray<> a(test::random_tensor(Shape{1000, 500}, 3), faulty_device(f), 11);
+  const fault_count c = a.stuck_cells();
+  check_fraction(c.sa0, n, f.sa0);
+  check_fraction(c.sa1, n, f.sa1);
+  CHECK(c.total() == c.sa0 + c.sa1);
+  std::uint64_t moved = 0, stuck = 0;
+  check_stuck_cells(a, static_cast<const TiledArray<>*>(nullptr), moved, stuck);
+  CHECK(stuck == c.total());
+  // Another chip (seed) has another map with the same statistics; no faults, no map.
+  const TiledArray<> b(test::random_tensor(Shape{1000, 500}, 3), faulty_device(f), 12);
+  CHECK(b.stuck_cells().sa1 != c.sa1);
+  check_fraction(b.stuck_cells().sa1, n, f.sa1);
+  CHECK(TiledArray<>(test::random_tensor(Shape{100, 50}, 3), faulty_device({}), 11).stuck_cells().total() == 0);
+}
+
+TEST_CASE("stuck cells never change: not by programming noise, rewriting, or any drift model") {
+  const Tensor w = test::random_tensor(Shape{300, 80}, 5);
+  TiledArray<CrossbarTile<float, 128, 64>> a(w, faulty_device({0.05, 0.1}), 21);
+  const TiledArray<CrossbarTile<float, 128, 64>> fresh(w, faulty_device({0.05, 0.1}), 21);
+  const fault_count before = a.stuck_cells();
+  REQUIRE(before.sa0 > 0);
+  REQUIRE(before.sa1 > 0);
+  std::uint64_t moved = 0, stuck = 0;
+  a.drift_to(relative_drift{}, drift_level{0.3}, 4);
+  check_stuck_cells(a, &fresh, moved, stuck);
+  CHECK(moved > 0);  // the working cells did drift
+  CHECK(stuck == before.total());
+  moved = stuck = 0;
+  a.drift_to(presets::cmo_reram_drift(), seconds{3.0e7}, 5);
+  check_stuck_cells(a, &fresh, moved, stuck);
+  CHECK(moved > 0);
+  a.drift_to(presets::pcm_drift(40.0), seconds{3.0e7}, 6);
+  a.drift_to(presets::neurram_relaxation(), seconds{86400.0}, 7);
+  moved = stuck = 0;
+  check_stuck_cells(a, &fresh, moved, stuck);
+  CHECK(moved > 0);
+  // Rewriting other weights with another seed keeps the chip's fault map.
+  a.reprogram(test::random_tensor(Shape{300, 80}, 6), 99);
+  CHECK(a.stuck_cells().sa0 == before.sa0);
+  CHECK(a.stuck_cells().sa1 == before.sa1);
+  for (std::size_t ti = 0; ti < a.tiles().size(); ++ti)
+    for (std::int64_t r = 0; r < a.tiles()[ti].rows(); ++r)
+      for (std::int64_t c = 0; c < a.tiles()[ti].cols(); ++c)
+        for (int d = 0; d < 2; ++d) REQUIRE(a.tiles()[ti].fault(r, c, 0, d) == fresh.tiles()[ti].fault(r, c, 0, d));
+  moved = stuck = 0;
+  check_stuck_cells(a, static_cast<const decltype(a)*>(nullptr), moved, stuck);
+  CHECK(stuck == before.total());
+}
+
+TEST_CASE("a cell's fault depends on its global index, not on the tile size") {
+  const Tensor w = test::random_tensor(Shape{200, 90}, 7);
+  const device_config d = faulty_device({0.1, 0.1});
+  const TiledArray<CrossbarTile<float, 32, 16>> small(w, d, 3);
+  const TiledArray<CrossbarTile<float, 256, 256>> large(w, d, 3);
+  CHECK(small.stuck_cells().sa0 == large.stuck_cells().sa0);
+  CHECK(small.stuck_cells().sa1 == large.stuck_cells().sa1);
+  CHECK(small.effective_weights() == large.effective_weights());
+  const auto& t = small.tile(3, 2);  // rows 96..127, cols 32..47
+  for (std::int64_t r = 0; r < t.rows(); ++r)
+    for (std::int64_t c = 0; c < t.cols(); ++c)
+      for (int dv = 0; dv < 2; ++dv) REQUIRE(t.fault(r, c, 0, dv) == large.tile(0, 0).fault(96 + r, 32 + c, 0, dv));
+}
+
+TEST_CASE("stuck cells are counted per layer and over the deployment, and change the weights") {
+  network net = test::small_conv_net(1);
+  const Tensor w_before = net.node(net.layer_names().front()).params.at("weight");
+  analog_options opt;
+  opt.device = faulty_device(presets::hfox_stuck_at());
+  opt.program_seed = 5;
+  auto d = deploy_analog(net, opt);
+  fault_count sum;
+  std::int64_t cells = 0;
+  d.for_each([&](const std::string&, const auto& a) {
+    sum += a.stuck_cells();
+    cells += 2 * a.effective_weights().numel();
+  });
+  CHECK(d.stuck_cells().sa0 == sum.sa0);
+  CHECK(d.stuck_cells().sa1 == sum.sa1);
+  CHECK(sum.sa1 > sum.sa0);
+  check_fraction(sum.total(), static_cast<std::uint64_t>(cells), 0.0175 + 0.0904);
+  // An SA1 cell on G+ or G- pushes its weight towards +/- the column scale.
+  network clean = test::small_conv_net(1);
+  analog_options ok = opt;
+  ok.device.faults = {};
+  auto e = deploy_analog(clean, ok);
+  CHECK(e.stuck_cells().total() == 0);
+  const auto name = d.names().front();
+  double diff = 0;
+  d.for_each([&](const std::string& n, const auto& a) {
+    if (n != name) return;
+    e.for_each([&](const std::string& m, const auto& b) {
+      if (m == name) diff = (a.effective_weights().vector() - b.effective_weights().vector()).cwiseAbs().maxCoeff();
+    });
+  });
+  CHECK(diff > 0.1 * w_before.vector().cwiseAbs().maxCoeff());
+}
+
+TEST_CASE("stuck-at fractions are checked with a message naming the field and the value") {
+  const double nan_v = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_WITH_AS((stuck_at_faults{-0.1, 0}.validate()),
+                       "[rimc.value_error] stuck_at_faults: sa0 must be in [0, 1], got -0.1", value_error);
+  CHECK_THROWS_WITH_AS((stuck_at_faults{0, 1.5}.validate()),
+                       "[rimc.value_error] stuck_at_faults: sa1 must be in [0, 1], got 1.5", value_error);
+  CHECK_THROWS_WITH_AS((stuck_at_faults{nan_v, 0}.validate()),
+                       "[rimc.value_error] stuck_at_faults: sa0 must be finite, got nan", value_error);
+  CHECK_THROWS_WITH_AS((stuck_at_faults{0.6, 0.5}.validate()),
+                       "[rimc.value_error] stuck_at_faults: sa0 + sa1 must be <= 1, got 0.6 + 0.5", value_error);
+  device_config d;
+  d.faults.sa1 = 2;
+  CHECK_THROWS_WITH_AS(d.validate(), "[rimc.value_error] stuck_at_faults: sa1 must be in [0, 1], got 2",
+                       value_error);
+  CHECK_THROWS_AS(TiledArray<>(test::random_tensor(Shape{4, 4}, 1), d, 1), value_error);
+  // All cells stuck is legal (a dead array).
+  const TiledArray<> dead(test::random_tensor(Shape{8, 8}, 1), faulty_device({0.0, 1.0}), 1);
+  CHECK(dead.stuck_cells().sa1 == 128);
+}
+
+}  // namespace unit_faults
