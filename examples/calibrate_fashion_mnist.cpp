@@ -47,7 +47,7 @@ struct args {
 
 args parse(int argc, char** argv) {
   args a;
-  std::string preset = "relative", loss_path = "automatic";
+  std::string preset = "relative", loss_path = "automatic", bounds = "physical";
   constexpr auto u64max = std::numeric_limits<std::uint64_t>::max();
   cli::command_line cl("calibrate_fashion_mnist",
                        "Programs the shipped ResNet-20 Fashion-MNIST teacher onto drifting RRAM crossbars and recovers "
@@ -57,6 +57,12 @@ args parse(int argc, char** argv) {
   cl.number("--rho", a.chip.rho, "relative drift sigma / G (preset relative)", 0.0, 10.0);
   cl.number("--time", a.chip.time_s, "time since programming (presets cmo, neurram)", 0.0, 1e12, "s");
   cl.number("--g-min-ratio", a.chip.g_min_ratio, "g_min as a fraction of g_max (preset relative)", 0.0, 0.99);
+  cl.choice("--drift-bounds", bounds, lab::drift_bounds_help, {"physical", "floor-g-min", "window"});
+  cl.number("--sa0", a.chip.faults.sa0, "fraction of cells stuck at g_min (e.g. 0.0175, Chen et al. 2017)", 0.0, 1.0);
+  cl.number("--sa1", a.chip.faults.sa1, "fraction of cells stuck at g_max (e.g. 0.0904, Chen et al. 2017)", 0.0, 1.0);
+  cl.flag("--fault-aware", a.chip.fault_aware, "program the partner of a stuck device to compensate it (knows the fault map)");
+  cl.number("--wire-ohm", a.chip.wire_ohm, "wire resistance between neighbouring cells (IR drop, fast model)", 0.0, 1e6,
+            "ohm");
   cl.number("--samples", a.samples, "calibration images N", std::int64_t{1}, std::int64_t{1} << 40);
   cl.number("--rank", a.rank, "adapter rank r", std::int64_t{1}, std::int64_t{64});
   cl.number("--steps", a.steps, "Adam steps per layer (feature KD)", 0, 1000000);
@@ -83,6 +89,11 @@ args parse(int argc, char** argv) {
   cl.text("--save-adapter", a.save_adapter, "write the calibrated adapters as PEFT files into this directory");
   cl.check([&] {
     a.chip.preset = lab::parse_preset(preset);
+    a.chip.bounds = lab::parse_drift_bounds(bounds);
+    if (a.chip.faults.sa0 + a.chip.faults.sa1 > 1) {
+      throw cli::usage_error(detail::concat("--sa0 and --sa1: must add up to at most 1, got ", a.chip.faults.sa0, " + ",
+                                            a.chip.faults.sa1));
+    }
     a.loss_path = lab::parse_loss_path(loss_path);
     a.backprop = !no_backprop;
     if (!(a.lr > 0)) throw cli::usage_error(detail::concat("--lr: must be > 0, got ", a.lr));
@@ -172,13 +183,17 @@ int main(int argc, char** argv) try {
   const auto& f = cal.footprint;
   const auto pct = [](const eval_result& r) { return 100 * r.top1; };
   if (a.chip.preset == lab::drift_preset::relative) {
-    std::printf("ResNet-20 on Fashion-MNIST (%lld test images), relative drift %.2f (g_min = %.2f g_max), N = %lld, rank %lld\n\n",
-                static_cast<long long>(lab.test().size()), a.chip.rho, a.chip.g_min_ratio, static_cast<long long>(a.samples),
+    std::printf("ResNet-20 on Fashion-MNIST (%lld test images), relative drift %.2f (g_min = %.2f g_max, %s drift "
+                "bounds), N = %lld, rank %lld\n\n",
+                static_cast<long long>(lab.test().size()), a.chip.rho, a.chip.g_min_ratio,
+                std::string(to_string(a.chip.bounds)).c_str(), static_cast<long long>(a.samples),
                 static_cast<long long>(a.rank));
   } else {
-    std::printf("ResNet-20 on Fashion-MNIST (%lld test images), %s drift at t = %g s, N = %lld, rank %lld\n\n",
+    std::printf("ResNet-20 on Fashion-MNIST (%lld test images), %s drift at t = %g s (%s drift bounds), N = %lld, "
+                "rank %lld\n\n",
                 static_cast<long long>(lab.test().size()), lab::to_string(a.chip.preset), a.chip.time_s,
-                static_cast<long long>(a.samples), static_cast<long long>(a.rank));
+                std::string(to_string(a.chip.bounds)).c_str(), static_cast<long long>(a.samples),
+                static_cast<long long>(a.rank));
   }
   std::printf("%-34s %10s\n", "setting", "top-1 %");
   std::printf("%-34s %10.2f\n", "ideal (digital teacher)", pct(ideal));
@@ -188,6 +203,12 @@ int main(int argc, char** argv) try {
   if (a.backprop) std::printf("%-34s %10.2f\n", "DoRA backprop calibration", pct(backprop));
   std::printf("\nadapter parameters %lld (%.2f%% of %lld RRAM weights), SRAM %zu bytes (fp32)\n",
               static_cast<long long>(f.parameters), f.share_percent(), static_cast<long long>(f.rram_weights), f.sram_bytes);
+  if (a.chip.faults.any() || a.chip.wire_ohm > 0) {
+    const fault_count stuck = chip->stuck_cells();
+    std::printf("stuck cells: %llu at g_min, %llu at g_max%s; wire resistance %g ohm per segment\n",
+                static_cast<unsigned long long>(stuck.sa0), static_cast<unsigned long long>(stuck.sa1),
+                a.chip.fault_aware ? " (fault-aware programming)" : "", a.chip.wire_ohm);
+  }
   std::printf("RRAM writes: %llu at programming, %llu during calibration\n",
               static_cast<unsigned long long>(chip->writes_programmed()),
               static_cast<unsigned long long>(cal.rram_writes + bp.rram_writes));
@@ -201,6 +222,10 @@ int main(int argc, char** argv) try {
   row("rho", a.chip.preset == lab::drift_preset::relative ? a.chip.rho : 0.0);
   row("time_s", a.chip.preset == lab::drift_preset::relative ? 0.0 : a.chip.time_s);
   row("g_min_ratio", a.chip.g_min_ratio);
+  row("sa0", a.chip.faults.sa0);
+  row("sa1", a.chip.faults.sa1);
+  row("wire_ohm", a.chip.wire_ohm);
+  row("fault_aware", a.chip.fault_aware ? 1.0 : 0.0);
   row("samples", static_cast<double>(a.samples));
   row("rank", static_cast<double>(a.rank));
   row("ideal_top1", ideal.top1);

@@ -52,11 +52,12 @@ struct args {
   std::string model = lab::default_model;
   std::string data = lab::default_data;
   kd_loss_path loss_path = kd_loss_path::automatic;
+  drift_bounds bounds = drift_bounds::physical;
 };
 
 args parse(int argc, char** argv) {
   args a;
-  std::string loss_path = "automatic";
+  std::string loss_path = "automatic", bounds = "physical";
   cli::command_line cl("calibration_sweeps",
                        "The paper's figures on Fashion-MNIST: accuracy of every recovery method on many drifted chips.");
   cl.choice("--sweep", a.sweep, "which sweep", {"rho", "time", "samples", "bp-tune", "resnet50"})->required();
@@ -80,11 +81,13 @@ args parse(int argc, char** argv) {
   cl.numbers("--ranks", a.ranks, "adapter ranks of the samples sweep", std::int64_t{1}, std::int64_t{64});
   cl.numbers("--bp-lrs", a.bp_lrs, "bp-tune's learning rates, > 0", 0.0, 100.0);
   cl.numbers("--bp-temps", a.bp_temps, "bp-tune's temperatures, > 0", 0.0, 1e3);
+  cl.choice("--drift-bounds", bounds, lab::drift_bounds_help, {"physical", "floor-g-min", "window"});
   cl.text("--out", a.out, "directory of the CSVs");
   cl.text("--model", a.model, "the teacher's weights (safetensors)");
   cl.text("--data", a.data, "the Fashion-MNIST directory");
   cl.check([&] {
     a.loss_path = lab::parse_loss_path(loss_path);
+    a.bounds = lab::parse_drift_bounds(bounds);
     if (!(a.lr > 0)) throw cli::usage_error(detail::concat("--lr: must be > 0, got ", a.lr));
     if (!(a.bp_lr > 0)) throw cli::usage_error(detail::concat("--bp-lr: must be > 0, got ", a.bp_lr));
     if (!(a.bp_temperature > 0)) throw cli::usage_error(detail::concat("--bp-temperature: must be > 0, got ", a.bp_temperature));
@@ -241,6 +244,7 @@ void sweep_rho(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& r
       std::fprintf(stderr, "rho %.2f, g_min = %.1f g_max\n", rho, ratio);
       for (int s = 0; s < a.seeds; ++s) {
         lab::chip_config c;
+        c.bounds = a.bounds;
         c.rho = rho;
         c.g_min_ratio = ratio;
         c.drift_seed = seed_of(s);
@@ -262,6 +266,7 @@ void sweep_time(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& 
       std::fprintf(stderr, "%s at t = %g s\n", lab::to_string(preset), t);
       for (int s = 0; s < a.seeds; ++s) {
         lab::chip_config c;
+        c.bounds = a.bounds;
         c.preset = preset;
         c.time_s = t;
         c.program_seed = seed_of(s);  // the CMO preset has programming noise: a different chip per seed
@@ -276,8 +281,9 @@ void sweep_time(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& 
 }
 
 /// The paper's setting: 20% relative drift, g_min = 0, drift seed s + 1.
-std::unique_ptr<lab::drifted_chip> paper_chip(const lab::fashion_mnist_lab& lab, int s) {
+std::unique_ptr<lab::drifted_chip> paper_chip(const args& a, const lab::fashion_mnist_lab& lab, int s) {
   lab::chip_config c;
+  c.bounds = a.bounds;
   c.rho = 0.2;
   c.drift_seed = seed_of(s);
   return lab.drift(c);
@@ -285,7 +291,7 @@ std::unique_ptr<lab::drifted_chip> paper_chip(const lab::fashion_mnist_lab& lab,
 
 void sweep_samples(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& run) {
   for (int s = 0; s < a.seeds; ++s) {
-    const auto chip = paper_chip(lab, s);
+    const auto chip = paper_chip(a, lab, s);
     row r{"relative", 0, 0.2, 0, 0, 0, seed_of(s), "", "", 0, 0};
     run.baselines(*chip, r, false);
     for (const std::int64_t rank : a.ranks) {
@@ -301,7 +307,7 @@ void sweep_samples(const args& a, const lab::fashion_mnist_lab& lab, sweep_runne
 
 void sweep_bp_tune(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& run) {
   for (int s = 0; s < a.seeds; ++s) {
-    const auto chip = paper_chip(lab, s);
+    const auto chip = paper_chip(a, lab, s);
     row r{"relative", 0, 0.2, 0, 10, 2, seed_of(s), "", "", 0, 0};
     run.baselines(*chip, r, false);
     run.feature_kd(*chip, r, 10, 2, false);

@@ -42,6 +42,17 @@ inline drift_preset parse_preset(std::string_view s) {
   throw cli::usage_error(detail::concat("--preset: must be one of relative|cmo|neurram, got '", s, "'"));
 }
 
+/// --drift-bounds: where drift may take a conductance (device_config::bounds).
+inline drift_bounds parse_drift_bounds(std::string_view s) {
+  for (const drift_bounds b : {drift_bounds::physical, drift_bounds::floor_at_g_min, drift_bounds::programming_window})
+    if (s == rimc::to_string(b)) return b;
+  throw cli::usage_error(detail::concat("--drift-bounds: must be one of physical|floor-g-min|window, got '", s, "'"));
+}
+
+/// The --drift-bounds flag's help text.
+inline constexpr const char* drift_bounds_help =
+    "where drift may take a conductance: physical (G >= 0), floor-g-min (G >= g_min) or window ([g_min, g_max])";
+
 /// --loss-path: how each feature-KD step is computed (calibration_config::loss_path).
 inline kd_loss_path parse_loss_path(std::string_view s) {
   for (const kd_loss_path p : {kd_loss_path::automatic, kd_loss_path::statistics, kd_loss_path::direct})
@@ -122,6 +133,10 @@ struct chip_config {
   double rho = 0.2;             ///< relative drift level (preset relative)
   double time_s = 86400;        ///< time since programming (presets cmo, neurram)
   double g_min_ratio = 0;       ///< preset relative: g_min = ratio * g_max (0: the paper's ideal mapping)
+  drift_bounds bounds = drift_bounds::physical;  ///< where drift may take a conductance
+  stuck_at_faults faults{};                      ///< stuck-at fault fractions (none by default)
+  double wire_ohm = 0;                           ///< wire segment resistance (IR drop, fast model), ohm
+  bool fault_aware = false;                      ///< fault-aware programming (device_config::fault_aware_programming)
   std::uint64_t program_seed = 0;
   std::uint64_t drift_seed = 1;
 
@@ -131,6 +146,8 @@ struct chip_config {
     if (!(g_min_ratio >= 0 && g_min_ratio < 1)) {
       throw value_error(detail::concat("chip_config: g_min_ratio must be in [0, 1), got ", g_min_ratio));
     }
+    faults.validate();
+    wire_config{wire_ohm}.validate();
   }
 
   [[nodiscard]] analog_options options() const {
@@ -143,6 +160,10 @@ struct chip_config {
       case drift_preset::cmo: opt.device = presets::cmo_reram_device(); break;
       case drift_preset::neurram: opt.device = presets::neurram_device(); break;
     }
+    opt.device.bounds = bounds;
+    opt.device.faults = faults;
+    opt.device.fault_aware_programming = fault_aware;
+    opt.periphery.wires.segment_ohm = wire_ohm;
     opt.program_seed = program_seed;
     return opt;
   }
@@ -204,6 +225,7 @@ class drifted_chip {
   [[nodiscard]] network& net() noexcept { return net_; }
   [[nodiscard]] std::uint64_t writes_programmed() const noexcept { return writes_programmed_; }
   [[nodiscard]] std::uint64_t rram_writes() const { return chip_.rram_writes(); }
+  [[nodiscard]] fault_count stuck_cells() const { return chip_.stuck_cells(); }
   [[nodiscard]] double deploy_seconds() const noexcept { return deploy_seconds_; }
 
   /// Per-column digital gains from the reference read (on) or unit gains (off).

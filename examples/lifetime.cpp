@@ -68,6 +68,7 @@ struct args {
   std::int64_t samples = 10, rank = 2, vera_rank = 4, offline_images = 64, test_images = 10000, eval_batch = 50;
   double lr = 1e-2, vera_lr = 5e-2, budget_fraction = 0.25, bound = 0;
   std::string out = "examples/results", model = lab::default_model, data = lab::default_data;
+  drift_bounds bounds = drift_bounds::physical;
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -103,10 +104,13 @@ args parse(int argc, char** argv) {
   cl.number("--test-images", a.test_images, "test images evaluated (the first ones)", std::int64_t{1}, std::int64_t{10000});
   cl.number("--eval-batch", a.eval_batch, "test images per forward", std::int64_t{1}, std::int64_t{10000});
   cl.threads(a.threads);
+  std::string bounds = "physical";
+  cl.choice("--drift-bounds", bounds, lab::drift_bounds_help, {"physical", "floor-g-min", "window"});
   cl.text("--out", a.out, "directory of the CSVs");
   cl.text("--model", a.model, "the teacher's weights (safetensors)");
   cl.text("--data", a.data, "the Fashion-MNIST directory");
   cl.check([&] {
+    a.bounds = lab::parse_drift_bounds(bounds);
     a.presets = split(presets);
     for (const auto& p : a.presets)
       if (std::find(all_presets.begin(), all_presets.end(), p) == all_presets.end())
@@ -586,7 +590,8 @@ int main(int argc, char** argv) try {
   const eval_result ideal = lab.evaluate(lab.teacher());
   rec.add(row{"ideal", "ideal", 0, 0, 100.0 * ideal.top1, 0, 0, 0, 0, 0, ideal.seconds, -1});
   for (const auto& name : a.presets) {
-    const preset p = make_preset(name, name == "relative" ? a.relative_times : a.times);
+    preset p = make_preset(name, name == "relative" ? a.relative_times : a.times);
+    p.device.bounds = a.bounds;
     std::fprintf(stderr, "%s: %zu times, %d chips\n", name.c_str(), p.times.size(), a.chips);
     study(a, lab, rec, p).run();
   }

@@ -5,7 +5,8 @@ would write it: the peer that bench/compare.sh runs beside rimc's demo.
 Same teacher (examples/models/resnet20_fmnist.safetensors, batch norm folded
 as rimc folds it), same chip emulation (every conv / linear weight quantised
 to 8-bit differential pairs with a per-column scale, g 0-40 uS, then relative
-drift G' = clip(G + rho G xi, 0, 40 uS) with xi drawn by the same
+drift G' = max(G + rho G xi, 0) (rimc's physical drift bounds; --drift-bounds window
+clips to [0, 40 uS] as rimc did before) with xi drawn by the same
 Philox4x32-10 counters and seed mixing as rimc, so the drifted weights equal
 rimc's to float rounding), the same layer-wise feature-KD calibration
 (PEFT-style DoRA modules: lora_A kaiming-uniform with rimc's draws, B = 0,
@@ -262,7 +263,7 @@ class Net:
 
 
 # ---------------------------------------------------------------- the chip
-def drifted_weights(w, node_id, rho, drift_seed):
+def drifted_weights(w, node_id, rho, drift_seed, window=False):
     """rimc's differential 8-bit programming (per-column scale, g 0-40 uS) and relative drift; returns W_eff (float32)."""
     O = w.shape[0]
     wok = w.reshape(O, -1)
@@ -277,7 +278,7 @@ def drifted_weights(w, node_id, rho, drift_seed):
     cell = np.arange(K * O * 2, dtype=np.uint64)                 # ((k O + o) slices + s) devices + d
     xi = normal(cell, 0x44524946, mix_seed(drift_seed, node_id)).reshape(K, O, 2)
     g = g_prog.astype(np.float64)
-    g_now = np.clip(g + rho * g * xi, 0.0, 40.0).astype(np.float32).astype(np.float64)
+    g_now = np.clip(g + rho * g * xi, 0.0, 40.0 if window else None).astype(np.float32).astype(np.float64)
     code = (g_now[..., 0] - 0.0) / 40.0 * 255.0 - (g_now[..., 1] - 0.0) / 40.0 * 255.0
     w_eff = (s64 * code / 255.0).astype(np.float32)              # [K, O]
     return np.ascontiguousarray(w_eff.T).reshape(w.shape)
@@ -416,6 +417,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--drift-seed", type=int, default=1)
     ap.add_argument("--rho", type=float, default=0.2)
+    ap.add_argument("--drift-bounds", choices=("physical", "window"), default="physical")
     ap.add_argument("--test-images", type=int, default=10000)
     ap.add_argument("--eval-batch", type=int, default=50, help="test images per forward (default 50, as the demo)")
     ap.add_argument("--csv", default="peer_calibration.csv")
@@ -439,7 +441,7 @@ def main():
     drifted = {}
     for i, (name, kind, *_rest) in enumerate(nodes):
         if kind in ("conv", "linear"):
-            drifted[name] = drifted_weights(weights[name], i, args.rho, args.drift_seed)
+            drifted[name] = drifted_weights(weights[name], i, args.rho, args.drift_seed, args.drift_bounds == "window")
     student = Net(nodes, drifted, biases)
     deploy_s = time.perf_counter() - t0
     drift_top1, _ = evaluate(student, test_x, test_y, args.eval_batch)

@@ -5,6 +5,7 @@
 
 #include <rimc/crossbar/analog_layers.hpp>
 #include <rimc/crossbar/compensation.hpp>
+#include <rimc/crossbar/ir_drop.hpp>
 #include <rimc/crossbar/periphery.hpp>
 #include <rimc/crossbar/tile.hpp>
 #include <rimc/crossbar/tiled_array.hpp>

@@ -65,8 +65,8 @@ std::vector<double> adc_bound(const A& a, int bits) {
   for (std::size_t ti = 0; ti < a.tiles().size(); ++ti) {
     const auto& t = a.tiles()[ti];
     for (std::size_t s = 0; s < S; ++s) {
-      const double r = a.adc_ranges()[ti * S + s];
       for (std::int64_t c = 0; c < t.cols(); ++c) {
+        const double r = a.adc_range(ti, static_cast<int>(s), c);
         const auto o = static_cast<std::size_t>(t.col0() + c);
         bound[o] += a.scales()[o] * g.lm1 / g.q_max * g.place(static_cast<int>(s)) * r / (2 * steps);
       }
@@ -138,6 +138,58 @@ TEST_SUITE("crossbar") {
       CHECK(worst <= 1.0);
       CHECK(total > 0);  // the ADC did quantise
     }
+  }
+
+  TEST_CASE("a per-column ADC takes each column's own range and beats one range per tile on uneven columns") {
+    device_config d;
+    d.scale = weight_scale::per_layer;  // columns with small weights carry small currents
+    Tensor w = test::random_tensor(Shape{300, 70}, 6);
+    for (std::int64_t k = 0; k < 300; ++k)
+      for (std::int64_t o = 0; o < 70; ++o) w[k * 70 + o] *= static_cast<float>(std::pow(0.9, o % 35));
+    using array_t = TiledArray<CrossbarTile<float, 128, 64>>;
+    auto tile_adc = drifted_array<array_t>(w, d);
+    auto col_adc = drifted_array<array_t>(w, d);
+    const Tensor x = test::random_tensor(Shape{40, 300}, 7);
+    const Tensor ideal = col_adc.mvm(x);
+    periphery_config p;
+    p.adc = adc_config{6, adc_range_mode::percentile, 0.0, 100.0};
+    tile_adc.set_periphery(p);
+    tile_adc.calibrate_adc(x);
+    p.adc->per_column = true;
+    col_adc.set_periphery(p);
+    REQUIRE_THROWS_AS((void)col_adc.mvm(x), value_error);  // not calibrated yet
+    col_adc.calibrate_adc(x);
+    // One range per column of every (tile, slice): 3 x 2 tiles, 64 + 6 columns per tile row.
+    CHECK(col_adc.adc_ranges().size() == 3 * 70);
+    // Each column's range is the largest |current| of that column (percentile 100).
+    const auto& t = col_adc.tile(1, 0);
+    const Tensor xin = [&] {
+      Tensor b(Shape{40, t.rows()});
+      for (std::int64_t n = 0; n < 40; ++n)
+        for (std::int64_t r = 0; r < t.rows(); ++r) b[n * t.rows() + r] = x[n * 300 + t.row0() + r];
+      return b;
+    }();
+    const Tensor cur = matmul(xin, t.analog_matrix(0));
+    for (std::int64_t j = 0; j < t.cols(); ++j) {
+      double m = 0;
+      for (std::int64_t n = 0; n < 40; ++n) m = std::max(m, std::abs(double(cur[n * t.cols() + j])));
+      CHECK(col_adc.adc_range(2, 0, j) == doctest::Approx(m).epsilon(1e-5));
+    }
+    // Within half a step of each column's own range, and closer to the ideal product than per tile.
+    const Tensor yc = col_adc.mvm(x), yt = tile_adc.mvm(x);
+    const auto bound = adc_bound(col_adc, 6);
+    double err_col = 0, err_tile = 0, worst = 0;
+    for (std::int64_t n = 0; n < 40; ++n)
+      for (std::int64_t o = 0; o < 70; ++o) {
+        const double ref = ideal[n * 70 + o];
+        const double ec = std::abs(double(yc[n * 70 + o]) - ref), et = std::abs(double(yt[n * 70 + o]) - ref);
+        worst = std::max(worst, ec / (bound[static_cast<std::size_t>(o)] + 1e-5 * std::abs(ref)));
+        err_col += ec;
+        err_tile += et;
+      }
+    INFO("worst error / bound = ", worst, ", total error per column ADC ", err_col, ", per tile ", err_tile);
+    CHECK(worst <= 1.0);
+    CHECK(err_col < 0.5 * err_tile);
   }
 
   TEST_CASE("a fixed ADC range saturates currents beyond it") {

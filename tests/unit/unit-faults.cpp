@@ -180,6 +180,52 @@ TEST_CASE("stuck cells are counted per layer and over the deployment, and change
   CHECK(diff > 0.1 * w_before.vector().cwiseAbs().maxCoeff());
 }
 
+TEST_CASE("fault-aware programming retargets the partner of a stuck device as far as the levels allow") {
+  const Tensor w = test::random_tensor(Shape{200, 60}, 8);
+  device_config d = faulty_device({0.05, 0.1});
+  d.noise = programming_noise::none();
+  device_config clean = d;
+  clean.faults = {};
+  const TiledArray<> ideal(w, clean, 3);
+  const TiledArray<> plain(w, d, 3);
+  d.fault_aware_programming = true;
+  const TiledArray<> aware(w, d, 3);
+  CHECK(aware.stuck_cells().total() == plain.stuck_cells().total());
+  const Tensor wi = ideal.effective_weights(), wp = plain.effective_weights(), wa = aware.effective_weights();
+  const auto& t = aware.tile(0, 0);
+  const auto& g = aware.grid();
+  const double col_lsb = 1.0 / g.q_max;  // one level, as a fraction of the column scale
+  double err_plain = 0, err_aware = 0;
+  int exact = 0, zeroed = 0;
+  for (std::int64_t k = 0; k < 200; ++k)
+    for (std::int64_t o = 0; o < 60; ++o) {
+      const double s = aware.scales()[static_cast<std::size_t>(o)];
+      const double ei = wi[k * 60 + o], ep = wp[k * 60 + o], ea = wa[k * 60 + o];
+      err_plain += std::abs(ep - ei);
+      err_aware += std::abs(ea - ei);
+      REQUIRE(std::abs(ea - ei) <= std::abs(ep - ei) + 1e-6 * s);  // never worse than leaving it
+      const auto fp = t.fault(k, o, 0, 0), fm = t.fault(k, o, 0, 1);
+      if (fp == cell_fault::none && fm == cell_fault::none) {
+        REQUIRE(ea == ei);  // working cells are untouched
+        continue;
+      }
+      // One device stuck on the side that carries the weight: the partner compensates exactly.
+      if (fm == cell_fault::none && fp == cell_fault::sa1 && ei >= 0) {
+        CHECK(std::abs(ea - ei) <= 1e-5 * s);
+        ++exact;
+      }
+      // G+ stuck at g_max under a negative weight: G- can at best match it, the weight reads 0.
+      if (fm == cell_fault::none && fp == cell_fault::sa1 && ei < -col_lsb * s) {
+        CHECK(std::abs(ea) <= 1e-5 * s);
+        ++zeroed;
+      }
+    }
+  CHECK(exact > 0);
+  CHECK(zeroed > 0);
+  MESSAGE("mean |weight error|: stuck ", err_plain / 12000, ", fault-aware ", err_aware / 12000);
+  CHECK(err_aware < 0.5 * err_plain);
+}
+
 TEST_CASE("stuck-at fractions are checked with a message naming the field and the value") {
   const double nan_v = std::numeric_limits<double>::quiet_NaN();
   CHECK_THROWS_WITH_AS((stuck_at_faults{-0.1, 0}.validate()),

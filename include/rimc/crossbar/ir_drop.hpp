@@ -181,7 +181,10 @@ inline void check_ir_drop_args(std::string_view who, std::span<const double> g, 
 /// bound tests/unit/unit-ir-drop.cpp checks over 0.1-2.5 ohm per segment,
 /// tiles of 16-64 rows and 16-128 bit lines, input densities 0.1-1, signed
 /// and unsigned inputs, up to drops of a third of the output; the worst
-/// case measured there is 6.9%).
+/// case measured there is 6.9%). On programmed full tiles (256 word lines,
+/// 512 bit lines, bench/ir_drop_accuracy) it stayed within 2.0-7.2% of the
+/// drop at 0.1-1 ohm, where the drop was 14-65% of the output, in about
+/// 11-12 ms against 16-18 s for the exact solve.
 [[nodiscard]] inline std::vector<double> ir_drop_fast(std::span<const double> g, std::int64_t R,
                                                              std::int64_t P, double segment_ohm) {
   detail::check_ir_drop_args("ir_drop_fast", g, R, P, segment_ohm);

@@ -59,6 +59,7 @@ struct adc_config {
   adc_range_mode mode = adc_range_mode::percentile;  ///< range selection
   double range = 0.0;                                ///< full scale for `fixed` mode (normalised current)
   double percentile = 99.99;                         ///< for `percentile` mode, in (0, 100]
+  bool per_column = false;  ///< `percentile` mode: one range per bit line (column) instead of one per tile and slice
 
   /// Throws value_error unless bits is in 2..16 and the fixed range or the percentile is valid.
   void validate() const {
@@ -88,11 +89,13 @@ struct periphery_config {
 
   /// The ideal periphery: no quantisation, no noise.
   [[nodiscard]] static periphery_config ideal() { return {}; }
-  /// A quantised periphery: a DAC with per-vector abs-max scaling and a percentile-calibrated ADC.
-  [[nodiscard]] static periphery_config quantised(int dac_bits, int adc_bits, double percentile = 99.99) {
+  /// A quantised periphery: a DAC with per-vector abs-max scaling and a percentile-calibrated ADC
+  /// (one range per tile and slice, or per column with `per_column`).
+  [[nodiscard]] static periphery_config quantised(int dac_bits, int adc_bits, double percentile = 99.99,
+                                                  bool per_column = false) {
     periphery_config p;
     p.dac = dac_config{dac_bits, dac_scaling::per_vector_absmax, 1.0};
-    p.adc = adc_config{adc_bits, adc_range_mode::percentile, 0.0, percentile};
+    p.adc = adc_config{adc_bits, adc_range_mode::percentile, 0.0, percentile, per_column};
     return p;
   }
 

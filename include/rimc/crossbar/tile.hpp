@@ -19,6 +19,7 @@
 #include <cmath>
 #include <concepts>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace rimc {
@@ -123,17 +124,21 @@ class CrossbarTile {
   ///
   /// The stuck-at fault map is drawn from `dev.faults` and `seed` at the
   /// tile's first programming and kept for its lifetime: a chip's defects do
-  /// not move when it is rewritten. Stuck cells read g_min (SA0) or g_max (SA1).
+  /// not move when it is rewritten. Stuck cells read g_min (SA0) or g_max (SA1);
+  /// with `dev.fault_aware_programming` the working devices of a cell with a
+  /// stuck one are retargeted to compensate it.
   std::uint64_t program(const float* w, const float* scales, const device_config& dev, std::uint64_t seed) {
     if (!programmed_once_) draw_fault_map(dev.faults, seed);
+    drift_floor_us_ = dev.drift_floor_us();
+    drift_ceiling_us_ = dev.drift_ceiling_us();
     const auto S = grid_.slices;
     const mapping_codes codes{grid_.q_max, grid_.q_off};
     const auto quantise = [](double v) { return Quantiser::quantise(v); };
+    const bool aware = dev.fault_aware_programming && !fault_.empty();
 #pragma omp parallel for schedule(static)
     for (std::int64_t r = 0; r < rows_; ++r) {
-      std::array<double, 4> digits{};
-      std::array<double, devices> u{};
-      const std::span<double> dg(digits.data(), static_cast<std::size_t>(S));
+      std::array<std::array<double, 4>, devices> digits{};
+      std::array<double, devices> u{}, target{};
       for (std::int64_t c = 0; c < cols_; ++c) {
         const auto k = row0_ + r, o = col0_ + c;
         const double scale = scales[o];
@@ -141,13 +146,20 @@ class CrossbarTile {
         const double x = scale > 0 ? std::clamp(wv / scale, -1.0, 1.0) : 0.0;
         Mapping::split(x, codes, quantise, std::span<double, devices>(u));
         for (int d = 0; d < devices; ++d) {
-          grid_.split(u[static_cast<std::size_t>(d)], dg);
-          for (int s = 0; s < S; ++s) {
+          const auto dd = static_cast<std::size_t>(d);
+          grid_.split(u[dd], std::span<double>(digits[dd].data(), static_cast<std::size_t>(S)));
+        }
+        for (int s = 0; s < S; ++s) {
+          for (int d = 0; d < devices; ++d) {
+            const auto dd = static_cast<std::size_t>(d);
+            target[dd] = grid_.conductance_us(digits[dd][static_cast<std::size_t>(s)]);
+          }
+          if (aware) compensate_stuck(r, c, s, target);
+          for (int d = 0; d < devices; ++d) {
             const auto i = local(r, c, s, d);
             programmed_[i] = static_cast<Scalar>(
                 fault_.empty() || fault_[i] == 0
-                    ? program_cell(grid_.conductance_us(digits[static_cast<std::size_t>(s)]), dev, seed,
-                                   global_cell(r, c, s, d))
+                    ? program_cell(target[static_cast<std::size_t>(d)], dev, seed, global_cell(r, c, s, d))
                     : stuck_value(static_cast<cell_fault>(fault_[i])));
           }
         }
@@ -158,11 +170,12 @@ class CrossbarTile {
   }
 
   /// Sets every cell to model(programmed, when, seed, cell), clamped to the
-  /// device range; stuck cells keep their stuck value.
+  /// bounds of the device it was programmed with (device_config::bounds);
+  /// stuck cells keep their stuck value.
   template <drift_model M>
   void drift_to(const M& model, typename M::argument_type when, std::uint64_t seed) {
     model.validate(when);
-    const double lo = grid_.g_min_us, hi = grid_.g_min_us + grid_.range_us;
+    const double lo = drift_floor_us_, hi = drift_ceiling_us_;
     const auto S = grid_.slices;
 #pragma omp parallel for schedule(static)
     for (std::int64_t r = 0; r < rows_; ++r)
@@ -237,6 +250,35 @@ class CrossbarTile {
  private:
   [[nodiscard]] std::size_t local(std::int64_t r, std::int64_t c, int s, int d) const noexcept {
     return static_cast<std::size_t>(((s * devices + d) * rows_ + r) * cols_ + c);
+  }
+
+  /// Fault-aware programming of slice s of weight (r, c): with a stuck
+  /// device in the cell, the working ones are retargeted (in device order,
+  /// each to the level that brings sum_d coefficient_d G_d closest to its
+  /// fault-free value, within [g_min, g_max]) so the stuck one is compensated
+  /// as far as the levels allow.
+  void compensate_stuck(std::int64_t r, std::int64_t c, int s, std::array<double, devices>& target) const noexcept {
+    bool any = false;
+    for (int d = 0; d < devices; ++d) any = any || fault_[local(r, c, s, d)] != 0;
+    if (!any) return;
+    double want = 0;
+    for (int d = 0; d < devices; ++d)
+      want += Mapping::coefficients[static_cast<std::size_t>(d)] * target[static_cast<std::size_t>(d)];
+    for (int d = 0; d < devices; ++d) {
+      const auto i = local(r, c, s, d);
+      if (fault_[i] != 0) target[static_cast<std::size_t>(d)] = stuck_value(static_cast<cell_fault>(fault_[i]));
+    }
+    for (int f = 0; f < devices; ++f) {
+      const auto ff = static_cast<std::size_t>(f);
+      if (fault_[local(r, c, s, f)] != 0 || Mapping::coefficients[ff] == 0) continue;
+      double rest = 0;
+      for (int d = 0; d < devices; ++d)
+        if (d != f) rest += Mapping::coefficients[static_cast<std::size_t>(d)] * target[static_cast<std::size_t>(d)];
+      const double g = (want - rest) / Mapping::coefficients[ff];
+      double digit = std::clamp(grid_.digit(g), 0.0, grid_.lm1);
+      if constexpr (Quantiser::discrete) digit = std::round(digit);
+      target[ff] = grid_.conductance_us(digit);
+    }
   }
 
   [[nodiscard]] Scalar stuck_value(cell_fault f) const noexcept {
@@ -319,6 +361,7 @@ class CrossbarTile {
   std::vector<std::uint8_t> fault_;  // cell_fault per cell, empty when the device has no faults
   fault_count faults_{};
   bool programmed_once_ = false;
+  double drift_floor_us_ = 0, drift_ceiling_us_ = std::numeric_limits<double>::infinity();
   std::vector<Tensor> analog_;
 };
 

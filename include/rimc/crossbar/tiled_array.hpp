@@ -92,6 +92,9 @@ class TiledArray {
     scales_ = std::move(o.scales_);
     periphery_ = std::move(o.periphery_);
     adc_ranges_ = std::move(o.adc_ranges_);
+    adc_to_steps_ = std::move(o.adc_to_steps_);
+    adc_lsb_ = std::move(o.adc_lsb_);
+    adc_offset_ = std::move(o.adc_offset_);
     read_var_ = std::move(o.read_var_);
     writes_ = o.writes_;
     calls_.store(o.calls_.load());
@@ -185,18 +188,37 @@ class TiledArray {
     }
     periphery_ = std::move(p);
     adc_ranges_.clear();
-    if (periphery_.adc && periphery_.adc->mode == adc_range_mode::fixed) {
-      adc_ranges_.assign(tiles_.size() * static_cast<std::size_t>(grid_.slices),
-                         static_cast<float>(periphery_.adc->range));
+    adc_to_steps_.clear();
+    adc_lsb_.clear();
+    adc_offset_.clear();
+    if (periphery_.adc) {
+      // Where the ranges of (tile, slice) ts start: one range each, or one per column.
+      std::size_t n = 0;
+      for (std::size_t ti = 0; ti < tiles_.size(); ++ti)
+        for (int s = 0; s < grid_.slices; ++s) {
+          adc_offset_.push_back(n);
+          n += per_column_adc() ? static_cast<std::size_t>(tiles_[ti].cols()) : 1;
+        }
+      adc_offset_.push_back(n);
+      if (periphery_.adc->mode == adc_range_mode::fixed) {
+        set_adc_ranges(std::vector<float>(n, static_cast<float>(periphery_.adc->range)));
+      }
     }
     refresh_read_variance();
   }
 
-  /// Per (tile, slice) ADC full scale in normalised current units (empty when not set).
+  /// ADC full scales in normalised current units (empty when not set): one
+  /// per (tile, slice), row-major over the tiles, or with a per-column ADC
+  /// one per column of each (tile, slice) in turn (see adc_range).
   [[nodiscard]] const std::vector<float>& adc_ranges() const noexcept { return adc_ranges_; }
+  /// The ADC range that column j of tile ti, slice s reads with (j ignored without per-column ranges).
+  [[nodiscard]] float adc_range(std::size_t ti, int s, std::int64_t j) const {
+    const auto ts = ti * static_cast<std::size_t>(grid_.slices) + static_cast<std::size_t>(s);
+    return adc_ranges_.at(adc_offset_.at(ts) + (per_column_adc() ? static_cast<std::size_t>(j) : 0));
+  }
 
-  /// Sets each (tile, slice) ADC range to the configured percentile of
-  /// |column current| over the rows of `x` ([N, K]), without noise.
+  /// Sets each ADC range (per tile and slice, or per column) to the
+  /// configured percentile of |column current| over the rows of `x` ([N, K]), without noise.
   void calibrate_adc(const Tensor& x) {
     check_input(x);
     calibrate_adc_rows(x.dim(0), row_copier(x));
@@ -206,22 +228,23 @@ class TiledArray {
   template <class Fill>
   void calibrate_adc_rows(std::int64_t rows, Fill&& fill) {
     if (!periphery_.adc) throw value_error("TiledArray::calibrate_adc: the periphery has no ADC");
-    std::vector<std::vector<float>> samples(tiles_.size() * static_cast<std::size_t>(grid_.slices));
+    std::vector<std::vector<float>> samples(adc_offset_.back());
     const auto plan = make_plan(0);
     const auto chunk = chunk_rows();
     for (std::int64_t r0 = 0; r0 < rows; r0 += chunk) {
       run_chunk(plan, r0, std::min(rows, r0 + chunk), fill, nullptr, &samples);
     }
     const double pct = periphery_.adc->percentile;
-    adc_ranges_.assign(samples.size(), 0.0f);
+    std::vector<float> ranges(samples.size(), 0.0f);
     for (std::size_t i = 0; i < samples.size(); ++i) {
       auto& v = samples[i];
       if (v.empty()) continue;
       auto idx = static_cast<std::size_t>(std::ceil(pct / 100.0 * static_cast<double>(v.size())));
       idx = std::clamp<std::size_t>(idx, 1, v.size()) - 1;
       std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(idx), v.end());
-      adc_ranges_[i] = std::max(v[idx], std::numeric_limits<float>::min());
+      ranges[i] = std::max(v[idx], std::numeric_limits<float>::min());
     }
+    set_adc_ranges(std::move(ranges));
   }
 
   /// Tile-exact product y [N, O] = x [N, K] through the tiles and the periphery.
@@ -303,7 +326,9 @@ class TiledArray {
     const float adc_steps = adc ? static_cast<float>(P.adc->steps()) : 1.0f;
     const float sigma_out = static_cast<float>(P.output_noise);
     const float place = static_cast<float>(grid_.place(s));
-    const float range = adc ? adc_ranges_[ts] : 1.0f, inv_range = 1.0f / range;
+    const bool per_col = adc && per_column_adc();
+    const std::size_t a0 = adc ? adc_offset_[ts] : 0;
+    const float range = adc ? adc_ranges_[a0] : 1.0f, inv_range = 1.0f / range;
     const auto stream_tail = (static_cast<std::uint64_t>(ts) + 1) << 32;
     const counter_rng read_rng(plan.seed, static_cast<std::uint64_t>(rng_stream::read_noise) + stream_tail);
     const counter_rng out_rng(plan.seed, static_cast<std::uint64_t>(rng_stream::output_noise) + stream_tail);
@@ -314,7 +339,15 @@ class TiledArray {
       float* ym = y_rows + m * O_ + o0;
       if (overwrite) std::fill_n(ym, C, 0.0f);
       if (!reading && !out_noise) {
-        if (adc) {
+        if (per_col) {
+          // One ADC range per column: the same clip and round with per-column scales.
+          const float* to = adc_to_steps_.data() + a0;
+          const float* lsb = adc_lsb_.data() + a0;
+          for (std::int64_t j = 0; j < C; ++j) {
+            const float code = std::min(std::max(cm[j] * to[j], -adc_steps), adc_steps);
+            ym[j] += xs * f[j] * (detail::round_half_even(code) * lsb[j]);
+          }
+        } else if (adc) {
           // The ADC, branch-free so it vectorises: clip to the range, round to the nearest step.
           const float lsb = range / adc_steps, to_steps = inv_range * adc_steps;
           for (std::int64_t j = 0; j < C; ++j) {
@@ -332,7 +365,12 @@ class TiledArray {
         const auto i = base + static_cast<std::uint64_t>(j);
         if (reading) val += std::sqrt(std::max(variance[m * C + j], 0.0f)) * static_cast<float>(read_rng.normal(i));
         if (out_noise) val += sigma_out * static_cast<float>(out_rng.normal(i));
-        if (adc) val = detail::quantise_unit(val, inv_range, adc_steps) * range;
+        if (per_col) {
+          const float rj = adc_ranges_[a0 + static_cast<std::size_t>(j)];
+          val = detail::quantise_unit(val, 1.0f / rj, adc_steps) * rj;
+        } else if (adc) {
+          val = detail::quantise_unit(val, inv_range, adc_steps) * range;
+        }
         ym[j] += xs * f[j] * val;
       }
     }
@@ -355,6 +393,22 @@ class TiledArray {
   /// Normalised per-slice current to weight units: y_o += factor_o * place(s) * c.
   [[nodiscard]] double column_factor(std::int64_t o) const noexcept {
     return static_cast<double>(scales_[static_cast<std::size_t>(o)]) * grid_.lm1 / grid_.q_max;
+  }
+
+  [[nodiscard]] bool per_column_adc() const noexcept {
+    return periphery_.adc && periphery_.adc->mode == adc_range_mode::percentile && periphery_.adc->per_column;
+  }
+
+  /// Installs ADC ranges (laid out as adc_offset_ says) and their per-column step factors.
+  void set_adc_ranges(std::vector<float> ranges) {
+    adc_ranges_ = std::move(ranges);
+    const float steps = static_cast<float>(periphery_.adc->steps());
+    adc_to_steps_.resize(adc_ranges_.size());
+    adc_lsb_.resize(adc_ranges_.size());
+    for (std::size_t i = 0; i < adc_ranges_.size(); ++i) {
+      adc_to_steps_[i] = 1.0f / adc_ranges_[i] * steps;
+      adc_lsb_[i] = adc_ranges_[i] / steps;
+    }
   }
 
   void refresh_read_variance() {
@@ -471,8 +525,15 @@ class TiledArray {
           matmul(xin, t.analog_matrix(s), sc.current);
           const float* cp = sc.current.data();
           if (calibrating) {
-            auto& dst = (*samples)[ts];
-            for (std::int64_t i = 0; i < M * C; ++i) dst.push_back(std::abs(cp[i]));
+            if (per_column_adc()) {
+              for (std::int64_t j = 0; j < C; ++j) {
+                auto& dst = (*samples)[adc_offset_[ts] + static_cast<std::size_t>(j)];
+                for (std::int64_t m = 0; m < M; ++m) dst.push_back(std::abs(cp[m * C + j]));
+              }
+            } else {
+              auto& dst = (*samples)[adc_offset_[ts]];
+              for (std::int64_t i = 0; i < M * C; ++i) dst.push_back(std::abs(cp[i]));
+            }
             continue;
           }
           if (reading) matmul(sc.block_sq, read_var_[ts], sc.variance);
@@ -497,7 +558,8 @@ class TiledArray {
   std::vector<Tile> tiles_;
   std::vector<float> scales_;
   periphery_config periphery_{};
-  std::vector<float> adc_ranges_;
+  std::vector<float> adc_ranges_, adc_to_steps_, adc_lsb_;
+  std::vector<std::size_t> adc_offset_;  // first range of each (tile, slice), plus the total at the end
   std::vector<Tensor> read_var_;
   std::uint64_t writes_ = 0;
   mutable std::atomic<std::uint64_t> calls_{0};

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string_view>
 #include <utility>
 
@@ -158,6 +159,24 @@ struct stuck_at_faults {
   }
 };
 
+/// Where drift may take a conductance (docs/formulas.md, sec. 4). Programming
+/// always lands in [g_min, g_max]; drift is a different process.
+enum class drift_bounds : std::uint8_t {
+  physical,            ///< G >= 0 only (the default): devices relax outside the window they were programmed in
+  floor_at_g_min,      ///< G >= g_min, no ceiling (as aihwkit's CMO-ReRAM noise model clamps)
+  programming_window,  ///< G in [g_min, g_max]: the idle device of a pair at g_min can then only drift up
+};
+
+/// The bound's name as the examples' flags spell it: "physical", "floor-g-min", "window".
+[[nodiscard]] constexpr std::string_view to_string(drift_bounds b) noexcept {
+  switch (b) {
+    case drift_bounds::physical: return "physical";
+    case drift_bounds::floor_at_g_min: return "floor-g-min";
+    case drift_bounds::programming_window: return "window";
+  }
+  return "?";
+}
+
 /// How finely the weight-to-conductance scale is chosen.
 enum class weight_scale : std::uint8_t {
   per_layer,   ///< one scale (max |w|) for the whole matrix
@@ -178,6 +197,22 @@ struct device_config {
   weight_scale scale = weight_scale::per_column;  ///< weight-scale granularity
   programming_noise noise{};                      ///< programming noise model
   stuck_at_faults faults{};                       ///< stuck-at faults (none by default)
+  drift_bounds bounds = drift_bounds::physical;   ///< where drift may take a conductance
+  /// Fault-aware programming: the writer knows the fault map (e.g. from a
+  /// test read after forming) and retargets the working devices of a cell
+  /// with a stuck one, so the cell's analog value is as close to its target
+  /// as the levels allow (docs/formulas.md, sec. 4). Off: stuck cells are
+  /// simply wrong.
+  bool fault_aware_programming = false;
+
+  /// Lowest conductance drift may reach under `bounds`, uS.
+  [[nodiscard]] constexpr double drift_floor_us() const noexcept {
+    return bounds == drift_bounds::physical ? 0.0 : g_min_us;
+  }
+  /// Highest conductance drift may reach under `bounds`, uS (infinity without a ceiling).
+  [[nodiscard]] constexpr double drift_ceiling_us() const noexcept {
+    return bounds == drift_bounds::programming_window ? g_max_us : std::numeric_limits<double>::infinity();
+  }
 
   /// Conductance span g_max_us - g_min_us, uS.
   [[nodiscard]] constexpr double range_us() const noexcept { return g_max_us - g_min_us; }

@@ -5,7 +5,8 @@
 /// index): the state at time t is always re-derived from the programmed
 /// state, never accumulated, so the same seed gives the same chip at any t
 /// and times can be queried in any order. Results are in uS and not yet
-/// clamped; the crossbar clamps them to the device range. A model takes
+/// clamped; the crossbar clamps them to the device's drift bounds
+/// (device_config::bounds). A model takes
 /// either a time (`seconds`) or a drift level (`drift_level`), declared as
 /// its argument_type, so the two cannot be confused (docs/formulas.md, sec. 4).
 
