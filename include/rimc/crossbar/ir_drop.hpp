@@ -32,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <vector>
 
 namespace rimc {
@@ -109,6 +110,18 @@ inline void check_ir_drop_args(std::string_view who, std::span<const double> g, 
   return m;
 }
 
+/// The factorised nodal system of one crossbar (wire conductance gw in uS).
+struct nodal_system {
+  double gw;                                                  ///< wire conductance, uS
+  Eigen::SimplicialLDLT<Eigen::SparseMatrix<double>> solver;  ///< LDL^T of nodal_matrix
+
+  nodal_system(std::string_view who, std::span<const double> g, std::int64_t R, std::int64_t P, double segment_ohm)
+      : gw(1e6 / segment_ohm) {
+    solver.compute(nodal_matrix(g, R, P, gw));
+    if (solver.info() != Eigen::Success) throw value_error(concat(who, ": the nodal matrix is singular"));
+  }
+};
+
 }  // namespace detail
 
 /// Column currents (uA) of the crossbar for row voltages v (V), by exact nodal
@@ -126,13 +139,11 @@ inline void check_ir_drop_args(std::string_view who, std::span<const double> g, 
       for (std::int64_t p = 0; p < P; ++p) out[static_cast<std::size_t>(p)] += g[static_cast<std::size_t>(i * P + p)] * v[static_cast<std::size_t>(i)];
     return out;
   }
-  const double gw = 1e6 / segment_ohm;
-  const Eigen::SparseMatrix<double> m = detail::nodal_matrix(g, R, P, gw);
-  Eigen::SimplicialLDLT<Eigen::SparseMatrix<double>> solver(m);
-  if (solver.info() != Eigen::Success) throw value_error("crossbar_nodal_currents: the nodal matrix is singular");
-  Eigen::VectorXd rhs = Eigen::VectorXd::Zero(m.rows());
+  const detail::nodal_system sys("crossbar_nodal_currents", g, R, P, segment_ohm);
+  const double gw = sys.gw;
+  Eigen::VectorXd rhs = Eigen::VectorXd::Zero(static_cast<Eigen::Index>(2 * R * P));
   for (std::int64_t i = 0; i < R; ++i) rhs[static_cast<Eigen::Index>(i * P)] = gw * v[static_cast<std::size_t>(i)];
-  const Eigen::VectorXd x = solver.solve(rhs);
+  const Eigen::VectorXd x = sys.solver.solve(rhs);
   for (std::int64_t p = 0; p < P; ++p) out[static_cast<std::size_t>(p)] = gw * x[static_cast<Eigen::Index>(R * P + (R - 1) * P + p)];
   return out;
 }
@@ -146,16 +157,14 @@ inline void check_ir_drop_args(std::string_view who, std::span<const double> g, 
   detail::check_ir_drop_args("ir_drop_exact", g, R, P, segment_ohm);
   std::vector<double> out(g.begin(), g.end());
   if (segment_ohm == 0.0) return out;
-  const double gw = 1e6 / segment_ohm;
-  const Eigen::SparseMatrix<double> m = detail::nodal_matrix(g, R, P, gw);
-  Eigen::SimplicialLDLT<Eigen::SparseMatrix<double>> solver(m);
-  if (solver.info() != Eigen::Success) throw value_error("ir_drop_exact: the nodal matrix is singular");
+  const detail::nodal_system sys("ir_drop_exact", g, R, P, segment_ohm);
+  const double gw = sys.gw;
   constexpr std::int64_t block = 16;  // right-hand sides per solve: bounds the dense n x block buffer
   for (std::int64_t i0 = 0; i0 < R; i0 += block) {
     const auto nb = std::min(block, R - i0);
-    Eigen::MatrixXd rhs = Eigen::MatrixXd::Zero(m.rows(), static_cast<Eigen::Index>(nb));
+    Eigen::MatrixXd rhs = Eigen::MatrixXd::Zero(static_cast<Eigen::Index>(2 * R * P), static_cast<Eigen::Index>(nb));
     for (std::int64_t j = 0; j < nb; ++j) rhs(static_cast<Eigen::Index>((i0 + j) * P), static_cast<Eigen::Index>(j)) = gw;
-    const Eigen::MatrixXd x = solver.solve(rhs);
+    const Eigen::MatrixXd x = sys.solver.solve(rhs);
     for (std::int64_t j = 0; j < nb; ++j)
       for (std::int64_t p = 0; p < P; ++p)
         out[static_cast<std::size_t>((i0 + j) * P + p)] =

@@ -230,7 +230,8 @@ class CrossbarTile {
   }
 
   /// The [rows x cols] per-read variance of slice s's column currents per
-  /// unit input squared: sum over devices of (coefficient sigma(G) / range)^2.
+  /// unit input squared: sum over devices of (coefficient sigma(G) / range)^2,
+  /// with G the cell's own conductance (IR drop does not scale the noise).
   [[nodiscard]] Tensor read_variance(const read_noise& noise, int s) const {
     Tensor v(Shape{rows_, cols_});
     const double inv = 1.0 / grid_.range_us;

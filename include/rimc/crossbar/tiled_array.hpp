@@ -399,9 +399,13 @@ class TiledArray {
     return periphery_.adc && periphery_.adc->mode == adc_range_mode::percentile && periphery_.adc->per_column;
   }
 
-  /// Installs ADC ranges (laid out as adc_offset_ says) and their per-column step factors.
+  /// Installs ADC ranges (laid out as adc_offset_ says) and, for a per-column
+  /// ADC, their per-column step factors (the per-tile path derives them per call).
   void set_adc_ranges(std::vector<float> ranges) {
     adc_ranges_ = std::move(ranges);
+    adc_to_steps_.clear();
+    adc_lsb_.clear();
+    if (!per_column_adc()) return;
     const float steps = static_cast<float>(periphery_.adc->steps());
     adc_to_steps_.resize(adc_ranges_.size());
     adc_lsb_.resize(adc_ranges_.size());
