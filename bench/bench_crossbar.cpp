@@ -7,14 +7,26 @@
 //                 tile; linear: one matmul per tile on cache-sized row chunks)
 //   tile_dac8_adc8 - the same with an 8-bit per-vector abs-max DAC too (convs then use im2col + matmul)
 //   ratio       - both forwards timed back to back in one run; counter tile_over_effective
+//   ratio_noisy - the same with CMO read noise and 1-ohm wires on the tile path (8-bit ADC)
+//   ratio_realistic - the same on the realistic chip's periphery: calibrated 8-bit DAC,
+//                 per-column 8-bit ADC, read noise, 1-ohm wires
+//   network/resnet20_fmnist/<chip> - the shipped ResNet-20 (28 x 28, batch 50, every layer on
+//                 crossbars) on the ideal periphery and on each of the above, back to back;
+//                 counter over_ideal
 // Forward benchmarks report GFLOPS (2 * MACs per second) and images/s; the
 // label names the path (and oneDNN's implementation for the effective path).
+
+#include "bench_util.hpp"
 
 #include <rimc/crossbar.hpp>
 #include <rimc/device.hpp>
 #include <rimc/core/random.hpp>
+#include <rimc/nn/deploy.hpp>
+#include <rimc/nn/models.hpp>
 
 #include <benchmark/benchmark.h>
+
+#include <filesystem>
 
 #include <chrono>
 #include <memory>
@@ -72,6 +84,24 @@ analog_options options() {
 periphery_config adc8() {
   periphery_config p;
   p.adc = adc_config{8, adc_range_mode::percentile, 0.0, 99.99};
+  return p;
+}
+
+/// adc8 with CMO ReRAM read noise (1 day) and 1-ohm wire segments.
+periphery_config noisy() {
+  periphery_config p = adc8();
+  p.read = presets::cmo_reram_read_noise(seconds{86400.0});
+  p.noise_seed = 5;
+  p.wires.segment_ohm = 1.0;
+  return p;
+}
+
+/// The realistic chip's periphery (examples' --chip realistic): noisy() with a calibrated
+/// 8-bit DAC and per-column ADC ranges (headroom 1.5).
+periphery_config realistic() {
+  periphery_config p = noisy();
+  p.dac = dac_config{8, dac_scaling::calibrated, 1.0, 99.99};
+  p.adc = adc_config{8, adc_range_mode::percentile, 0.0, 99.99, true, 1.5};
   return p;
 }
 
@@ -203,14 +233,14 @@ void tile_dac8_adc8(benchmark::State& state, const layer_shape& s) {
 }
 
 /// Both forwards, back to back in every iteration; the counter is their time ratio.
-void ratio(benchmark::State& state, const layer_shape& s) {
+void ratio(benchmark::State& state, const layer_shape& s, periphery_config (*periphery)(), const char* label) {
   using clock = std::chrono::steady_clock;
   const problem p(s);
   layer ideal(p), quantised(p);
   ideal.visit([](auto& a) { a.drift_to(relative_drift{}, drift_level{0.2}, 7); });
   quantised.visit([&](auto& a) {
     a.drift_to(relative_drift{}, drift_level{0.2}, 7);
-    a.set_periphery(adc8());
+    a.set_periphery(periphery());
     a.calibrate_adc(p.x);
   });
   Tensor y1, y2;
@@ -230,7 +260,48 @@ void ratio(benchmark::State& state, const layer_shape& s) {
   state.counters["tile_over_effective"] = t_tile / t_eff;
   state.counters["effective_ms"] = 1e3 * t_eff / static_cast<double>(state.iterations());
   state.counters["tile_ms"] = 1e3 * t_tile / static_cast<double>(state.iterations());
-  state.SetLabel("tile-exact 8-bit ADC time / effective-weight time");
+  state.SetLabel(label);
+}
+
+/// The shipped ResNet-20 on crossbars, ideal periphery and `periphery()`, forwards back to back.
+void network_ratio(benchmark::State& state, periphery_config (*periphery)()) {
+  using clock = std::chrono::steady_clock;
+  const auto make = [](const periphery_config& per) {
+    network net = resnet20(1, 10, 28);
+    const std::filesystem::path model = RIMC_MODEL_DIR "/resnet20_fmnist.safetensors";
+    if (std::filesystem::exists(model)) {
+      net.load(model);
+    } else {
+      bench::randomise(net);
+    }
+    net.fold_batch_norm();
+    analog_options opt = options();
+    opt.periphery = per;
+    auto chip = deploy_analog(net, opt);
+    chip.drift_to(relative_drift{}, drift_level{0.2}, 7);
+    return std::make_pair(std::move(net), std::move(chip));
+  };
+  Tensor x(Shape{50, 1, 28, 28});
+  fill_uniform(x, counter_rng(3), 0.0f, 1.0f);
+  auto [ideal, ideal_chip] = make(periphery_config::ideal());
+  auto [real, real_chip] = make(periphery());
+  real_chip.calibrate_adc(real, x);
+  Tensor y1 = ideal.forward(x), y2 = real.forward(x);
+  double t_ideal = 0, t_real = 0;
+  for (auto _ : state) {
+    const auto t0 = clock::now();
+    y1 = ideal.forward(x);
+    const auto t1 = clock::now();
+    y2 = real.forward(x);
+    const auto t2 = clock::now();
+    t_ideal += std::chrono::duration<double>(t1 - t0).count();
+    t_real += std::chrono::duration<double>(t2 - t1).count();
+    benchmark::DoNotOptimize(y2.data());
+  }
+  state.counters["over_ideal"] = t_real / t_ideal;
+  state.counters["ideal_ms"] = 1e3 * t_ideal / static_cast<double>(state.iterations());
+  state.counters["chip_ms"] = 1e3 * t_real / static_cast<double>(state.iterations());
+  state.SetLabel("ResNet-20 28x28 batch 50: this chip's forward time / the ideal chip's");
 }
 
 }  // namespace
@@ -245,8 +316,27 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("tile_dac8_adc8/" + n).c_str(), tile_dac8_adc8, s)
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark(("ratio/" + n).c_str(), ratio, s)->UseRealTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("ratio/" + n).c_str(), ratio, s, adc8, "tile-exact 8-bit ADC time / effective-weight time")
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("ratio_noisy/" + n).c_str(), ratio, s, noisy,
+                                 "tile-exact 8-bit ADC + read noise + IR drop time / effective-weight time")
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("ratio_realistic/" + n).c_str(), ratio, s, realistic,
+                                 "realistic periphery time / effective-weight time")
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
   }
+  benchmark::RegisterBenchmark("network/resnet20_fmnist/adc8", network_ratio, adc8)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("network/resnet20_fmnist/noisy", network_ratio, noisy)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("network/resnet20_fmnist/realistic", network_ratio, realistic)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -71,9 +71,14 @@ def main(d):
         v = [b[counter] for n, b in xb.items() if n.startswith(kind + "/") and counter in b]
         if v:
             out.append(("crossbar", f"{kind}, median over layer shapes", f"{statistics.median(v) / 1e6:.1f} M{counter}"))
-    r = [b["tile_over_effective"] for n, b in xb.items() if n.startswith("ratio/") and "tile_over_effective" in b]
-    if r:
-        out.append(("crossbar", "tile-exact (ADC8) / effective forward, median", f"{statistics.median(r):.2f}x"))
+    for kind, what in (("ratio/", "tile-exact (ADC8)"), ("ratio_noisy/", "tile-exact (ADC8, read noise, IR drop)"),
+                       ("ratio_realistic/", "tile-exact (realistic periphery)")):
+        r = [b["tile_over_effective"] for n, b in xb.items() if n.startswith(kind) and "tile_over_effective" in b]
+        if r:
+            out.append(("crossbar", f"{what} / effective forward, median", f"{statistics.median(r):.2f}x"))
+    for n, b in xb.items():
+        if n.startswith("network/") and "over_ideal" in b:
+            out.append(("crossbar", f"{n.split('/')[-1]} chip / ideal chip, ResNet-20 forward", f"{b['over_ideal']:.2f}x"))
     for n, b in load(d / "bench_network.json").items():
         out.append(("network", n, f"{b['images/s']:.0f} images/s ({ms(b):.2f} ms)"))
     for n, b in load(d / "bench_calibration.json").items():

@@ -36,7 +36,8 @@ struct args {
   bool backprop = true;
   std::int64_t samples = 10, rank = 2, test_images = 10000, eval_batch = 50;
   kd_loss_path loss_path = kd_loss_path::automatic;
-  int steps = 100, threads = 2;
+  int steps = 100, threads = 2, reads = 1;
+  bool recalibrate_adc = true;
   std::uint64_t seed = 0;
   bool from_teacher_norms = false;
   std::string csv = "calibration.csv";
@@ -47,7 +48,7 @@ struct args {
 
 args parse(int argc, char** argv) {
   args a;
-  std::string preset = "relative", loss_path = "automatic", bounds = "physical";
+  std::string preset = "relative", loss_path = "automatic", bounds = "physical", chip = "ideal";
   constexpr auto u64max = std::numeric_limits<std::uint64_t>::max();
   cli::command_line cl("calibrate_fashion_mnist",
                        "Programs the shipped ResNet-20 Fashion-MNIST teacher onto drifting RRAM crossbars and recovers "
@@ -58,11 +59,25 @@ args parse(int argc, char** argv) {
   cl.number("--time", a.chip.time_s, "time since programming (presets cmo, neurram)", 0.0, 1e12, "s");
   cl.number("--g-min-ratio", a.chip.g_min_ratio, "g_min as a fraction of g_max (preset relative)", 0.0, 0.99);
   cl.choice("--drift-bounds", bounds, lab::drift_bounds_help, {"physical", "floor-g-min", "window"});
-  cl.number("--sa0", a.chip.faults.sa0, "fraction of cells stuck at g_min (e.g. 0.0175, Chen et al. 2017)", 0.0, 1.0);
-  cl.number("--sa1", a.chip.faults.sa1, "fraction of cells stuck at g_max (e.g. 0.0904, Chen et al. 2017)", 0.0, 1.0);
-  cl.flag("--fault-aware", a.chip.fault_aware, "program the partner of a stuck device to compensate it (knows the fault map)");
-  cl.number("--wire-ohm", a.chip.wire_ohm, "wire resistance between neighbouring cells (IR drop, fast model)", 0.0, 1e6,
-            "ohm");
+  auto* sa0 = cl.number("--sa0", a.chip.faults.sa0, "fraction of cells stuck at g_min (e.g. 0.0175, Chen et al. 2017)", 0.0, 1.0);
+  auto* sa1 = cl.number("--sa1", a.chip.faults.sa1, "fraction of cells stuck at g_max (e.g. 0.0904, Chen et al. 2017)", 0.0, 1.0);
+  auto* aware = cl.flag("--fault-aware", a.chip.fault_aware, "program the partner of a stuck device to compensate it (knows the fault map)");
+  auto* wire = cl.number("--wire-ohm", a.chip.wire_ohm, "wire resistance between neighbouring cells (IR drop, fast model)",
+                         0.0, 1e6, "ohm");
+  cl.choice("--chip", chip, std::string(lab::chip_help) + "; the flags here set one non-ideality each (a given one "
+            "overrides the realistic value)", {"ideal", "realistic"});
+  auto* adc = cl.number("--adc-bits", a.chip.adc_bits, "per-column percentile ADC resolution (0: ideal read-out)", 0, 16);
+  auto* dac = cl.number("--dac-bits", a.chip.dac_bits, "input DAC resolution, range calibrated per layer (0: ideal inputs)", 0, 16);
+  std::string read_noise = "none";
+  auto* read = cl.choice("--read-noise", read_noise, "per-read noise: none, or the CMO ReRAM form at the chip's time",
+                         {"none", "cmo"});
+  cl.flag("--adc-per-tile", a.chip.adc_per_tile, "one ADC range per tile instead of one per column");
+  cl.number("--adc-headroom", a.chip.adc_headroom, "ADC range as a multiple of the reference currents' 99.99th percentile",
+            1.0, 1e3);
+  bool keep_adc = false;
+  cl.flag("--keep-adc-ranges", keep_adc, "calibration keeps the ADC and DAC ranges set on the reference images "
+          "(default: widens them to what the calibrated activations need)");
+  cl.number("--reads", a.reads, "reads of each frozen layer per calibration sample, averaged (feature KD)", 1, 1000);
   cl.number("--samples", a.samples, "calibration images N", std::int64_t{1}, std::int64_t{1} << 40);
   cl.number("--rank", a.rank, "adapter rank r", std::int64_t{1}, std::int64_t{64});
   cl.number("--steps", a.steps, "Adam steps per layer (feature KD)", 0, 1000000);
@@ -90,6 +105,22 @@ args parse(int argc, char** argv) {
   cl.check([&] {
     a.chip.preset = lab::parse_preset(preset);
     a.chip.bounds = lab::parse_drift_bounds(bounds);
+    a.chip.read_noise = read_noise == "cmo";
+    a.recalibrate_adc = !keep_adc;
+    if (chip == "realistic") {  // every non-ideality at its realistic value, unless its flag was given
+      const lab::chip_config r = lab::chip_config::realistic(a.chip);
+      if (adc->count() == 0) a.chip.adc_bits = r.adc_bits;
+      if (dac->count() == 0) a.chip.dac_bits = r.dac_bits;
+      if (read->count() == 0) a.chip.read_noise = r.read_noise;
+      if (sa0->count() == 0) a.chip.faults.sa0 = r.faults.sa0;
+      if (sa1->count() == 0) a.chip.faults.sa1 = r.faults.sa1;
+      if (aware->count() == 0) a.chip.fault_aware = r.fault_aware;
+      if (wire->count() == 0) a.chip.wire_ohm = r.wire_ohm;
+    }
+    if (a.chip.adc_bits == 1 || a.chip.dac_bits == 1) {
+      throw cli::usage_error(detail::concat("--adc-bits and --dac-bits: must be 0 (ideal) or 2..16, got ", a.chip.adc_bits,
+                                            " and ", a.chip.dac_bits));
+    }
     if (a.chip.faults.sa0 + a.chip.faults.sa1 > 1) {
       throw cli::usage_error(detail::concat("--sa0 and --sa1: must add up to at most 1, got ", a.chip.faults.sa0, " + ",
                                             a.chip.faults.sa1));
@@ -149,6 +180,8 @@ int main(int argc, char** argv) try {
                static_cast<long long>(a.samples), static_cast<long long>(a.rank), a.steps);
   const dataset calib = lab.calibration_set(a.samples, a.seed);
   calibration_config cfg = lab::feature_kd_config(a.rank, a.steps, a.lr, a.seed, a.from_teacher_norms, a.loss_path);
+  cfg.reads = a.reads;
+  cfg.recalibrate_adc = a.recalibrate_adc;  // the backprop baseline below follows the same choice
   if (::isatty(2)) {  // one progress line per calibrated layer on a terminal
     cfg.on_layer = [](const layer_calibration& l, std::size_t i, std::size_t n) {
       std::fprintf(stderr, "  [%2zu/%zu] %-22s feature MSE %.4g -> %.4g (%s, %.3f s)\n", i + 1, n, l.name.c_str(),
@@ -176,6 +209,7 @@ int main(int argc, char** argv) try {
     bcfg.ce_weight = a.bp_ce;
     bcfg.kl_weight = a.bp_kl;
     bcfg.seed = a.seed;
+    bcfg.recalibrate_adc_every = a.recalibrate_adc ? 10 : 0;
     bp = calibrate_backprop(lab.teacher(), chip->net(), calib.images, calib.labels, bcfg);
     backprop = lab.evaluate(chip->net());
   }
@@ -203,11 +237,19 @@ int main(int argc, char** argv) try {
   if (a.backprop) std::printf("%-34s %10.2f\n", "DoRA backprop calibration", pct(backprop));
   std::printf("\nadapter parameters %lld (%.2f%% of %lld RRAM weights), SRAM %zu bytes (fp32)\n",
               static_cast<long long>(f.parameters), f.share_percent(), static_cast<long long>(f.rram_weights), f.sram_bytes);
-  if (a.chip.faults.any() || a.chip.wire_ohm > 0) {
+  if (a.chip.faults.any() || a.chip.wire_ohm > 0 || a.chip.tile_exact()) {
     const fault_count stuck = chip->stuck_cells();
     std::printf("stuck cells: %llu at g_min, %llu at g_max%s; wire resistance %g ohm per segment\n",
                 static_cast<unsigned long long>(stuck.sa0), static_cast<unsigned long long>(stuck.sa1),
                 a.chip.fault_aware ? " (fault-aware programming)" : "", a.chip.wire_ohm);
+    std::printf("periphery: ADC %s, DAC %s, read noise %s, %d read%s per calibration sample\n",
+                a.chip.adc_bits ? detail::concat(a.chip.adc_bits, "-bit per ", a.chip.adc_per_tile ? "tile" : "column",
+                                                 ", headroom ", a.chip.adc_headroom,
+                                                 a.recalibrate_adc ? ", ranges widened in calibration" : "")
+                                      .c_str()
+                                : "ideal",
+                a.chip.dac_bits ? detail::concat(a.chip.dac_bits, "-bit").c_str() : "ideal",
+                a.chip.read_noise ? "CMO ReRAM" : "none", a.reads, a.reads == 1 ? "" : "s");
   }
   std::printf("RRAM writes: %llu at programming, %llu during calibration\n",
               static_cast<unsigned long long>(chip->writes_programmed()),
@@ -226,6 +268,13 @@ int main(int argc, char** argv) try {
   row("sa1", a.chip.faults.sa1);
   row("wire_ohm", a.chip.wire_ohm);
   row("fault_aware", a.chip.fault_aware ? 1.0 : 0.0);
+  row("adc_bits", a.chip.adc_bits);
+  row("dac_bits", a.chip.dac_bits);
+  row("read_noise", a.chip.read_noise ? 1.0 : 0.0);
+  row("reads", a.reads);
+  row("adc_per_tile", a.chip.adc_per_tile ? 1.0 : 0.0);
+  row("adc_headroom", a.chip.adc_headroom);
+  row("adc_recalibrated", a.recalibrate_adc ? 1.0 : 0.0);
   row("samples", static_cast<double>(a.samples));
   row("rank", static_cast<double>(a.rank));
   row("ideal_top1", ideal.top1);
@@ -241,6 +290,7 @@ int main(int argc, char** argv) try {
   row("calibration_seconds", cal.seconds);
   if (a.backprop) row("backprop_seconds", bp.seconds);
   row("evaluation_seconds", calibrated.seconds);
+  row("ideal_evaluation_seconds", ideal.seconds);
   row("peak_rss_mib", peak_rss_mib());
   write_file_atomically(a.csv, [&](atomic_writer& w) { w.write(csv); });
   std::printf("wrote %s\n", std::filesystem::absolute(a.csv).c_str());

@@ -12,6 +12,7 @@
 // bp-tune:  the backprop baseline's learning rate, loss (CE, KL, CE + KL) and steps at N = 10.
 // resnet50: adapter parameters as a share of ResNet-50's weights at ranks 1 to 8.
 //
+// --chip realistic runs every chip of a sweep with the realistic periphery and faults (the demo's --chip).
 // Writes <out>/<sweep>.csv (one row per chip and method) and <out>/<sweep>_summary.csv
 // (mean, standard deviation, min and max over the seeds, in percent).
 
@@ -53,11 +54,19 @@ struct args {
   std::string data = lab::default_data;
   kd_loss_path loss_path = kd_loss_path::automatic;
   drift_bounds bounds = drift_bounds::physical;
+  bool realistic = false;  // --chip realistic
+
+  /// A chip of the sweep before its setting: the drift bounds, and the realistic periphery and faults if asked.
+  [[nodiscard]] lab::chip_config chip() const {
+    lab::chip_config c;
+    c.bounds = bounds;
+    return realistic ? lab::chip_config::realistic(c) : c;
+  }
 };
 
 args parse(int argc, char** argv) {
   args a;
-  std::string loss_path = "automatic", bounds = "physical";
+  std::string loss_path = "automatic", bounds = "physical", chip = "ideal";
   cli::command_line cl("calibration_sweeps",
                        "The paper's figures on Fashion-MNIST: accuracy of every recovery method on many drifted chips.");
   cl.choice("--sweep", a.sweep, "which sweep", {"rho", "time", "samples", "bp-tune", "resnet50"})->required();
@@ -82,12 +91,14 @@ args parse(int argc, char** argv) {
   cl.numbers("--bp-lrs", a.bp_lrs, "bp-tune's learning rates, > 0", 0.0, 100.0);
   cl.numbers("--bp-temps", a.bp_temps, "bp-tune's temperatures, > 0", 0.0, 1e3);
   cl.choice("--drift-bounds", bounds, lab::drift_bounds_help, {"physical", "floor-g-min", "window"});
+  cl.choice("--chip", chip, lab::chip_help, {"ideal", "realistic"});
   cl.text("--out", a.out, "directory of the CSVs");
   cl.text("--model", a.model, "the teacher's weights (safetensors)");
   cl.text("--data", a.data, "the Fashion-MNIST directory");
   cl.check([&] {
     a.loss_path = lab::parse_loss_path(loss_path);
     a.bounds = lab::parse_drift_bounds(bounds);
+    a.realistic = chip == "realistic";
     if (!(a.lr > 0)) throw cli::usage_error(detail::concat("--lr: must be > 0, got ", a.lr));
     if (!(a.bp_lr > 0)) throw cli::usage_error(detail::concat("--bp-lr: must be > 0, got ", a.bp_lr));
     if (!(a.bp_temperature > 0)) throw cli::usage_error(detail::concat("--bp-temperature: must be > 0, got ", a.bp_temperature));
@@ -243,8 +254,7 @@ void sweep_rho(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& r
     for (const double rho : ratio == 0 ? a.rhos : a.realistic_rhos) {
       std::fprintf(stderr, "rho %.2f, g_min = %.1f g_max\n", rho, ratio);
       for (int s = 0; s < a.seeds; ++s) {
-        lab::chip_config c;
-        c.bounds = a.bounds;
+        lab::chip_config c = a.chip();
         c.rho = rho;
         c.g_min_ratio = ratio;
         c.drift_seed = seed_of(s);
@@ -265,8 +275,7 @@ void sweep_time(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& 
     for (const double t : {1.0, 60.0, 3600.0, 86400.0, 7 * 86400.0, year / 12, year, 10 * year}) {
       std::fprintf(stderr, "%s at t = %g s\n", lab::to_string(preset), t);
       for (int s = 0; s < a.seeds; ++s) {
-        lab::chip_config c;
-        c.bounds = a.bounds;
+        lab::chip_config c = a.chip();
         c.preset = preset;
         c.time_s = t;
         c.program_seed = seed_of(s);  // the CMO preset has programming noise: a different chip per seed
@@ -282,8 +291,7 @@ void sweep_time(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& 
 
 /// The paper's setting: 20% relative drift, g_min = 0, drift seed s + 1.
 std::unique_ptr<lab::drifted_chip> paper_chip(const args& a, const lab::fashion_mnist_lab& lab, int s) {
-  lab::chip_config c;
-  c.bounds = a.bounds;
+  lab::chip_config c = a.chip();
   c.rho = 0.2;
   c.drift_seed = seed_of(s);
   return lab.drift(c);

@@ -127,7 +127,18 @@ inline const char* to_string(drift_preset p) {
   return "?";
 }
 
-/// One chip: device, drift and seeds.
+/// The wire resistance of the realistic chip: 1 ohm per cell-to-cell segment
+/// of the 256 x 256 tiles (word and bit lines alike).
+inline constexpr double realistic_wire_ohm = 1.0;
+/// Reference images the percentile ADCs are calibrated on after programming.
+inline constexpr std::int64_t adc_reference_images = 32;
+
+/// The --chip flag's help text.
+inline constexpr const char* chip_help =
+    "ideal: exact read-out; realistic: 8-bit per-column ADC and 8-bit DAC (ranges from 32 reference images), CMO read "
+    "noise, stuck-at faults 1.75% / 9.04% with fault-aware programming, 1 ohm wire segments on 256 x 256 tiles";
+
+/// One chip: device, drift, periphery and seeds.
 struct chip_config {
   drift_preset preset = drift_preset::relative;
   double rho = 0.2;             ///< relative drift level (preset relative)
@@ -137,8 +148,31 @@ struct chip_config {
   stuck_at_faults faults{};                      ///< stuck-at fault fractions (none by default)
   double wire_ohm = 0;                           ///< wire segment resistance (IR drop, fast model), ohm
   bool fault_aware = false;                      ///< fault-aware programming (device_config::fault_aware_programming)
+  int adc_bits = 0;          ///< per-column percentile ADC of this many bits (0: ideal read-out)
+  int dac_bits = 0;          ///< input DAC of this many bits, range calibrated per layer like the ADC (0: ideal inputs)
+  bool read_noise = false;   ///< per-read noise of the CMO ReRAM form at the chip's time since programming
+  bool adc_per_tile = false;  ///< one ADC range per tile and slice instead of one per column
+  /// ADC range = this multiple of the 99.99th percentile of the reference currents: the
+  /// reference images are few (32)
+  double adc_headroom = 1.5;
   std::uint64_t program_seed = 0;
   std::uint64_t drift_seed = 1;
+
+  /// The realistic chip on top of `c`'s device and drift: 8-bit per-column
+  /// ADC with ranges calibrated on reference images, 8-bit DAC, read noise,
+  /// the measured stuck-at fractions with fault-aware programming, and IR
+  /// drop at realistic_wire_ohm on 256 x 256 tiles.
+  [[nodiscard]] static chip_config realistic(chip_config c) {
+    c.adc_bits = 8;
+    c.dac_bits = 8;
+    c.read_noise = true;
+    c.faults = presets::hfox_stuck_at();
+    c.fault_aware = true;
+    c.wire_ohm = realistic_wire_ohm;
+    return c;
+  }
+  /// Whether the chip computes through the tile-exact path (an ADC, a DAC or read noise).
+  [[nodiscard]] bool tile_exact() const noexcept { return adc_bits > 0 || dac_bits > 0 || read_noise; }
 
   void validate() const {
     if (!(rho >= 0) || !std::isfinite(rho)) throw value_error(detail::concat("chip_config: rho must be >= 0, got ", rho));
@@ -148,6 +182,10 @@ struct chip_config {
     }
     faults.validate();
     wire_config{wire_ohm}.validate();
+    if (adc_bits != 0) detail::check_int_range("chip_config", "adc_bits", adc_bits, 2, 16);
+    if (dac_bits != 0) detail::check_int_range("chip_config", "dac_bits", dac_bits, 2, 16);
+    detail::check_finite_value("chip_config", "adc_headroom", adc_headroom);
+    if (!(adc_headroom >= 1)) throw value_error(detail::concat("chip_config: adc_headroom must be >= 1, got ", adc_headroom));
   }
 
   [[nodiscard]] analog_options options() const {
@@ -164,6 +202,15 @@ struct chip_config {
     opt.device.faults = faults;
     opt.device.fault_aware_programming = fault_aware;
     opt.periphery.wires.segment_ohm = wire_ohm;
+    if (adc_bits > 0) {
+      opt.periphery.adc = adc_config{adc_bits, adc_range_mode::percentile, 0.0, 99.99, !adc_per_tile, adc_headroom};
+    }
+    if (dac_bits > 0) opt.periphery.dac = dac_config{dac_bits, dac_scaling::calibrated, 1.0, 99.99};
+    // The CMO ReRAM read noise grows with the time since programming; the relative preset's chip is read at 1 day.
+    if (read_noise) {
+      opt.periphery.read = presets::cmo_reram_read_noise(seconds{preset == drift_preset::relative ? 86400.0 : std::max(time_s, 1.0)});
+    }
+    opt.periphery.noise_seed = detail::mix_seed(program_seed, 0x52454144);  // "READ"
     opt.program_seed = program_seed;
     return opt;
   }
@@ -205,11 +252,13 @@ inline spread spread_of(const std::vector<double>& values) {
 /// A student programmed onto crossbars and drifted; methods are tried on it in turn.
 class drifted_chip {
  public:
-  drifted_chip(const std::string& model, const chip_config& cfg) : net_(load_folded(model)) {
+  /// `adc_reference`: images the percentile ADCs are calibrated on right after programming.
+  drifted_chip(const std::string& model, const chip_config& cfg, const Tensor& adc_reference) : net_(load_folded(model)) {
     cfg.validate();
     const auto t0 = std::chrono::steady_clock::now();
     chip_ = deploy_analog(net_, cfg.options());
     writes_programmed_ = chip_.rram_writes();
+    if (cfg.adc_bits > 0 || cfg.dac_bits > 0) chip_.calibrate_adc(net_, adc_reference);
     // Per-column drift compensation needs a reference read right after programming.
     chip_.for_each([&](const std::string&, auto& a) {
       comp_.emplace_back(compensation_kind::per_column).record_reference(a);
@@ -219,6 +268,8 @@ class drifted_chip {
       case drift_preset::cmo: chip_.drift_to(presets::cmo_reram_drift(), seconds{cfg.time_s}, cfg.drift_seed); break;
       case drift_preset::neurram: chip_.drift_to(presets::neurram_relaxation(), seconds{cfg.time_s}, cfg.drift_seed); break;
     }
+    // The ADC ranges follow the arrays: set again on the drifted chip (periphery only, no RRAM write).
+    if (cfg.adc_bits > 0 || cfg.dac_bits > 0) chip_.calibrate_adc(net_, adc_reference);
     deploy_seconds_ = seconds_since(t0);
   }
 
@@ -284,7 +335,8 @@ class fashion_mnist_lab {
   [[nodiscard]] eval_result evaluate(const network& net) const { return rimc::evaluate(net, test_, eval_batch_, false); }
 
   [[nodiscard]] std::unique_ptr<drifted_chip> drift(const chip_config& cfg) const {
-    return std::make_unique<drifted_chip>(model_, cfg);
+    const dataset reference = calibration_set(adc_reference_images, detail::mix_seed(cfg.program_seed, 0x414443));  // "ADC"
+    return std::make_unique<drifted_chip>(model_, cfg, reference.images);
   }
 
  private:

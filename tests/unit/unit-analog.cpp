@@ -242,13 +242,16 @@ TEST_SUITE("analog") {
     layer.calibrate_adc(src);
     Tensor y;
     CHECK_THROWS_WITH_AS(layer.forward_tiles(src, y, tile_kernel::conv),
-                         "[rimc.value_error] analog_conv2d: tile_kernel::conv needs a mapping without digital offset, no "
-                         "DAC or a fixed-range DAC, and no read noise",
+                         "[rimc.value_error] analog_conv2d: tile_kernel::conv needs a mapping without digital offset and "
+                         "no DAC or one with a fixed or calibrated range",
                          value_error);
-    p.dac.reset();
-    p.read = read_noise::constant(0.1);
+    p.dac->scaling = dac_scaling::calibrated;  // element-wise again
     layer.set_periphery(p);
-    CHECK_FALSE(layer.conv_kernel_exact());
+    CHECK(layer.conv_kernel_exact());
+    p.dac.reset();
+    p.read = read_noise::constant(0.1);  // read noise: a second convolution gives each current's variance
+    layer.set_periphery(p);
+    CHECK(layer.conv_kernel_exact());
     basic_analog_conv2d<CrossbarTile<float, 256, 256, offset_mapping>> offset(w);
     CHECK_FALSE(offset.conv_kernel_exact());
     // Offset mapping runs the GEMM kernel, exactly.

@@ -299,7 +299,7 @@ TEST_SUITE("crossbar") {
     CHECK_THROWS_WITH_AS((void)a.mvm(Tensor(Shape{2, 9})), "[rimc.shape_error] TiledArray: x must be [N, 8], got [2, 9]",
                          shape_error);
     CHECK_THROWS_WITH(a.calibrate_adc(Tensor(Shape{2, 8})),
-                      "[rimc.value_error] TiledArray::calibrate_adc: the periphery has no ADC");
+                      "[rimc.value_error] TiledArray::calibrate_adc: the periphery has no ADC and no calibrated DAC");
     using small_array = TiledArray<CrossbarTile<float, 32, 32>>;
     CHECK_THROWS_WITH_AS(small_array(Tensor(Shape{98, 4}), device_config{}, 0, periphery_config::ideal(), 49),
                          "[rimc.shape_error] TiledArray: a row group of 49 rows must divide K = 98 and fit a tile of 32 rows",

@@ -5,6 +5,8 @@
 // adapter epilogue where oneDNN runs AVX-512 (its own kernels differ in
 // rounding at lower ISAs), and within float rounding of it elsewhere.
 
+#include <rimc/core/random.hpp>
+#include <rimc/kernels/arch/dispatch.hpp>
 #include <rimc/kernels/combine.hpp>
 #include <rimc/kernels/eltwise.hpp>
 #include <rimc/kernels/linear.hpp>
@@ -222,6 +224,28 @@ TEST_SUITE("isa tiers") {
         CHECK(m1 == m2);
         CHECK(v1 == v2);
       });
+    }
+  }
+
+  TEST_CASE("the normal generator gives the portable form's bits on every tier, at any offset and length") {
+    for (const std::uint64_t first : {std::uint64_t{0}, std::uint64_t{3}, std::uint64_t{61}, std::uint64_t{1} << 40}) {
+      for (const std::int64_t n : {1, 5, 63, 64, 65, 1000}) {
+        CAPTURE(first);
+        CAPTURE(n);
+        std::vector<float> ref(static_cast<std::size_t>(n));
+        detail::portable::normal_fill(11, 12, first, n, ref.data());
+        // Each value is normal_from_bits of word i % 4 of Philox block i / 4, as counter_rng numbers them.
+        const counter_rng rng(11, 12);
+        for (std::int64_t i = 0; i < n; i += 7) {
+          const auto idx = first + static_cast<std::uint64_t>(i);
+          CHECK(ref[static_cast<std::size_t>(i)] == detail::normal_from_bits(rng.bits(idx / 4)[idx % 4]));
+        }
+        for_each_tier([&](isa_tier t) {
+          std::vector<float> got(static_cast<std::size_t>(n));
+          detail::normal_fill(11, 12, first, n, got.data(), t);
+          CHECK(same_bits(ref, got));
+        });
+      }
     }
   }
 }

@@ -56,6 +56,8 @@ class adapted_layer_base : public layer {
   [[nodiscard]] std::uint64_t weights_version() const override { return base_->weights_version(); }
   [[nodiscard]] std::uint64_t rram_writes() const override { return base_->rram_writes(); }
   [[nodiscard]] bool is_analog() const override { return base_->is_analog(); }
+  /// The frozen layer's ADC (the adapter is digital).
+  bool calibrate_adc(const Tensor& src, range_update update) override { return base_->calibrate_adc(src, update); }
 
  protected:
   /// Wraps `base`; value_error when it is null.

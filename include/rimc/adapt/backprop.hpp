@@ -7,12 +7,23 @@
 /// the adapters through the frozen layers' input gradients; the frozen
 /// (crossbar) weights get none and are never written. Any adapter type works
 /// (a factory makes them, as for calibrate_feature_kd); DoRA by default.
+///
+/// On a chip with a non-ideal periphery every step's forward runs the
+/// frozen layers' tile-exact path, so each step reads the chip afresh (new
+/// read noise per step: a stochastic gradient over the noise), and the input
+/// gradients pass through the effective weights (straight through the ADC
+/// and DAC). As the adapters restore the activations, ranges set on the
+/// drifted chip would clip: every backprop_config::recalibrate_adc_every
+/// steps the ADC and calibrated DAC ranges are widened to what the
+/// calibration images need (calibrate_adcs, range_update::widen), as feature
+/// KD widens each layer's before calibrating it.
 
 #include <rimc/adapt/adapted_layer.hpp>
 #include <rimc/adapt/adapter.hpp>
 #include <rimc/adapt/dora_adapter.hpp>
 #include <rimc/adapt/feature_kd.hpp>
 #include <rimc/adapt/optim.hpp>
+#include <rimc/nn/deploy.hpp>
 #include <rimc/nn/network.hpp>
 
 #include <algorithm>
@@ -41,6 +52,11 @@ struct backprop_config {
   /// Seeds each adapter (mixed with the layer's index).
   std::uint64_t seed = 0;
   std::vector<std::string> targets;  ///< empty: every conv2d and linear node
+  /// Every this many steps (from step 0) the percentile ADC and calibrated DAC
+  /// ranges are widened to what the calibration images need through the
+  /// adapted network (calibrate_adcs, range_update::widen); 0: never. No
+  /// effect on layers without them.
+  int recalibrate_adc_every = 10;
   calibration_progress on_progress;  ///< optional: called once at the end with the run's report
 
   /// The DoRA factory these settings describe (the default adapters).
@@ -56,6 +72,9 @@ struct backprop_config {
                                        ") must be >= 0 and not both 0"));
     }
     if (!(temperature > 0)) throw value_error(detail::concat("backprop_config: temperature must be positive, got ", temperature));
+    if (recalibrate_adc_every < 0) {
+      throw value_error(detail::concat("backprop_config: recalibrate_adc_every must be >= 0, got ", recalibrate_adc_every));
+    }
   }
 };
 
@@ -174,6 +193,9 @@ template <class Factory>
     }
   };
   for (int step = 0; step <= cfg.steps; ++step) {
+    if (cfg.recalibrate_adc_every > 0 && step % cfg.recalibrate_adc_every == 0 && step < cfg.steps) {
+      calibrate_adcs(student, images, range_update::widen);
+    }
     const Tensor logits = student.forward_train(images, tape);
     const double loss = distillation_loss(logits, labels, &teacher_logits, cfg, grad);
     if (step == 0) {

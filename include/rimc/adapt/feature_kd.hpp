@@ -10,6 +10,15 @@
 /// between them; it is then frozen. The crossbar weights are only read: no
 /// RRAM write happens.
 ///
+/// On a chip with a non-ideal periphery (ADC, DAC, read noise) the student's
+/// frozen layers run their tile-exact path: the inputs each layer sees and
+/// the outputs its adapter corrects are what the chip reads, and the teacher
+/// stays ideal. Each layer's output is read once per calibration sample, or
+/// averaged over calibration_config::reads reads; the statistics path is
+/// exact for those fixed reads. A percentile ADC's ranges (and a calibrated
+/// DAC's) are widened to what the layer's new input needs before it is calibrated
+/// (calibration_config::recalibrate_adc).
+///
 /// Any adapter type works (adapt/adapter.hpp): a factory makes each layer's
 /// adapter; without one, DoRA adapters are made from the config. For
 /// low-rank adapters (DoRA, LoRA) each step's loss and gradients are computed
@@ -73,6 +82,21 @@ struct calibration_config {
   kd_loss_path loss_path = kd_loss_path::automatic;  ///< how each step's loss and gradients are computed
   /// automatic: no statistics path for a layer whose statistics need more bytes than this
   double statistics_max_bytes = 256.0 * 1024 * 1024;
+  /// Reads of the frozen layer per calibration sample: its output is the mean
+  /// of this many forwards. On a chip with read noise every forward reads
+  /// differently; averaging R reads cuts the noise in what the adapter learns
+  /// to correct by sqrt(R) (the chip's mean response is what a later read
+  /// scatters around). Exact chips need 1 (more reads give the same output).
+  int reads = 1;
+  /// Before a layer is calibrated, widen its percentile ADC's ranges and a
+  /// calibrated DAC's range to what its new input needs (what the calibrated
+  /// layers before it produce on the calibration images; layer::calibrate_adc
+  /// with range_update::widen, so the few calibration images never shrink a
+  /// range): ranges set on the drifted, uncalibrated chip clip once the
+  /// adapters restore the activations. A periphery setting, no RRAM write; it
+  /// stays set if the call fails later.
+  /// No effect on layers without such a periphery.
+  bool recalibrate_adc = true;
   calibration_progress on_layer;        ///< optional progress callback
 
   /// Throws value_error naming the first invalid field.
@@ -85,6 +109,7 @@ struct calibration_config {
       throw value_error(detail::concat("calibration_config: loss_path must be automatic, statistics or direct, got ",
                                        static_cast<int>(loss_path)));
     }
+    if (reads < 1) throw value_error(detail::concat("calibration_config: reads must be >= 1, got ", reads));
     if (!(statistics_max_bytes >= 0)) {
       throw value_error(detail::concat("calibration_config: statistics_max_bytes must be >= 0, got ", statistics_max_bytes));
     }
@@ -223,6 +248,20 @@ inline void check_teacher_student(const network& teacher, const network& student
                                " in the student; fold both or neither"));
     }
   }
+}
+
+/// `out` (one read of `base` on x, nhwc when rank 4) becomes the mean of
+/// `reads` reads: reads - 1 more forwards, summed in double.
+inline void average_reads(const layer& base, const Tensor& x, int reads, Tensor& out) {
+  std::vector<double> sum(out.data(), out.data() + out.numel());
+  Tensor more;
+  for (int r = 1; r < reads; ++r) {
+    base.forward(x, more);
+    if (more.rank() == 4 && more.memory_layout() != layout::nhwc) more = more.to_layout(layout::nhwc);
+    for (std::int64_t i = 0; i < out.numel(); ++i) sum[static_cast<std::size_t>(i)] += more[i];
+  }
+  const double inv = 1.0 / reads;
+  for (std::int64_t i = 0; i < out.numel(); ++i) out[i] = static_cast<float>(sum[static_cast<std::size_t>(i)] * inv);
 }
 
 /// A calibration step's forward and loss: mse(adapted output, target, grad),
@@ -478,8 +517,10 @@ template <class A, class Factory>
       // The calibrated-so-far student's input to this layer, and the frozen layer's output: both fixed here.
       ln.x = prefix[k].input_of(name);
       ln.base = students[k]->layer_ptr(name);
+      if (cfg.recalibrate_adc) (void)ln.base->calibrate_adc(ln.x, range_update::widen);
       ln.base->forward(ln.x, ln.layer_out);
       if (ln.layer_out.rank() == 4) ln.layer_out = ln.layer_out.to_layout(layout::nhwc);
+      if (cfg.reads > 1) average_reads(*ln.base, ln.x, cfg.reads, ln.layer_out);
       ln.g.resize(a.parameters().size());
     }
     const auto sync_copies = [&] {

@@ -11,7 +11,9 @@
 
 #include <rimc/core/tensor.hpp>
 
+#include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <numbers>
@@ -85,6 +87,172 @@ class counter_rng {
   std::uint64_t seed_;
   std::uint64_t stream_;
 };
+
+namespace detail {
+
+/// ln(x) for a positive normal float x, branch-free so that loops over it
+/// vectorise: x = m 2^e with m in [sqrt(1/2), sqrt(2)), then Cephes' logf
+/// polynomial log(1 + f) = f - f^2 / 2 + f^3 P(f) (S. L. Moshier, Cephes
+/// Math Library 2.2; peak relative error 7.1e-8 on [sqrt(1/2), sqrt(2)]).
+[[nodiscard]] inline float fast_logf(float x) noexcept {
+  // Integer operations only before the polynomial (a float compare-and-select stops GCC's
+  // vectoriser under the default -ftrapping-math): m < sqrt(1/2) exactly when the
+  // mantissa bits are below those of sqrt(2) (0x3504f3); then m is doubled.
+  const auto b = std::bit_cast<std::uint32_t>(x);
+  const std::uint32_t mant = b & 0x007fffffu;
+  const std::uint32_t low = mant < 0x003504f3u ? 1u : 0u;
+  const int e = static_cast<int>((b >> 23) & 0xffu) - 126 - static_cast<int>(low);  // x = m 2^e
+  const float m = std::bit_cast<float>(mant | ((0x7eu + low) << 23)) - 1.0f;        // f: log(1 + f) = log(m)
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  const auto fe = static_cast<float>(e);
+  y += -2.12194440e-4f * fe;
+  y += -0.5f * z;
+  return m + y + 0.693359375f * fe;
+}
+
+/// The high 32 bits of a * b from 16-bit halves, in 32-bit arithmetic (a
+/// 64-bit product does not vectorise).
+[[nodiscard]] constexpr std::uint32_t mulhi32(std::uint32_t a, std::uint32_t b) noexcept {
+  const std::uint32_t al = a & 0xffffu, ah = a >> 16, bl = b & 0xffffu, bh = b >> 16;
+  const std::uint32_t t = al * bl;
+  const std::uint32_t u = ah * bl + (t >> 16);  // < 2^32: no carry lost
+  const std::uint32_t v = al * bh + (u & 0xffffu);
+  return ah * bh + (u >> 16) + (v >> 16);
+}
+
+/// sqrt(w) for w > 0 without a library call (which may set errno, so loops
+/// around std::sqrt do not vectorise): w / sqrt(w) from the classic
+/// reciprocal-square-root estimate and three Newton steps (relative error
+/// below 3e-7).
+[[nodiscard]] inline float sqrt_positive(float w) noexcept {
+  float y = std::bit_cast<float>(0x5f3759dfu - (std::bit_cast<std::uint32_t>(w) >> 1));
+  for (int i = 0; i < 3; ++i) y = y * (1.5f - 0.5f * w * y * y);
+  return w * y;
+}
+
+/// The standard normal quantile from 32 random bits, in two parts so that
+/// loops vectorise: u = (k + 1/2) 2^-23 for the top 23 bits k (so |z| <=
+/// 5.3) and z = sqrt(2) erfinv(2u - 1) by M. Giles' single-precision erfinv
+/// ("Approximating the erfinv function", GPU Computing Gems Jade, 2011), with
+/// w = -ln((1 - x)(1 + x)) = -ln(4 u (1 - u)) formed from u and 1 - u, both
+/// exact. normal_central computes w, x = 2u - 1 and the central polynomial
+/// (right where w < 5: all but about 0.3% of draws), normal_tail the tail one.
+[[nodiscard]] inline float normal_central(std::uint32_t bits, float& w_out, float& x_out) noexcept {
+  const auto k = static_cast<float>(static_cast<std::int32_t>(bits >> 9));  // via int32: vectorises
+  const float u = (k + 0.5f) * 0x1p-23f;
+  const float v = (8388608.0f - k - 0.5f) * 0x1p-23f;  // 1 - u
+  const float w = -fast_logf(4.0f * u * v);
+  const float wc = w - 2.5f;
+  float p = 2.81022636e-08f;
+  p = 3.43273939e-07f + p * wc;
+  p = -3.5233877e-06f + p * wc;
+  p = -4.39150654e-06f + p * wc;
+  p = 0.00021858087f + p * wc;
+  p = -0.00125372503f + p * wc;
+  p = -0.00417768164f + p * wc;
+  p = 0.246640727f + p * wc;
+  p = 1.50140941f + p * wc;
+  w_out = w;
+  x_out = u - v;  // 2u - 1, exact
+  return 1.41421356237309505f * p * x_out;
+}
+/// The tail part of the quantile (w >= 5) from normal_central's w and x.
+[[nodiscard]] inline float normal_tail(float w, float x) noexcept {
+  const float wt = std::sqrt(w) - 3.0f;
+  float p = -0.000200214257f;
+  p = 0.000100950558f + p * wt;
+  p = 0.00134934322f + p * wt;
+  p = -0.00367342844f + p * wt;
+  p = 0.00573950773f + p * wt;
+  p = -0.0076224613f + p * wt;
+  p = 0.00943887047f + p * wt;
+  p = 1.00167406f + p * wt;
+  p = 2.83297682f + p * wt;
+  return 1.41421356237309505f * p * x;
+}
+/// A standard normal from 32 random bits (normal_central, or normal_tail where w >= 5).
+[[nodiscard]] inline float normal_from_bits(std::uint32_t bits) noexcept {
+  float w = 0, x = 0;
+  const float z = normal_central(bits, w, x);
+  return w < 5.0f ? z : normal_tail(w, x);
+}
+
+/// Philox4x32-10 on 16 counters at once (four words of each in c0..c3), key
+/// (k0, k1): philox4x32 lane by lane, in 32-bit operations only so the loop
+/// vectorises. kernels/arch/avx2.hpp has the AVX2 form.
+struct philox16_portable {
+  /// Counters in, random words out.
+  static void run(std::uint32_t* c0, std::uint32_t* c1, std::uint32_t* c2, std::uint32_t* c3, std::uint32_t k0,
+                  std::uint32_t k1) noexcept {
+    for (int round = 0; round < 10; ++round) {
+      for (int l = 0; l < 16; ++l) {
+        const std::uint32_t n0 = mulhi32(0xCD9E8D57u, c2[l]) ^ c1[l] ^ k0;
+        const std::uint32_t n2 = mulhi32(0xD2511F53u, c0[l]) ^ c3[l] ^ k1;
+        c1[l] = 0xCD9E8D57u * c2[l];
+        c3[l] = 0xD2511F53u * c0[l];
+        c0[l] = n0;
+        c2[l] = n2;
+      }
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+  }
+};
+
+/// Standard normals (float) for indices [first, first + n) of (seed, stream)
+/// into out[0, n): index i is normal_from_bits of 32-bit word i % 4 of
+/// counter_rng(seed, stream).bits(i / 4), so four normals come from one
+/// Philox block (`Philox16` runs 16 blocks at a time, as philox16_portable).
+/// A pure function of (seed, stream, i), like counter_rng; the fast source of
+/// per-read noise (counter_rng::normal draws one double per block). Integer
+/// operations and separately rounded float +, -, *, so every instruction set
+/// gives the same bits; kernels/arch/dispatch.hpp runs it on the best one
+/// (rimc::detail::normal_fill).
+template <class Philox16>
+#if defined(__GNUC__) || defined(__clang__)
+[[gnu::always_inline]]
+#endif
+inline void normal_fill_body(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, std::int64_t n, float* out) {
+  constexpr int lanes = 16;
+  const auto k0 = static_cast<std::uint32_t>(seed), k1 = static_cast<std::uint32_t>(seed >> 32);
+  const auto s0 = static_cast<std::uint32_t>(stream), s1 = static_cast<std::uint32_t>(stream >> 32);
+  std::uint64_t block = first / 4;
+  const std::uint64_t end = first + static_cast<std::uint64_t>(std::max<std::int64_t>(n, 0));
+  alignas(64) std::uint32_t c[4][lanes];  // c[w][l]: word w of block l
+  alignas(64) float z[4 * lanes], w[4 * lanes], x[4 * lanes];
+  const std::uint32_t* words = &c[0][0];
+  while (block * 4 < end) {
+    for (int l = 0; l < lanes; ++l) {
+      const std::uint64_t b = block + static_cast<std::uint64_t>(l);
+      c[0][l] = static_cast<std::uint32_t>(b);
+      c[1][l] = static_cast<std::uint32_t>(b >> 32);
+      c[2][l] = s0;
+      c[3][l] = s1;
+    }
+    Philox16::run(c[0], c[1], c[2], c[3], k0, k1);
+    for (int j = 0; j < 4 * lanes; ++j) z[j] = normal_central(words[j], w[j], x[j]);  // vectorises
+    // Copy the part of [block * 4, block * 4 + 4 lanes) that lies in [first, end): index i is word
+    // i % 4 of block i / 4; the rare tail draws are finished here.
+    const std::uint64_t lo = std::max(block * 4, first), hi = std::min(block * 4 + 4 * lanes, end);
+    for (std::uint64_t i = lo; i < hi; ++i) {
+      const auto j = static_cast<std::size_t>((i - block * 4) % 4 * lanes + (i - block * 4) / 4);
+      out[i - first] = w[j] < 5.0f ? z[j] : normal_tail(w[j], x[j]);
+    }
+    block += lanes;
+  }
+}
+
+}  // namespace detail
 
 /// Fills `t` (in storage order) with U[lo, hi) drawn from (seed, stream, index).
 inline void fill_uniform(Tensor& t, counter_rng rng, float lo, float hi) {

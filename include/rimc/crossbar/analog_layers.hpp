@@ -98,27 +98,20 @@ class analog_core {
   template <class Fill>
   void tile_forward(std::int64_t rows, Fill&& fill, float* y, const std::optional<Tensor>& bias, bool relu) const {
     const auto O = array_.cols();
-    const float* b = bias ? bias->data() : nullptr;
-    const float* g = gain_.data();
+    const auto fin = finish(bias, relu);
     array_.mvm_rows(rows, fill, y, [=](std::int64_t r0, std::int64_t r1, float* yr) {
-      epilogue(r1 - r0, O, 0, O, g, b, relu, yr);
+      for (std::int64_t n = 0; n < r1 - r0; ++n) fin.apply(yr + n * O, 0, O);
     });
   }
 
-  /// Columns [o0, o0 + C) of rows [M, O] <- rows * gain + bias, then ReLU if asked.
-  static void epilogue(std::int64_t M, std::int64_t O, std::int64_t o0, std::int64_t C, const float* gain,
-                       const float* bias, bool relu, float* rows) noexcept {
-    for (std::int64_t n = 0; n < M; ++n) {
-      float* row = rows + n * O;
-      for (std::int64_t o = o0; o < o0 + C; ++o) {
-        const float v = row[o] * gain[o] + (bias ? bias[o] : 0.0f);
-        row[o] = relu ? std::max(v, 0.0f) : v;
-      }
-    }
+  /// What follows the last partial sum of each column: gain, bias, ReLU if asked.
+  [[nodiscard]] typename TiledArray<Tile>::column_epilogue finish(const std::optional<Tensor>& bias,
+                                                                  bool relu) const noexcept {
+    return {gain_.data(), bias ? bias->data() : nullptr, relu};
   }
   template <class Fill>
-  void calibrate_adc(std::int64_t rows, Fill&& fill) {
-    array_.calibrate_adc_rows(rows, fill);
+  void calibrate_adc(std::int64_t rows, Fill&& fill, range_update update) {
+    array_.calibrate_adc_rows(rows, fill, update);
   }
 
  private:
@@ -151,9 +144,9 @@ class analog_core {
 enum class tile_kernel : std::uint8_t {
   automatic,  ///< `conv` where it is exact, else `gemm`
   gemm,       ///< im2col rows times each tile's matrix (rimc::matmul, in cache-sized row chunks); any periphery
-  conv,       ///< one oneDNN convolution per tile and slice over the tile's input channels; needs a
-              ///< mapping without digital offset (differential), no DAC or a fixed-range DAC
-              ///< (element-wise), and no read noise
+  conv,       ///< one oneDNN convolution per tile and slice over the tile's input channels (and one
+              ///< for the read variance, with read noise); needs a mapping without digital offset
+              ///< (differential) and no DAC or an element-wise one (fixed or calibrated range)
 };
 
 /// A linear layer y = x W^T + b whose W [O, K] is programmed onto RRAM crossbars.
@@ -253,13 +246,14 @@ class basic_analog_linear {
   void set_periphery(periphery_config p) {
     if (core_.set_periphery(std::move(p))) refresh();
   }
-  /// Calibrates a percentile ADC on representative inputs src.
-  void calibrate_adc(const Tensor& src) {
+  /// Calibrates a percentile ADC and a calibrated DAC on representative inputs src (finite, else value_error).
+  void calibrate_adc(const Tensor& src, range_update update = range_update::replace) {
+    check_finite("analog_linear::calibrate_adc: reference inputs", src);
     std::optional<Tensor> converted;
     const float* x = rows_of(src, converted);
     const auto K = in_features();
-    core_.calibrate_adc(src.dim(0),
-                        [=](std::int64_t r0, std::int64_t r1, float* d) { std::copy(x + r0 * K, x + r1 * K, d); });
+    core_.calibrate_adc(
+        src.dim(0), [=](std::int64_t r0, std::int64_t r1, float* d) { std::copy(x + r0 * K, x + r1 * K, d); }, update);
   }
   /// Sets the digital per-output gain (drift compensation); no RRAM write.
   void set_column_gain(std::span<const float> gain) {
@@ -322,7 +316,9 @@ class basic_analog_conv2d {
       tp.relu = false;
       const auto& a = core_.array();
       for (const auto& t : a.tiles())
-        for (int s = 0; s < a.grid().slices; ++s) tile_convs_.emplace_back(tile_weights(t, s), std::nullopt, tp);
+        for (int s = 0; s < a.grid().slices; ++s)
+          tile_convs_.emplace_back(tile_weights(t, t.analog_matrix(s)), std::nullopt, tp);
+      refresh_variance_convs();
     }
   }
 
@@ -362,8 +358,8 @@ class basic_analog_conv2d {
     const Shape out = output_shape(src.shape());
     if (kernel == tile_kernel::conv && !conv_kernel_exact()) {
       throw value_error(
-          "analog_conv2d: tile_kernel::conv needs a mapping without digital offset, no DAC or a fixed-range DAC, and no "
-          "read noise");
+          "analog_conv2d: tile_kernel::conv needs a mapping without digital offset and no DAC or one with a fixed or "
+          "calibrated range");
     }
     if (&src == &dst) {
       Tensor y;
@@ -382,8 +378,7 @@ class basic_analog_conv2d {
   /// True when the per-tile convolution kernel computes the tile-exact result (see tile_kernel::conv).
   [[nodiscard]] bool conv_kernel_exact() const noexcept {
     const auto& p = periphery();
-    return !core_.array().grid().has_digital_offset() && (!p.dac || p.dac->scaling == dac_scaling::fixed) &&
-           p.read.is_none();
+    return !core_.array().grid().has_digital_offset() && (!p.dac || p.dac->element_wise());
   }
   /// \overload
   [[nodiscard]] Tensor forward(const Tensor& src) const {
@@ -420,12 +415,17 @@ class basic_analog_conv2d {
   }
   /// Replaces the periphery (no RRAM write); new wires change the effective weights.
   void set_periphery(periphery_config p) {
-    if (core_.set_periphery(std::move(p))) refresh();
+    if (core_.set_periphery(std::move(p))) {
+      refresh();
+    } else {
+      refresh_variance_convs();
+    }
   }
-  /// Calibrates a percentile ADC on representative inputs src [N, C, H, W].
-  void calibrate_adc(const Tensor& src) {
+  /// Calibrates a percentile ADC and a calibrated DAC on representative inputs src [N, C, H, W] (finite, else value_error).
+  void calibrate_adc(const Tensor& src, range_update update = range_update::replace) {
     const Shape out = output_shape(src.shape());
-    core_.calibrate_adc(out[0] * out[2] * out[3], im2col_fill(src, out));
+    check_finite("analog_conv2d::calibrate_adc: reference inputs", src);
+    core_.calibrate_adc(out[0] * out[2] * out[3], im2col_fill(src, out), update);
   }
   /// Sets the digital per-output-channel gain (drift compensation); no RRAM write.
   void set_column_gain(std::span<const float> gain) {
@@ -463,13 +463,38 @@ class basic_analog_conv2d {
     ++version_;
     const auto& a = core_.array();
     const auto S = static_cast<std::size_t>(a.grid().slices);
-    for (std::size_t i = 0; i < tile_convs_.size(); ++i)
-      tile_convs_[i].set_weights(tile_weights(a.tiles()[i / S], static_cast<int>(i % S)));
+    for (std::size_t i = 0; i < tile_convs_.size(); ++i) {
+      const Tile& t = a.tiles()[i / S];
+      tile_convs_[i].set_weights(tile_weights(t, t.analog_matrix(static_cast<int>(i % S))));
+    }
+    refresh_variance_convs();
   }
 
-  /// Slice s of tile t as convolution weights [cols, channels, kh, kw] (the tile's rows are whole channels).
-  [[nodiscard]] Tensor tile_weights(const Tile& t, int s) const {
-    const Tensor& m = t.analog_matrix(s);
+  /// With read noise and the per-tile convolutions: per (tile, slice) the
+  /// convolution whose output is the read variance of each column current
+  /// (squared inputs times the per-read variance matrix); none otherwise.
+  void refresh_variance_convs() {
+    const auto& a = core_.array();
+    if (tile_convs_.empty() || a.periphery().read.is_none()) {
+      var_convs_.clear();
+      return;
+    }
+    const auto S = static_cast<std::size_t>(a.grid().slices);
+    conv2d_params tp = params();
+    tp.relu = false;
+    for (std::size_t i = 0; i < tile_convs_.size(); ++i) {
+      const Tile& t = a.tiles()[i / S];
+      Tensor w = tile_weights(t, a.read_variance(i / S, static_cast<int>(i % S)));
+      if (i < var_convs_.size()) {
+        var_convs_[i].set_weights(std::move(w));
+      } else {
+        var_convs_.emplace_back(w, std::nullopt, tp);
+      }
+    }
+  }
+
+  /// A [rows x cols] matrix `m` of tile t as convolution weights [cols, channels, kh, kw] (the tile's rows are whole channels).
+  [[nodiscard]] Tensor tile_weights(const Tile& t, const Tensor& m) const {
     const auto R = t.rows(), C = t.cols(), KK = wshape_[2] * wshape_[3];
     Tensor w = Tensor::empty(Shape{C, R / KK, wshape_[2], wshape_[3]});
     for (std::int64_t r = 0; r < R; ++r)
@@ -479,9 +504,12 @@ class basic_analog_conv2d {
 
   /// The tile-exact forward with one oneDNN convolution per tile and slice:
   /// the tile's column currents are the convolution of its input channels
-  /// (DAC-quantised element-wise) with its normalised conductance matrix.
+  /// (DAC-quantised element-wise) with its normalised conductance matrix,
+  /// and with read noise their variances the convolution of the squared
+  /// inputs with the per-read variance matrix (the noise itself is drawn per
+  /// output element as on the GEMM path, from the same counters).
   ///
-  /// Images go in fixed groups of about 4 MiB of output (the group size
+  /// Images go in fixed groups of about 256 KiB of output (the group size
   /// depends on the shape only), one group per thread with single-threaded
   /// convolutions: one parallel region per call, each group's currents and
   /// partial sums stay in that core's cache, and results do not depend on
@@ -492,21 +520,24 @@ class basic_analog_conv2d {
     const auto N = out[0], O = out[1], pixels = out[2] * out[3];
     const auto C_in = src.dim(1), H = src.dim(2), W = src.dim(3), KK = wshape_[2] * wshape_[3];
     const int S = a.grid().slices;
+    a.check_calibrated();
     const auto plan = a.begin_call();
-    const float* b = bias_ ? bias_->data() : nullptr;
-    const float* g = core_.gain().data();
-    const bool relu = params().relu;
-    const bool dac = P.dac.has_value();
+    const auto fin = core_.finish(bias_, params().relu);
+    const bool dac = P.dac.has_value(), reading = !P.read.is_none();
     const float xs_all = dac ? static_cast<float>(P.dac->range) : 1.0f;
     const float inv = 1.0f / xs_all, steps = dac ? static_cast<float>(P.dac->steps()) : 1.0f;
-    const auto group = std::clamp<std::int64_t>((1 << 20) / std::max<std::int64_t>(pixels * O, 1), 1, N);
+    // About 256 KiB of output per group: enough groups to keep every core busy at small
+    // batches, each group's currents and outputs in that core's cache.
+    const auto group = std::clamp<std::int64_t>((1 << 16) / std::max<std::int64_t>(pixels * O, 1), 1, N);
     const auto groups = (N + group - 1) / group;
+    // Where channel ch of pixel (n, h, w) of src is: offset(n, 0, h, w) + ch * channel stride.
+    const std::int64_t ch_stride = src.memory_layout() == layout::nhwc ? 1 : H * W;
     std::exception_ptr failure;
 #pragma omp parallel for schedule(dynamic, 1)
     for (std::int64_t gi = 0; gi < groups; ++gi) {
       try {
         const thread_count_guard single(1);
-        thread_local Tensor xb, c;  // this thread's scratch, reused across calls
+        thread_local Tensor xb, xsq, c, v;  // this thread's scratch, reused across calls
         const auto n0 = gi * group, ng = std::min(group, N - n0), rows = ng * pixels, r_base = n0 * pixels;
         float* yg = y.data() + r_base * O;
         for (std::int64_t rb = 0; rb < a.tile_grid_rows(); ++rb) {
@@ -520,23 +551,36 @@ class basic_analog_conv2d {
               for (std::int64_t h = 0; h < H; ++h)
                 for (std::int64_t w = 0; w < W; ++w) {
                   float* d = xb.data() + xb.offset(n, 0, h, w);
-                  for (std::int64_t ch = 0; ch < chn; ++ch) {
-                    const float v = src.at(n0 + n, ch0 + ch, h, w);
-                    d[ch] = dac ? detail::quantise_unit(v, inv, steps) : v;
+                  const float* sp = src.data() + src.offset(n0 + n, ch0, h, w);
+                  if (dac) {
+                    for (std::int64_t ch = 0; ch < chn; ++ch) d[ch] = detail::quantise_unit(sp[ch * ch_stride], inv, steps);
+                  } else {
+                    for (std::int64_t ch = 0; ch < chn; ++ch) d[ch] = sp[ch * ch_stride];
                   }
                 }
             xin = &xb;
           }
+          if (reading) {  // the squared inputs, whose convolution with the variance matrix is each read's variance
+            xsq.ensure(xin->shape(), xin->memory_layout());
+            const float* xp = xin->data();
+            float* qp = xsq.data();
+            const auto count = xsq.numel();  // hoisted: xsq is thread_local, so the compiler would recompute it
+            for (std::int64_t i = 0; i < count; ++i) qp[i] = xp[i] * xp[i];
+          }
           for (std::int64_t cb = 0; cb < a.tile_grid_cols(); ++cb) {
             const auto ti = static_cast<std::size_t>(rb * a.tile_grid_cols() + cb);
-            const auto C = a.tiles()[ti].cols(), o0 = a.tiles()[ti].col0();
             for (int s = 0; s < S; ++s) {
-              tile_convs_[ti * static_cast<std::size_t>(S) + static_cast<std::size_t>(s)].forward(*xin, c);
+              const auto ts = ti * static_cast<std::size_t>(S) + static_cast<std::size_t>(s);
+              tile_convs_[ts].forward(*xin, c);
               if (c.memory_layout() != layout::nhwc) c = c.to_layout(layout::nhwc);
+              if (reading) {
+                var_convs_[ts].forward(xsq, v);
+                if (v.memory_layout() != layout::nhwc) v = v.to_layout(layout::nhwc);
+              }
               // The first partial sum of each column assigns, the last applies gain, bias and ReLU.
-              const bool assign = rb == 0 && s == 0, finish = rb + 1 == a.tile_grid_rows() && s + 1 == S;
-              a.accumulate(plan, ti, s, r_base, rows, c.data(), nullptr, nullptr, xs_all, yg, assign);
-              if (finish) detail::analog_core<Tile>::epilogue(rows, O, o0, C, g, b, relu, yg);
+              const bool assign = rb == 0 && s == 0, last = rb + 1 == a.tile_grid_rows() && s + 1 == S;
+              a.accumulate(plan, ti, s, r_base, rows, c.data(), reading ? v.data() : nullptr, nullptr, xs_all, yg,
+                           assign, last ? &fin : nullptr);
             }
           }
         }
@@ -553,6 +597,7 @@ class basic_analog_conv2d {
   Shape wshape_;
   conv2d digital_;
   std::vector<conv2d> tile_convs_;  ///< per (tile, slice): the tile as a convolution (mappings without digital offset)
+  std::vector<conv2d> var_convs_;   ///< per (tile, slice), with read noise: the read variance as a convolution
   std::uint64_t version_ = 0;
 };
 

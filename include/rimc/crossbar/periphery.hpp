@@ -29,6 +29,7 @@ namespace rimc {
 enum class dac_scaling : std::uint8_t {
   per_vector_absmax,  ///< each input vector (per tile row block) divided by its max |x|, scale restored digitally
   fixed,              ///< inputs divided by a fixed range and clipped to [-1, 1]
+  calibrated,         ///< as `fixed`, the range being the `percentile` of |x| over reference inputs (calibrate_adc)
 };
 
 /// Input DAC: `bits` signed levels (2^(bits-1) - 1 steps each side of 0).
@@ -36,13 +37,20 @@ struct dac_config {
   int bits = 8;                                         ///< resolution, 2..16
   dac_scaling scaling = dac_scaling::per_vector_absmax;  ///< scaling mode
   double range = 1.0;                                   ///< input full scale for `fixed` scaling (input units)
+  double percentile = 99.99;                            ///< for `calibrated` scaling, in (0, 100]
 
-  /// Throws value_error unless bits is in 2..16 and range > 0 and finite.
+  /// Throws value_error unless bits is in 2..16, range > 0 and finite, and the percentile in (0, 100].
   void validate() const {
     detail::check_int_range("dac_config", "bits", bits, 2, 16);
     detail::check_finite_value("dac_config", "range", range);
     if (!(range > 0)) throw value_error(detail::concat("dac_config: range must be > 0, got ", range));
+    detail::check_finite_value("dac_config", "percentile", percentile);
+    if (!(percentile > 0 && percentile <= 100)) {
+      throw value_error(detail::concat("dac_config: percentile must be in (0, 100], got ", percentile));
+    }
   }
+  /// True when every input element is quantised on its own (a fixed or calibrated range).
+  [[nodiscard]] bool element_wise() const noexcept { return scaling != dac_scaling::per_vector_absmax; }
   /// Steps on each side of zero.
   [[nodiscard]] double steps() const noexcept { return std::ldexp(1.0, bits - 1) - 1; }
 };
@@ -60,6 +68,9 @@ struct adc_config {
   double range = 0.0;                                ///< full scale for `fixed` mode (normalised current)
   double percentile = 99.99;                         ///< for `percentile` mode, in (0, 100]
   bool per_column = false;  ///< `percentile` mode: one range per bit line (column) instead of one per tile and slice
+  /// `percentile` mode: the range is this multiple (>= 1) of the percentile, room for
+  /// currents above what the reference inputs produced (a few inputs give a tight percentile)
+  double headroom = 1.0;
 
   /// Throws value_error unless bits is in 2..16 and the fixed range or the percentile is valid.
   void validate() const {
@@ -72,10 +83,19 @@ struct adc_config {
       if (!(percentile > 0 && percentile <= 100)) {
         throw value_error(detail::concat("adc_config: percentile must be in (0, 100], got ", percentile));
       }
+      detail::check_finite_value("adc_config", "headroom", headroom);
+      if (!(headroom >= 1)) throw value_error(detail::concat("adc_config: headroom must be >= 1, got ", headroom));
     }
   }
   /// Steps on each side of zero.
   [[nodiscard]] double steps() const noexcept { return std::ldexp(1.0, bits - 1) - 1; }
+};
+
+/// How calibrate_adc treats ranges that are already set.
+enum class range_update : std::uint8_t {
+  replace,  ///< every range becomes the new estimate
+  widen,    ///< every range becomes the larger of itself and the new estimate (never shrinks: a few
+            ///< inputs give a tight estimate; ranges set on more reference inputs keep their room)
 };
 
 /// Everything between the digital inputs/outputs and the array.
@@ -97,6 +117,11 @@ struct periphery_config {
     p.dac = dac_config{dac_bits, dac_scaling::per_vector_absmax, 1.0};
     p.adc = adc_config{adc_bits, adc_range_mode::percentile, 0.0, percentile, per_column};
     return p;
+  }
+
+  /// True when calibrate_adc has something to set: a percentile ADC or a calibrated DAC.
+  [[nodiscard]] bool needs_calibration() const noexcept {
+    return (adc && adc->mode == adc_range_mode::percentile) || (dac && dac->scaling == dac_scaling::calibrated);
   }
 
   /// True when the array computes exactly with its effective weights (IR drop included).

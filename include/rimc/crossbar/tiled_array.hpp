@@ -14,10 +14,12 @@
 #include <rimc/device/device_config.hpp>
 #include <rimc/device/drift.hpp>
 #include <rimc/device/programming.hpp>
+#include <rimc/kernels/arch/dispatch.hpp>
 #include <rimc/kernels/linear.hpp>
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <exception>
@@ -96,6 +98,7 @@ class TiledArray {
     adc_lsb_ = std::move(o.adc_lsb_);
     adc_offset_ = std::move(o.adc_offset_);
     read_var_ = std::move(o.read_var_);
+    dac_calibrated_ = o.dac_calibrated_;
     writes_ = o.writes_;
     calls_.store(o.calls_.load());
     return *this;
@@ -175,7 +178,7 @@ class TiledArray {
   [[nodiscard]] const periphery_config& periphery() const noexcept { return periphery_; }
 
   /// Replaces the periphery (no RRAM write). A fixed ADC range applies at
-  /// once; a percentile ADC needs `calibrate_adc` before the next product.
+  /// once; a percentile ADC or a calibrated DAC needs `calibrate_adc` before the next product.
   /// New wires recompute every tile's IR drop (and so the effective weights).
   void set_periphery(periphery_config p) {
     p.validate();
@@ -187,6 +190,7 @@ class TiledArray {
       for (auto& t : tiles_) t.set_wires(p.wires);
     }
     periphery_ = std::move(p);
+    dac_calibrated_ = false;
     adc_ranges_.clear();
     adc_to_steps_.clear();
     adc_lsb_.clear();
@@ -207,6 +211,13 @@ class TiledArray {
     refresh_read_variance();
   }
 
+  /// The per-read variance matrix of tile ti, slice s (see Tile::read_variance;
+  /// empty without read noise).
+  [[nodiscard]] const Tensor& read_variance(std::size_t ti, int s) const {
+    static const Tensor none;
+    return read_var_.empty() ? none : read_var_.at(ti * static_cast<std::size_t>(grid_.slices) + static_cast<std::size_t>(s));
+  }
+
   /// ADC full scales in normalised current units (empty when not set): one
   /// per (tile, slice), row-major over the tiles, or with a per-column ADC
   /// one per column of each (tile, slice) in turn (see adc_range).
@@ -217,34 +228,73 @@ class TiledArray {
     return adc_ranges_.at(adc_offset_.at(ts) + (per_column_adc() ? static_cast<std::size_t>(j) : 0));
   }
 
-  /// Sets each ADC range (per tile and slice, or per column) to the
-  /// configured percentile of |column current| over the rows of `x` ([N, K]), without noise.
-  void calibrate_adc(const Tensor& x) {
+  /// Calibrates the periphery on the reference inputs `x` ([N, K]): first a
+  /// calibrated DAC's range (dac_scaling::calibrated: the configured
+  /// percentile of |x| over every element), then each range of a percentile
+  /// ADC (per tile and slice, or per column: the percentile of |column
+  /// current| through that DAC, without noise, times the headroom).
+  /// With range_update::widen a range already set only grows (see
+  /// range_update). Non-finite reference inputs are a value_error naming the
+  /// element; nothing changes then.
+  void calibrate_adc(const Tensor& x, range_update update = range_update::replace) {
     check_input(x);
-    calibrate_adc_rows(x.dim(0), row_copier(x));
+    check_finite("TiledArray::calibrate_adc: reference inputs", x);
+    calibrate_adc_rows(x.dim(0), row_copier(x), update);
   }
 
   /// calibrate_adc over `rows` input rows produced by `fill` (see mvm_rows).
   template <class Fill>
-  void calibrate_adc_rows(std::int64_t rows, Fill&& fill) {
-    if (!periphery_.adc) throw value_error("TiledArray::calibrate_adc: the periphery has no ADC");
+  void calibrate_adc_rows(std::int64_t rows, Fill&& fill, range_update update = range_update::replace) {
+    if (!periphery_.adc && !(periphery_.dac && periphery_.dac->scaling == dac_scaling::calibrated)) {
+      throw value_error("TiledArray::calibrate_adc: the periphery has no ADC and no calibrated DAC");
+    }
+    const auto chunk = chunk_rows();
+    if (periphery_.dac && periphery_.dac->scaling == dac_scaling::calibrated) {
+      std::vector<float> mags, block;
+      mags.reserve(static_cast<std::size_t>(rows * K_));
+      for (std::int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        const auto r1 = std::min(rows, r0 + chunk);
+        block.resize(static_cast<std::size_t>((r1 - r0) * K_));
+        fill(r0, r1, block.data());
+        for (const float v : block) mags.push_back(std::abs(v));
+      }
+      const double estimate = percentile_of(mags, periphery_.dac->percentile);
+      periphery_.dac->range =
+          update == range_update::widen && dac_calibrated_ ? std::max(periphery_.dac->range, estimate) : estimate;
+      dac_calibrated_ = true;
+    }
+    if (!periphery_.adc) return;
     std::vector<std::vector<float>> samples(adc_offset_.back());
     const auto plan = make_plan(0);
-    const auto chunk = chunk_rows();
     for (std::int64_t r0 = 0; r0 < rows; r0 += chunk) {
       run_chunk(plan, r0, std::min(rows, r0 + chunk), fill, nullptr, &samples);
     }
-    const double pct = periphery_.adc->percentile;
+    const double pct = periphery_.adc->percentile, headroom = periphery_.adc->headroom;
     std::vector<float> ranges(samples.size(), 0.0f);
     for (std::size_t i = 0; i < samples.size(); ++i) {
-      auto& v = samples[i];
-      if (v.empty()) continue;
-      auto idx = static_cast<std::size_t>(std::ceil(pct / 100.0 * static_cast<double>(v.size())));
-      idx = std::clamp<std::size_t>(idx, 1, v.size()) - 1;
-      std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(idx), v.end());
-      ranges[i] = std::max(v[idx], std::numeric_limits<float>::min());
+      if (samples[i].empty()) continue;
+      ranges[i] = std::max(static_cast<float>(percentile_of(samples[i], pct) * headroom), std::numeric_limits<float>::min());
+    }
+    if (update == range_update::widen && adc_ranges_.size() == ranges.size()) {
+      for (std::size_t i = 0; i < ranges.size(); ++i) ranges[i] = std::max(ranges[i], adc_ranges_[i]);
     }
     set_adc_ranges(std::move(ranges));
+  }
+
+  /// Whether the DAC's range is usable: not a calibrated DAC, or one calibrate_adc has set.
+  [[nodiscard]] bool dac_ready() const noexcept {
+    return !periphery_.dac || periphery_.dac->scaling != dac_scaling::calibrated || dac_calibrated_;
+  }
+  /// Throws value_error unless the periphery can compute: a percentile ADC
+  /// has its ranges and a calibrated DAC its range (calibrate_adc).
+  void check_calibrated() const {
+    if (periphery_.adc && adc_ranges_.empty()) {
+      throw value_error(
+          "TiledArray: the ADC range is not calibrated (adc_range_mode::percentile): call calibrate_adc first");
+    }
+    if (!dac_ready()) {
+      throw value_error("TiledArray: the DAC range is not calibrated (dac_scaling::calibrated): call calibrate_adc first");
+    }
   }
 
   /// Tile-exact product y [N, O] = x [N, K] through the tiles and the periphery.
@@ -276,10 +326,7 @@ class TiledArray {
   /// depend on the thread count. Tile blocks are multiplied by rimc::matmul.
   template <class Fill, class Epilogue>
   void mvm_rows(std::int64_t rows, Fill&& fill, float* y, Epilogue&& epilogue) const {
-    if (periphery_.adc && adc_ranges_.empty()) {
-      throw value_error(
-          "TiledArray: the ADC range is not calibrated (adc_range_mode::percentile): call calibrate_adc first");
-    }
+    check_calibrated();
     const auto plan = make_plan(calls_.fetch_add(1));
     const auto chunk = chunk_rows();
     const auto chunks = (rows + chunk - 1) / chunk;
@@ -298,11 +345,30 @@ class TiledArray {
     if (failure) std::rethrow_exception(failure);
   }
 
+  /// What follows the last partial sum of a column: y = y * gain + bias, then
+  /// ReLU when `relu` (gain and bias per output column of the whole matrix; bias may be null).
+  struct column_epilogue {
+    const float* gain = nullptr;  ///< [O] digital column gain
+    const float* bias = nullptr;  ///< [O] digital bias, or null
+    bool relu = false;            ///< ReLU after the bias
+    /// Applies the epilogue to columns [o0, o0 + C) of one output row.
+    void apply(float* row, std::int64_t o0, std::int64_t C) const noexcept {
+      if (bias) {
+        for (std::int64_t o = o0; o < o0 + C; ++o) row[o] = row[o] * gain[o] + bias[o];
+      } else {
+        for (std::int64_t o = o0; o < o0 + C; ++o) row[o] = row[o] * gain[o] + 0.0f;
+      }
+      if (relu)
+        for (std::int64_t o = o0; o < o0 + C; ++o) row[o] = std::max(row[o], 0.0f);
+    }
+  };
+
   /// Per-call constants of the tile-exact product (column factors, offset, noise seed).
   struct call_plan {
     std::vector<float> factor;  ///< per column: scale * lm1 / q_max (normalised current -> weight units)
     float offset_code = 0;      ///< offset mapping: code removed per unit input, in units of factor
     std::uint64_t seed = 0;     ///< noise seed of this call
+    isa_tier tier = isa_tier::scalar;  ///< the vector tier the noise is drawn on (read before any parallel region)
   };
 
   /// The constants of one tile-exact product; each call draws fresh output / read noise.
@@ -315,64 +381,77 @@ class TiledArray {
   /// xscale_m * place(s) * factor_o * value, with xscale_m = xscale[m] or,
   /// when xscale is null, xscale_all. `y_rows` points at row r0 of y [rows, O];
   /// with `overwrite` the tile's columns are assigned instead of added to.
+  /// With `finish` (this is the columns' last partial sum), each row's
+  /// columns then become y * finish->gain + finish->bias, ReLU'd if asked,
+  /// while they are in cache.
   void accumulate(const call_plan& plan, std::size_t ti, int s, std::int64_t r0, std::int64_t M, const float* current,
                   const float* variance, const float* xscale, float xscale_all, float* y_rows,
-                  bool overwrite = false) const {
+                  bool overwrite = false, const column_epilogue* finish = nullptr) const {
     const auto& P = periphery_;
     const Tile& t = tiles_[ti];
     const auto o0 = t.col0(), C = t.cols();
     const auto ts = ti * static_cast<std::size_t>(grid_.slices) + static_cast<std::size_t>(s);
     const bool reading = variance != nullptr, out_noise = P.output_noise > 0, adc = P.adc.has_value();
     const float adc_steps = adc ? static_cast<float>(P.adc->steps()) : 1.0f;
-    const float sigma_out = static_cast<float>(P.output_noise);
     const float place = static_cast<float>(grid_.place(s));
     const bool per_col = adc && per_column_adc();
     const std::size_t a0 = adc ? adc_offset_[ts] : 0;
     const float range = adc ? adc_ranges_[a0] : 1.0f, inv_range = 1.0f / range;
-    const auto stream_tail = (static_cast<std::uint64_t>(ts) + 1) << 32;
-    const counter_rng read_rng(plan.seed, static_cast<std::uint64_t>(rng_stream::read_noise) + stream_tail);
-    const counter_rng out_rng(plan.seed, static_cast<std::uint64_t>(rng_stream::output_noise) + stream_tail);
     const float* f = plan.factor.data() + o0;
+    if (reading || out_noise) {
+      // The noisy currents, then the same read-out as noiseless ones. Element (row r0 + m, column j)
+      // draws normal number (r0 + m) * C + j of its (tile, slice) stream: the block's draws are one range.
+      thread_local std::vector<float> noisy, z;
+      const auto n = M * C;
+      const auto first = static_cast<std::uint64_t>(r0 * C);
+      const auto stream_tail = (static_cast<std::uint64_t>(ts) + 1) << 32;
+      noisy.assign(current, current + n);
+      z.resize(static_cast<std::size_t>(n));
+      if (reading) {
+        detail::normal_fill(plan.seed, static_cast<std::uint64_t>(rng_stream::read_noise) + stream_tail, first, n,
+                            z.data(), plan.tier);
+        // sqrt of the variance (negative rounding clamped to 0, plus the least normal float so 0
+        // stays finite), without a libm call or a float select, so the loop vectorises
+        for (std::int64_t i = 0; i < n; ++i) {
+          auto vb = std::bit_cast<std::uint32_t>(variance[i]);
+          vb &= ~static_cast<std::uint32_t>(static_cast<std::int32_t>(vb) >> 31);
+          noisy[static_cast<std::size_t>(i)] +=
+              detail::sqrt_positive(std::bit_cast<float>(vb) + std::numeric_limits<float>::min()) *
+              z[static_cast<std::size_t>(i)];
+        }
+      }
+      if (out_noise) {
+        const float sigma_out = static_cast<float>(P.output_noise);
+        detail::normal_fill(plan.seed, static_cast<std::uint64_t>(rng_stream::output_noise) + stream_tail, first, n,
+                            z.data(), plan.tier);
+        for (std::int64_t i = 0; i < n; ++i) noisy[static_cast<std::size_t>(i)] += sigma_out * z[static_cast<std::size_t>(i)];
+      }
+      current = noisy.data();
+    }
     for (std::int64_t m = 0; m < M; ++m) {
       const float xs = (xscale ? xscale[m] : xscale_all) * place;
       const float* cm = current + m * C;
       float* ym = y_rows + m * O_ + o0;
       if (overwrite) std::fill_n(ym, C, 0.0f);
-      if (!reading && !out_noise) {
-        if (per_col) {
-          // One ADC range per column: the same clip and round with per-column scales.
-          const float* to = adc_to_steps_.data() + a0;
-          const float* lsb = adc_lsb_.data() + a0;
-          for (std::int64_t j = 0; j < C; ++j) {
-            const float code = std::min(std::max(cm[j] * to[j], -adc_steps), adc_steps);
-            ym[j] += xs * f[j] * (detail::round_half_even(code) * lsb[j]);
-          }
-        } else if (adc) {
-          // The ADC, branch-free so it vectorises: clip to the range, round to the nearest step.
-          const float lsb = range / adc_steps, to_steps = inv_range * adc_steps;
-          for (std::int64_t j = 0; j < C; ++j) {
-            const float code = std::min(std::max(cm[j] * to_steps, -adc_steps), adc_steps);
-            ym[j] += xs * f[j] * (detail::round_half_even(code) * lsb);
-          }
-        } else {
-          for (std::int64_t j = 0; j < C; ++j) ym[j] += xs * f[j] * cm[j];
+      if (per_col) {
+        // One ADC range per column: the same clip and round with per-column scales.
+        const float* to = adc_to_steps_.data() + a0;
+        const float* lsb = adc_lsb_.data() + a0;
+        for (std::int64_t j = 0; j < C; ++j) {
+          const float code = std::min(std::max(cm[j] * to[j], -adc_steps), adc_steps);
+          ym[j] += xs * f[j] * (detail::round_half_even(code) * lsb[j]);
         }
-        continue;
-      }
-      const auto base = static_cast<std::uint64_t>((r0 + m) * C);
-      for (std::int64_t j = 0; j < C; ++j) {
-        float val = cm[j];
-        const auto i = base + static_cast<std::uint64_t>(j);
-        if (reading) val += std::sqrt(std::max(variance[m * C + j], 0.0f)) * static_cast<float>(read_rng.normal(i));
-        if (out_noise) val += sigma_out * static_cast<float>(out_rng.normal(i));
-        if (per_col) {
-          const float rj = adc_ranges_[a0 + static_cast<std::size_t>(j)];
-          val = detail::quantise_unit(val, 1.0f / rj, adc_steps) * rj;
-        } else if (adc) {
-          val = detail::quantise_unit(val, inv_range, adc_steps) * range;
+      } else if (adc) {
+        // The ADC, branch-free so it vectorises: clip to the range, round to the nearest step.
+        const float lsb = range / adc_steps, to_steps = inv_range * adc_steps;
+        for (std::int64_t j = 0; j < C; ++j) {
+          const float code = std::min(std::max(cm[j] * to_steps, -adc_steps), adc_steps);
+          ym[j] += xs * f[j] * (detail::round_half_even(code) * lsb);
         }
-        ym[j] += xs * f[j] * val;
+      } else {
+        for (std::int64_t j = 0; j < C; ++j) ym[j] += xs * f[j] * cm[j];
       }
+      if (finish) finish->apply(ym - o0, o0, C);
     }
   }
 
@@ -393,6 +472,14 @@ class TiledArray {
   /// Normalised per-slice current to weight units: y_o += factor_o * place(s) * c.
   [[nodiscard]] double column_factor(std::int64_t o) const noexcept {
     return static_cast<double>(scales_[static_cast<std::size_t>(o)]) * grid_.lm1 / grid_.q_max;
+  }
+
+  /// The p-th percentile (p in (0, 100]) of `v` (non-empty; reordered), at least the least normal float.
+  [[nodiscard]] static float percentile_of(std::vector<float>& v, double p) {
+    auto idx = static_cast<std::size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
+    idx = std::clamp<std::size_t>(idx, 1, v.size()) - 1;
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(idx), v.end());
+    return std::max(v[idx], std::numeric_limits<float>::min());
   }
 
   [[nodiscard]] bool per_column_adc() const noexcept {
@@ -451,6 +538,7 @@ class TiledArray {
                                          grid_.q_off / grid_.lm1);
     }
     p.seed = detail::mix_seed(periphery_.noise_seed, call);
+    if (!periphery_.read.is_none() || periphery_.output_noise > 0) p.tier = active_isa();
     return p;
   }
 
@@ -565,6 +653,7 @@ class TiledArray {
   std::vector<float> adc_ranges_, adc_to_steps_, adc_lsb_;
   std::vector<std::size_t> adc_offset_;  // first range of each (tile, slice), plus the total at the end
   std::vector<Tensor> read_var_;
+  bool dac_calibrated_ = false;  // a calibrated DAC's range was set by calibrate_adc
   std::uint64_t writes_ = 0;
   mutable std::atomic<std::uint64_t> calls_{0};
 };

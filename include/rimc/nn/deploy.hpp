@@ -4,11 +4,13 @@
 /// (by default all) are replaced by analog layers programmed from their
 /// (batch-norm-folded) weights; everything else stays digital. The returned
 /// handle drifts every analog layer at once, reproducibly from a seed, counts
-/// RRAM writes, and gives each analog layer by node name.
+/// RRAM writes, calibrates every percentile ADC and calibrated DAC from
+/// reference images in one forward pass, and gives each analog layer by node name.
 
 #include <rimc/crossbar/analog_layers.hpp>
 #include <rimc/nn/graph.hpp>
 #include <rimc/nn/layer.hpp>
+#include <rimc/nn/network.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -61,6 +63,11 @@ class analog_layer final : public layer {
   [[nodiscard]] std::uint64_t weights_version() const override { return a_.weights_version(); }
   [[nodiscard]] std::uint64_t rram_writes() const override { return a_.rram_writes(); }
   [[nodiscard]] bool is_analog() const override { return true; }
+  bool calibrate_adc(const Tensor& src, range_update update) override {
+    if (!a_.periphery().needs_calibration()) return false;
+    a_.calibrate_adc(src, update);
+    return true;
+  }
 
   /// The analog layer (drift, periphery, column gain, the arrays).
   ///@{
@@ -83,6 +90,79 @@ class analog_layer final : public layer {
 
 template <class Tile>
 class analog_deployment;
+
+namespace detail {
+/// Stands in for a node during analog_deployment::calibrate_adc: calibrates
+/// the ADC of the node's layer (through its adapter, if any) on the node's
+/// input, then runs it, so the next layer's ADC is calibrated on what this
+/// one really produces.
+class adc_calibrating_layer final : public layer {
+ public:
+  adc_calibrating_layer(std::shared_ptr<layer> node_layer, range_update update)
+      : node_(std::move(node_layer)), update_(update) {}
+  void forward(const Tensor& src, Tensor& dst) const override {
+    (void)node_->calibrate_adc(src, update_);
+    node_->forward(src, dst);
+  }
+  [[nodiscard]] bool fuses_relu() const override { return node_->fuses_relu(); }
+  void forward_relu(const Tensor& src, Tensor& dst) const override {
+    (void)node_->calibrate_adc(src, update_);
+    node_->forward_relu(src, dst);
+  }
+  void backward_data(const Tensor& dy, const Shape& s, Tensor& dx) const override { node_->backward_data(dy, s, dx); }
+  [[nodiscard]] const Tensor& effective_weights() const override { return node_->effective_weights(); }
+  [[nodiscard]] const Tensor* bias() const override { return node_->bias(); }
+  [[nodiscard]] const conv2d_params* conv_params() const override { return node_->conv_params(); }
+  [[nodiscard]] bool is_analog() const override { return true; }
+
+ private:
+  std::shared_ptr<layer> node_;
+  range_update update_;
+};
+
+/// Whether layer `l` is `target` or wraps it (through adapters).
+[[nodiscard]] inline bool runs_layer(const std::shared_ptr<layer>& l, const layer* target) {
+  for (std::shared_ptr<layer> p = l; p; p = p->wrapped())
+    if (p.get() == target) return true;
+  return false;
+}
+
+/// One forward pass of `images` with the nodes `names` standing in as
+/// adc_calibrating_layer; the nodes get their layers back, also on error.
+inline void calibration_pass(network& net, const std::vector<std::string>& names, const Tensor& images,
+                             range_update update) {
+  std::vector<std::pair<std::string, std::shared_ptr<layer>>> swapped;
+  const auto restore = [&] {
+    for (auto it = swapped.rbegin(); it != swapped.rend(); ++it) net.set_layer(it->first, it->second);
+  };
+  try {
+    for (const auto& name : names) {
+      auto node_layer = net.layer_ptr(name);
+      swapped.emplace_back(name, node_layer);
+      net.set_layer(name, std::make_shared<adc_calibrating_layer>(std::move(node_layer), update));
+    }
+    if (!swapped.empty()) (void)net.forward(images);
+  } catch (...) {
+    restore();
+    throw;
+  }
+  restore();
+}
+}  // namespace detail
+
+/// Calibrates every layer of `net` that has a periphery to calibrate (a
+/// percentile ADC or a calibrated DAC, on crossbars, under an adapter or
+/// not; layer::calibrate_adc) in one forward pass of `images`, each on the
+/// input the layers before it produce (`update`: see range_update).
+/// Non-finite images are a value_error before any range changes; the nodes
+/// keep their layers.
+inline void calibrate_adcs(network& net, const Tensor& images, range_update update = range_update::replace) {
+  check_finite("calibrate_adcs: images", images);
+  std::vector<std::string> analog;
+  for (const auto& name : net.layer_names())
+    if (net.layer(name).is_analog()) analog.push_back(name);
+  detail::calibration_pass(net, analog, images, update);
+}
 
 /// Programs the conv2d / linear nodes `names` of `net` (all of them when
 /// empty) onto crossbars of type `Tile` with `options`; each layer's seeds are
@@ -150,6 +230,34 @@ class analog_deployment {
     fault_count n;
     for_each([&](const std::string&, const auto& a) { n += a.stuck_cells(); });
     return n;
+  }
+
+  /// Sets the range of every percentile ADC (adc_range_mode::percentile) and
+  /// calibrated DAC (dac_scaling::calibrated) from `images` (a batch of the
+  /// network's input): one forward pass of `net` in which each analog layer
+  /// with such a periphery calibrates it on its own input before running, so
+  /// every layer sees what the calibrated layers before it produce (read
+  /// noise is not applied while ranges are collected; see
+  /// TiledArray::calibrate_adc). Other layers are left alone, as are
+  /// adapters. `net` must be the network this deployment was made on; the
+  /// nodes get their own layers back, also on error. Non-finite images are a
+  /// value_error before any range changes.
+  void calibrate_adc(network& net, const Tensor& images, range_update update = range_update::replace) {
+    check_finite("analog_deployment::calibrate_adc: images", images);
+    std::vector<std::string> names;
+    for (auto& e : layers_) {
+      std::visit(
+          [&](auto& l) {
+            if (!l->analog().periphery().needs_calibration()) return;
+            if (!net.contains(e.name) || !detail::runs_layer(net.layer_ptr(e.name), l.get())) {
+              throw value_error(detail::concat("analog_deployment::calibrate_adc: node '", e.name,
+                                               "' of this network does not run this deployment's layer"));
+            }
+            names.push_back(e.name);
+          },
+          e.layer);
+    }
+    detail::calibration_pass(net, names, images, update);
   }
 
   /// Weights on the crossbars.

@@ -12,6 +12,7 @@
 
 #include <rimc/core/error.hpp>
 #include <rimc/core/tensor.hpp>
+#include <rimc/crossbar/periphery.hpp>
 #include <rimc/kernels/conv2d.hpp>
 #include <rimc/kernels/eltwise.hpp>
 #include <rimc/kernels/linear.hpp>
@@ -57,6 +58,16 @@ class layer {
   [[nodiscard]] virtual std::uint64_t rram_writes() const { return 0; }
   /// Whether the weights live on crossbars.
   [[nodiscard]] virtual bool is_analog() const { return false; }
+  /// Sets the ranges of the layer's percentile ADC and calibrated DAC from
+  /// inputs `src` (layers on crossbars with one; `update` as in
+  /// TiledArray::calibrate_adc); returns whether there was one to set.
+  /// Periphery state only: no weight changes and no RRAM cell is written. Not
+  /// to be called while another thread runs forward().
+  virtual bool calibrate_adc(const Tensor& src, range_update update) {
+    (void)src;
+    (void)update;
+    return false;
+  }
 
   /// Whether forward_relu fuses a following ReLU into the layer's own pass.
   [[nodiscard]] virtual bool fuses_relu() const { return false; }

@@ -236,6 +236,52 @@ __attribute__((target("avx2"))) inline void adam_update(float* p, const float* g
   }
 }
 
+/// philox16_portable with AVX2: each 32 x 32 -> 64-bit product by VPMULUDQ,
+/// even lanes directly and odd lanes shifted down, the halves blended back.
+struct philox16 {
+  /// Counters in, random words out (as philox16_portable::run).
+  __attribute__((target("avx2"))) static void run(std::uint32_t* c0, std::uint32_t* c1, std::uint32_t* c2,
+                                                  std::uint32_t* c3, std::uint32_t k0, std::uint32_t k1) noexcept {
+    const __m256i m0 = _mm256_set1_epi64x(0xD2511F53), m1 = _mm256_set1_epi64x(0xCD9E8D57);
+    for (int h = 0; h < 16; h += 8) {
+      __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0 + h));
+      __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c1 + h));
+      __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c2 + h));
+      __m256i x3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c3 + h));
+      std::uint32_t a = k0, b = k1;
+      for (int round = 0; round < 10; ++round) {
+        // lo / hi words of m0 * x0 and m1 * x2, lane by lane
+        const __m256i e0 = _mm256_mul_epu32(x0, m0), o0 = _mm256_mul_epu32(_mm256_srli_epi64(x0, 32), m0);
+        const __m256i e2 = _mm256_mul_epu32(x2, m1), o2 = _mm256_mul_epu32(_mm256_srli_epi64(x2, 32), m1);
+        const __m256i lo0 = _mm256_blend_epi32(e0, _mm256_slli_epi64(o0, 32), 0xAA);
+        const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(e0, 32), o0, 0xAA);
+        const __m256i lo2 = _mm256_blend_epi32(e2, _mm256_slli_epi64(o2, 32), 0xAA);
+        const __m256i hi2 = _mm256_blend_epi32(_mm256_srli_epi64(e2, 32), o2, 0xAA);
+        const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hi2, x1), _mm256_set1_epi32(static_cast<int>(a)));
+        const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), _mm256_set1_epi32(static_cast<int>(b)));
+        x1 = lo2;
+        x3 = lo0;
+        x0 = n0;
+        x2 = n2;
+        a += 0x9E3779B9u;
+        b += 0xBB67AE85u;
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c0 + h), x0);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c1 + h), x1);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c2 + h), x2);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c3 + h), x3);
+    }
+  }
+};
+
+/// portable::normal_fill with AVX2 Philox rounds and the float steps
+/// compiled for AVX2: the target has no FMA, so no product can be fused into
+/// a sum and every step rounds as in the portable form.
+__attribute__((target("avx2"))) inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first,
+                                                        std::int64_t n, float* out) {
+  normal_fill_body<philox16>(seed, stream, first, n, out);
+}
+
 RIMC_SIMD_WARNINGS_ON
 
 }  // namespace rimc::detail::avx2

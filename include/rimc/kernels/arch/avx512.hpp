@@ -192,6 +192,11 @@ __attribute__((target("avx512f"))) inline void adam_update(float* p, const float
   }
 }
 
+/// The AVX2 form: an AVX-512 target would allow FMAs the portable form does not have.
+inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, std::int64_t n, float* out) {
+  avx2::normal_fill(seed, stream, first, n, out);
+}
+
 RIMC_SIMD_WARNINGS_ON
 
 }  // namespace rimc::detail::avx512

@@ -98,4 +98,16 @@ inline void adam_update(float* p, const float* g, float* m, float* v, std::int64
   RIMC_ISA_CALL(active_isa(), adam_update, p, g, m, v, n, c);
 }
 
+/// Standard normals (float) for indices [first, first + n) of (seed, stream)
+/// into out (normal_fill_body in core/random.hpp: Philox4x32-10, four normals
+/// per block, inverse CDF), on `tier`; the same bits on every tier.
+inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, std::int64_t n, float* out,
+                        isa_tier tier) {
+  RIMC_ISA_CALL(tier, normal_fill, seed, stream, first, n, out);
+}
+/// The same on the active tier.
+inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, std::int64_t n, float* out) {
+  normal_fill(seed, stream, first, n, out, active_isa());
+}
+
 }  // namespace rimc::detail

@@ -11,6 +11,8 @@
 #error "rimc/kernels/arch/portable.hpp is internal: include <rimc/kernels/arch/dispatch.hpp>"
 #endif
 
+#include <rimc/core/random.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -109,6 +111,11 @@ inline void adam_update(float* p, const float* g, float* m, float* v, std::int64
     const double mhat = m[k] / c.c1, vhat = v[k] / c.c2;
     p[k] = static_cast<float>(p[k] - c.lr * mhat / (std::sqrt(vhat) + c.eps));
   }
+}
+
+/// Standard normals for indices [first, first + n) of (seed, stream) (rimc::detail::normal_fill_body).
+inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, std::int64_t n, float* out) {
+  normal_fill_body<philox16_portable>(seed, stream, first, n, out);
 }
 
 }  // namespace rimc::detail::portable

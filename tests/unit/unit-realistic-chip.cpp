@@ -1,0 +1,387 @@
+// A realistic chip in the loop: the fast normal generator behind per-read
+// noise (accuracy of its pieces, statistics, counter layout), the calibrated
+// DAC and the ADC headroom, read noise on the per-tile convolution kernel,
+// calibrating every ADC of a deployed network in one pass, and feature-KD
+// calibration through the tile-exact path (ranges set again per layer, reads
+// averaged per sample).
+
+#include <rimc/adapt/backprop.hpp>
+#include <rimc/adapt/feature_kd.hpp>
+#include <rimc/core/random.hpp>
+#include <rimc/crossbar/analog_layers.hpp>
+#include <rimc/crossbar/tiled_array.hpp>
+#include <rimc/kernels/arch/dispatch.hpp>
+#include <rimc/nn/deploy.hpp>
+
+#include "test_net.hpp"
+#include "test_util.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace unit_realistic_chip {
+
+using namespace rimc;
+
+namespace {
+
+using small_tile = CrossbarTile<float, 64, 32>;
+
+/// A conv layer's options with programming noise, on the paper's device.
+analog_options options() {
+  analog_options opt;
+  opt.device.noise = programming_noise::proportional(0.02);
+  opt.program_seed = 3;
+  return opt;
+}
+
+/// The chip's periphery: calibrated 8-bit DAC, per-column 8-bit ADC, read noise.
+periphery_config realistic_periphery(double headroom = 1.0) {
+  periphery_config p;
+  p.dac = dac_config{8, dac_scaling::calibrated, 1.0, 99.99};
+  p.adc = adc_config{8, adc_range_mode::percentile, 0.0, 99.99, true, headroom};
+  p.read = read_noise::proportional(0.05);
+  p.noise_seed = 9;
+  return p;
+}
+
+}  // namespace
+
+TEST_SUITE("realistic chip") {
+  TEST_CASE("the normal generator's logarithm and square root are accurate to float rounding") {
+    double worst_log = 0;
+    for (int i = 1; i < 200000; ++i) {
+      const float x = static_cast<float>(i) * 5e-6f;
+      const double exact = std::log(static_cast<double>(x));
+      if (std::abs(exact) < 1e-3) continue;  // relative error is meaningless at the root
+      worst_log = std::max(worst_log, std::abs(detail::fast_logf(x) - exact) / std::abs(exact));
+    }
+    CHECK(worst_log < 2e-7);
+    double worst_sqrt = 0;
+    for (const float w : {1e-30f, 1e-6f, 0.3f, 1.0f, 5.0f, 33.0f, 1e6f, 3e30f}) {
+      const double exact = std::sqrt(static_cast<double>(w));
+      worst_sqrt = std::max(worst_sqrt, std::abs(detail::sqrt_positive(w) - exact) / exact);
+    }
+    CHECK(worst_sqrt < 3e-7);
+  }
+
+  TEST_CASE("each normal is the standard normal quantile of its 23-bit uniform to 1e-5 relative") {
+    // Phi(z(u)) = u within 1e-5 of min(u, 1 - u): the tails (|z| up to 5.3) as well as the centre.
+    double worst = 0;
+    for (std::uint32_t k = 0; k < (1u << 23); k += 97) {
+      for (const std::uint32_t kk : {k, (1u << 23) - 1 - k}) {
+        const float z = detail::normal_from_bits(kk << 9);
+        const double u = (kk + 0.5) / 8388608.0;
+        const double phi = 0.5 * std::erfc(-z / std::sqrt(2.0));
+        worst = std::max(worst, std::abs(phi - u) / std::min(u, 1 - u));
+      }
+    }
+    CHECK(worst < 1e-5);
+    CHECK(detail::normal_from_bits(0) < -5.2f);
+    CHECK(detail::normal_from_bits(0xffffffffu) > 5.2f);
+  }
+
+  TEST_CASE("fast normals have zero mean, unit variance and normal tails over 4e6 draws") {
+    const std::int64_t n = 4'000'000;
+    std::vector<float> z(static_cast<std::size_t>(n));
+    detail::normal_fill(5, 6, 0, n, z.data());
+    double m1 = 0, m2 = 0, m4 = 0;
+    std::int64_t beyond2 = 0, beyond3 = 0;
+    for (const float v : z) {
+      m1 += v;
+      m2 += double(v) * v;
+      m4 += double(v) * v * v * v;
+      beyond2 += std::abs(v) > 2;
+      beyond3 += std::abs(v) > 3;
+    }
+    const double N = static_cast<double>(n);
+    m1 /= N;
+    m2 /= N;
+    m4 /= N;
+    CHECK(std::abs(m1) < 5 / std::sqrt(N));               // se of the mean: 1 / sqrt(N)
+    CHECK(std::abs(m2 - 1) < 5 * std::sqrt(2 / N));       // se of the variance: sqrt(2 / N)
+    CHECK(std::abs(m4 - 3) < 5 * std::sqrt(96 / N));      // se of the fourth moment: sqrt(96 / N)
+    const auto within = [&](std::int64_t count, double p) {  // a binomial count within 5 standard errors
+      return std::abs(static_cast<double>(count) - N * p) < 5 * std::sqrt(N * p * (1 - p));
+    };
+    CHECK(within(beyond2, 0.0455002638963584));
+    CHECK(within(beyond3, 0.0026997960632602));
+  }
+
+  TEST_CASE("a calibrated DAC takes its range from the reference inputs' percentile, and computes only once set") {
+    const Tensor w = test::random_tensor(Shape{50, 20}, 1);
+    periphery_config p;
+    p.dac = dac_config{8, dac_scaling::calibrated, 1.0, 100.0};
+    TiledArray<small_tile> a(w, device_config{}, 2, p);
+    Tensor x = test::random_tensor(Shape{30, 50}, 3, layout::nchw, -0.5f, 0.5f);
+    x[7] = -2.5f;  // the largest magnitude
+    Tensor y;
+    CHECK_THROWS_WITH_AS(a.mvm(x, y),
+                         "[rimc.value_error] TiledArray: the DAC range is not calibrated (dac_scaling::calibrated): "
+                         "call calibrate_adc first",
+                         value_error);
+    Tensor bad = x;
+    bad[3] = std::nanf("");
+    CHECK_THROWS_WITH_AS(a.calibrate_adc(bad),
+                         "[rimc.value_error] TiledArray::calibrate_adc: reference inputs: element 3 of tensor [30, 50] "
+                         "is nan",
+                         value_error);
+    CHECK_FALSE(a.dac_ready());
+    a.calibrate_adc(x);
+    CHECK(a.periphery().dac->range == 2.5);
+    // With that range the calibrated DAC is the fixed one.
+    periphery_config fixed;
+    fixed.dac = dac_config{8, dac_scaling::fixed, 2.5};
+    TiledArray<small_tile> b(w, device_config{}, 2, fixed);
+    CHECK(a.mvm(x) == b.mvm(x));
+    // A new periphery needs calibrating again.
+    a.set_periphery(p);
+    CHECK_FALSE(a.dac_ready());
+    p.dac->percentile = 0;
+    CHECK_THROWS_WITH_AS(p.validate(), "[rimc.value_error] dac_config: percentile must be in (0, 100], got 0",
+                         value_error);
+    CHECK_THROWS_WITH_AS(TiledArray<small_tile>(w, device_config{}, 2, periphery_config{}).calibrate_adc(x),
+                         "[rimc.value_error] TiledArray::calibrate_adc: the periphery has no ADC and no calibrated DAC",
+                         value_error);
+  }
+
+  TEST_CASE("widening keeps the larger of each range and its new estimate, for the ADC and the DAC") {
+    const Tensor w = test::random_tensor(Shape{70, 40}, 30);
+    periphery_config p = periphery_config::quantised(8, 8, 99.0, true);
+    p.dac->scaling = dac_scaling::calibrated;
+    const Tensor first = test::random_tensor(Shape{20, 70}, 31), second = test::random_tensor(Shape{20, 70}, 32, layout::nchw, -1.5f, 1.5f);
+    TiledArray<small_tile> widened(w, device_config{}, 6, p), a(w, device_config{}, 6, p), b(w, device_config{}, 6, p);
+    widened.calibrate_adc(first);
+    widened.calibrate_adc(second, range_update::widen);
+    a.calibrate_adc(first);
+    b.calibrate_adc(second);  // each on its own
+    CHECK(widened.periphery().dac->range == std::max(a.periphery().dac->range, b.periphery().dac->range));
+    // The ADC estimate depends on the DAC range it reads through: compare with b's ranges read through the widened DAC.
+    const auto& r = widened.adc_ranges();
+    std::size_t grew = 0;
+    for (std::size_t i = 0; i < r.size(); ++i) {
+      CHECK(r[i] >= a.adc_ranges()[i]);
+      grew += r[i] > a.adc_ranges()[i];
+    }
+    CHECK(grew > 0);
+    // Widening an uncalibrated array is a plain calibration.
+    TiledArray<small_tile> fresh(w, device_config{}, 6, p);
+    fresh.calibrate_adc(first, range_update::widen);
+    CHECK(fresh.adc_ranges() == a.adc_ranges());
+  }
+
+  TEST_CASE("the ADC headroom multiplies every calibrated range, and must be at least 1") {
+    const Tensor w = test::random_tensor(Shape{70, 40}, 4);
+    const Tensor x = test::random_tensor(Shape{25, 70}, 5);
+    for (const bool per_column : {false, true}) {
+      CAPTURE(per_column);
+      periphery_config p = periphery_config::quantised(8, 8, 99.0, per_column);
+      TiledArray<small_tile> tight(w, device_config{}, 6, p);
+      p.adc->headroom = 1.75;
+      TiledArray<small_tile> loose(w, device_config{}, 6, p);
+      tight.calibrate_adc(x);
+      loose.calibrate_adc(x);
+      REQUIRE(tight.adc_ranges().size() == loose.adc_ranges().size());
+      for (std::size_t i = 0; i < tight.adc_ranges().size(); ++i)
+        CHECK(loose.adc_ranges()[i] == doctest::Approx(1.75 * tight.adc_ranges()[i]).epsilon(1e-6));
+    }
+    adc_config bad{8, adc_range_mode::percentile, 0.0, 99.0, false, 0.5};
+    CHECK_THROWS_WITH_AS(bad.validate(), "[rimc.value_error] adc_config: headroom must be >= 1, got 0.5", value_error);
+    bad.headroom = std::nan("");
+    CHECK_THROWS_WITH_AS(bad.validate(), "[rimc.value_error] adc_config: headroom must be finite, got nan", value_error);
+  }
+
+  TEST_CASE("with read noise the per-tile convolution kernel draws the GEMM kernel's noise") {
+    // Same counters, same variances up to float rounding: the two kernels agree closely, the noise is
+    // fresh per call, and neither depends on the thread count.
+    const Tensor w = test::random_tensor(Shape{40, 12, 3, 3}, 7);
+    const Tensor src = test::random_tensor(Shape{3, 12, 9, 9}, 8, layout::nhwc);
+    periphery_config p;
+    p.read = read_noise::proportional(0.1);
+    p.noise_seed = 10;
+    const conv2d_params geometry{{1, 1}, {1, 1}};
+    auto run = [&](tile_kernel kernel, int threads) {
+      const thread_count_guard g(threads);
+      basic_analog_conv2d<small_tile> layer(w, std::nullopt, geometry, options());
+      layer.set_periphery(p);
+      REQUIRE(layer.conv_kernel_exact());
+      Tensor a, b;
+      layer.forward_tiles(src, a, kernel);
+      layer.forward_tiles(src, b, kernel);
+      CHECK_FALSE(a == b);
+      return a;
+    };
+    const Tensor conv = run(tile_kernel::conv, 2);
+    const Tensor gemm = run(tile_kernel::gemm, 2);
+    CHECK(run(tile_kernel::conv, 1) == conv);
+    const Tensor ideal = basic_analog_conv2d<small_tile>(w, std::nullopt, geometry, options()).forward(src);
+    test::check_close(conv, gemm, 1e-4, 1e-4);
+    // The noise is there and of the expected size: 10% of each cell, so a few % of the output.
+    double diff = 0, norm = 0;
+    const Tensor c = conv.to_layout(layout::nchw), e = ideal.to_layout(layout::nchw);
+    for (std::int64_t i = 0; i < c.numel(); ++i) {
+      diff += (double(c[i]) - e[i]) * (double(c[i]) - e[i]);
+      norm += double(e[i]) * e[i];
+    }
+    CHECK(std::sqrt(diff / norm) > 0.005);
+    CHECK(std::sqrt(diff / norm) < 0.2);
+  }
+
+  TEST_CASE("a deployment calibrates every ADC and DAC in one forward pass, each on its own layer's input") {
+    network net = test::small_conv_net(11);
+    analog_options opt = options();
+    opt.periphery = realistic_periphery();
+    opt.periphery.read = read_noise::none();  // so that a second forward reads what the calibration pass read
+    auto chip = deploy_analog(net, opt);
+    const Tensor images = test::random_tensor(Shape{6, 2, 10, 10}, 12);
+    const auto before = net.layer_ptr("c2");
+    chip.calibrate_adc(net, images);
+    CHECK(net.layer_ptr("c2") == before);  // every node has its own layer back
+    // Layer c2's ranges are those of a twin calibrated on c2's input, which the calibrated c1 produces.
+    std::map<std::string, Tensor> got;
+    (void)net.forward(images, {"r1"}, got);
+    network twin_net = test::small_conv_net(11);
+    auto twin = deploy_analog(twin_net, opt);
+    twin.conv("c2").calibrate_adc(got.at("r1"));
+    CHECK(chip.conv("c2").array().adc_ranges() == twin.conv("c2").array().adc_ranges());
+    CHECK(chip.conv("c2").array().periphery().dac->range == twin.conv("c2").array().periphery().dac->range);
+    CHECK(chip.conv("c1").array().periphery().dac->range > 0);
+    CHECK(std::isfinite(net.forward(images)[0]));
+    // A network that does not run this deployment's layers is refused, and keeps its own.
+    network other = test::small_conv_net(11);
+    CHECK_THROWS_WITH_AS(chip.calibrate_adc(other, images),
+                         "[rimc.value_error] analog_deployment::calibrate_adc: node 'c1' of this network does not run "
+                         "this deployment's layer",
+                         value_error);
+    CHECK_FALSE(other.layer("c1").is_analog());
+  }
+
+  TEST_CASE("feature KD widens each layer's ADC and DAC ranges to what its calibrated input needs, unless told not to") {
+    const network teacher = test::small_conv_net(13);
+    const Tensor images = test::random_tensor(Shape{6, 2, 10, 10}, 14);
+    for (const bool again : {true, false}) {
+      CAPTURE(again);
+      network student = test::small_conv_net(13);
+      analog_options opt = options();
+      opt.periphery = realistic_periphery(1.5);
+      auto chip = deploy_analog(student, opt);
+      const Tensor reference = test::random_tensor(Shape{6, 2, 10, 10}, 15);  // other reference images
+      chip.calibrate_adc(student, reference);
+      chip.drift_to(relative_drift{}, drift_level{0.2}, 16);
+      const auto c1_ranges = chip.conv("c1").array().adc_ranges();
+      const auto fc_ranges = chip.linear("fc").array().adc_ranges();
+      calibration_config cfg;
+      cfg.steps = 5;
+      cfg.recalibrate_adc = again;
+      const auto r = calibrate_feature_kd(teacher, student, images, cfg);
+      CHECK(r.rram_writes == 0);
+      if (!again) {
+        CHECK(chip.conv("c1").array().adc_ranges() == c1_ranges);
+        CHECK(chip.linear("fc").array().adc_ranges() == fc_ranges);
+        continue;
+      }
+      // c1's input is the images themselves: its ranges are those of widening the reference ones on them.
+      network twin_net = test::small_conv_net(13);
+      auto twin = deploy_analog(twin_net, opt);
+      twin.calibrate_adc(twin_net, reference);
+      twin.drift_to(relative_drift{}, drift_level{0.2}, 16);
+      twin.conv("c1").calibrate_adc(images, range_update::widen);
+      CHECK(chip.conv("c1").array().adc_ranges() == twin.conv("c1").array().adc_ranges());
+      CHECK_FALSE(chip.linear("fc").array().adc_ranges() == fc_ranges);
+      for (std::size_t i = 0; i < fc_ranges.size(); ++i) CHECK(chip.linear("fc").array().adc_ranges()[i] >= fc_ranges[i]);
+    }
+  }
+
+  TEST_CASE("calibrate_adcs sets every analog layer's ranges as the deployment's own pass does, adapters or not") {
+    analog_options opt = options();
+    opt.periphery = realistic_periphery();
+    opt.periphery.read = read_noise::none();
+    const Tensor images = test::random_tensor(Shape{5, 2, 10, 10}, 20);
+    network a = test::small_conv_net(21), b = test::small_conv_net(21);
+    auto chip_a = deploy_analog(a, opt);
+    auto chip_b = deploy_analog(b, opt);
+    chip_a.calibrate_adc(a, images);
+    calibrate_adcs(b, images);
+    for (const char* name : {"c1", "c2"})
+      CHECK(chip_a.conv(name).array().adc_ranges() == chip_b.conv(name).array().adc_ranges());
+    CHECK(chip_a.linear("fc").array().adc_ranges() == chip_b.linear("fc").array().adc_ranges());
+    Tensor bad = images;
+    bad[0] = std::nanf("");
+    CHECK_THROWS_WITH_AS(calibrate_adcs(b, bad),
+                         "[rimc.value_error] calibrate_adcs: images: element 0 of tensor [5, 2, 10, 10] is nan",
+                         value_error);
+  }
+
+  TEST_CASE("backprop sets the ranges again every k steps on the calibration images, or never with k = 0") {
+    const network teacher = test::small_conv_net(22);
+    const Tensor images = test::random_tensor(Shape{6, 2, 10, 10}, 23);
+    const std::vector<std::int32_t> labels{0, 1, 2, 3, 0, 1};
+    for (const int every : {0, 5}) {
+      CAPTURE(every);
+      network student = test::small_conv_net(22);
+      analog_options opt = options();
+      opt.periphery = realistic_periphery(1.5);
+      auto chip = deploy_analog(student, opt);
+      chip.calibrate_adc(student, test::random_tensor(Shape{6, 2, 10, 10}, 24));
+      chip.drift_to(relative_drift{}, drift_level{0.2}, 25);
+      const auto fc_ranges = chip.linear("fc").array().adc_ranges();
+      backprop_config cfg;
+      cfg.steps = 6;
+      cfg.recalibrate_adc_every = every;
+      const auto r = calibrate_backprop(teacher, student, images, labels, cfg);
+      CHECK(r.rram_writes == 0);
+      CHECK((chip.linear("fc").array().adc_ranges() == fc_ranges) == (every == 0));
+    }
+    backprop_config bad;
+    bad.recalibrate_adc_every = -1;
+    CHECK_THROWS_WITH_AS(bad.validate(), "[rimc.value_error] backprop_config: recalibrate_adc_every must be >= 0, got -1",
+                         value_error);
+  }
+
+  TEST_CASE("averaging R reads of a noisy layer divides the read noise's variance by R") {
+    const Tensor w = test::random_tensor(Shape{16, 6, 3, 3}, 17);
+    periphery_config p;
+    p.read = read_noise::proportional(0.1);
+    p.noise_seed = 18;
+    const auto one_conv = [&](const analog_options& opt) {
+      network net;
+      const int x = net.input(Shape{6, 8, 8});
+      net.conv2d("c", x, 16, 3, conv2d_params{{1, 1}, {1, 1}}, false);
+      net.set_parameter("c", "weight", w);
+      (void)deploy_analog(net, opt);
+      return net;
+    };
+    analog_options noisy = options();
+    noisy.periphery = p;
+    const network net = one_conv(noisy), exact_net = one_conv(options());
+    const Tensor src = test::random_tensor(Shape{4, 6, 8, 8}, 19);
+    Tensor exact;
+    exact_net.layer("c").forward(src, exact);  // the noise-free read
+    exact = exact.to_layout(layout::nhwc);
+    const auto noise_power = [&](int reads) {
+      Tensor y;
+      net.layer("c").forward(src, y);
+      y = y.to_layout(layout::nhwc);
+      if (reads > 1) detail::average_reads(net.layer("c"), src, reads, y);
+      double s = 0;
+      for (std::int64_t i = 0; i < y.numel(); ++i) s += (double(y[i]) - exact[i]) * (double(y[i]) - exact[i]);
+      return s / static_cast<double>(y.numel());
+    };
+    const double one = noise_power(1), sixteen = noise_power(16);
+    CHECK(one > 0);
+    CHECK(one / sixteen > 16 * 0.7);
+    CHECK(one / sixteen < 16 * 1.4);
+    // On an exact chip more reads change nothing.
+    Tensor y4 = exact;
+    detail::average_reads(exact_net.layer("c"), src, 4, y4);
+    CHECK(y4 == exact);
+    calibration_config cfg;
+    cfg.reads = 0;
+    CHECK_THROWS_WITH_AS(cfg.validate(), "[rimc.value_error] calibration_config: reads must be >= 1, got 0", value_error);
+  }
+}
+
+}  // namespace unit_realistic_chip
