@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The realistic-chip results of the README ("A realistic chip"): builds rimc (Release) and runs the
+# demo on 5 chips (--seed 0..4, full test set) for the realistic chip with backprop, each
+# non-ideality on its own, and the two calibration choices (ranges kept, 4 reads); one CSV per run
+# in $OUT (default examples/results/realistic_chip), then the tables (mean ± sample std over the
+# chips). About 35 minutes on 2 cores.
+#
+#   tools/realistic_chip.sh          # run everything, then print the tables
+#   tools/realistic_chip.sh tables   # only print the tables from the CSVs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+out=${OUT:-examples/results/realistic_chip}
+demo=build/release/examples/calibrate_fashion_mnist
+declare -A flags=(
+  [realistic]="--chip realistic"
+  [ideal]="--no-backprop"
+  [dac8]="--no-backprop --dac-bits 8"
+  [adc8]="--no-backprop --adc-bits 8"
+  [read]="--no-backprop --read-noise cmo"
+  [wire]="--no-backprop --wire-ohm 1"
+  [faults]="--no-backprop --sa0 0.0175 --sa1 0.0904 --fault-aware"
+  [keep]="--no-backprop --chip realistic --keep-adc-ranges"
+  [reads4]="--no-backprop --chip realistic --reads 4"
+)
+order="realistic ideal dac8 adc8 read wire faults keep reads4"
+if [ "${1:-}" != tables ]; then
+  tools/install-deps.sh
+  cmake --preset release >/dev/null
+  cmake --build --preset release --target calibrate_fashion_mnist
+  mkdir -p "$out"
+  for k in $order; do
+    for s in 0 1 2 3 4; do
+      # shellcheck disable=SC2086 # the flags are words
+      "$demo" ${flags[$k]} --seed "$s" --csv "$out/${k}_$s.csv" >/dev/null
+    done
+  done
+fi
+python3 - "$out" $order <<'PY'
+import csv, statistics, sys
+out, keys = sys.argv[1], sys.argv[2:]
+def cell(k, metric):
+    v = []
+    for s in range(5):
+        row = {r["metric"]: float(r["value"]) for r in csv.DictReader(open(f"{out}/{k}_{s}.csv"))}
+        if metric not in row:
+            return ""
+        v.append(100 * row[metric])
+    return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}"
+print("| chip | drifted | per-column compensation | feature KD | backprop |")
+print("| --- | --- | --- | --- | --- |")
+for k in keys:
+    print(f"| {k} | " + " | ".join(cell(k, m) for m in ("drifted_top1", "compensated_top1", "calibrated_top1",
+                                                       "backprop_top1")) + " |")
+PY
