@@ -131,7 +131,7 @@ namespace detail {
 }
 
 /// sqrt(w) for w > 0 without a library call (which may set errno, so loops
-/// around std::sqrt do not vectorise): w / sqrt(w) from the classic
+/// around std::sqrt do not vectorise): w times 1 / sqrt(w) from the classic
 /// reciprocal-square-root estimate and three Newton steps (relative error
 /// below 3e-7).
 [[nodiscard]] inline float sqrt_positive(float w) noexcept {
