@@ -275,8 +275,9 @@ struct philox16 {
 };
 
 /// portable::normal_fill with AVX2 Philox rounds and the float steps
-/// compiled for AVX2: the target has no FMA, so no product can be fused into
-/// a sum and every step rounds as in the portable form.
+/// compiled for AVX2: the target has no FMA (built without -march flags, as
+/// rimc's presets are), so no product can be fused into a sum and every step
+/// rounds as in the portable form (unit-isa checks the bits).
 __attribute__((target("avx2"))) inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first,
                                                         std::int64_t n, float* out) {
   normal_fill_body<philox16>(seed, stream, first, n, out);
