@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The realistic-chip results of the README ("A realistic chip"): builds rimc (Release) and runs the
 # demo on 5 chips (--seed 0..4, full test set) for the realistic chip with backprop, each
-# non-ideality on its own, the two calibration choices (ranges kept, 4 reads) and rank 4; one CSV per run
+# non-ideality on its own, some pairs, the calibration choices (ranges kept, 4 reads) and rank 4; one CSV per run
 # in $OUT (default examples/results/realistic_chip), then the tables (mean ± sample std over the
-# chips). About 40 minutes on 2 cores.
+# chips). About 55 minutes on 2 cores.
 #
 #   tools/realistic_chip.sh          # run everything, then print the tables
 #   tools/realistic_chip.sh tables   # only print the tables from the CSVs
@@ -23,8 +23,11 @@ declare -A flags=(
   [keep]="--no-backprop --chip realistic --keep-adc-ranges"
   [reads4]="--no-backprop --chip realistic --reads 4"
   [rank4]="--no-backprop --chip realistic --rank 4"
+  [nofaults]="--no-backprop --chip realistic --sa0 0 --sa1 0"
+  [faultsadc]="--no-backprop --sa0 0.0175 --sa1 0.0904 --fault-aware --adc-bits 8"
+  [faultswire]="--no-backprop --sa0 0.0175 --sa1 0.0904 --fault-aware --wire-ohm 1"
 )
-order="realistic ideal dac8 adc8 read wire faults keep reads4 rank4"
+order="realistic ideal dac8 adc8 read wire faults nofaults faultsadc faultswire keep reads4 rank4"
 if [ "${1:-}" != tables ]; then
   tools/install-deps.sh
   cmake --preset release >/dev/null
