@@ -258,7 +258,7 @@ class drifted_chip {
     const auto t0 = std::chrono::steady_clock::now();
     chip_ = deploy_analog(net_, cfg.options());
     writes_programmed_ = chip_.rram_writes();
-    if (cfg.adc_bits > 0 || cfg.dac_bits > 0) chip_.calibrate_adc(net_, adc_reference);
+    chip_.calibrate_adc(net_, adc_reference);  // the ADC and DAC ranges, if the chip has them
     // Per-column drift compensation needs a reference read right after programming.
     chip_.for_each([&](const std::string&, auto& a) {
       comp_.emplace_back(compensation_kind::per_column).record_reference(a);
@@ -268,8 +268,8 @@ class drifted_chip {
       case drift_preset::cmo: chip_.drift_to(presets::cmo_reram_drift(), seconds{cfg.time_s}, cfg.drift_seed); break;
       case drift_preset::neurram: chip_.drift_to(presets::neurram_relaxation(), seconds{cfg.time_s}, cfg.drift_seed); break;
     }
-    // The ADC ranges follow the arrays: set again on the drifted chip (periphery only, no RRAM write).
-    if (cfg.adc_bits > 0 || cfg.dac_bits > 0) chip_.calibrate_adc(net_, adc_reference);
+    // The ranges follow the arrays: set again on the drifted chip (periphery only, no RRAM write).
+    chip_.calibrate_adc(net_, adc_reference);
     deploy_seconds_ = seconds_since(t0);
   }
 

@@ -430,7 +430,7 @@ class basic_analog_conv2d {
   /// Sets the digital per-output-channel gain (drift compensation); no RRAM write.
   void set_column_gain(std::span<const float> gain) {
     core_.set_gain(gain);
-    refresh();
+    refresh_effective();  // the gain is applied digitally: the per-tile convolutions stay
   }
   /// The raw array product probe [P, K] -> [P, O] through the periphery (no gain, no bias).
   [[nodiscard]] Tensor read_array(const Tensor& probe) const { return core_.array().mvm(probe); }
@@ -458,9 +458,14 @@ class basic_analog_conv2d {
     w.reshape(wshape_);
     return w;
   }
-  void refresh() {
+  /// The effective weights (and their version) after the array or the gain changed.
+  void refresh_effective() {
     digital_.set_weights(effective());
     ++version_;
+  }
+  /// Everything derived from the array: the effective weights and the per-tile convolutions.
+  void refresh() {
+    refresh_effective();
     const auto& a = core_.array();
     const auto S = static_cast<std::size_t>(a.grid().slices);
     for (std::size_t i = 0; i < tile_convs_.size(); ++i) {

@@ -120,13 +120,6 @@ class adc_calibrating_layer final : public layer {
   range_update update_;
 };
 
-/// Whether layer `l` is `target` or wraps it (through adapters).
-[[nodiscard]] inline bool runs_layer(const std::shared_ptr<layer>& l, const layer* target) {
-  for (std::shared_ptr<layer> p = l; p; p = p->wrapped())
-    if (p.get() == target) return true;
-  return false;
-}
-
 /// One forward pass of `images` with the nodes `names` standing in as
 /// adc_calibrating_layer; the nodes get their layers back, also on error.
 inline void calibration_pass(network& net, const std::vector<std::string>& names, const Tensor& images,
@@ -249,7 +242,7 @@ class analog_deployment {
       std::visit(
           [&](auto& l) {
             if (!l->analog().periphery().needs_calibration()) return;
-            if (!net.contains(e.name) || !detail::runs_layer(net.layer_ptr(e.name), l.get())) {
+            if (!net.contains(e.name) || innermost(net.layer_ptr(e.name)) != l) {
               throw value_error(detail::concat("analog_deployment::calibrate_adc: node '", e.name,
                                                "' of this network does not run this deployment's layer"));
             }
