@@ -15,13 +15,20 @@
 // --chip realistic runs every chip of a sweep with the realistic periphery and faults (the demo's --chip).
 // Writes <out>/<sweep>.csv (one row per chip and method) and <out>/<sweep>_summary.csv
 // (mean, standard deviation, min and max over the seeds, in percent).
+//
+// Each row is one work item of sweep_runner.hpp: one method on a chip programmed and drifted afresh
+// from the item's seeds (deploying takes ~0.05 s, evaluating the 10k test images ~4 s), so rows
+// depend only on their item. Built with MPI, the items run over the ranks of an MPI job; --resume
+// continues a killed sweep; --shard and --merge split one over separate jobs (README, "On a cluster").
 
 #include "cli.hpp"
 #include "fashion_mnist_lab.hpp"
+#include "sweep_runner.hpp"
 
 #include <rimc/io/atomic_file.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -55,6 +62,7 @@ struct args {
   kd_loss_path loss_path = kd_loss_path::automatic;
   drift_bounds bounds = drift_bounds::physical;
   bool realistic = false;  // --chip realistic
+  sweep::flags run;        // --resume, --merge, --shard
 
   /// A chip of the sweep before its setting: the drift bounds, and the realistic periphery and faults if asked.
   [[nodiscard]] lab::chip_config chip() const {
@@ -64,8 +72,9 @@ struct args {
   }
 };
 
-args parse(int argc, char** argv) {
+args parse(int argc, char** argv, int default_threads) {
   args a;
+  a.threads = default_threads;
   std::string loss_path = "automatic", bounds = "physical", chip = "ideal";
   cli::command_line cl("calibration_sweeps",
                        "The paper's figures on Fashion-MNIST: accuracy of every recovery method on many drifted chips.");
@@ -95,6 +104,7 @@ args parse(int argc, char** argv) {
   cl.text("--out", a.out, "directory of the CSVs");
   cl.text("--model", a.model, "the teacher's weights (safetensors)");
   cl.text("--data", a.data, "the Fashion-MNIST directory");
+  a.run.add_to(cl);
   cl.check([&] {
     a.loss_path = lab::parse_loss_path(loss_path);
     a.bounds = lab::parse_drift_bounds(bounds);
@@ -111,6 +121,7 @@ args parse(int argc, char** argv) {
     }
     for (const auto r : a.ranks) lab::check_rank("--ranks", r);
     cli::check_writable_dir("--out", a.out);
+    (void)a.run.options(a.out, a.threads);  // --shard and --merge
     if (a.sweep == "resnet50") return;  // no data, no model
     cli::check_input_file("--model", a.model);
     std::int64_t n = 10;
@@ -129,112 +140,158 @@ struct row {
   std::uint64_t seed = 0;
   std::string method, setting;
   double top1 = 0, seconds = 0;
-
-  [[nodiscard]] auto key() const { return std::tie(preset, g_min_ratio, rho, time_s, samples, rank, method, setting); }
 };
 
 constexpr const char* key_header = "preset,g_min_ratio,rho,time_s,samples,rank,method,setting";
+constexpr std::size_t key_fields = 8;  // the summary groups rows by these; the item key adds the seed
 
 std::string key_csv(const row& r) {
   return detail::concat(r.preset, ",", r.g_min_ratio, ",", r.rho, ",", r.time_s, ",", r.samples, ",", r.rank, ",", r.method,
                         ",", r.setting);
 }
 
-/// Runs the methods on drifted chips and collects the rows; writes them as they come.
-class sweep_runner {
+/// The fields of a CSV line (no quoting: no field contains a comma).
+std::vector<std::string_view> fields_of(std::string_view line) {
+  std::vector<std::string_view> f;
+  for (std::size_t start = 0;;) {
+    const auto c = line.find(',', start);
+    f.push_back(line.substr(start, c == std::string_view::npos ? std::string_view::npos : c - start));
+    if (c == std::string_view::npos) return f;
+    start = c + 1;
+  }
+}
+
+double number_of(std::string_view field, std::string_view what) {
+  double v = 0;
+  const auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), v);
+  if (ec != std::errc{} || end != field.data() + field.size())
+    throw value_error(detail::concat(what, ": '", field, "' is not a number"));
+  return v;
+}
+
+/// What an item measures on its chip.
+enum class method { ideal, drifted, compensated, feature_kd, feature_kd_teacher_norms, backprop };
+
+/// A work item: one method on one freshly drifted chip (or the teacher), giving one row. Every row
+/// depends only on its item: the chip is programmed and drifted from the item's seeds, the
+/// calibration images drawn by the item's seed.
+struct item {
+  row r;  ///< the row's key fields (preset .. setting, seed), known before it runs
+  method m = method::ideal;
+  lab::chip_config chip;
+  // The backprop baseline's settings (method::backprop).
+  double bp_lr = 0, bp_ce = 0, bp_kl = 0, bp_temperature = 0;
+  int bp_steps = 0;
+
+  [[nodiscard]] std::string key() const { return detail::concat(key_csv(r), ",", r.seed); }
+};
+
+/// The items of a sweep, in the order the CSV lists them.
+class item_list {
  public:
-  sweep_runner(const args& a, const lab::fashion_mnist_lab& lab) : a_(a), lab_(lab) {}
+  explicit item_list(const args& a) : a_(a) {}
 
-  /// Rows are written out (atomically) after every measurement, so an interrupted sweep keeps what it measured.
+  void ideal() {
+    item it;
+    it.r = row{"ideal", 0, 0, 0, 0, 0, 0, "ideal", "", 0, 0};
+    items_.push_back(std::move(it));
+  }
+  /// The drifted chip as it is, and (compensated) with per-column compensation.
+  void baselines(const lab::chip_config& c, const row& r, bool compensated = true) {
+    add(c, r, method::drifted, "", "");
+    if (compensated) add(c, r, method::compensated, "compensated", "");
+  }
+  void feature_kd(const lab::chip_config& c, row r, std::int64_t samples, std::int64_t rank, bool teacher_norms) {
+    r.samples = samples;
+    r.rank = rank;
+    add(c, r, teacher_norms ? method::feature_kd_teacher_norms : method::feature_kd,
+        teacher_norms ? "feature_kd_teacher_norms" : "feature_kd", detail::concat("steps=", a_.steps, " lr=", a_.lr));
+  }
+  void backprop(const lab::chip_config& c, row r, std::int64_t samples, std::int64_t rank, double lr, double ce, double kl,
+                int steps, double temperature) {
+    r.samples = samples;
+    r.rank = rank;
+    add(c, r, method::backprop, "backprop",
+        detail::concat("steps=", steps, " lr=", lr, " ce=", ce, " kl=", kl, kl > 0 ? detail::concat(" T=", temperature) : ""));
+    item& it = items_.back();
+    it.bp_lr = lr;
+    it.bp_ce = ce;
+    it.bp_kl = kl;
+    it.bp_steps = steps;
+    it.bp_temperature = temperature;
+  }
 
-  void add(row r, const eval_result& e, double seconds) {
-    r.top1 = 100 * e.top1;
-    r.seconds = seconds;
+  [[nodiscard]] const std::vector<item>& items() const noexcept { return items_; }
+
+ private:
+  void add(const lab::chip_config& c, row r, method m, const std::string& name, const std::string& setting) {
+    item it;
+    r.method = m == method::drifted ? "drifted" : name;
+    r.setting = setting;
+    it.r = std::move(r);
+    it.m = m;
+    it.chip = c;
+    items_.push_back(std::move(it));
+  }
+
+  const args& a_;
+  std::vector<item> items_;
+};
+
+/// Runs one item: its row as a CSV line.
+class item_runner {
+ public:
+  item_runner(const args& a, const lab::fashion_mnist_lab& lab) : a_(a), lab_(lab) {}
+
+  [[nodiscard]] std::string operator()(const item& it) const {
+    row r = it.r;
+    eval_result e;
+    double seconds = 0;
+    if (it.m == method::ideal) {
+      e = lab_.evaluate(lab_.teacher());
+      seconds = e.seconds;
+    } else {
+      const auto chip = lab_.drift(it.chip);
+      switch (it.m) {
+        case method::drifted:
+          seconds = chip->deploy_seconds();
+          break;
+        case method::compensated:
+          chip->compensate(true);
+          break;
+        case method::feature_kd:
+        case method::feature_kd_teacher_norms: {
+          const bool teacher_norms = it.m == method::feature_kd_teacher_norms;
+          const calibration_config cfg = lab::feature_kd_config(r.rank, a_.steps, a_.lr, r.seed, teacher_norms, a_.loss_path);
+          const dataset calib = lab_.calibration_set(r.samples, r.seed);
+          const calibration_result res = calibrate_feature_kd(lab_.teacher(), chip->net(), calib.images, cfg);
+          check_no_writes(res);
+          seconds = res.seconds;
+          break;
+        }
+        case method::backprop: {
+          backprop_config cfg;
+          cfg.rank = r.rank;
+          cfg.steps = it.bp_steps;
+          cfg.lr = it.bp_lr;
+          cfg.ce_weight = it.bp_ce;
+          cfg.kl_weight = it.bp_kl;
+          cfg.temperature = it.bp_temperature;
+          cfg.seed = r.seed;
+          const dataset calib = lab_.calibration_set(r.samples, r.seed);
+          const calibration_result res = calibrate_backprop(lab_.teacher(), chip->net(), calib.images, calib.labels, cfg);
+          check_no_writes(res);
+          seconds = res.seconds;
+          break;
+        }
+        case method::ideal: break;
+      }
+      e = lab_.evaluate(chip->net());
+    }
+    r.top1 = lab::top1_percent(e);
     std::fprintf(stderr, "  %-28s %-34s seed %llu: %6.2f%%\n", r.method.c_str(), r.setting.c_str(),
                  static_cast<unsigned long long>(r.seed), r.top1);
-    rows_.push_back(std::move(r));
-    write();
-  }
-
-  /// Feature-KD calibration on `chip` (reset first), evaluated.
-  void feature_kd(lab::drifted_chip& chip, row r, std::int64_t samples, std::int64_t rank, bool teacher_norms) {
-    chip.reset();
-    const calibration_config cfg = lab::feature_kd_config(rank, a_.steps, a_.lr, r.seed, teacher_norms, a_.loss_path);
-    const dataset calib = lab_.calibration_set(samples, r.seed);
-    const calibration_result res = calibrate_feature_kd(lab_.teacher(), chip.net(), calib.images, cfg);
-    check_no_writes(res);
-    r.method = teacher_norms ? "feature_kd_teacher_norms" : "feature_kd";
-    r.setting = detail::concat("steps=", a_.steps, " lr=", a_.lr);
-    r.samples = samples;
-    r.rank = rank;
-    add(std::move(r), lab_.evaluate(chip.net()), res.seconds);
-  }
-
-  /// Backprop calibration on `chip` (reset first), evaluated.
-  void backprop(lab::drifted_chip& chip, row r, std::int64_t samples, std::int64_t rank, double lr, double ce, double kl,
-                int steps, double temperature) {
-    chip.reset();
-    backprop_config cfg;
-    cfg.rank = rank;
-    cfg.steps = steps;
-    cfg.lr = lr;
-    cfg.ce_weight = ce;
-    cfg.kl_weight = kl;
-    cfg.temperature = temperature;
-    cfg.seed = r.seed;
-    const dataset calib = lab_.calibration_set(samples, r.seed);
-    const calibration_result res = calibrate_backprop(lab_.teacher(), chip.net(), calib.images, calib.labels, cfg);
-    check_no_writes(res);
-    r.method = "backprop";
-    r.setting = detail::concat("steps=", steps, " lr=", lr, " ce=", ce, " kl=", kl, kl > 0 ? detail::concat(" T=", temperature) : "");
-    r.samples = samples;
-    r.rank = rank;
-    add(std::move(r), lab_.evaluate(chip.net()), res.seconds);
-  }
-
-  /// The drifted chip as it is, and with per-column compensation.
-  void baselines(lab::drifted_chip& chip, row r, bool compensated = true) {
-    chip.reset();
-    r.method = "drifted";
-    add(r, lab_.evaluate(chip.net()), chip.deploy_seconds());
-    if (!compensated) return;
-    chip.compensate(true);
-    r.method = "compensated";
-    add(r, lab_.evaluate(chip.net()), 0);
-    chip.reset();
-  }
-
-  void write() const {
-    const std::string& name = a_.sweep;
-    std::filesystem::create_directories(a_.out);
-    std::string raw = detail::concat(key_header, ",seed,top1,seconds\n");
-    for (const auto& r : rows_) raw += detail::concat(key_csv(r), ",", r.seed, ",", r.top1, ",", r.seconds, "\n");
-    const auto raw_path = std::filesystem::path(a_.out) / (name + ".csv");
-    write_file_atomically(raw_path, [&](atomic_writer& w) { w.write(raw); });
-
-    // Mean, spread and extremes over the seeds of each setting, in first-seen order.
-    std::vector<const row*> order;
-    std::map<decltype(rows_[0].key()), std::vector<const row*>> groups;
-    for (const auto& r : rows_) {
-      auto& g = groups[r.key()];
-      if (g.empty()) order.push_back(&r);
-      g.push_back(&r);
-    }
-    std::string sum = detail::concat(key_header, ",n,mean,std,min,max,mean_seconds\n");
-    for (const row* first : order) {
-      const auto& g = groups.at(first->key());
-      std::vector<double> top1;
-      double secs = 0;
-      for (const row* r : g) {
-        top1.push_back(r->top1);
-        secs += r->seconds;
-      }
-      const lab::spread s = lab::spread_of(top1);
-      sum += detail::concat(key_csv(*first), ",", g.size(), ",", s.mean, ",", s.sd, ",", s.lo, ",", s.hi, ",",
-                            secs / static_cast<double>(g.size()), "\n");
-    }
-    const auto sum_path = std::filesystem::path(a_.out) / (name + "_summary.csv");
-    write_file_atomically(sum_path, [&](atomic_writer& w) { w.write(sum); });
+    return detail::concat(key_csv(r), ",", r.seed, ",", lab::exact(r.top1), ",", seconds);
   }
 
  private:
@@ -244,87 +301,126 @@ class sweep_runner {
 
   const args& a_;
   const lab::fashion_mnist_lab& lab_;
-  std::vector<row> rows_;
 };
+
+/// <sweep>_summary.csv: mean, spread and extremes over the seeds of each setting, in first-seen
+/// order, from the rows as the CSV holds them (so a resumed or merged sweep gives the same summary).
+void write_summary(const std::filesystem::path& dir, const std::string& name, const std::vector<std::string>& lines) {
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<std::pair<double, double>>> groups;  // key -> (top1, seconds)
+  for (const auto& l : lines) {
+    const auto f = fields_of(l);
+    const std::string key(l.substr(0, static_cast<std::size_t>(f[key_fields - 1].data() + f[key_fields - 1].size() - l.data())));
+    auto& g = groups[key];
+    if (g.empty()) order.push_back(key);
+    g.emplace_back(number_of(f[key_fields + 1], "top1"), number_of(f[key_fields + 2], "seconds"));
+  }
+  std::string sum = detail::concat(key_header, ",n,mean,std,min,max,mean_seconds\n");
+  for (const auto& key : order) {
+    const auto& g = groups.at(key);
+    std::vector<double> top1;
+    double secs = 0;
+    for (const auto& [t, s] : g) {
+      top1.push_back(t);
+      secs += s;
+    }
+    const lab::spread s = lab::spread_of(top1);
+    sum += detail::concat(key, ",", g.size(), ",", s.mean, ",", s.sd, ",", s.lo, ",", s.hi, ",",
+                          secs / static_cast<double>(g.size()), "\n");
+  }
+  write_file_atomically(dir / (name + "_summary.csv"), [&](atomic_writer& w) { w.write(sum); });
+}
+
+/// The settings every row of the sweep depends on (its manifest; the grids and seeds are in the item keys).
+sweep::json settings_of(const args& a) {
+  return sweep::json{{"sweep", a.sweep},
+                     {"steps", a.steps},
+                     {"lr", a.lr},
+                     {"loss_path", std::string(to_string(a.loss_path))},
+                     {"bp_steps", a.bp_steps},
+                     {"bp_lr", a.bp_lr},
+                     {"bp_ce", a.bp_ce},
+                     {"bp_kl", a.bp_kl},
+                     {"bp_temperature", a.bp_temperature},
+                     {"test_images", a.test_images},
+                     {"model", a.model},
+                     {"data", a.data},
+                     {"drift_bounds", std::string(rimc::to_string(a.bounds))},
+                     {"chip", a.realistic ? "realistic" : "ideal"}};
+}
 
 std::uint64_t seed_of(int i) { return static_cast<std::uint64_t>(i + 1); }
 
-void sweep_rho(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& run) {
+void sweep_rho(const args& a, item_list& items) {
   for (const double ratio : {0.0, 0.1}) {
     for (const double rho : ratio == 0 ? a.rhos : a.realistic_rhos) {
-      std::fprintf(stderr, "rho %.2f, g_min = %.1f g_max\n", rho, ratio);
       for (int s = 0; s < a.seeds; ++s) {
         lab::chip_config c = a.chip();
         c.rho = rho;
         c.g_min_ratio = ratio;
         c.drift_seed = seed_of(s);
-        const auto chip = lab.drift(c);
         row r{"relative", ratio, rho, 0, 10, 2, seed_of(s), "", "", 0, 0};
-        run.baselines(*chip, r);
-        run.feature_kd(*chip, r, 10, 2, false);
-        run.feature_kd(*chip, r, 10, 2, true);
-        run.backprop(*chip, r, 10, 2, a.bp_lr, a.bp_ce, a.bp_kl, a.bp_steps, a.bp_temperature);
+        items.baselines(c, r);
+        items.feature_kd(c, r, 10, 2, false);
+        items.feature_kd(c, r, 10, 2, true);
+        items.backprop(c, r, 10, 2, a.bp_lr, a.bp_ce, a.bp_kl, a.bp_steps, a.bp_temperature);
       }
     }
   }
 }
 
-void sweep_time(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& run) {
+void sweep_time(const args& a, item_list& items) {
   const double year = 365.25 * 86400;
   for (const auto preset : {lab::drift_preset::cmo, lab::drift_preset::neurram}) {
     for (const double t : {1.0, 60.0, 3600.0, 86400.0, 7 * 86400.0, year / 12, year, 10 * year}) {
-      std::fprintf(stderr, "%s at t = %g s\n", lab::to_string(preset), t);
       for (int s = 0; s < a.seeds; ++s) {
         lab::chip_config c = a.chip();
         c.preset = preset;
         c.time_s = t;
         c.program_seed = seed_of(s);  // the CMO preset has programming noise: a different chip per seed
         c.drift_seed = seed_of(s);
-        const auto chip = lab.drift(c);
         row r{lab::to_string(preset), 0, 0, t, 10, 2, seed_of(s), "", "", 0, 0};
-        run.baselines(*chip, r);
-        run.feature_kd(*chip, r, 10, 2, false);
+        items.baselines(c, r);
+        items.feature_kd(c, r, 10, 2, false);
       }
     }
   }
 }
 
 /// The paper's setting: 20% relative drift, g_min = 0, drift seed s + 1.
-std::unique_ptr<lab::drifted_chip> paper_chip(const args& a, const lab::fashion_mnist_lab& lab, int s) {
+lab::chip_config paper_chip(const args& a, int s) {
   lab::chip_config c = a.chip();
   c.rho = 0.2;
   c.drift_seed = seed_of(s);
-  return lab.drift(c);
+  return c;
 }
 
-void sweep_samples(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& run) {
+void sweep_samples(const args& a, item_list& items) {
   for (int s = 0; s < a.seeds; ++s) {
-    const auto chip = paper_chip(a, lab, s);
+    const lab::chip_config c = paper_chip(a, s);
     row r{"relative", 0, 0.2, 0, 0, 0, seed_of(s), "", "", 0, 0};
-    run.baselines(*chip, r, false);
+    items.baselines(c, r, false);
     for (const std::int64_t rank : a.ranks) {
       for (const std::int64_t n : a.samples) {
-        std::fprintf(stderr, "seed %d, rank %lld, N = %lld\n", s + 1, static_cast<long long>(rank),
-                     static_cast<long long>(n));
-        run.feature_kd(*chip, r, n, rank, false);
-        run.backprop(*chip, r, n, rank, a.bp_lr, a.bp_ce, a.bp_kl, a.bp_steps, a.bp_temperature);
+        items.feature_kd(c, r, n, rank, false);
+        items.backprop(c, r, n, rank, a.bp_lr, a.bp_ce, a.bp_kl, a.bp_steps, a.bp_temperature);
       }
     }
   }
 }
 
-void sweep_bp_tune(const args& a, const lab::fashion_mnist_lab& lab, sweep_runner& run) {
+void sweep_bp_tune(const args& a, item_list& items) {
   for (int s = 0; s < a.seeds; ++s) {
-    const auto chip = paper_chip(a, lab, s);
+    const lab::chip_config c = paper_chip(a, s);
     row r{"relative", 0, 0.2, 0, 10, 2, seed_of(s), "", "", 0, 0};
-    run.baselines(*chip, r, false);
-    run.feature_kd(*chip, r, 10, 2, false);
+    items.baselines(c, r, false);
+    items.feature_kd(c, r, 10, 2, false);
     for (const int steps : {100, 300})
       for (const double lr : a.bp_lrs)
         for (const auto& [ce, kl] : {std::pair{1.0, 0.0}, std::pair{0.0, 1.0}, std::pair{1.0, 1.0}})
           for (const double t : a.bp_temps) {
             if (kl == 0 && t != a.bp_temps.front()) continue;  // the temperature only enters the KL term
-            run.backprop(*chip, r, 10, 2, lr, ce, kl, steps, t);
+            items.backprop(c, r, 10, 2, lr, ce, kl, steps, t);
           }
   }
 }
@@ -373,25 +469,46 @@ void sweep_resnet50(const args& a) {
 
 }  // namespace
 
-int main(int argc, char** argv) try {
-  const args a = parse(argc, argv);
-  set_num_threads(a.threads);
-  if (a.sweep == "resnet50") {
-    sweep_resnet50(a);
+int main(int argc, char** argv) {
+  sweep::session session(argc, argv);
+  try {
+    const args a = parse(argc, argv, session.default_threads());
+    set_num_threads(a.threads);
+    if (a.sweep == "resnet50") {
+      if (session.rank() == 0) sweep_resnet50(a);
+      return 0;
+    }
+    if (session.rank() == 0) std::fprintf(stderr, "loading Fashion-MNIST and the teacher...\n");
+    const lab::fashion_mnist_lab lab(a.model, a.test_images, 250, a.data);
+    item_list list(a);
+    list.ideal();
+    if (a.sweep == "rho") sweep_rho(a, list);
+    else if (a.sweep == "time") sweep_time(a, list);
+    else if (a.sweep == "samples") sweep_samples(a, list);
+    else sweep_bp_tune(a, list);
+
+    const item_runner runner(a, lab);
+    sweep::study st;
+    st.name = a.sweep;
+    st.header = detail::concat(key_header, ",seed,top1,seconds");
+    for (const auto& it : list.items()) st.items.push_back(it.key());
+    st.item_of = [](std::string_view line) {
+      const auto f = fields_of(line);
+      if (f.size() != key_fields + 3)
+        throw value_error(detail::concat("expected ", key_fields + 3, " fields, got ", f.size()));
+      return std::string(line.substr(0, static_cast<std::size_t>(f[key_fields].data() + f[key_fields].size() - line.data())));
+    };
+    st.run = [&](std::size_t i) { return sweep::output{{runner(list.items()[i])}, {}}; };
+    st.derive = [&](const std::filesystem::path& dir, const std::vector<std::string>& lines) {
+      write_summary(dir, a.sweep, lines);
+    };
+    st.settings = settings_of(a);
+    session.run(st, a.run.options(a.out, a.threads));
+    if (session.rank() == 0)
+      std::printf("wrote %s/%s.csv and %s_summary.csv\n", a.out.c_str(), a.sweep.c_str(), a.sweep.c_str());
     return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return session.fail(1);
   }
-  std::fprintf(stderr, "loading Fashion-MNIST and the teacher...\n");
-  const lab::fashion_mnist_lab lab(a.model, a.test_images, 250, a.data);
-  sweep_runner run(a, lab);
-  const eval_result ideal = lab.evaluate(lab.teacher());
-  run.add(row{"ideal", 0, 0, 0, 0, 0, 0, "ideal", "", 0, 0}, ideal, ideal.seconds);
-  if (a.sweep == "rho") sweep_rho(a, lab, run);
-  else if (a.sweep == "time") sweep_time(a, lab, run);
-  else if (a.sweep == "samples") sweep_samples(a, lab, run);
-  else sweep_bp_tune(a, lab, run);
-  std::printf("wrote %s/%s.csv and %s_summary.csv\n", a.out.c_str(), a.sweep.c_str(), a.sweep.c_str());
-  return 0;
-} catch (const std::exception& e) {
-  std::fprintf(stderr, "error: %s\n", e.what());
-  return 1;
 }

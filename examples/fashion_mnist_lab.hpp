@@ -19,6 +19,7 @@
 #include "cli.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <memory>
@@ -232,6 +233,21 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
 struct spread {
   double mean = 0, sd = 0, lo = 0, hi = 0;
 };
+
+/// Top-1 in percent as the studies' CSVs record it: 100 x hits / images, correctly rounded (on the
+/// 10k test set that is the two-decimal value itself, e.g. 92.99).
+[[nodiscard]] inline double top1_percent(const eval_result& e) {
+  const double n = static_cast<double>(e.images);
+  return 100.0 * std::round(e.top1 * n) / n;
+}
+
+/// `v` as the shortest text that reads back as the same double ("92.99", "31.333333333333332"), so
+/// that a summary computed from a CSV equals one computed from the run.
+[[nodiscard]] inline std::string exact(double v) {
+  char buf[32];
+  const auto res = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, res.ptr);
+}
 
 /// The spread of `values` (at least one), accumulated in their order.
 inline spread spread_of(const std::vector<double>& values) {

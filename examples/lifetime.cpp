@@ -22,11 +22,19 @@
 // Simulated chips (offline training, sensitivity) use drift and programming seeds from 1001 on;
 // evaluated chips use 1..--chips: an offline set never sees the chip it is scored on.
 //
-// Writes <out>/lifetime.csv (one row per chip, time and method) and <out>/lifetime_summary.csv
-// (mean, std, min, max over the chips), atomically after every row.
+// Writes <out>/lifetime.csv (one row per chip, time and method), <out>/lifetime_summary.csv
+// (mean, std, min, max over the chips) and <out>/lifetime_offline.csv (each drift model's offline
+// preparation: time and what it chose), atomically after every chip.
+//
+// The work items of sweep_runner.hpp are the teacher and each (drift model, chip): a chip is
+// programmed once and measured at every time with every method. Built with MPI they run over the
+// ranks of an MPI job; --resume continues a killed study. Each process prepares a drift model's
+// offline sets (about 90 s per model on 2 threads) before its first chip of that model, so with many
+// processes the preparation is repeated once per process and model; the copies must agree.
 
 #include "cli.hpp"
 #include "fashion_mnist_lab.hpp"
+#include "sweep_runner.hpp"
 
 #include <rimc/adapt/affine_adapter.hpp>
 #include <rimc/adapt/budget.hpp>
@@ -69,6 +77,7 @@ struct args {
   double lr = 1e-2, vera_lr = 5e-2, budget_fraction = 0.25, bound = 0;
   std::string out = "examples/results", model = lab::default_model, data = lab::default_data;
   drift_bounds bounds = drift_bounds::physical;
+  sweep::flags run;  // --resume, --merge, --shard
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -78,8 +87,9 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
-args parse(int argc, char** argv) {
+args parse(int argc, char** argv, int default_threads) {
   args a;
+  a.threads = default_threads;
   std::string presets = "cmo,pcm,neurram,relative", methods = "all";
   cli::command_line cl("lifetime", "A chip's lifetime: every recovery method from 1 s to 10 years, several chips per drift model.");
   cl.text("--presets", presets, "drift models, comma-separated: cmo,pcm,neurram,relative");
@@ -109,6 +119,7 @@ args parse(int argc, char** argv) {
   cl.text("--out", a.out, "directory of the CSVs");
   cl.text("--model", a.model, "the teacher's weights (safetensors)");
   cl.text("--data", a.data, "the Fashion-MNIST directory");
+  a.run.add_to(cl);
   cl.check([&] {
     a.bounds = lab::parse_drift_bounds(bounds);
     a.presets = split(presets);
@@ -133,11 +144,36 @@ args parse(int argc, char** argv) {
     }
     lab::check_rank("--rank", a.rank);
     cli::check_writable_dir("--out", a.out);
+    (void)a.run.options(a.out, a.threads);  // --shard and --merge
     cli::check_input_file("--model", a.model);
     lab::check_data(a.data, std::max(a.samples, a.offline_images), "--samples", a.test_images);
   });
   cl.parse(argc, argv);
   return a;
+}
+
+/// The settings every row depends on (the lifetime run's manifest; drift models and chips are in the item keys).
+sweep::json settings_of(const args& a) {
+  return sweep::json{{"methods", a.methods},
+                     {"times", a.times},
+                     {"relative_times", a.relative_times},
+                     {"sim_chips", a.sim_chips},
+                     {"levels", a.levels},
+                     {"bound", a.bound},
+                     {"samples", a.samples},
+                     {"rank", a.rank},
+                     {"vera_rank", a.vera_rank},
+                     {"offline_images", a.offline_images},
+                     {"steps", a.steps},
+                     {"lr", a.lr},
+                     {"vera_steps", a.vera_steps},
+                     {"vera_lr", a.vera_lr},
+                     {"budget_fraction", a.budget_fraction},
+                     {"test_images", a.test_images},
+                     {"eval_batch", a.eval_batch},
+                     {"model", a.model},
+                     {"data", a.data},
+                     {"drift_bounds", std::string(rimc::to_string(a.bounds))}};
 }
 
 /// A drift model with its device: which one, and the chip's conductances at time t.
@@ -237,63 +273,73 @@ struct row {
   int level = -1;
 };
 
+constexpr const char* row_header =
+    "preset,time_s,method,chip,top1,field_samples,recalibrations,sram_bytes,energy_j,latency_s,level,seconds";
+constexpr const char* offline_header = "preset,item,seconds,chose";
+
+/// A row as a line of lifetime.csv.
+std::string row_csv(const row& r) {
+  return detail::concat(r.preset, ",", r.time_s, ",", r.method, ",", r.chip, ",", lab::exact(r.top1), ",", r.field_samples, ",",
+                        r.recalibrations, ",", r.sram_bytes, ",", r.energy_j, ",", r.latency_s, ",", r.level, ",", r.seconds);
+}
+
+/// Collects an item's rows and side rows (sweep_runner.hpp) and prints them as they come.
 class recorder {
  public:
-  explicit recorder(std::string out) : out_(std::move(out)) {}
-
   void add(const row& r) {
     std::fprintf(stderr, "  %-8s t=%-10g %-13s chip %llu: %6.2f%%  (%lld samples, %zu B)\n", r.preset.c_str(), r.time_s,
                  r.method.c_str(), static_cast<unsigned long long>(r.chip), r.top1,
                  static_cast<long long>(r.field_samples), r.sram_bytes);
-    rows_.push_back(r);
-    write();
+    out_.rows.push_back(row_csv(r));
   }
 
   /// One offline preparation step (an offline schedule, the budget plan): its time and what it chose.
   void offline(const std::string& preset, const std::string& item, double seconds, const std::string& chose) {
     std::fprintf(stderr, "  %s %s: %.1f s, %s\n", preset.c_str(), item.c_str(), seconds, chose.c_str());
-    offline_ += detail::concat(preset, ",", item, ",", seconds, ",", chose, "\n");
-    write_file_atomically(std::filesystem::path(out_) / "lifetime_offline.csv",
-                          [&](atomic_writer& w) { w.write("preset,item,seconds,chose\n" + offline_); });
+    out_.side.push_back(detail::concat(preset, ",", item, ",", seconds, ",", chose));
   }
+
+  /// What was collected since the last take.
+  sweep::output take() { return std::exchange(out_, sweep::output{}); }
 
  private:
-  void write() const {
-    std::filesystem::create_directories(out_);
-    const char* key = "preset,time_s,method";
-    std::string raw = detail::concat(key, ",chip,top1,field_samples,recalibrations,sram_bytes,energy_j,latency_s,level,seconds\n");
-    for (const auto& r : rows_)
-      raw += detail::concat(r.preset, ",", r.time_s, ",", r.method, ",", r.chip, ",", r.top1, ",", r.field_samples, ",",
-                            r.recalibrations, ",", r.sram_bytes, ",", r.energy_j, ",", r.latency_s, ",", r.level, ",",
-                            r.seconds, "\n");
-    write_file_atomically(std::filesystem::path(out_) / "lifetime.csv", [&](atomic_writer& w) { w.write(raw); });
-    // Summary per (preset, time, method) in first-seen order.
-    std::vector<std::tuple<std::string, double, std::string>> order;
-    std::map<std::tuple<std::string, double, std::string>, std::vector<const row*>> groups;
-    for (const auto& r : rows_) {
-      auto k = std::make_tuple(r.preset, r.time_s, r.method);
-      auto& g = groups[k];
-      if (g.empty()) order.push_back(k);
-      g.push_back(&r);
-    }
-    std::string sum = detail::concat(key, ",n,mean,std,min,max,field_samples,recalibrations,sram_bytes,energy_j,latency_s\n");
-    for (const auto& k : order) {
-      const auto& g = groups.at(k);
-      std::vector<double> top1;
-      for (const row* r : g) top1.push_back(r->top1);
-      const lab::spread s = lab::spread_of(top1);
-      const row& f = *g.front();
-      sum += detail::concat(std::get<0>(k), ",", std::get<1>(k), ",", std::get<2>(k), ",", g.size(), ",", s.mean, ",", s.sd,
-                            ",", s.lo, ",", s.hi, ",", f.field_samples, ",", f.recalibrations, ",", f.sram_bytes, ",",
-                            f.energy_j, ",", f.latency_s, "\n");
-    }
-    write_file_atomically(std::filesystem::path(out_) / "lifetime_summary.csv", [&](atomic_writer& w) { w.write(sum); });
-  }
-
-  std::string out_;
-  std::vector<row> rows_;
-  std::string offline_;
+  sweep::output out_;
 };
+
+/// The fields of a CSV line (no field holds a comma).
+std::vector<std::string> fields_of(const std::string& line) {
+  std::vector<std::string> f;
+  std::stringstream ss(line);
+  for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
+  if (!line.empty() && line.back() == ',') f.emplace_back();
+  return f;
+}
+
+/// lifetime_summary.csv: per (preset, time, method) in first-seen order, the spread over the chips
+/// (from the rows as lifetime.csv holds them) and the first chip's cost columns.
+void write_summary(const std::filesystem::path& dir, const std::vector<std::string>& lines) {
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<std::vector<std::string>>> groups;
+  for (const auto& l : lines) {
+    auto f = fields_of(l);
+    if (f.size() != 12) throw value_error(detail::concat("lifetime.csv: expected 12 fields, got ", f.size(), " in '", l, "'"));
+    const std::string key = detail::concat(f[0], ",", f[1], ",", f[2]);
+    auto& g = groups[key];
+    if (g.empty()) order.push_back(key);
+    g.push_back(std::move(f));
+  }
+  std::string sum = "preset,time_s,method,n,mean,std,min,max,field_samples,recalibrations,sram_bytes,energy_j,latency_s\n";
+  for (const auto& k : order) {
+    const auto& g = groups.at(k);
+    std::vector<double> top1;
+    for (const auto& f : g) top1.push_back(std::stod(f[4]));
+    const lab::spread s = lab::spread_of(top1);
+    const auto& f = g.front();
+    sum += detail::concat(k, ",", g.size(), ",", s.mean, ",", s.sd, ",", s.lo, ",", s.hi, ",", f[5], ",", f[6], ",", f[7], ",",
+                          f[8], ",", f[9], "\n");
+  }
+  write_file_atomically(dir / "lifetime_summary.csv", [&](atomic_writer& w) { w.write(sum); });
+}
 
 /// Seeds: evaluated chips 1..n, simulated chips from 1001 on (disjoint).
 constexpr std::uint64_t sim_seed_base = 1001;
@@ -312,8 +358,10 @@ class study {
     offline_ = lab.calibration_set(a.offline_images, 0x6f66666c696e65ULL);  // training images, not the field samples
   }
 
-  /// Offline preparation, then every chip at every time.
-  void run();
+  /// The offline preparation (schedules, budget plan), once per process: recorded as side rows.
+  void prepare();
+  /// One evaluated chip (seed) at every time: its rows.
+  void run_chip(std::uint64_t seed);
 
  private:
   [[nodiscard]] bool wants(const std::string& m) const {
@@ -476,7 +524,7 @@ class study {
     for (const auto& g : geoms_) all_o += static_cast<std::size_t>(g.out_features);
     const auto record = [&](const std::string& m, std::int64_t samples, std::int64_t n_recal, std::size_t bytes,
                             const strategy_cost& cost, double secs, int level = -1) {
-      row r{p_.name, m, t, seed, 100.0 * lab_.evaluate(net).top1, samples, n_recal, bytes,
+      row r{p_.name, m, t, seed, lab::top1_percent(lab_.evaluate(net)), samples, n_recal, bytes,
             cost.energy_j * static_cast<double>(n_recal), cost.latency_s * static_cast<double>(n_recal), secs, level};
       if (ch.rram_writes() != writes) throw error(detail::concat(m, " wrote the RRAM"));
       rec_.add(r);
@@ -544,9 +592,12 @@ class study {
   std::optional<drift_schedule> vera_schedule_, dora_schedule_;
   adapter_plan plan_;
   std::size_t budget_bytes_ = 0;
+  bool prepared_ = false;
 };
 
-void study::run() {
+void study::prepare() {
+  if (prepared_) return;
+  prepared_ = true;
   // The level times of a schedule, in the offline CSV's 'chose' column.
   const auto levels = [](const drift_schedule& s) {
     std::string out;
@@ -571,33 +622,73 @@ void study::run() {
     for (const auto& [n, r] : plan_.ranks) chose += detail::concat(" ", n, "=r", r);
     rec_.offline(p_.name, "dora_budget plan", lab::seconds_since(t0), chose);
   }
-  for (int c = 0; c < a_.chips; ++c) {
-    const auto seed = static_cast<std::uint64_t>(c + 1);
-    chip ch(lab_.model(), p_, seed);
-    for (std::size_t ti = 0; ti < p_.times.size(); ++ti) measure(ch, seed, ti);
-  }
+}
+
+void study::run_chip(std::uint64_t seed) {
+  prepare();
+  chip ch(lab_.model(), p_, seed);
+  for (std::size_t ti = 0; ti < p_.times.size(); ++ti) measure(ch, seed, ti);
 }
 
 }  // namespace
 
-int main(int argc, char** argv) try {
-  const args a = parse(argc, argv);
-  set_num_threads(a.threads);
-  const auto t0 = std::chrono::steady_clock::now();
-  std::fprintf(stderr, "loading Fashion-MNIST and the teacher...\n");
-  const lab::fashion_mnist_lab lab(a.model, a.test_images, a.eval_batch, a.data);
-  recorder rec(a.out);
-  const eval_result ideal = lab.evaluate(lab.teacher());
-  rec.add(row{"ideal", "ideal", 0, 0, 100.0 * ideal.top1, 0, 0, 0, 0, 0, ideal.seconds, -1});
-  for (const auto& name : a.presets) {
-    preset p = make_preset(name, name == "relative" ? a.relative_times : a.times);
-    p.device.bounds = a.bounds;
-    std::fprintf(stderr, "%s: %zu times, %d chips\n", name.c_str(), p.times.size(), a.chips);
-    study(a, lab, rec, p).run();
+int main(int argc, char** argv) {
+  sweep::session session(argc, argv);
+  try {
+    const args a = parse(argc, argv, session.default_threads());
+    set_num_threads(a.threads);
+    const auto t0 = std::chrono::steady_clock::now();
+    if (session.rank() == 0) std::fprintf(stderr, "loading Fashion-MNIST and the teacher...\n");
+    const lab::fashion_mnist_lab lab(a.model, a.test_images, a.eval_batch, a.data);
+    std::vector<preset> presets;
+    for (const auto& name : a.presets) {
+      presets.push_back(make_preset(name, name == "relative" ? a.relative_times : a.times));
+      presets.back().device.bounds = a.bounds;
+    }
+
+    // Items: the teacher, then every (drift model, chip); a chip item measures every time and method.
+    // Each process prepares a drift model's offline sets once, before its first chip of that model.
+    recorder rec;
+    std::vector<std::unique_ptr<study>> studies;
+    for (const auto& p : presets) studies.push_back(std::make_unique<study>(a, lab, rec, p));
+    sweep::study st;
+    st.name = "lifetime";
+    st.header = row_header;
+    st.items.push_back("ideal,0");
+    std::vector<std::pair<std::size_t, std::uint64_t>> chip_of{{0, 0}};  // (preset, seed) per item
+    for (std::size_t p = 0; p < presets.size(); ++p)
+      for (int c = 0; c < a.chips; ++c) {
+        st.items.push_back(detail::concat(presets[p].name, ",", c + 1));
+        chip_of.emplace_back(p, static_cast<std::uint64_t>(c + 1));
+      }
+    st.item_of = [](std::string_view line) {
+      const auto f = fields_of(std::string(line));
+      if (f.size() != 12) throw value_error(detail::concat("expected 12 fields, got ", f.size()));
+      return detail::concat(f[0], ",", f[3]);
+    };
+    st.run = [&](std::size_t i) {
+      if (i == 0) {
+        const eval_result ideal = lab.evaluate(lab.teacher());
+        rec.add(row{"ideal", "ideal", 0, 0, lab::top1_percent(ideal), 0, 0, 0, 0, 0, ideal.seconds, -1});
+      } else {
+        studies[chip_of[i].first]->run_chip(chip_of[i].second);
+      }
+      return rec.take();
+    };
+    st.derive = [](const std::filesystem::path& dir, const std::vector<std::string>& lines) { write_summary(dir, lines); };
+    st.side.name = "lifetime_offline";
+    st.side.header = offline_header;
+    st.side.key_fields = 2;
+    for (const auto& p : presets)
+      for (const char* k : {"vera_offline schedule", "dora_offline schedule", "dora_budget plan"})
+        st.side.keys.push_back(detail::concat(p.name, ",", k));
+    st.settings = settings_of(a);
+    session.run(st, a.run.options(a.out, a.threads));
+    if (session.rank() == 0)
+      std::printf("wrote %s/lifetime.csv and lifetime_summary.csv in %.0f s\n", a.out.c_str(), lab::seconds_since(t0));
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return session.fail(1);
   }
-  std::printf("wrote %s/lifetime.csv and lifetime_summary.csv in %.0f s\n", a.out.c_str(), lab::seconds_since(t0));
-  return 0;
-} catch (const std::exception& e) {
-  std::fprintf(stderr, "error: %s\n", e.what());
-  return 1;
 }

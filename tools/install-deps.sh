@@ -14,6 +14,7 @@ packages=(
   g++ cmake ninja-build pkg-config
   libeigen3-dev libdnnl-dev ocl-icd-opencl-dev doctest-dev libbenchmark-dev nlohmann-json3-dev zlib1g-dev
   libcli11-dev
+  libopenmpi-dev openmpi-bin
   doxygen
   dataset-fashion-mnist
   python3
