@@ -61,7 +61,13 @@
 #include <utility>
 #include <vector>
 
+#include <fcntl.h>
 #include <sched.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 namespace rimc::sweep {
 
@@ -195,6 +201,7 @@ class ledger {
         throw value_error(rimc::detail::concat("study ", s.name, ": side key '", s.side.keys[i], "' is listed twice"));
     }
     std::filesystem::create_directories(o.out);
+    lock();
     if (o.resume) load(o.out, true);
     for (const auto& d : o.merge) load(d, false);
     // The CSV first (the items taken over, in order; a fresh run empties it), then the manifest: a
@@ -253,6 +260,38 @@ class ledger {
   [[nodiscard]] std::filesystem::path csv_path(const std::filesystem::path& dir) const { return dir / (s_.name + ".csv"); }
 
  private:
+  /// Holds <out>/.<name>.lock (flock) while the ledger lives: a second run writing into the same
+  /// directory is refused instead of interleaving its rewrites with this one's. A file system
+  /// without locks (some NFS mounts) only gets a warning.
+  void lock() {
+    const auto path = o_.out / ("." + s_.name + ".lock");
+    lock_.fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_.fd < 0) throw io_error(rimc::detail::concat(path.string(), ": cannot open: ", std::strerror(errno)));
+    if (::flock(lock_.fd, LOCK_EX | LOCK_NB) == 0) {
+      lock_.path = path;
+      return;
+    }
+    const int err = errno;
+    if (err == EWOULDBLOCK)
+      throw io_error(rimc::detail::concat(o_.out.string(), ": another run of ", s_.name, " is writing here (", path.string(),
+                                          " is locked)"));
+    std::fprintf(stderr, "warning: %s: cannot lock (%s); make sure no other run writes here\n", path.c_str(),
+                 std::strerror(err));
+  }
+
+  /// The lock file's descriptor; closing it releases the lock, and the holder removes the file.
+  struct lock_file {
+    int fd = -1;
+    std::filesystem::path path;  ///< set while held
+    lock_file() = default;
+    lock_file(const lock_file&) = delete;
+    lock_file& operator=(const lock_file&) = delete;
+    ~lock_file() {
+      if (!path.empty()) ::unlink(path.c_str());
+      if (fd >= 0) ::close(fd);
+    }
+  };
+
   /// Takes side row `line` unless its key has one (which must then agree, timing aside).
   void add_side(std::string line, const std::string& from) {
     const std::string key = detail::leading_fields(line, s_.side.key_fields);
@@ -311,7 +350,10 @@ class ledger {
     }
     const json ours = manifest();
     for (const char* k : {"study", "format", "items", "settings", "context"})
-      if (!m.contains(k)) throw io_error(rimc::detail::concat(what, ": ", mpath.string(), " has no '", k, "'"));
+      if (!m.is_object() || !m.contains(k))
+        throw io_error(rimc::detail::concat(what, ": ", mpath.string(), " has no '", k, "'"));
+    for (const char* k : {"settings", "context"})
+      if (!m[k].is_object()) throw io_error(rimc::detail::concat(what, ": ", mpath.string(), ": '", k, "' is not an object"));
     detail::check_same(what, "study", m["study"], ours["study"]);
     detail::check_same(what, "format", m["format"], ours["format"]);
     for (auto it = ours["settings"].begin(); it != ours["settings"].end(); ++it)
@@ -406,6 +448,7 @@ class ledger {
   std::vector<std::optional<std::string>> side_;
   std::size_t done_ = 0;
   bool dirty_ = false;
+  lock_file lock_;
   std::chrono::steady_clock::time_point last_write_end_{};
   std::chrono::steady_clock::duration last_write_duration_{};
 };

@@ -11,6 +11,7 @@
 #   tools/lifetime.sh                       # the default study (see the README for its run time)
 #   tools/lifetime.sh --presets cmo --chips 2   # any flags of examples/lifetime (--help lists them)
 #   OUT=dir tools/lifetime.sh               # elsewhere
+#   RANKS=2 tools/lifetime.sh               # on 2 MPI ranks (README, "On a cluster"); --resume continues a killed run
 #   tools/lifetime.sh plot                  # only re-render the PNG from the CSVs
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,12 @@ if [ "${1:-}" != plot ]; then
   # The committed study was measured with drift clamped to the programming window, before the
   # physical bound (G >= 0) became the default; it keeps that bound until it is rerun, so the
   # committed results reproduce (a later --drift-bounds overrides it).
-  build/release/examples/lifetime --out "$out" --drift-bounds window "$@"
+  launch=()
+  if [ "${RANKS:-1}" -gt 1 ]; then
+    launch=(mpiexec -n "$RANKS" --bind-to none -x OMP_WAIT_POLICY)
+    [ "$(id -u)" -eq 0 ] && launch+=(--allow-run-as-root)
+  fi
+  "${launch[@]}" build/release/examples/lifetime --out "$out" --drift-bounds window "$@"
 fi
 gnuplot -e "dir='$out'" tools/plot_lifetime.gp
 echo "plot: $out/lifetime.png" >&2

@@ -4,7 +4,8 @@
   sweep_report.py DIR [--cores-per-node 32]
 
 DIR holds wall_ms.txt ("name milliseconds" per run), each run's stderr log
-(NAME.log, with the runner's "[rank R] item I/N done in S s: KEY" lines) and CSVs.
+(NAME.log, or NAME.items.log, with the runner's "[rank R] item I/N done in S s:
+KEY" lines) and its output directory NAME/ (rho.csv).
 Prints the wall times and speed-ups, how many items each rank ran, the per-item
 cost distribution per method (1 process x 1 thread), and a projection of two
 100-chip studies onto clusters. The projection is a model, not a measurement:
@@ -16,7 +17,8 @@ cost distribution per method (1 process x 1 thread), and a projection of two
     examples/results/samples.csv (2 threads) times the measured 1-thread /
     2-thread ratio of that method, plus the measured evaluation (drifted item);
   - wall = total cost / (ranks x efficiency) + the costliest item + start-up,
-    with efficiency the measured 2-rank speed-up over 1 x 1 thread, divided by 2.
+    with efficiency the measured 2-rank speed-up over 1 x 1 thread divided by 2,
+    capped at 1 (above 1 it is the machine's noise, not a property of the runner).
 """
 
 import argparse
@@ -68,7 +70,11 @@ def main():
         for line in f:
             name, ms = line.split()
             wall[name] = int(ms) / 1000
-    runs = {name: items(os.path.join(a.dir, name + ".log")) for name in wall}
+    # NAME.log as tools/sweep_scaling.sh leaves it, or NAME.items.log (its item lines, as committed).
+    runs = {}
+    for name in wall:
+        log = os.path.join(a.dir, name + ".log")
+        runs[name] = items(log if os.path.exists(log) else os.path.join(a.dir, name + ".items.log"))
 
     print("| run | wall (s) | items | speed-up vs serial-2t | speed-up vs serial-1t |")
     print("| --- | ---: | ---: | ---: | ---: |")
@@ -94,7 +100,8 @@ def main():
 
     # Projection.
     startup = wall["serial-1t"] - sum(costs)
-    eff = wall["serial-1t"] / wall["mpi-2x1t"] / 2
+    measured_eff = wall["serial-1t"] / wall["mpi-2x1t"] / 2
+    eff = min(measured_eff, 1.0)
     med = {m: statistics.median(v) for m, v in by_method.items()}
     rho_items = [(m, med[m]) for m in ("drifted", "compensated", "feature_kd", "feature_kd_teacher_norms", "backprop")
                  for _ in range(8 * 100)]
@@ -114,10 +121,12 @@ def main():
     samples_items = [("drifted", evaluation)] * 100
     for (m, _, _), v in committed.items():
         samples_items += [(m, statistics.median(v) * ratio[m] + evaluation)] * 100
-    print(f"\nprojection (a model: see this script's doc): efficiency {eff:.2f}, start-up {startup:.1f} s, "
+    print(f"\nprojection (a model: see this script's doc): efficiency {eff:.2f} (measured {measured_eff:.2f}), "
+          f"start-up {startup:.1f} s, "
           f"{a.cores_per_node}-core nodes, 1 thread per rank; 1-thread / 2-thread calibration time: "
           + ", ".join(f"{m} {r:.2f}" for m, r in ratio.items()))
-    print("| study | items | CPU time (1 core) | 1 process here (2 ranks) | 4 nodes | 32 nodes |")
+    print(f"| study | items | CPU time (1 core) | this machine (2 ranks) | 4 nodes ({4 * a.cores_per_node} ranks) "
+          f"| 32 nodes ({32 * a.cores_per_node} ranks) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, its in (("rho, 100 chips per setting", rho_items), ("samples, 100 chips", samples_items)):
         total = sum(c for _, c in its)

@@ -8,6 +8,8 @@
 #   tools/sweeps.sh                  # every sweep: hours (rho, time, samples took ~1 h each here)
 #   tools/sweeps.sh rho samples      # only these (rho, time, samples, bp-tune, resnet50)
 #   SEEDS=5 THREADS=2 OUT=dir tools/sweeps.sh
+#   RANKS=2 tools/sweeps.sh rho      # on 2 MPI ranks (threads per rank: cores / ranks; README, "On a cluster")
+#   EXTRA="--resume" tools/sweeps.sh rho   # continue a killed sweep (any flags of calibration_sweeps)
 #   tools/sweeps.sh plot             # only re-render the PNGs from the CSVs
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,14 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 out=${OUT:-examples/results}
 sweeps=("$@")
 [ ${#sweeps[@]} -eq 0 ] && sweeps=(resnet50 bp-tune rho time samples)
+launch=()
+threads=(--threads "${THREADS:-2}")
+if [ "${RANKS:-1}" -gt 1 ]; then
+  launch=(mpiexec -n "$RANKS" --bind-to none -x OMP_WAIT_POLICY)
+  [ "$(id -u)" -eq 0 ] && launch+=(--allow-run-as-root)
+  threads=()
+  [ -n "${THREADS:-}" ] && threads=(--threads "$THREADS")
+fi
 if [ "${sweeps[*]}" != plot ]; then
   cmake --preset release >/dev/null
   cmake --build --preset release --target calibration_sweeps
@@ -29,8 +39,9 @@ if [ "${sweeps[*]}" != plot ]; then
     bounds=physical
     case "$s" in bp-tune) bounds=window ;; esac
     echo "== sweep $s ($seeds seeds, $bounds drift bounds) ==" >&2
-    build/release/examples/calibration_sweeps --sweep "$s" --seeds "$seeds" --threads "${THREADS:-2}" --out "$out" \
-      --drift-bounds "$bounds"
+    # shellcheck disable=SC2086
+    "${launch[@]}" build/release/examples/calibration_sweeps --sweep "$s" --seeds "$seeds" "${threads[@]}" --out "$out" \
+      --drift-bounds "$bounds" ${EXTRA:-}
   done
 fi
 gnuplot -e "dir='$out'" tools/plot_sweeps.gp

@@ -8,8 +8,9 @@
 #                  the resume must skip the items written (3) and end with the reference's CSVs
 # shards           shards 0/2 and 1/2 in separate directories, then --merge of both into a third
 #                  (which runs nothing): the reference's CSVs
-# refuse           --resume with another --steps, with another --threads, and over a CSV with a foreign
-#                  row: each refused with the field and both values named, the files left unchanged
+# refuse           --resume with another --steps, with another --threads, while another run holds the
+#                  directory's lock, and over a CSV with a foreign row: each refused with the field and
+#                  both values named, the files left unchanged
 # mpi              mpiexec -n 2: the reference's CSVs
 # mpi-dead-worker  mpiexec -n 2 with rank 1 SIGKILLed with its 2nd item computed: the job fails, the
 #                  finished items are on disk; mpiexec -n 2 --resume ends with the reference's CSVs
@@ -84,6 +85,13 @@ case "$mode" in
     }
     expect_refusal "--resume $d: 'steps' differs: it was 5, this run has 7" --steps 7 --threads 1
     expect_refusal "--resume $d: 'threads_per_process' differs: it was 1, this run has 2" --steps 5 --threads 2
+    # Another run writing into the directory (its lock held by flock(1)).
+    set +e
+    out=$(flock "$d/.rho.lock" "$bin" "${small[@]}" --out "$d" --resume 2>&1)
+    rc=$?
+    set -e
+    [ "$rc" -ne 0 ] && grep -qF "another run of rho is writing here" <<<"$out" || { echo "$out" >&2; fail "a locked directory was written"; }
+    [ "$(snapshot)" = "$before" ] || fail "a refused run (locked directory) changed the files"
     # A row of another sweep (rho 0.3 is not in this one) appended to the CSV.
     echo "relative,0,0.3,0,10,2,drifted,,1,50,0.1" >>"$d/rho.csv"
     before=$(snapshot)
