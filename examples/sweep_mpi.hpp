@@ -186,7 +186,7 @@ class mpi_job {
         try {
           for (auto it = ours.begin(); it != ours.end(); ++it)
             detail::check_same(rimc::detail::concat("rank ", from), it.key(), theirs.value(it.key(), json(nullptr)), it.value(),
-                               "every rank must run the same sweep the same way: same flags, --threads and RIMC_MAX_ISA");
+                               "every rank must run the same sweep the same way: same flags, --threads, RIMC_MAX_ISA and oneDNN ISA (same CPUs)");
         } catch (const std::exception& e) {
           fail(e.what());
         }

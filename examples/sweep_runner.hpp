@@ -37,6 +37,7 @@
 #include <rimc/kernels/arch/isa.hpp>
 
 #include <nlohmann/json.hpp>
+#include <oneapi/dnnl/dnnl.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -118,9 +119,29 @@ struct run_options {
   int threads = 1;                          ///< OpenMP threads per process
 };
 
-/// What a row's bits depend on besides the item and the settings.
+/// oneDNN's instruction set on this process (ONEDNN_MAX_CPU_ISA caps it), by name.
+[[nodiscard]] inline std::string onednn_isa() {
+  using dnnl::cpu_isa;
+  switch (dnnl::get_effective_cpu_isa()) {
+    case cpu_isa::sse41: return "sse41";
+    case cpu_isa::avx: return "avx";
+    case cpu_isa::avx2: return "avx2";
+    case cpu_isa::avx2_vnni: return "avx2_vnni";
+    case cpu_isa::avx512_core: return "avx512_core";
+    case cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    default: return rimc::detail::concat("dnnl_cpu_isa ", static_cast<int>(dnnl::get_effective_cpu_isa()));
+  }
+}
+
+/// What a row's bits depend on besides the item and the settings: the OpenMP threads per process
+/// (oneDNN's reductions split by thread), rimc's kernel tier and oneDNN's instruction set (its kernels
+/// round differently per ISA; rimc's tiers agree bitwise, but a cap is a setting the user chose).
 [[nodiscard]] inline json machine_context(int threads) {
-  return json{{"threads_per_process", threads}, {"isa", std::string(to_string(active_isa()))}};
+  return json{{"threads_per_process", threads},
+              {"isa", std::string(to_string(active_isa()))},
+              {"onednn_isa", onednn_isa()}};
 }
 
 namespace detail {
@@ -363,7 +384,9 @@ class ledger {
     detail::check_same(what, "threads_per_process", m["context"].value("threads_per_process", json(nullptr)),
                        context_["threads_per_process"], "a calibration's last bits depend on it: pass --threads to match");
     detail::check_same(what, "isa", m["context"].value("isa", json(nullptr)), context_["isa"],
-                       "kernels differ per tier: set RIMC_MAX_ISA to match");
+                       "rimc's kernel tier: set RIMC_MAX_ISA to match");
+    detail::check_same(what, "onednn_isa", m["context"].value("onednn_isa", json(nullptr)), context_["onednn_isa"],
+                       "oneDNN's kernels round differently per ISA: set ONEDNN_MAX_CPU_ISA to match, or run on the same CPUs");
     if (!std::filesystem::exists(cpath)) return;  // killed before the first item finished
     const auto lines = detail::read_lines(cpath);
     if (lines.empty() || lines.front() != s_.header)
