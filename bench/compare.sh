@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The whole main job, rimc next to PyTorch: runs rimc's demo
-# (examples/calibrate_fashion_mnist --no-backprop) and the PyTorch peer
-# (bench/peer/torch_calibrate.py) back to back, alternating which goes first,
-# R times, both with 2 threads, each under /usr/bin/time -v; prints per phase
-# (deploy + drift, feature-KD calibration, evaluation of the 10k test images)
-# the median wall times of both, the ratio, both accuracies and both peak RSS.
+# (examples/calibrate_fashion_mnist --no-backprop), the PyTorch peer
+# (bench/peer/torch_calibrate.py, the textbook formulation: the convolutions
+# every step) and the stronger peer (the same script with --formulation
+# statistics: rimc's per-layer statistics maths written in PyTorch) back to
+# back, rotating which goes first, R times, all with 2 threads, each under
+# /usr/bin/time -v; prints per phase (deploy + drift, feature-KD calibration,
+# evaluation of the 10k test images) the median wall times, the ratios to rimc,
+# the accuracies and the peak RSS.
 #
 #   bench/compare.sh [-r R] [-b build-dir] [-t threads] [-i tier] [-o out-dir] [-- extra demo/peer options]
 #
@@ -52,20 +55,34 @@ fi
 cmake --build "$build" --target calibrate_fashion_mnist >/dev/null
 demo="$build/examples/calibrate_fashion_mnist"
 mkdir -p "$out"
-rm -f "$out"/rimc.*.csv "$out"/peer.*.csv "$out"/*.time "$out"/*.log
+rm -f "$out"/rimc.*.csv "$out"/peer.*.csv "$out"/stats.*.csv "$out"/*.time "$out"/*.log
 
 run_rimc() {
   env "${isa_env[@]}" OMP_WAIT_POLICY="$rimc_wait" OMP_NUM_THREADS=$threads /usr/bin/time -v -o "$out/rimc.$1.time" \
-    "$demo" --no-backprop --threads "$threads" --csv "$out/rimc.$1.csv" "${extra[@]}" >"$out/rimc.$1.log" 2>&1
+    "$demo" --no-backprop --layers --threads "$threads" --csv "$out/rimc.$1.csv" "${extra[@]}" >"$out/rimc.$1.log" 2>&1
 }
-run_peer() {
-  env "${isa_env[@]}" OMP_NUM_THREADS=$threads /usr/bin/time -v -o "$out/peer.$1.time" \
-    /usr/bin/python3 bench/peer/torch_calibrate.py --threads "$threads" --csv "$out/peer.$1.csv" "${extra[@]}" \
-    >"$out/peer.$1.log" 2>&1
+run_peer() {  # repetition, name (peer or stats), peer options...
+  local i=$1 name=$2
+  shift 2
+  env "${isa_env[@]}" OMP_NUM_THREADS=$threads /usr/bin/time -v -o "$out/$name.$i.time" \
+    /usr/bin/python3 bench/peer/torch_calibrate.py --threads "$threads" --csv "$out/$name.$i.csv" --layers "$@" "${extra[@]}" \
+    >"$out/$name.$i.log" 2>&1
+}
+run() {  # repetition, program
+  case $2 in
+    rimc) run_rimc "$1" ;;
+    peer) run_peer "$1" peer ;;
+    stats) run_peer "$1" stats --formulation statistics ;;
+  esac
 }
 echo "ISA: ${tier}${isa_env:+ (${isa_env[*]})}, OMP_WAIT_POLICY rimc ${rimc_wait} peer ${OMP_WAIT_POLICY:-unset}, load before: $(cut -d' ' -f1-3 /proc/loadavg)" >"$out/conditions.txt"
 for i in $(seq 1 "$reps"); do
-  if [ $((i % 2)) = 1 ]; then run_rimc "$i"; run_peer "$i"; else run_peer "$i"; run_rimc "$i"; fi
+  case $((i % 3)) in
+    1) order=(rimc peer stats) ;;
+    2) order=(peer stats rimc) ;;
+    0) order=(stats rimc peer) ;;
+  esac
+  for p in "${order[@]}"; do run "$i" "$p"; done
   echo "repetition $i of $reps done" >&2
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/conditions.txt"
@@ -83,21 +100,35 @@ def rss_mib(p):
             return float(l.split(":")[1]) / 1024.0
     return float("nan")
 
-runs = {s: [csv(out / f"{s}.{i}.csv") for i in range(1, reps + 1)] for s in ("rimc", "peer")}
-rss = {s: [rss_mib(out / f"{s}.{i}.time") for i in range(1, reps + 1)] for s in ("rimc", "peer")}
+progs = ("rimc", "peer", "stats")
+runs = {s: [csv(out / f"{s}.{i}.csv") for i in range(1, reps + 1)] for s in progs}
+rss = {s: [rss_mib(out / f"{s}.{i}.time") for i in range(1, reps + 1)] for s in progs}
 med = lambda s, k: statistics.median(r[k] for r in runs[s])
-print(f"ResNet-20 Fashion-MNIST main job, {threads} threads, median of {reps} alternating runs ({(out / 'conditions.txt').read_text().strip().replace(chr(10), ', ')})\n")
-print(f"| {'phase':38} | {'rimc':>9} | {'PyTorch':>9} | {'PyTorch / rimc':>14} |")
-print(f"| {'-' * 38} | {'-' * 9}:| {'-' * 9}:| {'-' * 14}:|")
+print(f"ResNet-20 Fashion-MNIST main job, {threads} threads, median of {reps} rotating runs ({(out / 'conditions.txt').read_text().strip().replace(chr(10), ', ')})")
+print("PyTorch: the textbook peer (convolutions every step); PyTorch statistics: the same script with rimc's statistics maths\n")
+print(f"| {'phase':38} | {'rimc':>9} | {'PyTorch':>9} | {'/ rimc':>8} | {'PyTorch statistics':>18} | {'/ rimc':>8} |")
+print(f"| {'-' * 38} | {'-' * 9}:| {'-' * 9}:| {'-' * 8}:| {'-' * 18}:| {'-' * 8}:|")
 for label, k in (("deploy + drift (s)", "deploy_drift_seconds"), ("feature-KD calibration, 22 layers (s)", "calibration_seconds"),
                  ("evaluation of the test images (s)", "evaluation_seconds")):
-    a, b = med("rimc", k), med("peer", k)
-    print(f"| {label:38} | {a:9.3f} | {b:9.3f} | {b / a:13.1f}x |")
-a, b = statistics.median(rss["rimc"]), statistics.median(rss["peer"])
-print(f"| {'peak RSS (MiB, /usr/bin/time -v)':38} | {a:9.0f} | {b:9.0f} | {b / a:13.2f}x |")
+    a, b, c = med("rimc", k), med("peer", k), med("stats", k)
+    print(f"| {label:38} | {a:9.3f} | {b:9.3f} | {b / a:7.1f}x | {c:18.3f} | {c / a:7.1f}x |")
+a, b, c = (statistics.median(rss[s]) for s in progs)
+print(f"| {'peak RSS (MiB, /usr/bin/time -v)':38} | {a:9.0f} | {b:9.0f} | {b / a:7.2f}x | {c:18.0f} | {c / a:7.2f}x |")
 for label, k in (("drifted top-1 (%)", "drifted_top1"), ("calibrated top-1 (%)", "calibrated_top1")):
-    a, b = 100 * med("rimc", k), 100 * med("peer", k)
-    print(f"| {label:38} | {a:9.2f} | {b:9.2f} | {b - a:+10.2f} pp |")
+    a, b, c = 100 * med("rimc", k), 100 * med("peer", k), 100 * med("stats", k)
+    print(f"| {label:38} | {a:9.2f} | {b:9.2f} | {b - a:+5.2f} pp | {c:18.2f} | {c - a:+5.2f} pp |")
 print("\nper run (s): " + "; ".join(f"{s} " + ", ".join(f"{r['calibration_seconds']:.3f}" for r in runs[s]) + " calibration"
-                                   for s in ("rimc", "peer")))
+                                   for s in progs))
+
+# Feature MSE after calibration, per layer: rimc's demo against each peer (first repetition's logs).
+import re
+def layer_mse(log):
+    pat = re.compile(r"\[\s*\d+/\d+\] (\S+)\s+feature MSE (\S+) -> (\S+)")
+    return {m.group(1): float(m.group(3)) for m in map(pat.search, log.read_text().splitlines()) if m}
+mine = layer_mse(out / "rimc.1.log")
+for s, label in (("peer", "PyTorch"), ("stats", "PyTorch statistics")):
+    theirs = layer_mse(out / f"{s}.1.log")
+    worst = max((abs(theirs[n] - v) / v, n) for n, v in mine.items() if n in theirs)
+    print(f"feature MSE after calibration, {label} vs rimc: {len(theirs)} layers, largest relative difference "
+          f"{100 * worst[0]:.2f}% ({worst[1]}); sum {sum(theirs.values()):.5g} vs {sum(mine.values()):.5g}")
 PY

@@ -34,6 +34,7 @@ struct args {
   double lr = 1e-2, bp_lr = 1e-3, bp_ce = 0.0, bp_kl = 1.0;
   int bp_steps = 100;
   bool backprop = true;
+  bool layers = false;  // --layers
   std::int64_t samples = 10, rank = 2, test_images = 10000, eval_batch = 50;
   kd_loss_path loss_path = kd_loss_path::automatic;
   int steps = 100, threads = 2, reads = 1;
@@ -98,6 +99,7 @@ args parse(int argc, char** argv) {
   cl.number("--bp-kl", a.bp_kl, "weight of KL to the teacher's logits (backprop baseline)", 0.0, 1e6);
   bool no_backprop = false;
   cl.flag("--no-backprop", no_backprop, "skip the backprop baseline");
+  cl.flag("--layers", a.layers, "print each layer's feature MSE before and after calibration (always on a terminal)");
   cl.text("--csv", a.csv, "where the table is written (CSV)");
   cl.text("--model", a.model, "the teacher's weights (safetensors)");
   cl.text("--data", a.data, "the Fashion-MNIST directory (train-*/t10k-* IDX files, gz or not)");
@@ -182,7 +184,7 @@ int main(int argc, char** argv) try {
   calibration_config cfg = lab::feature_kd_config(a.rank, a.steps, a.lr, a.seed, a.from_teacher_norms, a.loss_path);
   cfg.reads = a.reads;
   cfg.recalibrate_adc = a.recalibrate_adc;  // the backprop baseline below follows the same choice
-  if (::isatty(2)) {  // one progress line per calibrated layer on a terminal
+  if (a.layers || ::isatty(2)) {  // one progress line per calibrated layer
     cfg.on_layer = [](const layer_calibration& l, std::size_t i, std::size_t n) {
       std::fprintf(stderr, "  [%2zu/%zu] %-22s feature MSE %.4g -> %.4g (%s, %.3f s)\n", i + 1, n, l.name.c_str(),
                    l.mse_before, l.mse_after, rimc::to_string(l.path), l.seconds);

@@ -18,12 +18,22 @@ demo's; inference mode).
 Teacher features are computed once, each layer's student input and W0 x once
 per layer (the standard approach).
 
+--formulation statistics is the stronger peer: the same maths as rimc's
+statistics path (docs/formulas.md, "The statistics form of the per-layer
+loss"), written in PyTorch. Per layer, once: the im2col rows X of the input
+(F.unfold), the Gram matrix X^T X, X^T Z0, X^T Q with Q = Z0 + bias - T (one
+float32 matrix product), and the per-channel sums of Z0^2, Z0 Q and Q^2, all
+then held in float64; each Adam step (float64, its products are r x K) evaluates
+the exact feature MSE from them (autograd differentiates it), whatever N and
+the feature-map size. --formulation direct (the default) runs the convolutions
+every step.
+
 Writes a metric,value CSV like the demo's (deploy_drift_seconds,
 calibration_seconds, evaluation_seconds, *_top1, peak_rss_mib).
 
   /usr/bin/python3 bench/peer/torch_calibrate.py [--threads 2] [--samples 10] [--rank 2] [--steps 100]
       [--lr 0.01] [--seed 0] [--drift-seed 1] [--rho 0.2] [--test-images 10000] [--csv peer.csv]
-      [--check rimc_dump.safetensors]
+      [--formulation direct|statistics] [--check rimc_dump.safetensors]
 
 --check compares the drifted weights, adapter initialisation, sample indices
 (and calibrated adapters, when the dump has them) with a dump written by
@@ -318,6 +328,22 @@ def calibrate(teacher, student, images, args, report):
         m = torch.nn.Parameter(w0f.norm(dim=1))
         lr = args.lr
         opt = torch.optim.Adam([m, a, b], lr=lr)
+        stats = statistics(x, z0, target, student.b[name], w0, kind, stride, pad) if args.formulation == "statistics" else None
+
+        def weight_norm():
+            with torch.no_grad():  # PEFT's DoRA: the weight norm is detached
+                return (w0f + s * (b.reshape(O, r) @ a.reshape(r, -1))).norm(dim=1).clamp_min(1e-6)
+
+        def statistics_loss():
+            """The feature MSE from the layer's statistics (docs/formulas.md), in float64."""
+            g = (m / weight_norm()).double()
+            d = g - 1
+            A, B = a.reshape(r, -1).double(), b.reshape(O, r).double()
+            az, aq = A @ stats["xz"], A @ stats["xq"]              # [r, O]
+            quad = ((B @ (A @ stats["gram"] @ A.T)) * B).sum(1)    # B_o (A X^T X A^T) B_o^T
+            cross = (B * (d[:, None] * az.T + aq.T)).sum(1)
+            total = d * d * stats["zz"] + 2 * d * stats["zq"] + stats["qq"] + 2 * s * g * cross + s * s * g * g * quad
+            return total.sum() / stats["count"]
 
         def forward():
             with torch.no_grad():  # PEFT's DoRA: the weight norm is detached
@@ -331,7 +357,7 @@ def calibrate(teacher, student, images, args, report):
         before = last_good = None
         good = None
         for step in range(args.steps + 1):
-            loss = F.mse_loss(forward(), target)
+            loss = statistics_loss() if stats is not None else F.mse_loss(forward(), target)
             lv = loss.item()
             if step == 0:
                 before = last_good = lv
@@ -357,6 +383,23 @@ def calibrate(teacher, student, images, args, report):
             n = (w0f + s * (b.reshape(O, r) @ a.reshape(r, -1))).norm(dim=1).clamp_min(1e-6)
             student.adapters[name] = ((m / n).detach().clone(), a.detach().clone(), b.detach().clone(), s)
         report.append((name, before, after))
+
+
+def statistics(x, z0, target, bias, w0, kind, stride, pad):
+    """A layer's loss statistics: Gram X^T X, X^T Z0, X^T Q, and per channel sum Z0^2, Z0 Q, Q^2 (held in float64)."""
+    O = w0.shape[0]
+    if kind == "conv":
+        cols = F.unfold(x, w0.shape[2:], padding=pad, stride=stride)     # [N, K, P]
+        X = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        Z0 = z0.permute(0, 2, 3, 1).reshape(-1, O)
+        T = target.permute(0, 2, 3, 1).reshape(-1, O)
+    else:
+        X, Z0, T = x, z0, target
+    # The products over the N P rows in float32 (sgemm, as fast as PyTorch goes), the rest in float64.
+    X, Z0 = X.double(), Z0.double()
+    Q = Z0 + bias.double() - T.double()
+    return {"gram": X.T @ X, "xz": X.T @ Z0, "xq": X.T @ Q, "zz": (Z0 * Z0).sum(0), "zq": (Z0 * Q).sum(0),
+            "qq": (Q * Q).sum(0), "count": float(Z0.numel())}
 
 
 def evaluate(net, x, y, batch):
@@ -423,6 +466,9 @@ def main():
     ap.add_argument("--csv", default="peer_calibration.csv")
     ap.add_argument("--model", default=str(MODEL))
     ap.add_argument("--check", help="a rimc_dump file to compare with")
+    ap.add_argument("--formulation", choices=("direct", "statistics"), default="direct",
+                    help="each step from the convolutions (direct) or from per-layer statistics (rimc's maths)")
+    ap.add_argument("--layers", action="store_true", help="print each layer's feature MSE before and after")
     args = ap.parse_args()
     if args.eval_batch < 1:
         ap.error(f"--eval-batch must be >= 1, got {args.eval_batch}")
@@ -454,6 +500,9 @@ def main():
     t0 = time.perf_counter()
     calibrate(teacher, student, images, args, report)
     calib_s = time.perf_counter() - t0
+    if args.layers:
+        for k, (name, before, after) in enumerate(report):
+            print(f"  [{k + 1:2d}/{len(report)}] {name:22} feature MSE {before:.4g} -> {after:.4g}", file=sys.stderr)
     calibrated, eval_s = evaluate(student, test_x, test_y, args.eval_batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
