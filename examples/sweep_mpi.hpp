@@ -153,7 +153,6 @@ class mpi_job {
     };
 
     // Rank 0's own share, on a second thread (OpenMP threads per thread are set per thread).
-    std::atomic<bool> local_done{false};
     std::thread local([&] {
       try {
         set_num_threads(o.threads);
@@ -166,7 +165,6 @@ class mpi_job {
       } catch (const std::exception& e) {
         fail(rimc::detail::concat("rank 0: ", e.what()));
       }
-      local_done = true;
     });
 
     const json ours = hello_of(s, o);

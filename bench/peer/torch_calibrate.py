@@ -264,6 +264,8 @@ class Net:
                 v = ins[0] + ins[1]
             elif kind == "gap":
                 v = F.adaptive_avg_pool2d(ins[0], 1)
+            elif kind == "maxpool":  # ResNet-50's stem (bench/peer/torch_resnet50.py)
+                v = F.max_pool2d(ins[0], 3, 2, 1)
             else:  # flatten
                 v = torch.flatten(ins[0], 1)
             vals[i] = v
