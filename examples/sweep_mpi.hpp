@@ -180,8 +180,8 @@ class mpi_job {
       const std::string text = recv_text(st);
       const int from = st.MPI_SOURCE;
       if (st.MPI_TAG == hello) {
-        const json theirs = json::parse(text);
         try {
+          const json theirs = json::parse(text);
           for (auto it = ours.begin(); it != ours.end(); ++it)
             detail::check_same(rimc::detail::concat("rank ", from), it.key(), theirs.value(it.key(), json(nullptr)), it.value(),
                                "every rank must run the same sweep the same way: same flags, --threads, RIMC_MAX_ISA and oneDNN ISA (same CPUs)");

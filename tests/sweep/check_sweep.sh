@@ -11,7 +11,7 @@
 # refuse           --resume with another --steps, with another --threads, while another run holds the
 #                  directory's lock, and over a CSV with a foreign row: each refused with the field and
 #                  both values named, the files left unchanged
-# mpi              mpiexec -n 2: the reference's CSVs
+# mpi              mpiexec -n 2: the reference's CSVs; ranks with different --threads are refused
 # mpi-dead-worker  mpiexec -n 2 with rank 1 SIGKILLed with its 2nd item computed: the job fails, the
 #                  finished items are on disk; mpiexec -n 2 --resume ends with the reference's CSVs
 # lifetime-mpi     (SWEEPS_BINARY: the lifetime program) a small lifetime study, 1 process and 2 ranks:
@@ -101,6 +101,14 @@ case "$mode" in
     rm -rf "$work/mpi"
     mpi "${small[@]}" --out "$work/mpi"
     compare "$work/mpi"
+    # Ranks that would compute differently (another --threads on rank 1, MPMD launch) are refused.
+    set +e
+    out=$(ASAN_OPTIONS=detect_leaks=0 "$RIMC_MPIEXEC" -n 1 "$bin" "${base[@]}" --steps 5 --threads 1 --out "$work/mpi_mixed" : \
+          -n 1 "$bin" "${base[@]}" --steps 5 --threads 2 --out "$work/mpi_mixed" 2>&1)
+    rc=$?
+    set -e
+    [ "$rc" -ne 0 ] || fail "a job whose ranks use different --threads succeeded"
+    grep -qF "rank 1: 'threads_per_process' differs: it was 2, this run has 1" <<<"$out" || { echo "$out" >&2; fail "no refusal message"; }
     ;;
   mpi-dead-worker)
     d=$work/mpi_dead
