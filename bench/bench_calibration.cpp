@@ -294,7 +294,7 @@ BENCHMARK(calibrate_resnet20)
     ->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(calibrate_resnet20_direct)->Arg(10)->Arg(100)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(calibrate_resnet50)->Args({32, 10})->Args({224, 10})->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(calibrate_resnet50_whole)->Args({224, 10})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(calibrate_resnet50_whole)->Args({32, 10})->Args({224, 10})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(calibrate_resnet20_cold)->Arg(10)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(evaluate_calibrated)->Arg(50)->Arg(250)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(evaluate_drifted)->Arg(50)->Arg(250)->UseRealTime()->Unit(benchmark::kMillisecond);

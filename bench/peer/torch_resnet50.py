@@ -13,7 +13,7 @@ either formulation (--formulation direct: the convolutions every step; statistic
 Prints the calibration time, the summed feature MSE before and after, and the peak RSS.
 
   /usr/bin/python3 bench/peer/torch_resnet50.py [--size 224] [--samples 10] [--rank 4] [--steps 100]
-      [--threads 2] [--formulation direct|statistics] [--csv peer_resnet50.csv]
+      [--threads 2] [--formulation direct|statistics] [--draw-seed 1] [--csv peer_resnet50.csv]
 """
 import argparse
 import pathlib
@@ -124,10 +124,11 @@ def main():
     ap.add_argument("--rho", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--formulation", choices=("direct", "statistics"), default="direct")
+    ap.add_argument("--draw-seed", type=int, default=1, help="seed of torch's generator (weights, drift, images)")
     ap.add_argument("--csv", default="peer_resnet50.csv")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(args.draw_seed)
     nodes = resnet50_nodes()
     weights, biases = tc.fold_batch_norm(torchvision_state(nodes, 1000, gen), nodes)
     teacher = tc.Net(nodes, weights, biases)
