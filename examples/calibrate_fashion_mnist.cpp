@@ -204,13 +204,8 @@ int main(int argc, char** argv) try {
   if (a.backprop) {
     std::fprintf(stderr, "backprop baseline: %d joint steps, %.1f x CE + %.1f x KL...\n", a.bp_steps, a.bp_ce, a.bp_kl);
     chip->reset();
-    backprop_config bcfg;
-    bcfg.rank = a.rank;
-    bcfg.steps = a.bp_steps;
-    bcfg.lr = a.bp_lr;
-    bcfg.ce_weight = a.bp_ce;
-    bcfg.kl_weight = a.bp_kl;
-    bcfg.seed = a.seed;
+    backprop_config bcfg =
+        lab::backprop_settings(a.rank, a.bp_steps, a.bp_lr, a.bp_ce, a.bp_kl, backprop_config{}.temperature, a.seed);
     bcfg.recalibrate_adc_every = a.recalibrate_adc ? 10 : 0;
     bp = calibrate_backprop(lab.teacher(), chip->net(), calib.images, calib.labels, bcfg);
     backprop = lab.evaluate(chip->net());

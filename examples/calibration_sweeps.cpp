@@ -28,7 +28,6 @@
 #include <rimc/io/atomic_file.hpp>
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -150,25 +149,6 @@ std::string key_csv(const row& r) {
                         ",", r.setting);
 }
 
-/// The fields of a CSV line (no quoting: no field contains a comma).
-std::vector<std::string_view> fields_of(std::string_view line) {
-  std::vector<std::string_view> f;
-  for (std::size_t start = 0;;) {
-    const auto c = line.find(',', start);
-    f.push_back(line.substr(start, c == std::string_view::npos ? std::string_view::npos : c - start));
-    if (c == std::string_view::npos) return f;
-    start = c + 1;
-  }
-}
-
-double number_of(std::string_view field, std::string_view what) {
-  double v = 0;
-  const auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), v);
-  if (ec != std::errc{} || end != field.data() + field.size())
-    throw value_error(detail::concat(what, ": '", field, "' is not a number"));
-  return v;
-}
-
 /// What an item measures on its chip.
 enum class method { ideal, drifted, compensated, feature_kd, feature_kd_teacher_norms, backprop };
 
@@ -270,14 +250,8 @@ class item_runner {
           break;
         }
         case method::backprop: {
-          backprop_config cfg;
-          cfg.rank = r.rank;
-          cfg.steps = it.bp_steps;
-          cfg.lr = it.bp_lr;
-          cfg.ce_weight = it.bp_ce;
-          cfg.kl_weight = it.bp_kl;
-          cfg.temperature = it.bp_temperature;
-          cfg.seed = r.seed;
+          const backprop_config cfg =
+              lab::backprop_settings(r.rank, it.bp_steps, it.bp_lr, it.bp_ce, it.bp_kl, it.bp_temperature, r.seed);
           const dataset calib = lab_.calibration_set(r.samples, r.seed);
           const calibration_result res = calibrate_backprop(lab_.teacher(), chip->net(), calib.images, calib.labels, cfg);
           check_no_writes(res);
@@ -309,11 +283,11 @@ void write_summary(const std::filesystem::path& dir, const std::string& name, co
   std::vector<std::string> order;
   std::map<std::string, std::vector<std::pair<double, double>>> groups;  // key -> (top1, seconds)
   for (const auto& l : lines) {
-    const auto f = fields_of(l);
+    const auto f = sweep::fields_of(l);
     const std::string key(l.substr(0, static_cast<std::size_t>(f[key_fields - 1].data() + f[key_fields - 1].size() - l.data())));
     auto& g = groups[key];
     if (g.empty()) order.push_back(key);
-    g.emplace_back(number_of(f[key_fields + 1], "top1"), number_of(f[key_fields + 2], "seconds"));
+    g.emplace_back(sweep::number_of(f[key_fields + 1], "top1"), sweep::number_of(f[key_fields + 2], "seconds"));
   }
   std::string sum = detail::concat(key_header, ",n,mean,std,min,max,mean_seconds\n");
   for (const auto& key : order) {
@@ -493,7 +467,7 @@ int main(int argc, char** argv) {
     st.header = detail::concat(key_header, ",seed,top1,seconds");
     for (const auto& it : list.items()) st.items.push_back(it.key());
     st.item_of = [](std::string_view line) {
-      const auto f = fields_of(line);
+      const auto f = sweep::fields_of(line);
       if (f.size() != key_fields + 3)
         throw value_error(detail::concat("expected ", key_fields + 3, " fields, got ", f.size()));
       return std::string(line.substr(0, static_cast<std::size_t>(f[key_fields].data() + f[key_fields].size() - line.data())));

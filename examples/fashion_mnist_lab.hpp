@@ -119,6 +119,21 @@ inline calibration_config feature_kd_config(std::int64_t rank, int steps, double
   return cfg;
 }
 
+/// Backprop-baseline settings of the lab's programs (all adapters jointly, `steps` Adam steps at
+/// `lr`, ce x cross-entropy + kl x KL to the teacher at `temperature`).
+inline backprop_config backprop_settings(std::int64_t rank, int steps, double lr, double ce, double kl, double temperature,
+                                         std::uint64_t seed) {
+  backprop_config cfg;
+  cfg.rank = rank;
+  cfg.steps = steps;
+  cfg.lr = lr;
+  cfg.ce_weight = ce;
+  cfg.kl_weight = kl;
+  cfg.temperature = temperature;
+  cfg.seed = seed;
+  return cfg;
+}
+
 inline const char* to_string(drift_preset p) {
   switch (p) {
     case drift_preset::relative: return "relative";

@@ -306,22 +306,13 @@ class recorder {
   sweep::output out_;
 };
 
-/// The fields of a CSV line (no field holds a comma).
-std::vector<std::string> fields_of(const std::string& line) {
-  std::vector<std::string> f;
-  std::stringstream ss(line);
-  for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
-  if (!line.empty() && line.back() == ',') f.emplace_back();
-  return f;
-}
-
 /// lifetime_summary.csv: per (preset, time, method) in first-seen order, the spread over the chips
 /// (from the rows as lifetime.csv holds them) and the first chip's cost columns.
 void write_summary(const std::filesystem::path& dir, const std::vector<std::string>& lines) {
   std::vector<std::string> order;
-  std::map<std::string, std::vector<std::vector<std::string>>> groups;
+  std::map<std::string, std::vector<std::vector<std::string_view>>> groups;  // views into `lines`
   for (const auto& l : lines) {
-    auto f = fields_of(l);
+    auto f = sweep::fields_of(l);
     if (f.size() != 12) throw value_error(detail::concat("lifetime.csv: expected 12 fields, got ", f.size(), " in '", l, "'"));
     const std::string key = detail::concat(f[0], ",", f[1], ",", f[2]);
     auto& g = groups[key];
@@ -332,7 +323,7 @@ void write_summary(const std::filesystem::path& dir, const std::vector<std::stri
   for (const auto& k : order) {
     const auto& g = groups.at(k);
     std::vector<double> top1;
-    for (const auto& f : g) top1.push_back(std::stod(f[4]));
+    for (const auto& f : g) top1.push_back(sweep::number_of(f[4], "lifetime.csv top1"));
     const lab::spread s = lab::spread_of(top1);
     const auto& f = g.front();
     sum += detail::concat(k, ",", g.size(), ",", s.mean, ",", s.sd, ",", s.lo, ",", s.hi, ",", f[5], ",", f[6], ",", f[7], ",",
@@ -662,7 +653,7 @@ int main(int argc, char** argv) {
         chip_of.emplace_back(p, static_cast<std::uint64_t>(c + 1));
       }
     st.item_of = [](std::string_view line) {
-      const auto f = fields_of(std::string(line));
+      const auto f = sweep::fields_of(line);
       if (f.size() != 12) throw value_error(detail::concat("expected 12 fields, got ", f.size()));
       return detail::concat(f[0], ",", f[3]);
     };

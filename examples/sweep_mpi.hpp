@@ -16,7 +16,8 @@
 
 namespace rimc::sweep {
 
-/// One MPI job running a study (see the file comment).
+/// The processes of an MPI job running a study (see the file comment); sweep::session in a build
+/// with MPI. Construct it first in main: it initialises MPI.
 class mpi_job {
  public:
   mpi_job(int& argc, char**& argv) {
@@ -44,11 +45,22 @@ class mpi_job {
   [[nodiscard]] int rank() const noexcept { return rank_; }
   [[nodiscard]] int size() const noexcept { return size_; }
   [[nodiscard]] int local_size() const noexcept { return local_size_; }
+  /// The default --threads: this process's share of its node (sweep::default_threads).
+  [[nodiscard]] int default_threads() const { return sweep::default_threads(local_size_); }
 
-  /// Runs the study over every rank; returns on every rank when the sweep is done; a failed item
-  /// (on any rank) throws on rank 0 once the items in flight are in, and ends the other ranks quietly.
+  /// After an error on this process: with several ranks, stops every rank (MPI_Abort: the others
+  /// may be waiting for this one); otherwise returns `code` for main to return.
+  [[nodiscard]] int fail(int code) const {
+    if (size_ > 1) MPI_Abort(MPI_COMM_WORLD, code);
+    return code;
+  }
+
+  /// Runs the study: in this process alone when it is the only rank, otherwise over every rank;
+  /// returns on every rank when the sweep is done; a failed item (on any rank) throws on rank 0
+  /// once the items in flight are in, and ends the other ranks quietly.
   void run(const study& s, const run_options& o) {
-    if (rank_ == 0) coordinate(s, o);
+    if (size_ == 1) run_serial(s, o);
+    else if (rank_ == 0) coordinate(s, o);
     else work(s, o);
   }
 
@@ -133,9 +145,9 @@ class mpi_job {
 
   void coordinate(const study& s, const run_options& o) {
     ledger led(s, o, machine_context(o.threads));
-    std::vector<std::size_t> todo = led.pending();
+    const std::vector<std::size_t> pending = led.pending();
     std::fprintf(stderr, "sweep %s: %zu items, %zu finished, %zu to run on %d ranks x %d threads\n", s.name.c_str(),
-                 led.size(), led.done_count(), todo.size(), size_, o.threads);
+                 led.size(), led.done_count(), pending.size(), size_, o.threads);
     std::mutex m;
     std::size_t next = 0;
     bool stop = false;
@@ -143,8 +155,8 @@ class mpi_job {
     // The next item for anyone, or none.
     const auto take = [&]() -> std::optional<std::size_t> {
       std::lock_guard lock(m);
-      if (stop || next == todo.size()) return std::nullopt;
-      return todo[next++];
+      if (stop || next == pending.size()) return std::nullopt;
+      return pending[next++];
     };
     const auto fail = [&](const std::string& why) {
       std::lock_guard lock(m);

@@ -40,6 +40,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <csignal>
 #include <cstdint>
@@ -142,6 +143,26 @@ struct run_options {
               {"onednn_isa", onednn_isa()}};
 }
 
+/// The fields of a CSV line of a study (no quoting: no field holds a comma); views into `line`.
+[[nodiscard]] inline std::vector<std::string_view> fields_of(std::string_view line) {
+  std::vector<std::string_view> f;
+  for (std::size_t start = 0;;) {
+    const auto c = line.find(',', start);
+    f.push_back(line.substr(start, c == std::string_view::npos ? std::string_view::npos : c - start));
+    if (c == std::string_view::npos) return f;
+    start = c + 1;
+  }
+}
+
+/// A CSV field as a number (value_error naming `what` and the text unless all of it parses).
+[[nodiscard]] inline double number_of(std::string_view field, std::string_view what) {
+  double v = 0;
+  const auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), v);
+  if (ec != std::errc{} || end != field.data() + field.size())
+    throw value_error(rimc::detail::concat(what, ": '", field, "' is not a number"));
+  return v;
+}
+
 namespace detail {
 
 /// Lines of a text file; a missing final newline is accepted, '\r' stripped.
@@ -176,18 +197,11 @@ inline std::string leading_fields(std::string_view line, std::size_t n) {
 }
 
 /// `line`'s fields without the timing columns of `header` ("seconds", "*_seconds").
-inline std::vector<std::string> untimed_fields(const std::string& header, const std::string& line) {
-  const auto split = [](const std::string& t) {
-    std::vector<std::string> f;
-    std::stringstream ss(t);
-    for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
-    if (!t.empty() && t.back() == ',') f.emplace_back();
-    return f;
-  };
-  const auto h = split(header), f = split(line);
-  std::vector<std::string> out;
+inline std::vector<std::string_view> untimed_fields(std::string_view header, std::string_view line) {
+  const auto h = fields_of(header), f = fields_of(line);
+  std::vector<std::string_view> out;
   for (std::size_t i = 0; i < f.size(); ++i) {
-    const std::string name = i < h.size() ? h[i] : "";
+    const std::string_view name = i < h.size() ? h[i] : "";
     const bool timing = name == "seconds" || (name.size() > 8 && name.ends_with("_seconds"));
     if (!timing) out.push_back(f[i]);
   }
@@ -574,11 +588,11 @@ struct flags {
 /// Runs the items of `s` that `o` leaves to do, in this one process.
 inline void run_serial(const study& s, const run_options& o) {
   ledger led(s, o, machine_context(o.threads));
-  const auto todo = led.pending();
+  const auto pending = led.pending();
   std::fprintf(stderr, "sweep %s: %zu items, %zu finished, %zu to run in 1 process x %d threads\n", s.name.c_str(),
-               led.size(), led.done_count(), todo.size(), o.threads);
+               led.size(), led.done_count(), pending.size(), o.threads);
   detail::kill_hook hook(0);
-  for (const std::size_t i : todo) {
+  for (const std::size_t i : pending) {
     auto out = detail::run_item(s, i, 0);
     hook.computed();
     led.complete(i, std::move(out));
@@ -594,70 +608,21 @@ inline void run_serial(const study& s, const run_options& o) {
 
 namespace rimc::sweep {
 
-/// The processes of a sweep: one, or the ranks of an MPI job when built with MPI.
-/// Construct it first in main (it initialises MPI); run() executes a study.
+#ifdef RIMC_SWEEP_WITH_MPI
+/// The processes of a sweep: the ranks of an MPI job (one without mpiexec).
+using session = mpi_job;
+#else
+/// The processes of a sweep in a build without MPI: this one (mpi_job's interface).
 class session {
  public:
-  session(int& argc, char**& argv) {
-#ifdef RIMC_SWEEP_WITH_MPI
-    mpi_.emplace(argc, argv);
-#else
-    (void)argc;
-    (void)argv;
-#endif
-  }
-  session(const session&) = delete;
-  session& operator=(const session&) = delete;
-
-  [[nodiscard]] int rank() const noexcept {
-#ifdef RIMC_SWEEP_WITH_MPI
-    return mpi_->rank();
-#else
-    return 0;
-#endif
-  }
-  [[nodiscard]] int size() const noexcept {
-#ifdef RIMC_SWEEP_WITH_MPI
-    return mpi_->size();
-#else
-    return 1;
-#endif
-  }
-  /// Processes of this job on this node.
-  [[nodiscard]] int local_size() const noexcept {
-#ifdef RIMC_SWEEP_WITH_MPI
-    return mpi_->local_size();
-#else
-    return 1;
-#endif
-  }
-  /// The default --threads: this process's share of the node (default_threads).
-  [[nodiscard]] int default_threads() const { return sweep::default_threads(local_size()); }
-
-  /// After an error on this process: in an MPI job of several ranks, stops every rank (MPI_Abort,
-  /// the other ranks may be waiting for this one); otherwise returns `code` for main to return.
-  [[nodiscard]] int fail(int code) const {
-#ifdef RIMC_SWEEP_WITH_MPI
-    if (size() > 1) MPI_Abort(MPI_COMM_WORLD, code);
-#endif
-    return code;
-  }
-
-  /// Runs the study: serially in one process, or distributed over the ranks.
-  void run(const study& s, const run_options& o) {
-#ifdef RIMC_SWEEP_WITH_MPI
-    if (size() > 1) {
-      mpi_->run(s, o);
-      return;
-    }
-#endif
-    run_serial(s, o);
-  }
-
- private:
-#ifdef RIMC_SWEEP_WITH_MPI
-  std::optional<mpi_job> mpi_;
-#endif
+  session(int& /*argc*/, char**& /*argv*/) {}
+  [[nodiscard]] int rank() const noexcept { return 0; }
+  [[nodiscard]] int size() const noexcept { return 1; }
+  [[nodiscard]] int local_size() const noexcept { return 1; }
+  [[nodiscard]] int default_threads() const { return sweep::default_threads(1); }
+  [[nodiscard]] int fail(int code) const noexcept { return code; }
+  void run(const study& s, const run_options& o) const { run_serial(s, o); }
 };
+#endif
 
 }  // namespace rimc::sweep
