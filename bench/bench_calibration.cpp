@@ -22,6 +22,8 @@
 //                          primitive cache off: what the first calibration at a new N costs
 //   evaluate_calibrated/B        inference of the drifted, calibrated chip, batch B = 50 (the demo's
 //                                evaluation) and 250
+//   evaluate_calibrated_merged/B the same with adapter_inference::merged (one conv per layer on the
+//                                merged weights; the chip's periphery is ideal)
 //   evaluate_drifted/B           the same without adapters (the bare drifted chip)
 //   calibrate_layer/isa:T/10, calibrate_resnet20/isa:T/10   the same with rimc's own kernels capped
 //                          at each ISA tier T below the machine's (avx2, scalar; kernels/arch/isa.hpp),
@@ -40,6 +42,7 @@
 
 #include <sys/resource.h>
 
+#include <rimc/adapt/adapted_layer.hpp>
 #include <rimc/adapt/feature_kd.hpp>
 #include <rimc/core/random.hpp>
 #include <rimc/data/dataset.hpp>
@@ -269,11 +272,12 @@ void calibrate_resnet20_cold(benchmark::State& state) {
   set_counters(state, n, steps);
 }
 
-void evaluate(benchmark::State& state, bool adapters) {
+void evaluate(benchmark::State& state, bool adapters, adapter_inference form = adapter_inference::factorised) {
   const auto batch = state.range(0);
   const network teacher = teacher_network();
   chip c;
   if (adapters) (void)calibrate_feature_kd(teacher, c.net, data::get().calibration(10), demo_config());
+  set_adapter_inference(c.net, form);
   const Tensor x = data::get().test_batch(batch);
   Tensor y = c.net.forward(x);
   for (auto _ : state) {
@@ -284,6 +288,7 @@ void evaluate(benchmark::State& state, bool adapters) {
 }
 
 void evaluate_calibrated(benchmark::State& state) { evaluate(state, true); }
+void evaluate_calibrated_merged(benchmark::State& state) { evaluate(state, true, adapter_inference::merged); }
 void evaluate_drifted(benchmark::State& state) { evaluate(state, false); }
 
 }  // namespace
@@ -297,6 +302,7 @@ BENCHMARK(calibrate_resnet50)->Args({32, 10})->Args({224, 10})->UseRealTime()->U
 BENCHMARK(calibrate_resnet50_whole)->Args({32, 10})->Args({224, 10})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(calibrate_resnet20_cold)->Arg(10)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(evaluate_calibrated)->Arg(50)->Arg(250)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(evaluate_calibrated_merged)->Arg(50)->Arg(250)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(evaluate_drifted)->Arg(50)->Arg(250)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 int main(int argc, char** argv) {

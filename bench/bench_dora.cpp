@@ -7,11 +7,16 @@
 //                      digital work when the crossbar output is not ideal
 //   merged_conv      - one frozen conv on W' = gamma (W0 + s B A): the whole adapted layer
 //                      when the crossbar path is ideal (compare with frozen_conv)
+//   adapted_layer    - the adapted layer's inference forward, frozen conv included, in each
+//                      form (".../factorised": the frozen conv, then A x and the combination;
+//                      ".../merged": adapter_inference::merged, one conv on W'); its time over
+//                      frozen_conv's, minus 1, is what the adapter adds to an inference
 // Counters: images/s; the label names the shape. bench/dora_ratios.py turns a
 // JSON run into the adapter/frozen ratios. The adapter benchmarks also run at
 // each lower ISA tier of rimc's own kernels this CPU has (names end in
 // "/isa:avx2", "/isa:scalar"; oneDNN stays on its best ISA in the same run).
 
+#include <rimc/adapt/adapted_layer.hpp>
 #include <rimc/dora.hpp>
 #include <rimc/kernels/conv2d.hpp>
 
@@ -134,6 +139,17 @@ void merged_conv(benchmark::State& state, const conv_shape& s, std::int64_t n, s
   finish(state, n, conv.implementation(pr.x.shape()));
 }
 
+void adapted_forward(benchmark::State& state, const conv_shape& s, std::int64_t n, std::int64_t r,
+                     adapter_inference form) {
+  problem pr = make(s, n);
+  adapted_layer<dora_adapter> l(pr.base, adapter_for(pr, r));
+  l.set_inference(form);
+  Tensor y;
+  l.forward(pr.x, y);  // builds the merged weights once, as the first inference after calibration does
+  for (auto _ : state) l.forward(pr.x, y);
+  finish(state, n, form == adapter_inference::merged ? "merged" : "factorised");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -156,6 +172,13 @@ int main(int argc, char** argv) {
               ->UseRealTime();
         }
         if (r == 4) benchmark::RegisterBenchmark(("merged_conv/" + tail).c_str(), merged_conv, s, n, r)->UseRealTime();
+        if (r <= 4) {
+          for (const auto form : {adapter_inference::factorised, adapter_inference::merged}) {
+            const std::string f = form == adapter_inference::merged ? "/merged" : "/factorised";
+            benchmark::RegisterBenchmark(("adapted_layer/" + tail + f).c_str(), adapted_forward, s, n, r, form)
+                ->UseRealTime();
+          }
+        }
       }
     }
   }

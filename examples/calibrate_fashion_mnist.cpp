@@ -39,6 +39,7 @@ struct args {
   kd_loss_path loss_path = kd_loss_path::automatic;
   int steps = 100, threads = 2, reads = 1;
   bool recalibrate_adc = true;
+  adapter_inference inference = adapter_inference::factorised;
   std::uint64_t seed = 0;
   bool from_teacher_norms = false;
   std::string csv = "calibration.csv";
@@ -49,7 +50,8 @@ struct args {
 
 args parse(int argc, char** argv) {
   args a;
-  std::string preset = "relative", loss_path = "automatic", bounds = "physical", chip = "ideal";
+  std::string preset = "relative", loss_path = "automatic", bounds = "physical", chip = "ideal",
+              inference = "factorised";
   constexpr auto u64max = std::numeric_limits<std::uint64_t>::max();
   cli::command_line cl("calibrate_fashion_mnist",
                        "Programs the shipped ResNet-20 Fashion-MNIST teacher onto drifting RRAM crossbars and recovers "
@@ -100,6 +102,11 @@ args parse(int argc, char** argv) {
   bool no_backprop = false;
   cl.flag("--no-backprop", no_backprop, "skip the backprop baseline");
   cl.flag("--layers", a.layers, "print each layer's feature MSE before and after calibration (always on a terminal)");
+  cl.choice("--inference", inference,
+            "how the calibrated adapters run at evaluation: factorised (the crossbar output, then the adapter, as "
+            "the chip computes) or merged (one kernel per layer on the merged weights where the periphery is "
+            "ideal: the same maths, float rounding aside, at the bare chip's cost)",
+            {"factorised", "merged"});
   cl.text("--csv", a.csv, "where the table is written (CSV)");
   cl.text("--model", a.model, "the teacher's weights (safetensors)");
   cl.text("--data", a.data, "the Fashion-MNIST directory (train-*/t10k-* IDX files, gz or not)");
@@ -128,6 +135,7 @@ args parse(int argc, char** argv) {
                                             a.chip.faults.sa1));
     }
     a.loss_path = lab::parse_loss_path(loss_path);
+    a.inference = inference == "merged" ? adapter_inference::merged : adapter_inference::factorised;
     a.backprop = !no_backprop;
     if (!(a.lr > 0)) throw cli::usage_error(detail::concat("--lr: must be > 0, got ", a.lr));
     lab::check_rank("--rank", a.rank);
@@ -191,6 +199,7 @@ int main(int argc, char** argv) try {
     };
   }
   const calibration_result cal = calibrate_feature_kd(lab.teacher(), chip->net(), calib.images, cfg);
+  set_adapter_inference(chip->net(), a.inference);
   const eval_result calibrated = lab.evaluate(chip->net());
   if (!a.save_adapter.empty()) {
     save_peft_adapter(a.save_adapter, chip->net(), a.model);
@@ -208,6 +217,7 @@ int main(int argc, char** argv) try {
         lab::backprop_settings(a.rank, a.bp_steps, a.bp_lr, a.bp_ce, a.bp_kl, backprop_config{}.temperature, a.seed);
     bcfg.recalibrate_adc_every = a.recalibrate_adc ? 10 : 0;
     bp = calibrate_backprop(lab.teacher(), chip->net(), calib.images, calib.labels, bcfg);
+    set_adapter_inference(chip->net(), a.inference);
     backprop = lab.evaluate(chip->net());
   }
 
@@ -272,6 +282,7 @@ int main(int argc, char** argv) try {
   row("adc_per_tile", a.chip.adc_per_tile ? 1.0 : 0.0);
   row("adc_headroom", a.chip.adc_headroom);
   row("adc_recalibrated", a.recalibrate_adc ? 1.0 : 0.0);
+  if (a.inference == adapter_inference::merged) row("merged_inference", 1.0);  // absent: factorised
   row("samples", static_cast<double>(a.samples));
   row("rank", static_cast<double>(a.rank));
   row("ideal_top1", ideal.top1);

@@ -10,19 +10,35 @@
 /// keep running from several threads.
 ///
 /// attach_adapter / detach_adapters put adapted layers into a network and
-/// take them out again; adapters_of finds them.
+/// take them out again; adapted_layers finds them.
+///
+/// Inference runs in one of two forms (adapter_inference). Factorised, the
+/// default, is what the chip computes: the frozen layer's output, then the
+/// adapter's digital path on top. Merged runs one kernel on the merged weights
+/// (gamma ⊙ (W0 + s B A) for DoRA) with the frozen layer's bias: the same
+/// output in exact arithmetic, at the bare layer's cost, where the frozen
+/// layer's forward is exactly that kernel (a digital layer, or crossbars with
+/// an ideal periphery; elsewhere, e.g. with ADCs or read noise, the layer
+/// runs factorised). The float rounding differs from the factorised form's
+/// (about 1e-7 relative per layer). The merged weights are rebuilt on the
+/// first forward after the chip's weights or the adapter's parameters
+/// changed, and cost one more copy of the layer's weights while merged.
 
 #include <rimc/adapt/adapter.hpp>
 #include <rimc/core/error.hpp>
 #include <rimc/core/tensor.hpp>
+#include <rimc/kernels/conv2d.hpp>
+#include <rimc/kernels/linear.hpp>
 #include <rimc/nn/graph.hpp>
 #include <rimc/nn/layer.hpp>
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -30,6 +46,13 @@
 #include <vector>
 
 namespace rimc {
+
+/// How an adapted layer computes its inference output (forward, forward_relu;
+/// training always runs factorised). See the file comment.
+enum class adapter_inference : std::uint8_t {
+  factorised,  ///< the frozen layer's output, then the adapter on top (what the chip computes)
+  merged,      ///< one kernel on the merged weights, where the frozen layer is linear
+};
 
 /// What every adapted layer has, whatever its adapter type.
 class adapted_layer_base : public layer {
@@ -59,6 +82,20 @@ class adapted_layer_base : public layer {
   /// The frozen layer's ADC (the adapter is digital).
   bool calibrate_adc(const Tensor& src, range_update update) override { return base_->calibrate_adc(src, update); }
 
+  /// How forward computes the adapted output (factorised unless set).
+  [[nodiscard]] adapter_inference inference() const noexcept { return inference_.load(std::memory_order_relaxed); }
+  /// Whether the adapter type has a merged form (mergeable_adapter).
+  [[nodiscard]] virtual bool can_merge() const noexcept = 0;
+  /// Whether forward runs merged now: merged inference set, and the frozen
+  /// layer's forward linear in its effective weights (layer::linear_forward).
+  [[nodiscard]] bool runs_merged() const {
+    return inference() == adapter_inference::merged && can_merge() && base_->linear_forward();
+  }
+  /// Sets how forward computes the adapted output; value_error for merged
+  /// when the adapter has no merged form. Back to factorised frees the
+  /// merged weights. Not to be called while another thread runs forward().
+  virtual void set_inference(adapter_inference mode) = 0;
+
  protected:
   /// Wraps `base`; value_error when it is null.
   explicit adapted_layer_base(std::shared_ptr<layer> base) : base_(std::move(base)) {
@@ -67,6 +104,8 @@ class adapted_layer_base : public layer {
 
   /// The frozen layer underneath (never null).
   std::shared_ptr<layer> base_;
+  /// See inference().
+  std::atomic<adapter_inference> inference_{adapter_inference::factorised};
 };
 
 /// A frozen layer with an adapter of type A on top (see the file comment).
@@ -100,14 +139,18 @@ class adapted_layer final : public adapted_layer_base {
   }
 
   void forward(const Tensor& src, Tensor& dst) const override { run(src, dst, false); }
-  [[nodiscard]] bool fuses_relu() const override { return in_place_adapter<A>; }
-  void forward_relu(const Tensor& src, Tensor& dst) const override {
-    if constexpr (in_place_adapter<A>) {
-      run(src, dst, true);
-    } else {
-      run(src, dst, false);
-      relu(dst, dst);
+  [[nodiscard]] bool fuses_relu() const override { return in_place_adapter<A> || runs_merged(); }
+  void forward_relu(const Tensor& src, Tensor& dst) const override { run(src, dst, true); }
+
+  [[nodiscard]] bool can_merge() const noexcept override { return mergeable_adapter<A>; }
+  void set_inference(adapter_inference mode) override {
+    if (mode == adapter_inference::merged && !can_merge()) {
+      throw value_error(detail::concat("adapted_layer::set_inference: a ", A::kind,
+                                       " adapter has no merged form (it runs factorised only)"));
     }
+    const std::lock_guard lock(merge_mutex_);
+    inference_.store(mode, std::memory_order_relaxed);
+    if (mode == adapter_inference::factorised) merged_.reset();
   }
   void backward_data(const Tensor& dy, const Shape& s, Tensor& dx) const override {
     sync();
@@ -157,7 +200,73 @@ class adapted_layer final : public adapted_layer_base {
     typename A::cache_type state;
   };
 
+  /// The merged kernel and what it was built from: the frozen layer's weights
+  /// version and the adapter's parameters (which tensors, and their values).
+  struct merged_state {
+    std::uint64_t version = 0;
+    std::vector<const Tensor*> sources;
+    std::vector<Tensor> values;
+    std::optional<rimc::conv2d> conv;
+    std::optional<rimc::linear> fc;
+
+    [[nodiscard]] bool built_from(std::uint64_t v, const std::vector<const Tensor*>& params) const {
+      if (v != version || params != sources) return false;
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        const Tensor& a = *params[i];
+        const Tensor& b = values[i];
+        if (!(a.shape() == b.shape()) || a.memory_layout() != b.memory_layout() ||
+            std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.numel()) * sizeof(float)) != 0) {
+          return false;
+        }
+      }
+      return true;
+    }
+  };
+
+  /// The merged kernel for the weights and parameters as they are now,
+  /// rebuilt when either changed (compared value by value: the adapter's
+  /// parameters are small next to the layer it corrects).
+  [[nodiscard]] std::shared_ptr<const merged_state> merged_kernel() const {
+    sync();
+    const std::vector<const Tensor*> params = static_cast<const A&>(adapter_).parameters();
+    const std::uint64_t v = base_->weights_version();
+    const std::lock_guard lock(merge_mutex_);
+    if (merged_ && merged_->built_from(v, params)) return merged_;
+    auto m = std::make_shared<merged_state>();
+    m->version = v;
+    m->sources = params;
+    for (const Tensor* p : params) m->values.push_back(*p);
+    Tensor w = adapter_.merged_weights(*base_);
+    std::optional<Tensor> b;
+    if (const Tensor* bias = base_->bias()) b = *bias;
+    if (const conv2d_params* cp = base_->conv_params()) {
+      conv2d_params p = *cp;
+      p.relu = false;
+      m->conv.emplace(std::move(w), std::move(b), p);
+    } else {
+      m->fc.emplace(std::move(w), std::move(b), false);
+    }
+    merged_ = m;
+    return m;
+  }
+
   void run(const Tensor& src, Tensor& dst, bool fuse_relu) const {
+    if constexpr (mergeable_adapter<A>) {
+      if (runs_merged()) {
+        const auto m = merged_kernel();
+        if (m->conv) {
+          if (fuse_relu) {
+            m->conv->forward_relu(src, dst);
+          } else {
+            m->conv->forward(src, dst);
+          }
+        } else {
+          m->fc->forward(src, dst);
+          if (fuse_relu) relu(dst, dst);
+        }
+        return;
+      }
+    }
     sync();
     if constexpr (in_place_adapter<A>) {
       // The frozen layer writes into dst's storage and the adapter combines in place: one output-sized buffer.
@@ -183,6 +292,8 @@ class adapted_layer final : public adapted_layer_base {
   mutable A adapter_;  ///< mutable for sync(): the norms follow the frozen weights (under mutex_)
   mutable std::mutex mutex_;
   mutable std::atomic<std::uint64_t> seen_{0};
+  mutable std::mutex merge_mutex_;                        ///< guards merged_
+  mutable std::shared_ptr<const merged_state> merged_;  ///< built on the first merged forward
 };
 
 namespace detail {
@@ -235,6 +346,22 @@ template <adapter A>
   auto l = std::dynamic_pointer_cast<adapted_layer<A>>(net.layer_ptr(name));
   if (!l) throw value_error(detail::concat("adapter_at: node '", name, "' has no ", A::kind, " adapter"));
   return l;
+}
+
+/// Sets how every adapted layer of `net` computes its inference output
+/// (adapted_layer_base::set_inference). For merged, value_error naming the
+/// first node whose adapter has no merged form, and nothing is changed.
+inline void set_adapter_inference(const graph& net, adapter_inference mode) {
+  const auto layers = adapted_layers(net);
+  if (mode == adapter_inference::merged) {
+    for (const auto& [name, l] : layers) {
+      if (!l->can_merge()) {
+        throw value_error(detail::concat("set_adapter_inference: node '", name, "' has a ", l->adapter_kind(),
+                                         " adapter, which has no merged form"));
+      }
+    }
+  }
+  for (const auto& [name, l] : layers) l->set_inference(mode);
 }
 
 /// Removes the adapter of every adapted node, putting its frozen layer back.

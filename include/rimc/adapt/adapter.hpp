@@ -74,6 +74,18 @@ concept in_place_adapter = adapter<A> && requires(const A& a, const layer& base,
   a.forward_in_place(base, x, out, relu);
 };
 
+/// An adapter with a merged form: `a.merged_weights(base)` gives W' such that
+/// the adapted output is the frozen layer's kernel (conv or linear, same
+/// geometry) applied with W' instead of W0, plus the frozen layer's own bias
+/// (DoRA: W' = gamma ⊙ (W0 + s B A); LoRA: W0 + s B A; VeRA: W0 + Λb B Λd A).
+/// Where the frozen layer's forward is exactly that kernel
+/// (layer::linear_forward()), adapted_layer can then run one kernel instead
+/// of two (adapter_inference::merged).
+template <class A>
+concept mergeable_adapter = adapter<A> && requires(const A& a, const layer& base) {
+  { a.merged_weights(base) } -> std::same_as<Tensor>;
+};
+
 /// A low-rank adapter's output in one form: y = gamma ⊙ (layer_out - bias +
 /// s (A x) B^T) + bias, or, with gamma null, y = layer_out + s (A x) B^T
 /// (LoRA). What the statistics-based calibration and the fused loss need.

@@ -81,25 +81,9 @@ class conv2d {
   }
 
   /// dst = conv(src) + bias (then ReLU if fused). `dst` is resized as needed.
-  void forward(const Tensor& src, Tensor& dst) const {
-    if (&src == &dst) {
-      Tensor out;
-      forward(src, out);
-      dst = std::move(out);
-      return;
-    }
-    const auto e = fwd_entry(src, false);
-    thread_local Tensor src_scratch;
-    const Tensor& s = detail::as_layout(src, e->src_layout, src_scratch);
-    dst.ensure(e->dst_shape, e->dst_layout);
-    auto& args = detail::thread_args();
-    args[DNNL_ARG_SRC] = detail::wrap(e->pd.src_desc(), s.data());
-    args[DNNL_ARG_WEIGHTS] = s_->weights.get(e->pd.weights_desc());
-    args[DNNL_ARG_DST] = detail::wrap(e->pd.dst_desc(), dst.data());
-    if (s_->bias) args[DNNL_ARG_BIAS] = s_->bias_memory;
-    args[DNNL_ARG_SCRATCHPAD] = detail::thread_scratchpad(e->pd.scratchpad_desc());
-    detail::onednn_call("conv2d forward", [&] { detail::execute(e->prim, args); });
-  }
+  void forward(const Tensor& src, Tensor& dst) const { run_forward(src, dst, s_->params.relu); }
+  /// dst = relu(conv(src) + bias), the ReLU in the kernel's own pass whatever params().relu says.
+  void forward_relu(const Tensor& src, Tensor& dst) const { run_forward(src, dst, true); }
   /// \overload
   [[nodiscard]] Tensor forward(const Tensor& src) const {
     Tensor dst;
@@ -221,7 +205,7 @@ class conv2d {
 
   /// oneDNN's name of the implementation that runs a source of this shape and layout.
   [[nodiscard]] std::string implementation(const Shape& src, layout l = layout::nhwc) const {
-    return fwd_entry(Tensor::empty(src, l), false)->pd.impl_info_str();
+    return fwd_entry(Tensor::empty(src, l), false, s_->params.relu)->pd.impl_info_str();
   }
 
   /// oneDNN's name of the implementation that runs backward-data for a source of this shape.
@@ -231,7 +215,7 @@ class conv2d {
 
   /// The source layout the forward primitive for this shape consumes directly.
   [[nodiscard]] layout preferred_src_layout(const Shape& src) const {
-    return fwd_entry(Tensor::empty(src, layout::nhwc), false)->src_layout;
+    return fwd_entry(Tensor::empty(src, layout::nhwc), false, s_->params.relu)->src_layout;
   }
 
   /// Packed weight copies held (one per distinct blocked format requested).
@@ -265,6 +249,27 @@ class conv2d {
     detail::primitive_cache<detail::kernel_key, bwd_w_state> bwd_w;
   };
 
+  /// forward / forward_relu: the ReLU fused when `relu`.
+  void run_forward(const Tensor& src, Tensor& dst, bool relu) const {
+    if (&src == &dst) {
+      Tensor out;
+      run_forward(src, out, relu);
+      dst = std::move(out);
+      return;
+    }
+    const auto e = fwd_entry(src, false, relu);
+    thread_local Tensor src_scratch;
+    const Tensor& s = detail::as_layout(src, e->src_layout, src_scratch);
+    dst.ensure(e->dst_shape, e->dst_layout);
+    auto& args = detail::thread_args();
+    args[DNNL_ARG_SRC] = detail::wrap(e->pd.src_desc(), s.data());
+    args[DNNL_ARG_WEIGHTS] = s_->weights.get(e->pd.weights_desc());
+    args[DNNL_ARG_DST] = detail::wrap(e->pd.dst_desc(), dst.data());
+    if (s_->bias) args[DNNL_ARG_BIAS] = s_->bias_memory;
+    args[DNNL_ARG_SCRATCHPAD] = detail::thread_scratchpad(e->pd.scratchpad_desc());
+    detail::onednn_call("conv2d forward", [&] { detail::execute(e->prim, args); });
+  }
+
   [[nodiscard]] dnnl::memory::desc weights_md(const Shape& w, dnnl::memory::format_tag tag) const {
     const auto g = s_->params.groups;
     if (g == 1) return {detail::to_dims(w), detail::dnnl_dt::f32, tag};
@@ -274,9 +279,9 @@ class conv2d {
     return weights_md(w, s_->params.groups == 1 ? dnnl::memory::format_tag::oihw : dnnl::memory::format_tag::goihw);
   }
 
-  /// A forward primitive descriptor with src/dst in `tag` (any = oneDNN's choice).
+  /// A forward primitive descriptor with src/dst in `tag` (any = oneDNN's choice), with a ReLU post-op when `relu`.
   [[nodiscard]] fwd_pd make_fwd_pd(const Shape& src, dnnl::prop_kind prop, dnnl::memory::format_tag tag,
-                                   bool with_post_ops) const {
+                                   bool relu) const {
     const auto& p = s_->params;
     const Shape& w = weights().shape();
     const Shape dst = output_shape(src);
@@ -286,7 +291,7 @@ class conv2d {
     const auto strides = detail::to_dims(p.stride), dil = detail::to_dims(p.dilation, 1),
                pad = detail::to_dims(p.padding);
     dnnl::primitive_attr attr = detail::user_scratchpad();
-    if (with_post_ops && p.relu) {
+    if (relu) {
       dnnl::post_ops ops;
       ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
       attr.set_post_ops(ops);
@@ -301,14 +306,14 @@ class conv2d {
 
   /// A forward primitive descriptor whose src and dst are plain rimc layouts:
   /// oneDNN's own choice when that is plain, else channels-last.
-  [[nodiscard]] fwd_pd make_plain_fwd_pd(const Shape& src, dnnl::prop_kind prop, bool with_post_ops,
-                                         layout& src_l, layout& dst_l) const {
+  [[nodiscard]] fwd_pd make_plain_fwd_pd(const Shape& src, dnnl::prop_kind prop, bool relu, layout& src_l,
+                                         layout& dst_l) const {
     const Shape dst = output_shape(src);
-    auto pd = make_fwd_pd(src, prop, dnnl::memory::format_tag::any, with_post_ops);
+    auto pd = make_fwd_pd(src, prop, dnnl::memory::format_tag::any, relu);
     auto sl = detail::layout_of(pd.src_desc(), src);
     auto dl = detail::layout_of(pd.dst_desc(), dst);
     if (!sl || !dl) {
-      pd = make_fwd_pd(src, prop, dnnl::memory::format_tag::nhwc, with_post_ops);
+      pd = make_fwd_pd(src, prop, dnnl::memory::format_tag::nhwc, relu);
       sl = dl = layout::nhwc;
     }
     src_l = *sl;
@@ -316,16 +321,17 @@ class conv2d {
     return pd;
   }
 
-  [[nodiscard]] std::shared_ptr<const fwd_state> fwd_entry(const Tensor& src, bool training) const {
+  /// The forward primitive for `src` (ReLU fused when `relu`), created on first use.
+  [[nodiscard]] std::shared_ptr<const fwd_state> fwd_entry(const Tensor& src, bool training, bool relu) const {
     if (src.rank() != 4) {
       throw shape_error(detail::concat("conv2d: src must be rank 4 (N, C, H, W), got ", src.shape().to_string()));
     }
-    return s_->fwd.get(detail::make_key(src, training ? 1 : 0), [&] {
+    return s_->fwd.get(detail::make_key(src, (training ? 1 : 0) + (relu ? 2 : 0)), [&] {
       return detail::onednn_call("conv2d: creating the forward primitive", [&] {
         layout sl{}, dl{};
         auto pd = make_plain_fwd_pd(src.shape(), training ? dnnl::prop_kind::forward_training
                                                           : dnnl::prop_kind::forward_inference,
-                                    true, sl, dl);
+                                    relu, sl, dl);
         return fwd_state{pd, dnnl::convolution_forward(pd), sl, dl, output_shape(src.shape())};
       });
     });

@@ -63,6 +63,14 @@ class analog_layer final : public layer {
   [[nodiscard]] std::uint64_t weights_version() const override { return a_.weights_version(); }
   [[nodiscard]] std::uint64_t rram_writes() const override { return a_.rram_writes(); }
   [[nodiscard]] bool is_analog() const override { return true; }
+  /// True while the periphery is ideal (the forward is then one kernel on the effective weights).
+  [[nodiscard]] bool linear_forward() const override {
+    if constexpr (Conv) {
+      return !a_.uses_tile_path() && !a_.params().relu;
+    } else {
+      return !a_.uses_tile_path() && !a_.fused_relu();
+    }
+  }
   bool calibrate_adc(const Tensor& src, range_update update) override {
     if (!a_.periphery().needs_calibration()) return false;
     a_.calibrate_adc(src, update);

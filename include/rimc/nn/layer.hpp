@@ -58,6 +58,12 @@ class layer {
   [[nodiscard]] virtual std::uint64_t rram_writes() const { return 0; }
   /// Whether the weights live on crossbars.
   [[nodiscard]] virtual bool is_analog() const { return false; }
+  /// Whether forward(x) is exactly the convolution (conv_params()) or matrix
+  /// product of x with effective_weights(), plus bias(), and nothing else (no
+  /// ReLU, no converter, no noise): a digital layer, or a crossbar layer whose
+  /// periphery is ideal. An adapter on such a layer can run merged into its
+  /// weights (adapter_inference::merged in adapt/adapted_layer.hpp).
+  [[nodiscard]] virtual bool linear_forward() const { return false; }
   /// Sets the ranges of the layer's percentile ADC and calibrated DAC from
   /// inputs `src` (layers on crossbars with one; `update` as in
   /// TiledArray::calibrate_adc); returns whether there was one to set.
@@ -118,6 +124,7 @@ class digital_conv2d final : public layer {
   [[nodiscard]] const Tensor& effective_weights() const override { return k_.weights(); }
   [[nodiscard]] const Tensor* bias() const override { return k_.bias() ? &*k_.bias() : nullptr; }
   [[nodiscard]] const conv2d_params* conv_params() const override { return &k_.params(); }
+  [[nodiscard]] bool linear_forward() const override { return !k_.params().relu; }
   /// The oneDNN kernel.
   [[nodiscard]] const rimc::conv2d& kernel() const noexcept { return k_; }
 
@@ -139,6 +146,7 @@ class digital_linear final : public layer {
   [[nodiscard]] const Tensor& effective_weights() const override { return k_.weights(); }
   [[nodiscard]] const Tensor* bias() const override { return bias_ ? &*bias_ : nullptr; }
   [[nodiscard]] const conv2d_params* conv_params() const override { return nullptr; }
+  [[nodiscard]] bool linear_forward() const override { return !k_.fused_relu(); }
   /// The oneDNN kernel.
   [[nodiscard]] const rimc::linear& kernel() const noexcept { return k_; }
 
