@@ -280,10 +280,15 @@ void evaluate(benchmark::State& state, bool adapters, adapter_inference form = a
   set_adapter_inference(c.net, form);
   const Tensor x = data::get().test_batch(batch);
   Tensor y = c.net.forward(x);
+  rusage before{}, after{};
+  getrusage(RUSAGE_SELF, &before);
   for (auto _ : state) {
     y = c.net.forward(x);
     benchmark::DoNotOptimize(y.data());
   }
+  getrusage(RUSAGE_SELF, &after);
+  state.counters["page_faults/forward"] = static_cast<double>(after.ru_minflt - before.ru_minflt) /
+                                         static_cast<double>(state.iterations());
   state.counters["images/s"] = benchmark::Counter(static_cast<double>(batch), benchmark::Counter::kIsIterationInvariantRate);
 }
 

@@ -3,8 +3,10 @@
 # (examples/calibrate_fashion_mnist --no-backprop), the PyTorch peer
 # (bench/peer/torch_calibrate.py, the textbook formulation: the convolutions
 # every step) and the stronger peer (the same script with --formulation
-# statistics: rimc's per-layer statistics maths written in PyTorch) back to
-# back, rotating which goes first, R times, all with 2 threads, each under
+# statistics: rimc's per-layer statistics maths written in PyTorch) and rimc's
+# demo again with --inference merged (the calibrated adapters evaluated as one
+# conv per layer on the merged weights) back to back, rotating which goes
+# first, R times, all with 2 threads, each under
 # /usr/bin/time -v; prints per phase (deploy + drift, feature-KD calibration,
 # evaluation of the 10k test images) the median wall times, the ratios to rimc,
 # the accuracies and the peak RSS.
@@ -55,11 +57,13 @@ fi
 cmake --build "$build" --target calibrate_fashion_mnist >/dev/null
 demo="$build/examples/calibrate_fashion_mnist"
 mkdir -p "$out"
-rm -f "$out"/rimc.*.csv "$out"/peer.*.csv "$out"/stats.*.csv "$out"/*.time "$out"/*.log
+rm -f "$out"/rimc.*.csv "$out"/merged.*.csv "$out"/peer.*.csv "$out"/stats.*.csv "$out"/*.time "$out"/*.log
 
-run_rimc() {
-  env "${isa_env[@]}" OMP_WAIT_POLICY="$rimc_wait" OMP_NUM_THREADS=$threads /usr/bin/time -v -o "$out/rimc.$1.time" \
-    "$demo" --no-backprop --layers --threads "$threads" --csv "$out/rimc.$1.csv" "${extra[@]}" >"$out/rimc.$1.log" 2>&1
+run_rimc() {  # repetition, name (rimc or merged), demo options...
+  local i=$1 name=$2
+  shift 2
+  env "${isa_env[@]}" OMP_WAIT_POLICY="$rimc_wait" OMP_NUM_THREADS=$threads /usr/bin/time -v -o "$out/$name.$i.time" \
+    "$demo" --no-backprop --layers --threads "$threads" --csv "$out/$name.$i.csv" "$@" "${extra[@]}" >"$out/$name.$i.log" 2>&1
 }
 run_peer() {  # repetition, name (peer or stats), peer options...
   local i=$1 name=$2
@@ -70,7 +74,8 @@ run_peer() {  # repetition, name (peer or stats), peer options...
 }
 run() {  # repetition, program
   case $2 in
-    rimc) run_rimc "$1" ;;
+    rimc) run_rimc "$1" rimc ;;
+    merged) run_rimc "$1" merged --inference merged ;;
     peer) run_peer "$1" peer ;;
     stats) run_peer "$1" stats --formulation statistics ;;
   esac
@@ -78,9 +83,9 @@ run() {  # repetition, program
 echo "ISA: ${tier}${isa_env:+ (${isa_env[*]})}, OMP_WAIT_POLICY rimc ${rimc_wait} peer ${OMP_WAIT_POLICY:-unset}, load before: $(cut -d' ' -f1-3 /proc/loadavg)" >"$out/conditions.txt"
 for i in $(seq 1 "$reps"); do
   case $((i % 3)) in
-    1) order=(rimc peer stats) ;;
-    2) order=(peer stats rimc) ;;
-    0) order=(stats rimc peer) ;;
+    1) order=(rimc peer stats merged) ;;
+    2) order=(peer stats merged rimc) ;;
+    0) order=(stats merged rimc peer) ;;
   esac
   for p in "${order[@]}"; do run "$i" "$p"; done
   echo "repetition $i of $reps done" >&2
@@ -101,8 +106,8 @@ def rss_mib(p):
     return float("nan")
 
 progs = ("rimc", "peer", "stats")
-runs = {s: [csv(out / f"{s}.{i}.csv") for i in range(1, reps + 1)] for s in progs}
-rss = {s: [rss_mib(out / f"{s}.{i}.time") for i in range(1, reps + 1)] for s in progs}
+runs = {s: [csv(out / f"{s}.{i}.csv") for i in range(1, reps + 1)] for s in progs + ("merged",)}
+rss = {s: [rss_mib(out / f"{s}.{i}.time") for i in range(1, reps + 1)] for s in progs + ("merged",)}
 med = lambda s, k: statistics.median(r[k] for r in runs[s])
 print(f"ResNet-20 Fashion-MNIST main job, {threads} threads, median of {reps} rotating runs ({(out / 'conditions.txt').read_text().strip().replace(chr(10), ', ')})")
 print("PyTorch: the textbook peer (convolutions every step); PyTorch statistics: the same script with rimc's statistics maths\n")
@@ -112,11 +117,17 @@ for label, k in (("deploy + drift (s)", "deploy_drift_seconds"), ("feature-KD ca
                  ("evaluation of the test images (s)", "evaluation_seconds")):
     a, b, c = med("rimc", k), med("peer", k), med("stats", k)
     print(f"| {label:38} | {a:9.3f} | {b:9.3f} | {b / a:7.1f}x | {c:18.3f} | {c / a:7.1f}x |")
+m, a, b = med("merged", "evaluation_seconds"), med("rimc", "evaluation_seconds"), med("peer", "evaluation_seconds")
+print(f"| {'evaluation, rimc --inference merged (s)':38} | {m:9.3f} | {b:9.3f} | {b / m:7.1f}x | {'':18} | {'':8} |")
 a, b, c = (statistics.median(rss[s]) for s in progs)
 print(f"| {'peak RSS (MiB, /usr/bin/time -v)':38} | {a:9.0f} | {b:9.0f} | {b / a:7.2f}x | {c:18.0f} | {c / a:7.2f}x |")
 for label, k in (("drifted top-1 (%)", "drifted_top1"), ("calibrated top-1 (%)", "calibrated_top1")):
     a, b, c = 100 * med("rimc", k), 100 * med("peer", k), 100 * med("stats", k)
     print(f"| {label:38} | {a:9.2f} | {b:9.2f} | {b - a:+5.2f} pp | {c:18.2f} | {c - a:+5.2f} pp |")
+m, a = med("merged", "evaluation_seconds"), med("rimc", "evaluation_seconds")
+print(f"\nrimc --inference merged: evaluation {m:.3f} s against {a:.3f} s factorised ({a / m:.2f}x), "
+      f"calibrated top-1 {100 * med('merged', 'calibrated_top1'):.2f}% against {100 * med('rimc', 'calibrated_top1'):.2f}%, "
+      f"peak RSS {statistics.median(rss['merged']):.0f} MiB")
 print("\nper run (s): " + "; ".join(f"{s} " + ", ".join(f"{r['calibration_seconds']:.3f}" for r in runs[s]) + " calibration"
                                    for s in progs))
 

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 // This file's names live in a namespace of their own: all unit-test files build into one
 // program from a few unity translation units (tests/CMakeLists.txt).
@@ -254,6 +255,40 @@ TEST_SUITE("network") {
       CHECK(y.shape() == Shape{2, 10});
       CHECK(f.at("layer3.2.add").shape() == Shape{2, 64, (size + 3) / 4, (size + 3) / 4});
     }
+  }
+
+  TEST_CASE("activation buffers are kept per thread for the next pass, up to the cap") {
+    network net = small_net();
+    randomise(net, 3);
+    const Tensor x = test::random_tensor(Shape{6, 3, 9, 9}, 2);
+    auto& pool = detail::activation_pool::of_this_thread();
+    const Tensor first = net.forward(x);
+    const auto held = pool.held();
+    CHECK(held >= 6 * 8 * 9 * 9);  // at least the stem's output came back
+    CHECK(held <= detail::activation_pool::retained_floats);
+    CHECK(net.forward(x) == first);  // recycled buffers, same values
+    CHECK(pool.held() == held);      // the same buffers: the small result did not carry a large one away
+    // On another thread the pool starts empty and the result is the same.
+    Tensor other;
+    std::int64_t other_held_before = -1;
+    std::thread t([&] {
+      other_held_before = detail::activation_pool::of_this_thread().held();
+      other = net.forward(x);
+    });
+    t.join();
+    CHECK(other_held_before == 0);
+    CHECK(other == first);
+    // Buffers beyond the cap are let go (the largest first kept, then what still fits);
+    // take() gives the smallest buffer that fits.
+    detail::activation_pool p;
+    p.give(std::make_shared<Tensor>(Shape{detail::activation_pool::retained_floats - 10}));
+    p.give(std::make_shared<Tensor>(Shape{100}));
+    p.give(std::make_shared<Tensor>(Shape{5}));
+    p.trim();
+    CHECK(p.held() == detail::activation_pool::retained_floats - 5);
+    CHECK(p.take(6)->capacity() == detail::activation_pool::retained_floats - 10);
+    CHECK(p.take(1)->capacity() == 5);
+    CHECK(p.held() == 0);
   }
 }
 

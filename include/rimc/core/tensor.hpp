@@ -144,6 +144,8 @@ class Tensor {
   [[nodiscard]] std::int64_t numel() const noexcept { return shape_.rank() == 0 && !data_ ? 0 : shape_.numel(); }
   /// True when it holds no elements.
   [[nodiscard]] bool empty() const noexcept { return numel() == 0; }
+  /// Elements the storage holds without reallocating (ensure() reuses it up to this).
+  [[nodiscard]] std::int64_t capacity() const noexcept { return data_ ? capacity_ : 0; }
   /// Size of the elements, bytes.
   [[nodiscard]] std::size_t bytes() const noexcept { return static_cast<std::size_t>(numel()) * sizeof(float); }
 
