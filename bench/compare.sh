@@ -118,7 +118,7 @@ for label, k in (("deploy + drift (s)", "deploy_drift_seconds"), ("feature-KD ca
     a, b, c = med("rimc", k), med("peer", k), med("stats", k)
     print(f"| {label:38} | {a:9.3f} | {b:9.3f} | {b / a:7.1f}x | {c:18.3f} | {c / a:7.1f}x |")
 m, a, b = med("merged", "evaluation_seconds"), med("rimc", "evaluation_seconds"), med("peer", "evaluation_seconds")
-print(f"| {'evaluation, rimc --inference merged (s)':38} | {m:9.3f} | {b:9.3f} | {b / m:7.1f}x | {'':18} | {'':8} |")
+print(f"| {'evaluation, rimc merged inference (s)':38} | {m:9.3f} | {b:9.3f} | {b / m:7.1f}x | {'':18} | {'':8} |")
 a, b, c = (statistics.median(rss[s]) for s in progs)
 print(f"| {'peak RSS (MiB, /usr/bin/time -v)':38} | {a:9.0f} | {b:9.0f} | {b / a:7.2f}x | {c:18.0f} | {c / a:7.2f}x |")
 for label, k in (("drifted top-1 (%)", "drifted_top1"), ("calibrated top-1 (%)", "calibrated_top1")):
