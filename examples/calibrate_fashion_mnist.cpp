@@ -102,11 +102,7 @@ args parse(int argc, char** argv) {
   bool no_backprop = false;
   cl.flag("--no-backprop", no_backprop, "skip the backprop baseline");
   cl.flag("--layers", a.layers, "print each layer's feature MSE before and after calibration (always on a terminal)");
-  cl.choice("--inference", inference,
-            "how the calibrated adapters run at evaluation: factorised (the crossbar output, then the adapter, as "
-            "the chip computes) or merged (one kernel per layer on the merged weights where the periphery is "
-            "ideal: the same maths, float rounding aside, at the bare chip's cost)",
-            {"factorised", "merged"});
+  cl.choice("--inference", inference, lab::inference_help, {"factorised", "merged"});
   cl.text("--csv", a.csv, "where the table is written (CSV)");
   cl.text("--model", a.model, "the teacher's weights (safetensors)");
   cl.text("--data", a.data, "the Fashion-MNIST directory (train-*/t10k-* IDX files, gz or not)");

@@ -55,6 +55,19 @@ inline constexpr const char* drift_bounds_help =
     "where drift may take a conductance: physical (G >= 0), floor-g-min (G >= g_min) or window ([g_min, g_max])";
 
 /// --loss-path: how each feature-KD step is computed (calibration_config::loss_path).
+/// --inference's help (the demo and the lifetime study).
+inline constexpr const char* inference_help =
+    "how calibrated adapters run at evaluation: factorised (the crossbar output, then the adapter, as the chip "
+    "computes) or merged (one kernel per layer on the merged weights where the periphery is ideal: the same maths, "
+    "float rounding aside, at the bare chip's cost)";
+
+/// Sets the inference form of every adapter of `net` that has a merged form (the others,
+/// e.g. BN recalibration's affine adapters, stay factorised).
+inline void use_inference(const graph& net, adapter_inference form) {
+  for (const auto& [name, l] : adapted_layers(net))
+    if (l->can_merge()) l->set_inference(form);
+}
+
 inline kd_loss_path parse_loss_path(std::string_view s) {
   for (const kd_loss_path p : {kd_loss_path::automatic, kd_loss_path::statistics, kd_loss_path::direct})
     if (s == rimc::to_string(p)) return p;

@@ -77,6 +77,7 @@ struct args {
   double lr = 1e-2, vera_lr = 5e-2, budget_fraction = 0.25, bound = 0;
   std::string out = "examples/results", model = lab::default_model, data = lab::default_data;
   drift_bounds bounds = drift_bounds::physical;
+  adapter_inference inference = adapter_inference::factorised;
   sweep::flags run;  // --resume, --merge, --shard
 };
 
@@ -114,7 +115,8 @@ args parse(int argc, char** argv, int default_threads) {
   cl.number("--test-images", a.test_images, "test images evaluated (the first ones)", std::int64_t{1}, std::int64_t{10000});
   cl.number("--eval-batch", a.eval_batch, "test images per forward", std::int64_t{1}, std::int64_t{10000});
   cl.threads(a.threads);
-  std::string bounds = "physical";
+  std::string bounds = "physical", inference = "factorised";
+  cl.choice("--inference", inference, lab::inference_help, {"factorised", "merged"});
   cl.choice("--drift-bounds", bounds, lab::drift_bounds_help, {"physical", "floor-g-min", "window"});
   cl.text("--out", a.out, "directory of the CSVs");
   cl.text("--model", a.model, "the teacher's weights (safetensors)");
@@ -122,6 +124,7 @@ args parse(int argc, char** argv, int default_threads) {
   a.run.add_to(cl);
   cl.check([&] {
     a.bounds = lab::parse_drift_bounds(bounds);
+    a.inference = inference == "merged" ? adapter_inference::merged : adapter_inference::factorised;
     a.presets = split(presets);
     for (const auto& p : a.presets)
       if (std::find(all_presets.begin(), all_presets.end(), p) == all_presets.end())
@@ -154,26 +157,28 @@ args parse(int argc, char** argv, int default_threads) {
 
 /// The settings every row depends on (the lifetime run's manifest; drift models and chips are in the item keys).
 sweep::json settings_of(const args& a) {
-  return sweep::json{{"methods", a.methods},
-                     {"times", a.times},
-                     {"relative_times", a.relative_times},
-                     {"sim_chips", a.sim_chips},
-                     {"levels", a.levels},
-                     {"bound", a.bound},
-                     {"samples", a.samples},
-                     {"rank", a.rank},
-                     {"vera_rank", a.vera_rank},
-                     {"offline_images", a.offline_images},
-                     {"steps", a.steps},
-                     {"lr", a.lr},
-                     {"vera_steps", a.vera_steps},
-                     {"vera_lr", a.vera_lr},
-                     {"budget_fraction", a.budget_fraction},
-                     {"test_images", a.test_images},
-                     {"eval_batch", a.eval_batch},
-                     {"model", a.model},
-                     {"data", a.data},
-                     {"drift_bounds", std::string(rimc::to_string(a.bounds))}};
+  sweep::json s{{"methods", a.methods},
+                {"times", a.times},
+                {"relative_times", a.relative_times},
+                {"sim_chips", a.sim_chips},
+                {"levels", a.levels},
+                {"bound", a.bound},
+                {"samples", a.samples},
+                {"rank", a.rank},
+                {"vera_rank", a.vera_rank},
+                {"offline_images", a.offline_images},
+                {"steps", a.steps},
+                {"lr", a.lr},
+                {"vera_steps", a.vera_steps},
+                {"vera_lr", a.vera_lr},
+                {"budget_fraction", a.budget_fraction},
+                {"test_images", a.test_images},
+                {"eval_batch", a.eval_batch},
+                {"model", a.model},
+                {"data", a.data},
+                {"drift_bounds", std::string(rimc::to_string(a.bounds))}};
+  if (a.inference == adapter_inference::merged) s["inference"] = "merged";  // absent: factorised (older manifests)
+  return s;
 }
 
 /// A drift model with its device: which one, and the chip's conductances at time t.
@@ -405,6 +410,7 @@ class study {
     for (network* n : sim_nets(t)) {
       attach_all(*n, make);
       load_adapters(*n, kind, set);
+      lab::use_inference(*n, a_.inference);
       acc += 100.0 * rimc::evaluate(*n, val, a_.eval_batch, false).top1;
       detach_adapters(*n);
     }
@@ -515,6 +521,7 @@ class study {
     for (const auto& g : geoms_) all_o += static_cast<std::size_t>(g.out_features);
     const auto record = [&](const std::string& m, std::int64_t samples, std::int64_t n_recal, std::size_t bytes,
                             const strategy_cost& cost, double secs, int level = -1) {
+      lab::use_inference(net, a_.inference);
       row r{p_.name, m, t, seed, lab::top1_percent(lab_.evaluate(net)), samples, n_recal, bytes,
             cost.energy_j * static_cast<double>(n_recal), cost.latency_s * static_cast<double>(n_recal), secs, level};
       if (ch.rram_writes() != writes) throw error(detail::concat(m, " wrote the RRAM"));
