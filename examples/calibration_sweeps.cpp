@@ -55,6 +55,7 @@ struct args {
   std::vector<std::int64_t> ranks{2, 4};
   std::vector<double> bp_lrs{1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2};  // bp-tune's grid
   std::vector<double> bp_temps{4};
+  adapter_inference inference = adapter_inference::factorised;
   std::string out = "examples/results";
   std::string model = lab::default_model;
   std::string data = lab::default_data;
@@ -100,6 +101,8 @@ args parse(int argc, char** argv, int default_threads) {
   cl.numbers("--bp-temps", a.bp_temps, "bp-tune's temperatures, > 0", 0.0, 1e3);
   cl.choice("--drift-bounds", bounds, lab::drift_bounds_help, {"physical", "floor-g-min", "window"});
   cl.choice("--chip", chip, lab::chip_help, {"ideal", "realistic"});
+  std::string inference = "factorised";
+  cl.choice("--inference", inference, lab::inference_help, {"factorised", "merged"});
   cl.text("--out", a.out, "directory of the CSVs");
   cl.text("--model", a.model, "the teacher's weights (safetensors)");
   cl.text("--data", a.data, "the Fashion-MNIST directory");
@@ -108,6 +111,7 @@ args parse(int argc, char** argv, int default_threads) {
     a.loss_path = lab::parse_loss_path(loss_path);
     a.bounds = lab::parse_drift_bounds(bounds);
     a.realistic = chip == "realistic";
+    a.inference = inference == "merged" ? adapter_inference::merged : adapter_inference::factorised;
     if (!(a.lr > 0)) throw cli::usage_error(detail::concat("--lr: must be > 0, got ", a.lr));
     if (!(a.bp_lr > 0)) throw cli::usage_error(detail::concat("--bp-lr: must be > 0, got ", a.bp_lr));
     if (!(a.bp_temperature > 0)) throw cli::usage_error(detail::concat("--bp-temperature: must be > 0, got ", a.bp_temperature));
@@ -260,6 +264,7 @@ class item_runner {
         }
         case method::ideal: break;
       }
+      lab::use_inference(chip->net(), a_.inference);
       e = lab_.evaluate(chip->net());
     }
     r.top1 = lab::top1_percent(e);
@@ -307,20 +312,22 @@ void write_summary(const std::filesystem::path& dir, const std::string& name, co
 
 /// The settings every row of the sweep depends on (its manifest; the grids and seeds are in the item keys).
 sweep::json settings_of(const args& a) {
-  return sweep::json{{"sweep", a.sweep},
-                     {"steps", a.steps},
-                     {"lr", a.lr},
-                     {"loss_path", std::string(to_string(a.loss_path))},
-                     {"bp_steps", a.bp_steps},
-                     {"bp_lr", a.bp_lr},
-                     {"bp_ce", a.bp_ce},
-                     {"bp_kl", a.bp_kl},
-                     {"bp_temperature", a.bp_temperature},
-                     {"test_images", a.test_images},
-                     {"model", a.model},
-                     {"data", a.data},
-                     {"drift_bounds", std::string(rimc::to_string(a.bounds))},
-                     {"chip", a.realistic ? "realistic" : "ideal"}};
+  sweep::json s{{"sweep", a.sweep},
+                {"steps", a.steps},
+                {"lr", a.lr},
+                {"loss_path", std::string(to_string(a.loss_path))},
+                {"bp_steps", a.bp_steps},
+                {"bp_lr", a.bp_lr},
+                {"bp_ce", a.bp_ce},
+                {"bp_kl", a.bp_kl},
+                {"bp_temperature", a.bp_temperature},
+                {"test_images", a.test_images},
+                {"model", a.model},
+                {"data", a.data},
+                {"drift_bounds", std::string(rimc::to_string(a.bounds))},
+                {"chip", a.realistic ? "realistic" : "ideal"}};
+  if (a.inference == adapter_inference::merged) s["inference"] = "merged";  // absent: factorised (older manifests)
+  return s;
 }
 
 std::uint64_t seed_of(int i) { return static_cast<std::uint64_t>(i + 1); }
