@@ -4,8 +4,9 @@
 // same output as the factorised form for DoRA, LoRA and VeRA on conv and
 // linear layers (to float rounding), the fused ReLU, the merged weights
 // following the chip's drift and the adapter's parameters however they were
-// changed, the factorised fallback on a non-ideal periphery, adapters without
-// a merged form refused by name, and concurrent forwards.
+// changed (VeRA+'s level switch included), the factorised fallback on a
+// non-ideal periphery, adapters without a merged form refused by name, and
+// concurrent forwards.
 
 #include <rimc/adapt/adapted_layer.hpp>
 #include <rimc/adapt/affine_adapter.hpp>
@@ -156,6 +157,31 @@ TEST_SUITE("merged adapter inference") {
       CHECK(relative_error(m1, m0) > 1e-3);
       CHECK(relative_error(m1, both().first) < 2e-6);
     }
+  }
+
+  TEST_CASE("VeRA+: switching the drift level is seen by the merged weights") {
+    network net = test::drifted_small_conv_net(11);
+    const layer& base = net.layer("c2");
+    const auto O = base.effective_weights().dim(0), K = base.effective_weights().numel() / O;
+    auto l = attach_adapter(
+        net, "c2",
+        vera_adapter(base, {.projections = std::make_shared<const vera_projections>(4, K, O, 3), .levels = 2}));
+    for (int level : {1, 0}) {  // different values in each level's vectors
+      l->adapter().select(level);
+      test::randomise_adapter(l->adapter(), *l->base(), 80 + static_cast<std::uint64_t>(level));
+      l->parameters_changed();
+    }
+    const Tensor x = test::random_tensor(Shape{2, 2, 10, 10}, 6);
+    const Tensor f0 = net.forward(x);
+    l->adapter().select(1);
+    const Tensor f1 = net.forward(x);
+    l->set_inference(adapter_inference::merged);
+    const Tensor m1 = net.forward(x);
+    l->adapter().select(0);  // on the adapter itself, no parameters_changed()
+    const Tensor m0 = net.forward(x);
+    CHECK(relative_error(f1, f0) > 1e-3);
+    CHECK(relative_error(m1, f1) < 2e-6);
+    CHECK(relative_error(m0, f0) < 2e-6);
   }
 
   TEST_CASE("a non-ideal periphery runs factorised, bitwise, whatever the setting") {

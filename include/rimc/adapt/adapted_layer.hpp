@@ -215,7 +215,7 @@ class adapted_layer final : public adapted_layer_base {
         const Tensor& a = *params[i];
         const Tensor& b = values[i];
         if (!(a.shape() == b.shape()) || a.memory_layout() != b.memory_layout() ||
-            std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.numel()) * sizeof(float)) != 0) {
+            (a.numel() > 0 && std::memcmp(a.data(), b.data(), a.bytes()) != 0)) {
           return false;
         }
       }
