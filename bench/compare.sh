@@ -124,7 +124,7 @@ print(f"| {'peak RSS (MiB, /usr/bin/time -v)':38} | {a:9.0f} | {b:9.0f} | {b / a
 for label, k in (("drifted top-1 (%)", "drifted_top1"), ("calibrated top-1 (%)", "calibrated_top1")):
     a, b, c = 100 * med("rimc", k), 100 * med("peer", k), 100 * med("stats", k)
     print(f"| {label:38} | {a:9.2f} | {b:9.2f} | {b - a:+5.2f} pp | {c:18.2f} | {c - a:+5.2f} pp |")
-m, a = med("merged", "evaluation_seconds"), med("rimc", "evaluation_seconds")
+a = med("rimc", "evaluation_seconds")
 print(f"\nrimc --inference merged: evaluation {m:.3f} s against {a:.3f} s factorised ({a / m:.2f}x), "
       f"calibrated top-1 {100 * med('merged', 'calibrated_top1'):.2f}% against {100 * med('rimc', 'calibrated_top1'):.2f}%, "
       f"peak RSS {statistics.median(rss['merged']):.0f} MiB")
