@@ -41,6 +41,7 @@
 #include <rimc/adapt/lora_adapter.hpp>
 #include <rimc/adapt/schedule.hpp>
 #include <rimc/adapt/vera_adapter.hpp>
+#include <rimc/core/half.hpp>
 #include <rimc/cost/calibration_cost.hpp>
 #include <rimc/io/atomic_file.hpp>
 #include <rimc/nn/geometry.hpp>
@@ -78,6 +79,8 @@ struct args {
   std::string out = "examples/results", model = lab::default_model, data = lab::default_data;
   drift_bounds bounds = drift_bounds::physical;
   adapter_inference inference = adapter_inference::factorised;
+  bool dora_teacher_norms = false;  ///< --dora-magnitude teacher
+  bool vera_fp16 = false;           ///< --vera-storage fp16
   sweep::flags run;  // --resume, --merge, --shard
 };
 
@@ -115,8 +118,16 @@ args parse(int argc, char** argv, int default_threads) {
   cl.number("--test-images", a.test_images, "test images evaluated (the first ones)", std::int64_t{1}, std::int64_t{10000});
   cl.number("--eval-batch", a.eval_batch, "test images per forward", std::int64_t{1}, std::int64_t{10000});
   cl.threads(a.threads);
-  std::string bounds = "physical", inference = "factorised";
+  std::string bounds = "physical", inference = "factorised", magnitude = "drifted", vera_storage = "fp32";
   cl.choice("--inference", inference, lab::inference_help, {"factorised", "merged"});
+  cl.choice("--dora-magnitude", magnitude,
+            "where DoRA's magnitude m starts (dora_field, dora_budget, dora_offline): the drifted chip's row norms "
+            "(the paper) or the teacher's, i.e. the programmed weights' (O values per layer kept from programming)",
+            {"drifted", "teacher"});
+  cl.choice("--vera-storage", vera_storage,
+            "how VeRA+'s stored vector sets and the shared VeRA projections are kept in SRAM: fp32, or fp16 (each value "
+            "rounded to the nearest half-precision number before it is used, 2 bytes counted per value)",
+            {"fp32", "fp16"});
   cl.choice("--drift-bounds", bounds, lab::drift_bounds_help, {"physical", "floor-g-min", "window"});
   cl.text("--out", a.out, "directory of the CSVs");
   cl.text("--model", a.model, "the teacher's weights (safetensors)");
@@ -125,6 +136,8 @@ args parse(int argc, char** argv, int default_threads) {
   cl.check([&] {
     a.bounds = lab::parse_drift_bounds(bounds);
     a.inference = inference == "merged" ? adapter_inference::merged : adapter_inference::factorised;
+    a.dora_teacher_norms = magnitude == "teacher";
+    a.vera_fp16 = vera_storage == "fp16";
     a.presets = split(presets);
     for (const auto& p : a.presets)
       if (std::find(all_presets.begin(), all_presets.end(), p) == all_presets.end())
@@ -178,6 +191,8 @@ sweep::json settings_of(const args& a) {
                 {"data", a.data},
                 {"drift_bounds", std::string(rimc::to_string(a.bounds))}};
   if (a.inference == adapter_inference::merged) s["inference"] = "merged";  // absent: factorised (older manifests)
+  if (a.dora_teacher_norms) s["dora_magnitude"] = "teacher";             // absent: drifted (older manifests)
+  if (a.vera_fp16) s["vera_storage"] = "fp16";                           // absent: fp32 (older manifests)
   return s;
 }
 
@@ -350,8 +365,21 @@ class study {
       max_in = std::max(max_in, g.fan_in);
       max_out = std::max(max_out, g.out_features);
     }
-    proj_ = std::make_shared<const vera_projections>(a.vera_rank, max_in, max_out, 0x76657261);
+    vera_projections proj(a.vera_rank, max_in, max_out, 0x76657261);
+    proj_ = a.vera_fp16 ? std::make_shared<const vera_projections>(rounded_to_half(proj.A()), rounded_to_half(proj.B()))
+                        : std::make_shared<const vera_projections>(std::move(proj));
     offline_ = lab.calibration_set(a.offline_images, 0x6f66666c696e65ULL);  // training images, not the field samples
+  }
+
+  /// A copy of t with every value rounded to the nearest half-precision number (--vera-storage fp16).
+  static Tensor rounded_to_half(const Tensor& t) {
+    Tensor r = t;
+    for (float& v : r.values()) v = round_to_half(v);
+    return r;
+  }
+  /// SRAM precision of VeRA+'s stored sets and the shared projections.
+  [[nodiscard]] sram_precision vera_storage() const noexcept {
+    return a_.vera_fp16 ? sram_precision::fp16 : sram_precision::fp32;
   }
 
   /// The offline preparation (schedules, budget plan), once per process: recorded as side rows.
@@ -369,10 +397,18 @@ class study {
     c.rank = a_.rank;
     c.steps = a_.steps;
     c.lr = a_.lr;
+    c.magnitude_from_teacher = a_.dora_teacher_norms;
     return c;
+  }
+  /// DoRA adapters of rank r, m started where --dora-magnitude says.
+  [[nodiscard]] dora_factory dora(std::int64_t r) const {
+    dora_factory f = dora_factory::from(dora_cfg());
+    f.rank = r;
+    return f;
   }
   [[nodiscard]] calibration_config vera_cfg() const {
     calibration_config c = dora_cfg();
+    c.magnitude_from_teacher = false;
     c.steps = a_.vera_steps;
     c.lr = a_.vera_lr;
     return c;
@@ -430,6 +466,9 @@ class study {
       const std::vector<network*> nets = sim_nets(t);
       const auto res = calibrate_feature_kd_ensemble(lab_.teacher(), nets, offline_.images, cfg, make);
       adapter_set set = capture_adapters(*nets[0], kind);
+      if (kind == "vera" && a_.vera_fp16)  // the stored sets: what the deployed chip reads back from SRAM
+        for (auto& [layer_name, tensors] : set)
+          for (auto& [tensor_name, values] : tensors) values = rounded_to_half(values);
       std::fprintf(stderr, "  %s offline set at t = %g s: %.2f s\n", kind.c_str(), t, res.seconds);
       for (network* n : nets) detach_adapters(*n);
       return set;
@@ -467,7 +506,7 @@ class study {
     const std::vector<network*> nets = sim_nets(p_.reference_time);
     const std::vector<std::int64_t> ranks{1, 2, 4};
     const auto sens = measure_sensitivity(lab_.teacher(), nets, offline_.images, dora_cfg(), ranks,
-                                          [](const adapter_request& r, std::int64_t rank) { return dora_factory{rank}(r); });
+                                          [&](const adapter_request& r, std::int64_t rank) { return dora(rank)(r); });
     budget_bytes_ = static_cast<std::size_t>(static_cast<double>(uniform) * a_.budget_fraction);
     plan_ = plan_adapter_budget(sens, budget_bytes_);
   }
@@ -550,7 +589,7 @@ class study {
         record(m, a_.samples * recals, recals, res.footprint.sram_bytes, field_cost(m, layers), res.seconds);
       } else if (m == "vera_field") {
         const auto res = calibrate_feature_kd(lab_.teacher(), net, field.images, with_seed(vera_cfg(), seed, ti), vera_factory());
-        record(m, a_.samples * recals, recals, res.footprint.sram_bytes + proj_->footprint().sram_bytes,
+        record(m, a_.samples * recals, recals, res.footprint.sram_bytes + proj_->footprint(vera_storage()).sram_bytes,
                field_cost(m, layers), res.seconds);
       } else if (m == "vera_offline" || m == "dora_offline") {
         const bool vera = m == "vera_offline";
@@ -559,16 +598,17 @@ class study {
         else attach_all(net, dora_factory{a_.rank});
         const std::size_t level = s.apply_at(net, seconds{t});
         std::size_t bytes = 0;
-        for (const auto& [name, l] : adapted_layers(net)) bytes += l->footprint().sram_bytes;
+        const sram_precision storage = vera ? vera_storage() : sram_precision::fp32;
+        for (const auto& [name, l] : adapted_layers(net)) bytes += l->footprint(storage).sram_bytes;
         bytes *= s.size();
-        if (vera) bytes += proj_->footprint().sram_bytes;
+        if (vera) bytes += proj_->footprint(storage).sram_bytes;
         record(m, 0, 0, bytes, nothing, lab::seconds_since(t0), static_cast<int>(level));
       } else if (m == "dora_budget") {
         calibration_config c = with_seed(dora_cfg(), seed, ti);
         c.targets = plan_.targets(net);
         const auto ranks = plan_.ranks;
         const auto res = calibrate_feature_kd(lab_.teacher(), net, field.images, c,
-                                              [&](const adapter_request& r) { return dora_factory{ranks.at(r.name)}(r); });
+                                              [&](const adapter_request& r) { return dora(ranks.at(r.name))(r); });
         record(m, a_.samples * recals, recals, res.footprint.sram_bytes, field_cost(m, c.targets), res.seconds);
       }
     }
@@ -610,7 +650,7 @@ void study::prepare() {
   }
   t0 = std::chrono::steady_clock::now();
   if (wants("dora_offline")) {
-    dora_schedule_ = offline_schedule<dora_adapter>("dora", dora_factory{a_.rank}, dora_cfg());
+    dora_schedule_ = offline_schedule<dora_adapter>("dora", dora(a_.rank), dora_cfg());
     rec_.offline(p_.name, "dora_offline schedule", lab::seconds_since(t0), levels(*dora_schedule_));
   }
   t0 = std::chrono::steady_clock::now();
