@@ -89,9 +89,8 @@ if samples:
         rows.append(row)
     table(hdr, rows)
 
-# bp-tune's grid, run as two parts (the default grid is their union): lr 1e-3 .. 3e-2, and the low rates.
-tune = (load("bp-tune_summary.csv") or []) + [r for r in (load("bp-tune-low-lr/bp-tune_summary.csv") or [])
-                                              if r["method"] == "backprop"]
+# bp-tune's default grid (lr 1e-4 .. 3e-2, three losses, 100 or 300 steps), one run.
+tune = load("bp-tune_summary.csv")
 if tune:
     print("**Backprop baseline tuning** at rho = 0.2, N = 10, rank 2 (top-1 %, best 8 of the grid, and feature KD)\n")
     bp = sorted((r for r in tune if r["method"] == "backprop"), key=lambda r: -float(r["mean"]))
