@@ -131,7 +131,7 @@ args parse(int argc, char** argv) {
                                             a.chip.faults.sa1));
     }
     a.loss_path = lab::parse_loss_path(loss_path);
-    a.inference = inference == "merged" ? adapter_inference::merged : adapter_inference::factorised;
+    a.inference = lab::parse_inference(inference);
     a.backprop = !no_backprop;
     if (!(a.lr > 0)) throw cli::usage_error(detail::concat("--lr: must be > 0, got ", a.lr));
     lab::check_rank("--rank", a.rank);

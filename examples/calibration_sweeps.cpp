@@ -111,7 +111,7 @@ args parse(int argc, char** argv, int default_threads) {
     a.loss_path = lab::parse_loss_path(loss_path);
     a.bounds = lab::parse_drift_bounds(bounds);
     a.realistic = chip == "realistic";
-    a.inference = inference == "merged" ? adapter_inference::merged : adapter_inference::factorised;
+    a.inference = lab::parse_inference(inference);
     if (!(a.lr > 0)) throw cli::usage_error(detail::concat("--lr: must be > 0, got ", a.lr));
     if (!(a.bp_lr > 0)) throw cli::usage_error(detail::concat("--bp-lr: must be > 0, got ", a.bp_lr));
     if (!(a.bp_temperature > 0)) throw cli::usage_error(detail::concat("--bp-temperature: must be > 0, got ", a.bp_temperature));

@@ -54,8 +54,7 @@ inline drift_bounds parse_drift_bounds(std::string_view s) {
 inline constexpr const char* drift_bounds_help =
     "where drift may take a conductance: physical (G >= 0), floor-g-min (G >= g_min) or window ([g_min, g_max])";
 
-/// --loss-path: how each feature-KD step is computed (calibration_config::loss_path).
-/// --inference's help (the demo and the lifetime study).
+/// --inference's help (the demo, the sweeps and the lifetime study).
 inline constexpr const char* inference_help =
     "how calibrated adapters run at evaluation: factorised (the crossbar output, then the adapter, as the chip "
     "computes) or merged (one kernel per layer on the merged weights where the periphery is ideal: the same maths, "
@@ -68,6 +67,12 @@ inline void use_inference(const graph& net, adapter_inference form) {
     if (l->can_merge()) l->set_inference(form);
 }
 
+/// --inference's value ("factorised" or "merged"; the flag's choice list has refused any other).
+inline adapter_inference parse_inference(std::string_view s) {
+  return s == "merged" ? adapter_inference::merged : adapter_inference::factorised;
+}
+
+/// --loss-path: how each feature-KD step is computed (calibration_config::loss_path).
 inline kd_loss_path parse_loss_path(std::string_view s) {
   for (const kd_loss_path p : {kd_loss_path::automatic, kd_loss_path::statistics, kd_loss_path::direct})
     if (s == rimc::to_string(p)) return p;

@@ -135,7 +135,7 @@ args parse(int argc, char** argv, int default_threads) {
   a.run.add_to(cl);
   cl.check([&] {
     a.bounds = lab::parse_drift_bounds(bounds);
-    a.inference = inference == "merged" ? adapter_inference::merged : adapter_inference::factorised;
+    a.inference = lab::parse_inference(inference);
     a.dora_teacher_norms = magnitude == "teacher";
     a.vera_fp16 = vera_storage == "fp16";
     a.presets = split(presets);
