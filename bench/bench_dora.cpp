@@ -2,7 +2,9 @@
 // ResNet-20 and ResNet-50 conv shapes, r = 2, 4, 8, batch 10 and 32:
 //   frozen_conv      - the base layer's forward (what the crossbar computes)
 //   adapter_fwd      - the adapter's training forward given W0 x (A x, B, scale, bias)
-//   adapter_fwd_bwd  - that forward plus the backward for m, A, B (no input gradient)
+//   adapter_fwd_bwd  - that forward plus the backward for m, A, B (no input gradient), on the
+//                      default shift-add kernels (oneDNN GEMMs); adapter_fwd_bwd_direct: the same
+//                      on rimc's direct kernels (low_rank_kernel::direct)
 //   adapter_infer    - the deploy form's factorised forward (fp32) given W0 x: the per-image
 //                      digital work when the crossbar output is not ideal
 //   merged_conv      - one frozen conv on W' = gamma (W0 + s B A): the whole adapted layer
@@ -101,10 +103,12 @@ void adapter_fwd(benchmark::State& state, const conv_shape& s, std::int64_t n, s
   finish(state, n, "adapter");
 }
 
-void adapter_fwd_bwd(benchmark::State& state, const conv_shape& s, std::int64_t n, std::int64_t r, isa_tier tier) {
+void adapter_fwd_bwd(benchmark::State& state, const conv_shape& s, std::int64_t n, std::int64_t r, isa_tier tier,
+                     low_rank_kernel kernel) {
   const isa_guard cap(tier);
   problem pr = make(s, n);
-  const dora_adapter a = adapter_for(pr, r);
+  dora_adapter a = adapter_for(pr, r);
+  a.set_training_kernel(kernel);
   Tensor y;
   dora_cache cache;
   dora_gradients g;
@@ -166,7 +170,11 @@ int main(int argc, char** argv) {
           if (tier > active_isa()) continue;
           const std::string t = tier == active_isa() ? "" : "/isa:" + std::string(to_string(tier));
           benchmark::RegisterBenchmark(("adapter_fwd/" + tail + t).c_str(), adapter_fwd, s, n, r, tier)->UseRealTime();
-          benchmark::RegisterBenchmark(("adapter_fwd_bwd/" + tail + t).c_str(), adapter_fwd_bwd, s, n, r, tier)
+          benchmark::RegisterBenchmark(("adapter_fwd_bwd/" + tail + t).c_str(), adapter_fwd_bwd, s, n, r, tier,
+                                       low_rank_kernel::shift_add)
+              ->UseRealTime();
+          benchmark::RegisterBenchmark(("adapter_fwd_bwd_direct/" + tail + t).c_str(), adapter_fwd_bwd, s, n, r, tier,
+                                       low_rank_kernel::direct)
               ->UseRealTime();
           benchmark::RegisterBenchmark(("adapter_infer/" + tail + t).c_str(), adapter_infer, s, n, r, tier)
               ->UseRealTime();

@@ -5,7 +5,8 @@
 //   direct    - the same oneDNN primitive created and executed by hand
 //   reference - rimc::reference's plain loops (ResNet-20 at batch 32 only)
 // Each reports a GFLOPS counter (2 * MACs per second) and the oneDNN
-// implementation as its label.
+// implementation as its label. fma_peak: the cores' FMA throughput;
+// omp_region: the cost of starting one (empty) OpenMP parallel region.
 
 #include <rimc/kernels/conv2d.hpp>
 #include <rimc/kernels/reference.hpp>
@@ -252,10 +253,25 @@ void fma_peak(benchmark::State& state) {
   set_counters(state, flops, avx512 ? "avx512 fma" : "avx2 fma");
 }
 
+/// One empty OpenMP parallel region on every thread: what starting a region
+/// costs. Under OMP_WAIT_POLICY=passive the idle threads sleep between
+/// regions and each start wakes them (a futex each); under the default
+/// policy they spin and it costs about a microsecond.
+void omp_region(benchmark::State& state) {
+  for (auto _ : state) {
+    int sum = 0;
+#pragma omp parallel reduction(+ : sum)
+    sum += omp_get_thread_num();
+    benchmark::DoNotOptimize(sum);
+  }
+  state.SetLabel(std::to_string(omp_get_max_threads()) + " threads");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("fma_peak", fma_peak)->UseRealTime();
+  benchmark::RegisterBenchmark("omp_region", omp_region)->UseRealTime();
   for (const auto& s : shapes()) {
     const std::string n = name_of(s);
     benchmark::RegisterBenchmark(("conv_fwd/rimc/" + n).c_str(), rimc_forward, s)->UseRealTime();

@@ -3,7 +3,8 @@
 fraction of the frozen convolution's forward on the same shape (medians when
 the run used --benchmark_repetitions). "layer+" columns: what the whole
 adapted layer's inference adds to the frozen conv (adapted_layer time over
-frozen_conv time, minus 1), factorised and merged.
+frozen_conv time, minus 1), factorised and merged. "direct": forward + backward
+on the direct training kernels (adapter_fwd_bwd_direct).
 
 usage: dora_ratios.py bench_dora.json
 """
@@ -21,9 +22,10 @@ def main(path):
             continue
         name = b.get("run_name", b["name"]).replace("/real_time", "")
         t[name] = b["real_time"]
-    print(f"{'shape':42} {'r':>2} {'frozen ms':>10} {'fwd':>6} {'fwd+bwd':>8} {'infer':>6} {'merged':>7}"
-          f" {'layer+ fact':>11} {'layer+ merged':>13}")
-    worst = {"fwd": [], "fwd+bwd": [], "infer": [], "layer+ factorised": [], "layer+ merged": []}
+    print(f"{'shape':42} {'r':>2} {'frozen ms':>10} {'fwd':>6} {'fwd+bwd':>8} {'direct':>7} {'infer':>6}"
+          f" {'merged':>7} {'layer+ fact':>11} {'layer+ merged':>13}")
+    worst = {"fwd": [], "fwd+bwd": [], "fwd+bwd direct": [], "infer": [], "layer+ factorised": [],
+             "layer+ merged": []}
     for name, frozen in t.items():
         if not name.startswith("frozen_conv/"):
             continue
@@ -32,16 +34,17 @@ def main(path):
             tail = f"{shape}/r{r}"
             fwd = t.get(f"adapter_fwd/{tail}", float("nan")) / frozen
             fb = t.get(f"adapter_fwd_bwd/{tail}", float("nan")) / frozen
+            fbd = t.get(f"adapter_fwd_bwd_direct/{tail}", float("nan")) / frozen
             inf = t.get(f"adapter_infer/{tail}", float("nan")) / frozen
             merged = t.get(f"merged_conv/{tail}", float("nan")) / frozen
             lf = t.get(f"adapted_layer/{tail}/factorised", float("nan")) / frozen - 1
             lm = t.get(f"adapted_layer/{tail}/merged", float("nan")) / frozen - 1
             if r <= 4:
-                for k, v in (("fwd", fwd), ("fwd+bwd", fb), ("infer", inf), ("layer+ factorised", lf),
-                             ("layer+ merged", lm)):
+                for k, v in (("fwd", fwd), ("fwd+bwd", fb), ("fwd+bwd direct", fbd), ("infer", inf),
+                             ("layer+ factorised", lf), ("layer+ merged", lm)):
                     if v == v:  # not NaN: measured in this run
                         worst[k].append(v)
-            print(f"{shape:42} {r:2} {frozen / 1e6:10.3f} {fwd:6.2f} {fb:8.2f} {inf:6.2f} {merged:7.2f}"
+            print(f"{shape:42} {r:2} {frozen / 1e6:10.3f} {fwd:6.2f} {fb:8.2f} {fbd:7.2f} {inf:6.2f} {merged:7.2f}"
                   f" {lf:11.2f} {lm:13.2f}")
     print()
     for k, v in worst.items():

@@ -242,46 +242,51 @@ TEST_SUITE("dora") {
     }
   }
 
-  TEST_CASE("the adapter's backward matches the reference gradients, both norm modes") {
+  TEST_CASE("the adapter's backward matches the reference gradients, both norm modes, both training kernels") {
     for (const auto& c : layer_cases()) {
       for (norm_mode mode : {norm_mode::detached, norm_mode::exact}) {
-        SUBCASE((std::string(c.name) + (mode == norm_mode::exact ? ", exact norm" : ", detached norm")).c_str()) {
-          adapted l = make_adapter(c, mode);
-          perturb(l, 9);
-          const dora_adapter& a = l.a;
-          const Tensor x = test::random_tensor(c.x, 1);
-          dora_cache cache;
-          Tensor y;
-          l.forward(x, y, &cache);
-          const Tensor gy = test::random_tensor(y.shape(), 4);
-          dora_gradients g;
-          Tensor dx;
-          a.backward(*l.base, cache, gy, g, &dx);
-          const dmat<double> X = rows_of(a, x);
-          const Tensor gyp = gy.to_layout(y.memory_layout());
-          const dmat<double> G = gyp.matrix(X.rows(), c.w[0]).cast<double>();
-          const auto ref = reference::dora_backward(X, params_of(a, *l.base, l.base->bias()), G, mode == norm_mode::exact);
-          auto T = [](const auto& m, const Shape& s) {
-            Tensor t(s);
-            const dmat<double> rm = m;
-            t.matrix(rm.rows(), rm.cols()) = rm.cast<float>();
-            return t;
-          };
-          test::check_close(g.magnitude, T(dmat<double>(ref.m.transpose()), a.magnitude().shape()), 1e-4, 1e-4);
-          test::check_close(g.lora_A, T(ref.a, a.lora_A().shape()), 1e-4, 1e-4);
-          test::check_close(g.lora_B, T(ref.b, a.lora_B().shape()), 1e-4, 1e-4);
-          Tensor dx_ref(c.x);
-          if (c.conv) {
-            reference::col2im(dmat<double>(ref.x).cast<float>().eval().data(), c.x, a.base_weight_shape(), c.p,
-                              dx_ref.data());
-          } else {
-            dx_ref.matrix(ref.x.rows(), ref.x.cols()) = ref.x.cast<float>();
+        for (const low_rank_kernel kernel : {low_rank_kernel::shift_add, low_rank_kernel::direct}) {
+          const std::string name = std::string(c.name) + (mode == norm_mode::exact ? ", exact norm" : ", detached norm") +
+                                   (kernel == low_rank_kernel::direct ? ", direct kernels" : ", shift-add kernels");
+          SUBCASE(name.c_str()) {
+            adapted l = make_adapter(c, mode);
+            l.a.set_training_kernel(kernel);
+            perturb(l, 9);
+            const dora_adapter& a = l.a;
+            const Tensor x = test::random_tensor(c.x, 1);
+            dora_cache cache;
+            Tensor y;
+            l.forward(x, y, &cache);
+            const Tensor gy = test::random_tensor(y.shape(), 4);
+            dora_gradients g;
+            Tensor dx;
+            a.backward(*l.base, cache, gy, g, &dx);
+            const dmat<double> X = rows_of(a, x);
+            const Tensor gyp = gy.to_layout(y.memory_layout());
+            const dmat<double> G = gyp.matrix(X.rows(), c.w[0]).cast<double>();
+            const auto ref = reference::dora_backward(X, params_of(a, *l.base, l.base->bias()), G, mode == norm_mode::exact);
+            auto T = [](const auto& m, const Shape& s) {
+              Tensor t(s);
+              const dmat<double> rm = m;
+              t.matrix(rm.rows(), rm.cols()) = rm.cast<float>();
+              return t;
+            };
+            test::check_close(g.magnitude, T(dmat<double>(ref.m.transpose()), a.magnitude().shape()), 1e-4, 1e-4);
+            test::check_close(g.lora_A, T(ref.a, a.lora_A().shape()), 1e-4, 1e-4);
+            test::check_close(g.lora_B, T(ref.b, a.lora_B().shape()), 1e-4, 1e-4);
+            Tensor dx_ref(c.x);
+            if (c.conv) {
+              reference::col2im(dmat<double>(ref.x).cast<float>().eval().data(), c.x, a.base_weight_shape(), c.p,
+                                dx_ref.data());
+            } else {
+              dx_ref.matrix(ref.x.rows(), ref.x.cols()) = ref.x.cast<float>();
+            }
+            test::check_close(dx, dx_ref, 1e-4, 1e-4);
+            // dL/dx alone (no cache) is the same.
+            Tensor dx_alone;
+            a.backward_data(*l.base, gy, x.shape(), dx_alone);
+            test::check_close(dx_alone, dx, 1e-6, 1e-6);
           }
-          test::check_close(dx, dx_ref, 1e-4, 1e-4);
-          // dL/dx alone (no cache) is the same.
-          Tensor dx_alone;
-          a.backward_data(*l.base, gy, x.shape(), dx_alone);
-          test::check_close(dx_alone, dx, 1e-6, 1e-6);
         }
       }
     }

@@ -12,6 +12,7 @@
 #include <rimc/kernels/linear.hpp>
 #include <rimc/kernels/mse.hpp>
 #include <rimc/kernels/small_gemm.hpp>
+#include <rimc/kernels/thin_conv2d.hpp>
 
 #include "test_util.hpp"
 
@@ -206,6 +207,60 @@ TEST_SUITE("isa tiers") {
             CHECK(same_bits(dwant, dgot));
           });
         }
+  }
+
+  TEST_CASE("the thin convolution's forward and weight gradient give the portable form's bits on every tier") {
+    conv2d_params s2;
+    s2.stride = {2, 2};
+    s2.padding = {1, 1};
+    for (const std::int64_t C : {1, 3, 8, 16, 20, 33, 64})
+      for (const std::int64_t r : {1, 2, 3, 4, 6}) {
+        CAPTURE(C);
+        CAPTURE(r);
+        const thin_conv2d conv(test::random_tensor(Shape{r, C, 3, 3}, 1), s2);
+        const Tensor x = test::random_tensor(Shape{3, C, 9, 8}, 2, layout::nhwc);
+        Tensor u0, dw0;
+        {
+          const isa_guard cap(isa_tier::scalar);
+          conv.forward(x, u0);
+          conv.backward(x, u0, dw0);
+        }
+        for_each_tier([&](isa_tier) {
+          Tensor u, dw;
+          conv.forward(x, u);
+          conv.backward(x, u0, dw);
+          CHECK(u == u0);
+          CHECK(dw == dw0);
+        });
+      }
+  }
+
+  TEST_CASE("DoRA's backward pass gives the portable form's bits on every tier, tails included") {
+    for (const std::int64_t O : {1, 5, 8, 13, 16, 20, 33, 64})
+      for (const std::int64_t r : {1, 2, 4}) {
+        CAPTURE(O);
+        CAPTURE(r);
+        const std::int64_t P = 37;
+        const Tensor g = test::random_tensor(Shape{P, O}, 1), z = test::random_tensor(Shape{P, O}, 2),
+                     bias = test::random_tensor(Shape{O}, 3), u = test::random_tensor(Shape{P, r}, 4),
+                     w = test::random_tensor(Shape{r, O}, 5);
+        for (const bool with_bias : {false, true}) {
+          const float* b = with_bias ? bias.data() : nullptr;
+          std::vector<double> c0(static_cast<std::size_t>(O), 0.5);
+          std::vector<float> t0(static_cast<std::size_t>(r * O), 0.25f), h0(static_cast<std::size_t>(P * r), -1.0f);
+          detail::portable::dora_backward_rows(g.data(), z.data(), b, u.data(), w.data(), O, r, 3, P, c0.data(),
+                                               t0.data(), h0.data());
+          for_each_tier([&](isa_tier t) {
+            std::vector<double> c1(static_cast<std::size_t>(O), 0.5);
+            std::vector<float> t1(static_cast<std::size_t>(r * O), 0.25f), h1(static_cast<std::size_t>(P * r), -1.0f);
+            detail::dora_backward_rows(g.data(), z.data(), b, u.data(), w.data(), O, r, 3, P, c1.data(), t1.data(),
+                                       h1.data(), t);
+            CHECK(same_bits(c0, c1));
+            CHECK(same_bits(t0, t1));
+            CHECK(same_bits(h0, h1));  // rows before p0 untouched
+          });
+        }
+      }
   }
 
   TEST_CASE("Adam's update gives the portable form's bits on every tier") {

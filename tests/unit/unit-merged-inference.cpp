@@ -237,6 +237,21 @@ TEST_SUITE("merged adapter inference") {
     set_adapter_inference(net, adapter_inference::factorised);  // always possible
   }
 
+  TEST_CASE("the training kernel is set on every low-rank adapter of a network, and inference stays bitwise") {
+    network net = test::drifted_small_conv_net(11);
+    auto d = attach_adapter(net, "c1", make_dora(net.layer("c1")));
+    auto a = attach_adapter(net, "c2", affine_adapter(net.layer("c2")));
+    const Tensor x = test::random_tensor(Shape{3, 2, 10, 10}, 4);
+    const Tensor before = net.forward(x);
+    CHECK(d->adapter().training_kernel() == low_rank_kernel::shift_add);
+    CHECK(set_adapter_training_kernel(net, low_rank_kernel::direct) == 1);  // the affine adapter has no low-rank path
+    CHECK(d->adapter().training_kernel() == low_rank_kernel::direct);
+    CHECK_FALSE(a->set_training_kernel(low_rank_kernel::direct));
+    CHECK(net.forward(x) == before);  // inference runs the shift-add form either way
+    CHECK(set_adapter_training_kernel(net, low_rank_kernel::shift_add) == 1);
+    CHECK(d->adapter().training_kernel() == low_rank_kernel::shift_add);
+  }
+
   TEST_CASE("merged forwards from two threads at once agree with one thread") {
     network net = adapted_chip<dora_adapter>(make_dora);
     set_adapter_inference(net, adapter_inference::merged);

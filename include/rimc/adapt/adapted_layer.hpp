@@ -95,6 +95,10 @@ class adapted_layer_base : public layer {
   /// when the adapter has no merged form. Back to factorised frees the
   /// merged weights. Not to be called while another thread runs forward().
   virtual void set_inference(adapter_inference mode) = 0;
+  /// Sets the kernels the adapter's calibration steps run (low_rank_kernel)
+  /// and returns true, or returns false for an adapter without a low-rank
+  /// path (nothing to set). Not to be called while another thread runs the layer.
+  virtual bool set_training_kernel(low_rank_kernel k) = 0;
 
  protected:
   /// Wraps `base`; value_error when it is null.
@@ -151,6 +155,15 @@ class adapted_layer final : public adapted_layer_base {
     const std::lock_guard lock(merge_mutex_);
     inference_.store(mode, std::memory_order_relaxed);
     if (mode == adapter_inference::factorised) merged_.reset();
+  }
+  bool set_training_kernel(low_rank_kernel k) override {
+    if constexpr (requires(A& a) { a.set_training_kernel(k); }) {
+      const std::lock_guard lock(mutex_);
+      adapter_.set_training_kernel(k);
+      return true;
+    } else {
+      return false;
+    }
   }
   void backward_data(const Tensor& dy, const Shape& s, Tensor& dx) const override {
     sync();
@@ -362,6 +375,14 @@ inline void set_adapter_inference(const graph& net, adapter_inference mode) {
     }
   }
   for (const auto& [name, l] : layers) l->set_inference(mode);
+}
+
+/// Sets the kernels every low-rank adapter of `net` runs in calibration
+/// (adapted_layer_base::set_training_kernel); returns how many it set.
+inline std::size_t set_adapter_training_kernel(const graph& net, low_rank_kernel k) {
+  std::size_t n = 0;
+  for (const auto& [name, l] : adapted_layers(net)) n += l->set_training_kernel(k) ? 1 : 0;
+  return n;
 }
 
 /// Removes the adapter of every adapted node, putting its frozen layer back.

@@ -86,6 +86,20 @@ concept mergeable_adapter = adapter<A> && requires(const A& a, const layer& base
   { a.merged_weights(base) } -> std::same_as<Tensor>;
 };
 
+/// Which kernels a low-rank adapter's calibration step runs for A x, its
+/// weight gradient and (DoRA) the pass over dL/dy. Both compute the same
+/// maths and agree to float rounding; inference always runs shift_add.
+enum class low_rank_kernel : std::uint8_t {
+  /// oneDNN GEMMs with a scatter over the taps (the default): the bits every
+  /// committed result was computed with.
+  shift_add,
+  /// rimc's direct channels-last kernels (kernels/arch; bitwise the same on
+  /// every ISA tier and thread count), fused with the combination and with
+  /// DoRA's reductions: 1.3-6x faster forward + backward on thin layers
+  /// (README, "Benchmarks"); a backprop calibration then rounds differently.
+  direct
+};
+
 /// A low-rank adapter's output in one form: y = gamma ⊙ (layer_out - bias +
 /// s (A x) B^T) + bias, or, with gamma null, y = layer_out + s (A x) B^T
 /// (LoRA). What the statistics-based calibration and the fused loss need.

@@ -92,6 +92,11 @@ using dora_cache = low_rank_cache;
 
 namespace detail {
 
+/// What a forward of an adapter's u = A x is for: inference (no cache; always
+/// thin_conv2d::forward_shift_add) or training (fills a cache; the direct
+/// kernel, fused with the combination, when the training kernel is direct).
+enum class u_form : std::uint8_t { inference, training };
+
 /// The low-rank path of an adapter: A as a convolution with r output channels
 /// and the base geometry (thin_conv2d's shift-and-add for r <= 4, where
 /// oneDNN's channel padding would waste most of the work; oneDNN's direct
@@ -119,10 +124,39 @@ class low_rank_kernels {
     if (conv_) conv_->set_weights(a);
     if (linear_) linear_->set_weights(a);
   }
-  /// u = A x, channels-last for conv.
-  void forward(const Tensor& x, Tensor& u) const {
+  /// u = A x, then rows_done(p0, p1) over ranges of u's rows covering them
+  /// once: for the training form of a thin convolution in the same parallel
+  /// region (each range as soon as its rows exist), otherwise after it in
+  /// blocks of combine_block_rows over threads.
+  /// Which kernels forwards that fill a cache, and backward, run (shift_add unless set).
+  [[nodiscard]] low_rank_kernel training_kernel() const noexcept { return training_; }
+  /// Sets training_kernel().
+  void set_training_kernel(low_rank_kernel k) noexcept { training_ = k; }
+  /// Whether the direct thin-convolution kernels serve `form`.
+  [[nodiscard]] bool direct(u_form form) const noexcept {
+    return thin_ && form == u_form::training && training_ == low_rank_kernel::direct;
+  }
+
+  template <class RowsDone>
+  void forward(const Tensor& x, Tensor& u, RowsDone&& rows_done, u_form form) const {
+    if (direct(form)) {
+      thin_->forward(x, u, rows_done);
+      return;
+    }
+    forward(x, u, form);
+    const std::int64_t P = u.numel() / (conv_ || thin_ ? u.dim(1) : u.dim(u.rank() - 1));
+    const std::int64_t blocks = (P + combine_block_rows - 1) / combine_block_rows;
+#pragma omp parallel for schedule(static) if (blocks > 1)
+    for (std::int64_t b = 0; b < blocks; ++b) rows_done(b * combine_block_rows, std::min(P, (b + 1) * combine_block_rows));
+  }
+  /// u = A x, channels-last for conv, in the given form.
+  void forward(const Tensor& x, Tensor& u, u_form form = u_form::inference) const {
     if (thin_) {
-      thin_->forward(x, u);
+      if (direct(form)) {
+        thin_->forward(x, u);
+      } else {
+        thin_->forward_shift_add(x, u);
+      }
     } else if (conv_) {
       conv_->forward(x, u);
       if (u.memory_layout() != layout::nhwc) u = u.to_layout(layout::nhwc);
@@ -133,7 +167,11 @@ class low_rank_kernels {
   /// dL/dA (A's shape) and, with `dx`, A's part of dL/dx, given du = dL/du.
   void backward(const Tensor& x, const Tensor& du, Tensor& da, Tensor* dx) const {
     if (thin_) {
-      thin_->backward(x, du, da, dx);
+      if (training_ == low_rank_kernel::direct) {
+        thin_->backward(x, du, da, dx);
+      } else {
+        thin_->backward_shift_add(x, du, da, dx);
+      }
       return;
     }
     if (conv_) {
@@ -166,6 +204,7 @@ class low_rank_kernels {
   std::unique_ptr<thin_conv2d> thin_;
   std::unique_ptr<rimc::conv2d> conv_;
   std::unique_ptr<rimc::linear> linear_;
+  low_rank_kernel training_ = low_rank_kernel::shift_add;
 };
 
 /// Rows per block of the row-wise reductions: fixed, so that partial sums
@@ -178,16 +217,18 @@ struct combine_options {
   bool relu = false;            ///< then y = max(y, 0)
 };
 
-/// y = ((u s B^T) + z) ⊙ gamma + shift in one pass (z = layer_out, minus the
-/// bias with opts.bias_in_output; gamma = 1 and shift = 0 when gamma is null,
-/// i.e. y = layer_out + s u B^T for LoRA; shift = bias otherwise). y may be
-/// layer_out itself (element by element, read before written).
-inline void low_rank_combine(const Tensor& u, const Tensor& layer_out, const Eigen::Ref<const RowMatrixXf>& b,
-                             const Eigen::VectorXf* gamma, float s, const Tensor* bias, Tensor& y,
-                             combine_options opts) {
+/// u = A x (k's kernel), then y = ((u s B^T) + z) ⊙ gamma + shift (z =
+/// layer_out, minus the bias with opts.bias_in_output; gamma = 1 and shift = 0
+/// when gamma is null, i.e. y = layer_out + s u B^T for LoRA; shift = bias
+/// otherwise), each range of rows combined as soon as its u rows exist, in
+/// the same parallel region for the training form. y may be layer_out itself
+/// (element by element, read before written).
+inline void low_rank_forward(const low_rank_kernels& k, const Tensor& x, Tensor& u, const Tensor& layer_out,
+                             const Eigen::Ref<const RowMatrixXf>& b, const Eigen::VectorXf* gamma, float s,
+                             const Tensor* bias, Tensor& y, combine_options opts, u_form form) {
   const bool conv = layer_out.rank() == 4;
   const auto O = layer_out.dim(1);
-  const Eigen::Index P = layer_out.numel() / O, r = b.cols();
+  const Eigen::Index r = b.cols();
   thread_local Tensor z_scratch;
   const Tensor& z = conv ? as_layout(layer_out, layout::nhwc, z_scratch) : layer_out;
   if (&y != &layer_out || &z != &layer_out) y.ensure(layer_out.shape(), conv ? layout::nhwc : layout::nchw);
@@ -203,8 +244,15 @@ inline void low_rank_combine(const Tensor& u, const Tensor& layer_out, const Eig
     g = ones.data();
   }
   const bool unbias = opts.bias_in_output && bias && gamma;
-  combine_rows(u.data(), sbt.data(), z.data(), unbias ? shift.data() : nullptr, g, shift.data(), r, O, P, y.data(),
-               opts.relu);
+  const isa_tier tier = active_isa();  // outside the parallel region (it may throw)
+  const float *sb = sbt.data(), *zd = z.data(), *ub = unbias ? shift.data() : nullptr, *sh = shift.data();
+  float* yd = y.data();
+  k.forward(
+      x, u,
+      [&](std::int64_t p0, std::int64_t p1) {
+        combine_rows_block(u.data(), sb, zd, ub, g, sh, r, O, p0, p1, yd + p0 * O, opts.relu, tier);
+      },
+      form);
 }
 
 /// The additive low-rank forward LoRA and VeRA share: u = A x (into the cache
@@ -216,8 +264,8 @@ inline void additive_low_rank_forward(const low_rank_kernels& k, const Eigen::Re
   if (&y == &x || &y == &layer_out) throw value_error(concat(who, "::forward: y must not alias x or layer_out"));
   thread_local Tensor u_local;
   Tensor& u = cache ? cache->u : u_local;
-  k.forward(x, u);
-  low_rank_combine(u, layer_out, b, nullptr, s, nullptr, y, {});
+  low_rank_forward(k, x, u, layer_out, b, nullptr, s, nullptr, y, {},
+                   cache ? u_form::training : u_form::inference);
   if (cache) {
     cache->src = &x;
     cache->layer_out = &layer_out;
@@ -228,9 +276,8 @@ inline void additive_low_rank_forward(const low_rank_kernels& k, const Eigen::Re
 inline void additive_low_rank_in_place(const low_rank_kernels& k, const Eigen::Ref<const RowMatrixXf>& b, float s,
                                        const Tensor& x, Tensor& out, bool relu) {
   thread_local Tensor u;
-  k.forward(x, u);
   if (out.rank() == 4 && out.memory_layout() != layout::nhwc) out = out.to_layout(layout::nhwc);
-  low_rank_combine(u, out, b, nullptr, s, nullptr, out, {.relu = relu});
+  low_rank_forward(k, x, u, out, b, nullptr, s, nullptr, out, {.relu = relu}, u_form::inference);
 }
 
 /// diag(gamma) (W0 + s B A) with W0 [O, ...], A [r, ...], B [O, r, ...] (gamma null: 1).
@@ -344,6 +391,33 @@ inline void check_low_rank_config(const base_geometry& g, std::int64_t r, double
   return c;
 }
 
+/// What DoRA's backward needs from dL/dy = G [P, O], in one pass over it (one
+/// parallel region; kernels/arch's dora_backward_rows per block of rows): c
+/// [O] as column_dots computes it (the same bits), G^T u [O, r] and ghb [P, r]
+/// = G w_t^T (w_t [r, O]). Fixed blocks whose partials are added in order:
+/// the same bits at every thread count and on every ISA tier.
+inline void dora_backward_pass(const float* g, const float* z, const Tensor* bias, const float* u, const float* w_t,
+                               Eigen::Index P, Eigen::Index O, Eigen::Index r, Eigen::VectorXd& c, RowMatrixXf& gtu,
+                               float* ghb) {
+  const Eigen::Index blocks = (P + dora_block_rows - 1) / dora_block_rows;
+  Eigen::MatrixXd part = Eigen::MatrixXd::Zero(O, blocks);
+  Eigen::MatrixXf part_gtu = Eigen::MatrixXf::Zero(r * O, blocks);  // column blk: [r][O]
+  const float* b = bias ? bias->data() : nullptr;
+  const isa_tier tier = active_isa();
+#pragma omp parallel for schedule(static) if (blocks > 1)
+  for (Eigen::Index blk = 0; blk < blocks; ++blk) {
+    const Eigen::Index p0 = blk * dora_block_rows, p1 = std::min(P, p0 + dora_block_rows);
+    dora_backward_rows(g, z, b, u, w_t, O, r, p0, p1, part.col(blk).data(), part_gtu.col(blk).data(), ghb, tier);
+  }
+  c = Eigen::VectorXd::Zero(O);
+  for (Eigen::Index blk = 0; blk < blocks; ++blk) c += part.col(blk);
+  Eigen::VectorXf t = Eigen::VectorXf::Zero(r * O);
+  for (Eigen::Index blk = 0; blk < blocks; ++blk) t += part_gtu.col(blk);
+  gtu.resize(O, r);
+  for (Eigen::Index o = 0; o < O; ++o)
+    for (Eigen::Index j = 0; j < r; ++j) gtu(o, j) = t[j * O + o];
+}
+
 /// Throws unless x and layer_out fit the layer `g` describes; `who` names the adapter.
 inline void check_low_rank_io(const base_geometry& g, const layer& base, const Tensor& x, const Tensor& layer_out,
                               std::string_view who) {
@@ -433,6 +507,10 @@ class dora_adapter {
   [[nodiscard]] std::int64_t fan_in() const noexcept { return geo_.K; }
   /// The rank r of A and B.
   [[nodiscard]] std::int64_t rank() const noexcept { return cfg_.rank; }
+  /// Which kernels a calibration step runs (low_rank_kernel; shift_add unless set).
+  [[nodiscard]] low_rank_kernel training_kernel() const noexcept { return kernels_.training_kernel(); }
+  /// Sets training_kernel(); the parameters and inference are unaffected.
+  void set_training_kernel(low_rank_kernel k) noexcept { kernels_.set_training_kernel(k); }
   /// The LoRA scale s = alpha / r (alpha / sqrt(r) with rsLoRA), in float.
   [[nodiscard]] float scale() const noexcept { return static_cast<float>(cfg_.scale()); }
   /// The settings it was made with (norm as last set by set_norm_mode).
@@ -500,22 +578,24 @@ class dora_adapter {
   /// loss); backward() accepts the cache as it accepts forward's.
   void forward_low_rank(const layer& base, const Tensor& x, const Tensor& layer_out, dora_cache& cache) const {
     check_io(base, x, layer_out);
-    kernels_.forward(x, cache.u);
+    kernels_.forward(x, cache.u, detail::u_form::training);
     cache.src = &x;
     cache.layer_out = &layer_out;
   }
 
   /// y = gamma ⊙ (layer_out - bias + s B(A x)) + bias, layer_out = W0 x + bias
   /// from the frozen layer. Conv outputs are channels-last. With `cache`,
-  /// keeps what backward needs (and refers to x and layer_out).
+  /// keeps what backward needs (and refers to x and layer_out) and computes A x
+  /// in the training form (detail::u_form: the direct kernel, equal to the
+  /// inference form without a cache to float rounding).
   void forward(const layer& base, const Tensor& x, const Tensor& layer_out, Tensor& y, dora_cache* cache = nullptr) const {
     check_io(base, x, layer_out);
     if (&y == &x || &y == &layer_out) throw value_error("dora_adapter::forward: y must not alias x or layer_out");
     thread_local Tensor u_local;
     Tensor& u = cache ? cache->u : u_local;
-    kernels_.forward(x, u);
-    detail::low_rank_combine(u, layer_out, b_.matrix(geo_.O, cfg_.rank), &gamma_, scale(), base.bias(), y,
-                             {.bias_in_output = true});
+    detail::low_rank_forward(kernels_, x, u, layer_out, b_.matrix(geo_.O, cfg_.rank), &gamma_, scale(), base.bias(), y,
+                             {.bias_in_output = true},
+                             cache ? detail::u_form::training : detail::u_form::inference);
     if (cache) {
       cache->src = &x;
       cache->layer_out = &layer_out;
@@ -528,10 +608,9 @@ class dora_adapter {
   void forward_in_place(const layer& base, const Tensor& x, Tensor& out, bool relu) const {
     check_io(base, x, out);
     thread_local Tensor u;
-    kernels_.forward(x, u);
     if (out.rank() == 4 && out.memory_layout() != layout::nhwc) out = out.to_layout(layout::nhwc);
-    detail::low_rank_combine(u, out, b_.matrix(geo_.O, cfg_.rank), &gamma_, scale(), base.bias(), out,
-                             {.bias_in_output = true, .relu = relu});
+    detail::low_rank_forward(kernels_, x, u, out, b_.matrix(geo_.O, cfg_.rank), &gamma_, scale(), base.bias(), out,
+                             {.bias_in_output = true, .relu = relu}, detail::u_form::inference);
   }
 
   /// Gradients of the loss given dL/dy for the forward that filled `cache`, into
@@ -556,15 +635,23 @@ class dora_adapter {
     const float* g_ptr = gy.data();
 
     // c_o = sum_p G[p, o] z[p, o] with z = z0 + s u B^T splits into sum_p G z0
-    // (z0 = layer_out - bias; one pass, per-block partials added in order) and
-    // s sum_j B[o, j] (G^T u)[o, j]; G^T u and s G diag(gamma) B are matmuls.
-    Eigen::VectorXd c = detail::column_dots(g_ptr, zt.data(), base.bias(), P, O);
-    RowMatrixXf gtu(O, r);  // G^T u
-    detail::gemm({.M = O, .N = r, .K = P, .ta = true}, g_ptr, cache.u.data(), gtu.data());
-    const RowMatrixXf w_gb = s * (gamma_.asDiagonal() * B);  // [O, r]
-    thread_local Tensor ghb_t;                               // s G diag(gamma) B = s Ĝ B
+    // (z0 = layer_out - bias) and s sum_j B[o, j] (G^T u)[o, j]. The direct
+    // kernels get sum_p G z0, G^T u and s G diag(gamma) B = s Ĝ B in one pass
+    // over G; shift_add takes a pass for the first and a oneDNN matmul each.
+    thread_local Tensor ghb_t;
     ghb_t.ensure(cache.u.shape(), cache.u.memory_layout());
-    detail::gemm({.M = P, .N = r, .K = O}, g_ptr, w_gb.data(), ghb_t.data());
+    Eigen::VectorXd c;
+    RowMatrixXf gtu(O, r);  // G^T u
+    if (kernels_.training_kernel() == low_rank_kernel::direct) {
+      const RowMatrixXf w_gb_t = (s * (gamma_.asDiagonal() * B)).transpose();  // [r, O]
+      detail::dora_backward_pass(g_ptr, zt.data(), base.bias(), cache.u.data(), w_gb_t.data(), P, O, r, c, gtu,
+                                 ghb_t.data());
+    } else {
+      c = detail::column_dots(g_ptr, zt.data(), base.bias(), P, O);
+      detail::gemm({.M = O, .N = r, .K = P, .ta = true}, g_ptr, cache.u.data(), gtu.data());
+      const RowMatrixXf w_gb = s * (gamma_.asDiagonal() * B);  // [O, r]
+      detail::gemm({.M = P, .N = r, .K = O}, g_ptr, w_gb.data(), ghb_t.data());
+    }
     c += static_cast<double>(s) * (B.cast<double>().cwiseProduct(gtu.cast<double>())).rowwise().sum();
 
     Tensor& dB = grads[grad_index_B];
@@ -781,8 +868,8 @@ class dora_deployed {
   /// y = gamma ⊙ (layer_out - bias + s B(A x)) + bias, layer_out = W0 x + bias from the crossbar.
   void forward(const Tensor& x, const Tensor& layer_out, const Tensor* bias, Tensor& y) const {
     thread_local Tensor u;
-    kernels_.forward(x, u);
-    detail::low_rank_combine(u, layer_out, lora_b_.matrix(O_, r_), &gamma_, scale_, bias, y, {.bias_in_output = true});
+    detail::low_rank_forward(kernels_, x, u, layer_out, lora_b_.matrix(O_, r_), &gamma_, scale_, bias, y,
+                             {.bias_in_output = true}, detail::u_form::inference);
   }
 
  private:

@@ -77,6 +77,10 @@ class lora_adapter {
   [[nodiscard]] std::int64_t fan_in() const noexcept { return geo_.K; }
   /// The rank r of A and B.
   [[nodiscard]] std::int64_t rank() const noexcept { return cfg_.rank; }
+  /// Which kernels a calibration step runs (low_rank_kernel; shift_add unless set).
+  [[nodiscard]] low_rank_kernel training_kernel() const noexcept { return kernels_.training_kernel(); }
+  /// Sets training_kernel(); the parameters and inference are unaffected.
+  void set_training_kernel(low_rank_kernel k) noexcept { kernels_.set_training_kernel(k); }
   /// The LoRA scale s = alpha / r (alpha / sqrt(r) with rsLoRA), in float.
   [[nodiscard]] float scale() const noexcept { return static_cast<float>(cfg_.scale()); }
   /// The settings it was made with.
@@ -112,7 +116,7 @@ class lora_adapter {
   /// u = A x alone into `cache` (see dora_adapter::forward_low_rank).
   void forward_low_rank(const layer& base, const Tensor& x, const Tensor& layer_out, low_rank_cache& cache) const {
     check_io(base, x, layer_out);
-    kernels_.forward(x, cache.u);
+    kernels_.forward(x, cache.u, detail::u_form::training);
     cache.src = &x;
     cache.layer_out = &layer_out;
   }

@@ -182,6 +182,10 @@ class vera_adapter {
   [[nodiscard]] std::int64_t fan_in() const noexcept { return geo_.K; }
   /// The rank r of the projections.
   [[nodiscard]] std::int64_t rank() const noexcept { return a_.dim(0); }
+  /// Which kernels a calibration step runs (low_rank_kernel; shift_add unless set).
+  [[nodiscard]] low_rank_kernel training_kernel() const noexcept { return kernels_.training_kernel(); }
+  /// Sets training_kernel(); the parameters and inference are unaffected.
+  void set_training_kernel(low_rank_kernel k) noexcept { kernels_.set_training_kernel(k); }
   /// The settings it was made with.
   [[nodiscard]] const vera_config& config() const noexcept { return cfg_; }
   /// The shape of the weights the adapter was made for.

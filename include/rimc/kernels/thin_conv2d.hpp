@@ -1,21 +1,26 @@
 #pragma once
 /// \file
 /// rimc::thin_conv2d: a convolution with few output channels (a DoRA
-/// adapter's A, r = 1..64) computed by shift-and-add ("kn2row"): one GEMM
-/// Y = X [H W, C] · A_cat [C, T r] per image over all T = kh kw taps, then
-/// each output pixel adds the r-vectors of its in-bounds taps. Its weight
-/// and data gradients reuse the same scatter of dL/du. oneDNN's direct
-/// convolutions pad the output channels to a full vector (16 on AVX-512),
-/// so an r = 2 convolution there costs as much as a 16-channel one; this
-/// costs about r T / 16 of that in GEMM work plus one pass over the input.
+/// adapter's A, r = 1..64). The forward and the weight gradient run a direct
+/// channels-last kernel (kernels/arch: per output pixel, 16 input channels a
+/// step, r accumulators; the ISA tiers give the same bits): no im2col, no
+/// intermediate, and with stride s only the OH OW output pixels are computed.
+/// oneDNN's direct convolutions pad the output channels to a full vector (16
+/// on AVX-512), so an r = 2 convolution there costs as much as a 16-channel
+/// one. The input gradient uses shift-and-add ("kn2row"): dL/du scattered to
+/// the input pixels each tap read, then one GEMM with A_cat [C, T r];
+/// forward_shift_add() and backward_shift_add() are the forward and weight
+/// gradient in that form, the bits rimc's committed results were computed with.
 ///
-/// Activations are channels-last; groups must be 1. The GEMMs run on
-/// oneDNN's matmul (runtime-dispatched AVX2/AVX-512 code); the weight
-/// gradient's reduction over pixels is oneDNN's, reproducible run to run at a
-/// given thread count and equal across thread counts to float rounding.
+/// Activations are channels-last; groups must be 1. The forward is computed
+/// per output value, and the weight gradient's reduction over pixels runs in
+/// blocks of a fixed size added in order, so both are bitwise the same at
+/// every thread count and on every ISA tier.
 
 #include <rimc/core/error.hpp>
+#include <rimc/core/parallel.hpp>
 #include <rimc/core/tensor.hpp>
+#include <rimc/kernels/arch/dispatch.hpp>
 #include <rimc/kernels/linear.hpp>
 #include <rimc/kernels/onednn.hpp>
 #include <rimc/kernels/params.hpp>
@@ -57,15 +62,60 @@ class thin_conv2d {
   void set_weights(const Tensor& weights) {
     check_same_shape("thin_conv2d::set_weights", weights.shape(), shape_);
     const Tensor w = weights.to_layout(layout::nchw);
-    const auto r = shape_[0], C = shape_[1], T = shape_[2] * shape_[3];
+    const auto r = shape_[0], C = shape_[1], T = shape_[2] * shape_[3], Cp = padded_channels();
     a_cat_.resize(C, T * r);
+    a_packed_.assign(static_cast<std::size_t>(T * r * Cp), 0.0f);
     for (std::int64_t j = 0; j < r; ++j)
       for (std::int64_t c = 0; c < C; ++c)
-        for (std::int64_t t = 0; t < T; ++t) a_cat_(c, t * r + j) = w[(j * C + c) * T + t];
+        for (std::int64_t t = 0; t < T; ++t) {
+          a_cat_(c, t * r + j) = w[(j * C + c) * T + t];
+          a_packed_[static_cast<std::size_t>((t * r + j) * Cp + c)] = w[(j * C + c) * T + t];
+        }
   }
+
+  /// Output pixels per block of the weight gradient's reduction (fixed, so
+  /// that the blocks' partial sums are added in the same order at every thread count).
+  static constexpr std::int64_t weight_block_pixels = 256;
 
   /// u [N, r, OH, OW] (channels-last) = conv(src, weights).
   void forward(const Tensor& src, Tensor& u) const {
+    forward(src, u, [](std::int64_t, std::int64_t) {});
+  }
+
+  /// forward(), calling rows_done(p0, p1) for each range of output pixels
+  /// [p0, p1) (flattened over n, oh, ow) as soon as its u rows are computed, on
+  /// the thread that computed them, inside the same parallel region (an
+  /// epilogue reads those rows while they are in cache and costs no second
+  /// region). The ranges cover [0, N OH OW) once; rows_done must not throw.
+  template <class RowsDone>
+  void forward(const Tensor& src, Tensor& u, RowsDone&& rows_done) const {
+    const Shape out = output_shape(src.shape());
+    thread_local Tensor x_scratch;
+    const Tensor& x = detail::as_layout(src, layout::nhwc, x_scratch);
+    const detail::thin_conv_geometry g = geometry(x.shape(), out);
+    u.ensure(out, layout::nhwc);
+    const std::int64_t P = g.N * g.OH * g.OW;
+    // Chunks of output pixels, enough for every thread and small enough to balance.
+    const std::int64_t chunk = std::max<std::int64_t>(16, P / (8 * std::max(1, num_threads())));
+    const std::int64_t chunks = (P + chunk - 1) / chunk;
+    const isa_tier tier = active_isa();
+    const float* X = x.data();
+    const float* A = a_packed_.data();
+    float* U = u.data();
+#pragma omp parallel for schedule(static) if (chunks > 1 && P * g.KH * g.KW * g.Cp * g.r >= parallel_min_work)
+    for (std::int64_t k = 0; k < chunks; ++k) {
+      const std::int64_t p0 = k * chunk, p1 = std::min(P, (k + 1) * chunk);
+      detail::thin_conv_rows(g, X, A, p0, p1, U, tier);
+      rows_done(p0, p1);
+    }
+  }
+
+  /// u = conv(src, weights) as forward(), by shift-and-add: one GEMM Y = X
+  /// A_cat over every input pixel and tap (oneDNN), then each output pixel
+  /// adds its in-bounds taps' r-vectors in tap order. The same values to float
+  /// rounding; rimc's factorised inference uses it so that its results stay
+  /// bitwise those of earlier releases (the direct form rounds differently).
+  void forward_shift_add(const Tensor& src, Tensor& u) const {
     const Shape out = output_shape(src.shape());
     thread_local Tensor x_scratch;
     const Tensor& x = detail::as_layout(src, layout::nhwc, x_scratch);
@@ -102,6 +152,40 @@ class thin_conv2d {
   /// The weight gradient [r, C, kh, kw] and, with `diff_src`, the input
   /// gradient (channels-last) of L given du = dL/du ([N, r, OH, OW]).
   void backward(const Tensor& src, const Tensor& diff_u, Tensor& diff_weights, Tensor* diff_src = nullptr) const {
+    const Shape out = output_shape(src.shape());
+    check_same_shape("thin_conv2d::backward: diff_u", diff_u.shape(), out);
+    thread_local Tensor x_scratch, du_scratch;
+    const Tensor& x = detail::as_layout(src, layout::nhwc, x_scratch);
+    const Tensor& du = detail::as_layout(diff_u, layout::nhwc, du_scratch);
+    const detail::thin_conv_geometry g = geometry(x.shape(), out);
+    const auto r = g.r, C = g.C, Cp = g.Cp, T = g.KH * g.KW, P = g.N * g.OH * g.OW;
+    // dA: per block of output pixels a partial [T][r][Cp], the partials added in block order.
+    const std::int64_t blocks = (P + weight_block_pixels - 1) / weight_block_pixels, len = T * r * Cp;
+    thread_local std::vector<float> part;
+    part.assign(static_cast<std::size_t>(std::max<std::int64_t>(blocks, 1) * len), 0.0f);  // zeros for an empty batch
+    const isa_tier tier = active_isa();
+    const float* X = x.data();
+    const float* DU = du.data();
+    float* parts = part.data();
+#pragma omp parallel for schedule(static) if (blocks > 1 && P * T * Cp * r >= parallel_min_work)
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      detail::thin_conv_weight_rows(g, X, DU, b * weight_block_pixels, std::min(P, (b + 1) * weight_block_pixels),
+                                    parts + b * len, tier);
+    }
+    for (std::int64_t b = 1; b < blocks; ++b)
+      for (std::int64_t i = 0; i < len; ++i) parts[i] += parts[b * len + i];
+    diff_weights.ensure(shape_);
+    for (std::int64_t j = 0; j < r; ++j)
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t t = 0; t < T; ++t) diff_weights[(j * C + c) * T + t] = parts[(t * r + j) * Cp + c];
+    if (diff_src) backward_data(du, src.shape(), *diff_src);
+  }
+
+  /// backward() by shift-and-add: dL/du scattered to the input pixels each
+  /// tap read, then dA_cat = X^T D on oneDNN's GEMM (whose reduction over
+  /// pixels rounds differently at other thread counts). The same values to
+  /// float rounding; the bits of rimc's calibrations before the direct kernel.
+  void backward_shift_add(const Tensor& src, const Tensor& diff_u, Tensor& diff_weights, Tensor* diff_src = nullptr) const {
     const Shape out = output_shape(src.shape());
     check_same_shape("thin_conv2d::backward: diff_u", diff_u.shape(), out);
     thread_local Tensor x_scratch;
@@ -186,9 +270,24 @@ class thin_conv2d {
       }
   }
 
+  /// C rounded up to a multiple of 16 (the direct kernels' channel blocks).
+  [[nodiscard]] std::int64_t padded_channels() const noexcept { return (shape_[1] + 15) / 16 * 16; }
+
+  /// The direct kernels' geometry for a channels-last source `src` and output `out`.
+  [[nodiscard]] detail::thin_conv_geometry geometry(const Shape& src, const Shape& out) const {
+    return {.N = src[0], .H = src[2], .W = src[3], .C = shape_[1], .Cp = padded_channels(), .OH = out[2],
+            .OW = out[3], .KH = shape_[2], .KW = shape_[3], .r = shape_[0], .sh = params_.stride[0],
+            .sw = params_.stride[1], .ph = params_.padding[0], .pw = params_.padding[1], .dh = params_.dilation[0],
+            .dw = params_.dilation[1]};
+  }
+
+  /// Multiply-adds below which the direct kernels run on the calling thread alone.
+  static constexpr std::int64_t parallel_min_work = 1 << 16;
+
   conv2d_params params_;
   Shape shape_;
-  RowMatrixXf a_cat_;  ///< [C, T r]: column t r + j holds tap t of output channel j
+  RowMatrixXf a_cat_;             ///< [C, T r]: column t r + j holds tap t of output channel j (input gradient)
+  std::vector<float> a_packed_;  ///< [T][r][Cp]: the direct forward's weights, zero beyond C
 };
 
 }  // namespace rimc

@@ -274,6 +274,179 @@ struct philox16 {
   }
 };
 
+/// portable::lane_tree16 of lanes 0-7 in `lo` and 8-15 in `hi`.
+__attribute__((target("avx2"))) inline float lane_tree16(__m256 lo, __m256 hi) {
+  const __m256 s8 = _mm256_add_ps(lo, hi);
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+/// avx512::thin_conv_pixels with each 16-lane block as two registers.
+template <int J, int Q>
+__attribute__((target("avx2,fma"))) inline void thin_conv_pixels(const thin_conv_geometry& g, const float* x,
+                                                                  const float* a, std::int64_t j0,
+                                                                  const thin_conv_pixel& at, float* u) {
+  const std::int64_t full = g.C / 16 * 16, tail = g.C - full, step = g.sw * g.C;
+  const __m256i m_lo = lanes(tail), m_hi = lanes(tail - 8);
+  __m256 lo[Q][J], hi[Q][J];
+  RIMC_UNROLL
+  for (int q = 0; q < Q; ++q)
+    RIMC_UNROLL
+    for (int j = 0; j < J; ++j) lo[q][j] = hi[q][j] = _mm256_setzero_ps();
+  for (std::int64_t kh = 0; kh < g.KH; ++kh) {
+    const std::int64_t ih = at.oh * g.sh - g.ph + kh * g.dh;
+    if (ih < 0 || ih >= g.H) continue;
+    for (std::int64_t kw = 0; kw < g.KW; ++kw) {
+      const std::int64_t iw = at.ow * g.sw - g.pw + kw * g.dw;
+      if (Q == 1 && (iw < 0 || iw >= g.W)) continue;
+      const float* xp = x + ((at.n * g.H + ih) * g.W + iw) * g.C;
+      const float* ap = a + ((kh * g.KW + kw) * g.r + j0) * g.Cp;
+      for (std::int64_t b = 0; b < full; b += 16)
+        RIMC_UNROLL
+        for (int q = 0; q < Q; ++q) {
+          const __m256 xl = _mm256_loadu_ps(xp + q * step + b), xh = _mm256_loadu_ps(xp + q * step + b + 8);
+          RIMC_UNROLL
+          for (int j = 0; j < J; ++j) {
+            lo[q][j] = _mm256_fmadd_ps(xl, _mm256_loadu_ps(ap + j * g.Cp + b), lo[q][j]);
+            hi[q][j] = _mm256_fmadd_ps(xh, _mm256_loadu_ps(ap + j * g.Cp + b + 8), hi[q][j]);
+          }
+        }
+      if (tail)
+        RIMC_UNROLL
+        for (int q = 0; q < Q; ++q) {
+          const __m256 xl = _mm256_maskload_ps(xp + q * step + full, m_lo),
+                       xh = _mm256_maskload_ps(xp + q * step + full + 8, m_hi);
+          RIMC_UNROLL
+          for (int j = 0; j < J; ++j) {
+            lo[q][j] = _mm256_fmadd_ps(xl, _mm256_loadu_ps(ap + j * g.Cp + full), lo[q][j]);
+            hi[q][j] = _mm256_fmadd_ps(xh, _mm256_loadu_ps(ap + j * g.Cp + full + 8), hi[q][j]);
+          }
+        }
+    }
+  }
+  RIMC_UNROLL
+  for (int q = 0; q < Q; ++q)
+    RIMC_UNROLL
+    for (int j = 0; j < J; ++j) u[q * g.r + j0 + j] = lane_tree16(lo[q][j], hi[q][j]);
+}
+
+/// portable::thin_conv_rows for output channels [j0, j0 + J), two pixels at a time where it can.
+template <int J>
+__attribute__((target("avx2,fma"))) inline void thin_conv_rows_j(const thin_conv_geometry& g, const float* x,
+                                                                  const float* a, std::int64_t j0, std::int64_t p0,
+                                                                  std::int64_t p1, float* u) {
+  thin_conv_walk<2>(g, p0, p1, [&](const thin_conv_pixel& at, std::int64_t p, bool wide) {
+    if (wide) {
+      thin_conv_pixels<J, 2>(g, x, a, j0, at, u + p * g.r);
+    } else {
+      thin_conv_pixels<J, 1>(g, x, a, j0, at, u + p * g.r);
+    }
+  });
+}
+
+/// portable::thin_conv_rows, 16 channels a step as two 8-lane halves.
+__attribute__((target("avx2,fma"))) inline void thin_conv_rows(const thin_conv_geometry& g, const float* x,
+                                                                const float* a, std::int64_t p0, std::int64_t p1,
+                                                                float* u) {
+  for (std::int64_t j0 = 0; j0 < g.r; j0 += 4) {
+    switch (std::min<std::int64_t>(4, g.r - j0)) {
+      case 1: thin_conv_rows_j<1>(g, x, a, j0, p0, p1, u); break;
+      case 2: thin_conv_rows_j<2>(g, x, a, j0, p0, p1, u); break;
+      case 3: thin_conv_rows_j<3>(g, x, a, j0, p0, p1, u); break;
+      default: thin_conv_rows_j<4>(g, x, a, j0, p0, p1, u); break;
+    }
+  }
+}
+
+/// avx512::thin_conv_weight_pixels, 8 channels a step.
+template <int Q>
+__attribute__((target("avx2,fma"))) inline void thin_conv_weight_pixels(const thin_conv_geometry& g, const float* x,
+                                                                         const float* du, const thin_conv_pixel& at,
+                                                                         float* acc) {
+  const std::int64_t full = g.C / 8 * 8, tail = g.C - full, step = g.sw * g.C;
+  const __m256i m = lanes(tail);
+  for (std::int64_t kh = 0; kh < g.KH; ++kh) {
+    const std::int64_t ih = at.oh * g.sh - g.ph + kh * g.dh;
+    if (ih < 0 || ih >= g.H) continue;
+    for (std::int64_t kw = 0; kw < g.KW; ++kw) {
+      const std::int64_t iw = at.ow * g.sw - g.pw + kw * g.dw;
+      if (Q == 1 && (iw < 0 || iw >= g.W)) continue;
+      const float* xp = x + ((at.n * g.H + ih) * g.W + iw) * g.C;
+      float* gp = acc + (kh * g.KW + kw) * g.r * g.Cp;
+      for (std::int64_t j = 0; j < g.r; ++j) {
+        __m256 d[Q];
+        RIMC_UNROLL
+        for (int q = 0; q < Q; ++q) d[q] = _mm256_set1_ps(du[q * g.r + j]);
+        float* gj = gp + j * g.Cp;
+        for (std::int64_t b = 0; b < full; b += 8) {
+          __m256 v = _mm256_loadu_ps(gj + b);
+          RIMC_UNROLL
+          for (int q = 0; q < Q; ++q) v = _mm256_fmadd_ps(d[q], _mm256_loadu_ps(xp + q * step + b), v);
+          _mm256_storeu_ps(gj + b, v);
+        }
+        if (tail) {
+          __m256 v = _mm256_loadu_ps(gj + full);
+          RIMC_UNROLL
+          for (int q = 0; q < Q; ++q) v = _mm256_fmadd_ps(d[q], _mm256_maskload_ps(xp + q * step + full, m), v);
+          _mm256_storeu_ps(gj + full, v);
+        }
+      }
+    }
+  }
+}
+
+/// portable::thin_conv_weight_rows, 8 channels a step, four pixels at a time where it can.
+__attribute__((target("avx2,fma"))) inline void thin_conv_weight_rows(const thin_conv_geometry& g, const float* x,
+                                                                       const float* du, std::int64_t p0,
+                                                                       std::int64_t p1, float* acc) {
+  thin_conv_walk<4>(g, p0, p1, [&](const thin_conv_pixel& at, std::int64_t p, bool wide) {
+    if (wide) {
+      thin_conv_weight_pixels<4>(g, x, du + p * g.r, at, acc);
+    } else {
+      thin_conv_weight_pixels<1>(g, x, du + p * g.r, at, acc);
+    }
+  });
+}
+
+/// portable::dora_backward_rows, 8 columns a step (masked tail; ghb's 16 lanes as two registers).
+__attribute__((target("avx2,fma"))) inline void dora_backward_rows(const float* g, const float* z, const float* bias,
+                                                                    const float* u, const float* w_t, std::int64_t O,
+                                                                    std::int64_t r, std::int64_t p0, std::int64_t p1,
+                                                                    double* c, float* gtu, float* ghb) {
+  for (std::int64_t p = p0; p < p1; ++p) {
+    const float* gr = g + p * O;
+    const float* zr = z + p * O;
+    for (std::int64_t o = 0; o < O; o += 8) {
+      const std::int64_t n = O - o;
+      const __m256i m = lanes(n);
+      __m256 zv = _mm256_maskload_ps(zr + o, m);
+      if (bias) zv = _mm256_sub_ps(zv, _mm256_maskload_ps(bias + o, m));
+      __m256 prod = _mm256_mul_ps(_mm256_maskload_ps(gr + o, m), zv);
+      RIMC_NO_CONTRACT(prod);
+      const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(prod)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(prod, 1));
+      const __m256i m_lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(m)),
+                    m_hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1));
+      _mm256_maskstore_pd(c + o, m_lo, _mm256_add_pd(_mm256_maskload_pd(c + o, m_lo), lo));
+      if (n > 4) _mm256_maskstore_pd(c + o + 4, m_hi, _mm256_add_pd(_mm256_maskload_pd(c + o + 4, m_hi), hi));
+    }
+    for (std::int64_t j = 0; j < r; ++j) {
+      const __m256 uj = _mm256_set1_ps(u[p * r + j]);
+      float* tj = gtu + j * O;
+      const float* wj = w_t + j * O;
+      __m256 lane[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (std::int64_t o = 0; o < O; o += 16)
+        for (int h = 0; h < 2; ++h) {  // both halves of every 16-lane block, as the portable form
+          const __m256i m = lanes(O - o - 8 * h);
+          const __m256 gv = _mm256_maskload_ps(gr + o + 8 * h, m);
+          _mm256_maskstore_ps(tj + o + 8 * h, m, _mm256_fmadd_ps(gv, uj, _mm256_maskload_ps(tj + o + 8 * h, m)));
+          lane[h] = _mm256_fmadd_ps(gv, _mm256_maskload_ps(wj + o + 8 * h, m), lane[h]);
+        }
+      ghb[p * r + j] = lane_tree16(lane[0], lane[1]);
+    }
+  }
+}
+
 /// portable::normal_fill with AVX2 Philox rounds and the float steps
 /// compiled for AVX2: the target has no FMA (built without -march flags, as
 /// rimc's presets are), so no product can be fused into a sum and every step

@@ -44,6 +44,187 @@ __attribute__((target("avx512f"))) inline void combine_rows(const float* u, cons
   }
 }
 
+/// portable::lane_tree16 of a register's 16 lanes.
+__attribute__((target("avx512f"))) inline float lane_tree16(__m512 v) {
+  const __m256 lo = _mm512_castps512_ps256(v);
+  const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+  const __m256 s8 = _mm256_add_ps(lo, hi);
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+/// Output channels [j0, j0 + J) of Q pixels of one output row (at, at + 1, ...;
+/// u points at the first one's row): portable::thin_conv_rows' sums with the
+/// Q J chains interleaved. With Q > 1 every tap's column is in bounds.
+template <int J, int Q>
+__attribute__((target("avx512f"))) inline void thin_conv_pixels(const thin_conv_geometry& g, const float* x,
+                                                                 const float* a, std::int64_t j0,
+                                                                 const thin_conv_pixel& at, float* u) {
+  const std::int64_t full = g.C / 16 * 16, tail = g.C - full, step = g.sw * g.C;
+  const auto tm = static_cast<__mmask16>((1u << tail) - 1u);
+  __m512 acc[Q][J];
+  RIMC_UNROLL
+  for (int q = 0; q < Q; ++q)
+    RIMC_UNROLL
+    for (int j = 0; j < J; ++j) acc[q][j] = _mm512_setzero_ps();
+  for (std::int64_t kh = 0; kh < g.KH; ++kh) {
+    const std::int64_t ih = at.oh * g.sh - g.ph + kh * g.dh;
+    if (ih < 0 || ih >= g.H) continue;
+    for (std::int64_t kw = 0; kw < g.KW; ++kw) {
+      const std::int64_t iw = at.ow * g.sw - g.pw + kw * g.dw;
+      if (Q == 1 && (iw < 0 || iw >= g.W)) continue;
+      const float* xp = x + ((at.n * g.H + ih) * g.W + iw) * g.C;
+      const float* ap = a + ((kh * g.KW + kw) * g.r + j0) * g.Cp;
+      for (std::int64_t b = 0; b < full; b += 16) {
+        __m512 av[J];
+        RIMC_UNROLL
+        for (int j = 0; j < J; ++j) av[j] = _mm512_loadu_ps(ap + j * g.Cp + b);
+        RIMC_UNROLL
+        for (int q = 0; q < Q; ++q) {
+          const __m512 xv = _mm512_loadu_ps(xp + q * step + b);
+          RIMC_UNROLL
+          for (int j = 0; j < J; ++j) acc[q][j] = _mm512_fmadd_ps(xv, av[j], acc[q][j]);
+        }
+      }
+      if (tail) {
+        __m512 av[J];
+        RIMC_UNROLL
+        for (int j = 0; j < J; ++j) av[j] = _mm512_loadu_ps(ap + j * g.Cp + full);
+        RIMC_UNROLL
+        for (int q = 0; q < Q; ++q) {
+          const __m512 xv = _mm512_maskz_loadu_ps(tm, xp + q * step + full);
+          RIMC_UNROLL
+          for (int j = 0; j < J; ++j) acc[q][j] = _mm512_fmadd_ps(xv, av[j], acc[q][j]);
+        }
+      }
+    }
+  }
+  RIMC_UNROLL
+  for (int q = 0; q < Q; ++q)
+    RIMC_UNROLL
+    for (int j = 0; j < J; ++j) u[q * g.r + j0 + j] = lane_tree16(acc[q][j]);
+}
+
+/// portable::thin_conv_rows for output channels [j0, j0 + J), four pixels at a time where it can.
+template <int J>
+__attribute__((target("avx512f"))) inline void thin_conv_rows_j(const thin_conv_geometry& g, const float* x,
+                                                                 const float* a, std::int64_t j0, std::int64_t p0,
+                                                                 std::int64_t p1, float* u) {
+  constexpr int Q = 4;
+  thin_conv_walk<Q>(g, p0, p1, [&](const thin_conv_pixel& at, std::int64_t p, bool wide) {
+    if (wide) {
+      thin_conv_pixels<J, Q>(g, x, a, j0, at, u + p * g.r);
+    } else {
+      thin_conv_pixels<J, 1>(g, x, a, j0, at, u + p * g.r);
+    }
+  });
+}
+
+/// portable::thin_conv_rows, 16 channels a step.
+__attribute__((target("avx512f"))) inline void thin_conv_rows(const thin_conv_geometry& g, const float* x,
+                                                               const float* a, std::int64_t p0, std::int64_t p1,
+                                                               float* u) {
+  for (std::int64_t j0 = 0; j0 < g.r; j0 += 4) {
+    switch (std::min<std::int64_t>(4, g.r - j0)) {
+      case 1: thin_conv_rows_j<1>(g, x, a, j0, p0, p1, u); break;
+      case 2: thin_conv_rows_j<2>(g, x, a, j0, p0, p1, u); break;
+      case 3: thin_conv_rows_j<3>(g, x, a, j0, p0, p1, u); break;
+      default: thin_conv_rows_j<4>(g, x, a, j0, p0, p1, u); break;
+    }
+  }
+}
+
+/// Adds Q pixels' weight gradient (one output row; du points at the first
+/// one's row) to acc, the pixels' FMAs on an element in pixel order. With
+/// Q > 1 every tap's column is in bounds.
+template <int Q>
+__attribute__((target("avx512f"))) inline void thin_conv_weight_pixels(const thin_conv_geometry& g, const float* x,
+                                                                        const float* du, const thin_conv_pixel& at,
+                                                                        float* acc) {
+  const std::int64_t full = g.C / 16 * 16, tail = g.C - full, step = g.sw * g.C;
+  const auto tm = static_cast<__mmask16>((1u << tail) - 1u);
+  for (std::int64_t kh = 0; kh < g.KH; ++kh) {
+    const std::int64_t ih = at.oh * g.sh - g.ph + kh * g.dh;
+    if (ih < 0 || ih >= g.H) continue;
+    for (std::int64_t kw = 0; kw < g.KW; ++kw) {
+      const std::int64_t iw = at.ow * g.sw - g.pw + kw * g.dw;
+      if (Q == 1 && (iw < 0 || iw >= g.W)) continue;
+      const float* xp = x + ((at.n * g.H + ih) * g.W + iw) * g.C;
+      float* gp = acc + (kh * g.KW + kw) * g.r * g.Cp;
+      for (std::int64_t j = 0; j < g.r; ++j) {
+        __m512 d[Q];
+        RIMC_UNROLL
+        for (int q = 0; q < Q; ++q) d[q] = _mm512_set1_ps(du[q * g.r + j]);
+        float* gj = gp + j * g.Cp;
+        for (std::int64_t b = 0; b < full; b += 16) {
+          __m512 v = _mm512_loadu_ps(gj + b);
+          RIMC_UNROLL
+          for (int q = 0; q < Q; ++q) v = _mm512_fmadd_ps(d[q], _mm512_loadu_ps(xp + q * step + b), v);
+          _mm512_storeu_ps(gj + b, v);
+        }
+        if (tail) {
+          __m512 v = _mm512_loadu_ps(gj + full);
+          RIMC_UNROLL
+          for (int q = 0; q < Q; ++q) v = _mm512_fmadd_ps(d[q], _mm512_maskz_loadu_ps(tm, xp + q * step + full), v);
+          _mm512_storeu_ps(gj + full, v);
+        }
+      }
+    }
+  }
+}
+
+/// portable::thin_conv_weight_rows, 16 channels a step, four pixels at a time where it can.
+__attribute__((target("avx512f"))) inline void thin_conv_weight_rows(const thin_conv_geometry& g, const float* x,
+                                                                      const float* du, std::int64_t p0,
+                                                                      std::int64_t p1, float* acc) {
+  thin_conv_walk<4>(g, p0, p1, [&](const thin_conv_pixel& at, std::int64_t p, bool wide) {
+    if (wide) {
+      thin_conv_weight_pixels<4>(g, x, du + p * g.r, at, acc);
+    } else {
+      thin_conv_weight_pixels<1>(g, x, du + p * g.r, at, acc);
+    }
+  });
+}
+
+/// portable::dora_backward_rows, 16 columns a step (masked tail).
+__attribute__((target("avx512f"))) inline void dora_backward_rows(const float* g, const float* z, const float* bias,
+                                                                   const float* u, const float* w_t, std::int64_t O,
+                                                                   std::int64_t r, std::int64_t p0, std::int64_t p1,
+                                                                   double* c, float* gtu, float* ghb) {
+  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
+  for (std::int64_t p = p0; p < p1; ++p) {
+    const float* gr = g + p * O;
+    const float* zr = z + p * O;
+    for (std::int64_t o = 0; o < O; o += 16) {
+      const std::int64_t n = std::min<std::int64_t>(16, O - o);
+      const auto m = static_cast<__mmask16>(n == 16 ? 0xFFFFu : (1u << n) - 1u);
+      __m512 zv = _mm512_maskz_loadu_ps(m, zr + o);
+      if (bias) zv = _mm512_sub_round_ps(zv, _mm512_maskz_loadu_ps(m, bias + o), cur);
+      const __m512 prod = _mm512_mul_round_ps(_mm512_maskz_loadu_ps(m, gr + o), zv, cur);
+      const auto m_lo = static_cast<__mmask8>(m & 0xFFu), m_hi = static_cast<__mmask8>(m >> 8);
+      const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(prod));
+      const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(prod), 1)));
+      _mm512_mask_storeu_pd(c + o, m_lo, _mm512_add_round_pd(_mm512_maskz_loadu_pd(m_lo, c + o), lo, cur));
+      if (m_hi) _mm512_mask_storeu_pd(c + o + 8, m_hi, _mm512_add_round_pd(_mm512_maskz_loadu_pd(m_hi, c + o + 8), hi, cur));
+    }
+    for (std::int64_t j = 0; j < r; ++j) {
+      const __m512 uj = _mm512_set1_ps(u[p * r + j]);
+      float* tj = gtu + j * O;
+      const float* wj = w_t + j * O;
+      __m512 lane = _mm512_setzero_ps();
+      for (std::int64_t o = 0; o < O; o += 16) {
+        const std::int64_t n = std::min<std::int64_t>(16, O - o);
+        const auto m = static_cast<__mmask16>(n == 16 ? 0xFFFFu : (1u << n) - 1u);
+        const __m512 gv = _mm512_maskz_loadu_ps(m, gr + o);
+        _mm512_mask_storeu_ps(tj + o, m, _mm512_fmadd_ps(gv, uj, _mm512_maskz_loadu_ps(m, tj + o)));
+        lane = _mm512_fmadd_ps(gv, _mm512_maskz_loadu_ps(m, wj + o), lane);
+      }
+      ghb[p * r + j] = lane_tree16(lane);
+    }
+  }
+}
+
 /// portable::mse_block, 8 doubles a step.
 __attribute__((target("avx512f"))) inline double mse_block(const float* y, const float* t, float* g, std::int64_t len,
                                                              double n) {

@@ -25,6 +25,47 @@ struct adam_step_consts {
   double c1, c2, lr, eps;    ///< bias corrections 1 - beta^t, step size, epsilon
 };
 
+/// A thin convolution's geometry for the direct kernels: input channels-last
+/// [N, H, W, C], output [N, OH, OW, r], a KH x KW window with stride,
+/// padding and dilation (h, w); Cp is C rounded up to a multiple of 16.
+struct thin_conv_geometry {
+  std::int64_t N = 0, H = 0, W = 0, C = 0, Cp = 0, OH = 0, OW = 0, KH = 0, KW = 0, r = 0;
+  std::int64_t sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+};
+
+/// The (n, oh, ow) of output pixel p, stepped to p + 1 by next() without divisions.
+struct thin_conv_pixel {
+  std::int64_t n = 0, oh = 0, ow = 0;
+  thin_conv_pixel(const thin_conv_geometry& g, std::int64_t p)
+      : n(p / (g.OH * g.OW)), oh(p % (g.OH * g.OW) / g.OW), ow(p % g.OW) {}
+  void next(const thin_conv_geometry& g) noexcept {
+    if (++ow == g.OW) {
+      ow = 0;
+      if (++oh == g.OH) {
+        oh = 0;
+        ++n;
+      }
+    }
+  }
+};
+
+/// Walks output pixels [p0, p1) in order: run(at, p, true) for Q pixels of one
+/// output row whose every tap reads an in-bounds column (the vector forms
+/// then keep Q pixels' accumulators in flight), run(at, p, false) for one
+/// pixel elsewhere.
+template <int Q, class F>
+inline void thin_conv_walk(const thin_conv_geometry& g, std::int64_t p0, std::int64_t p1, F&& run) {
+  thin_conv_pixel at(g, p0);
+  for (std::int64_t p = p0; p < p1;) {
+    const bool wide = Q > 1 && p + Q <= p1 && at.ow + Q <= g.OW && at.ow * g.sw - g.pw >= 0 &&
+                      (at.ow + Q - 1) * g.sw - g.pw + (g.KW - 1) * g.dw < g.W;
+    run(at, p, wide);
+    const int q = wide ? Q : 1;
+    for (int i = 0; i < q; ++i) at.next(g);
+    p += q;
+  }
+}
+
 }  // namespace rimc::detail
 
 /// Defined only while this header includes the per-tier files, which refuse to compile anywhere else.
@@ -91,6 +132,35 @@ inline void rows_times_matrix_cols(matrix_ref a, std::int64_t r, std::int64_t K,
 /// out[i * r + j] = sum_k x[i, k] a[j, k] in double (8 lanes, fixed order).
 inline void row_dots_f64(matrix_ref x, std::int64_t n, matrix_ref a, std::int64_t r, std::int64_t K, double* out) {
   RIMC_ISA_CALL(active_isa(), row_dots_f64, x, n, a, r, K, out);
+}
+
+/// Output pixels [p0, p1) (flattened over n, oh, ow) of u [N OH OW, r] = conv(x, A)
+/// with x channels-last and A packed as [KH KW][r][Cp] (zero beyond C). Per
+/// output value, lane l of 16 accumulates the channels c = 16 b + l by one FMA
+/// chain over the in-bounds taps in row-major order and, within a tap, over
+/// the blocks b; the 16 lanes are then added as l + (l + 8), + 4, + 2, + 1.
+inline void thin_conv_rows(const thin_conv_geometry& g, const float* x, const float* a, std::int64_t p0,
+                           std::int64_t p1, float* u, isa_tier tier) {
+  RIMC_ISA_CALL(tier, thin_conv_rows, g, x, a, p0, p1, u);
+}
+
+/// Adds the weight gradient of output pixels [p0, p1) to acc [KH KW][r][Cp]:
+/// acc[t][j][c] = fma(du[p, j], x at tap t of p [c], acc[t][j][c]) for p in
+/// order (lanes c >= C get products with 0).
+inline void thin_conv_weight_rows(const thin_conv_geometry& g, const float* x, const float* du, std::int64_t p0,
+                                  std::int64_t p1, float* acc, isa_tier tier) {
+  RIMC_ISA_CALL(tier, thin_conv_weight_rows, g, x, du, p0, p1, acc);
+}
+
+/// Rows [p0, p1) of DoRA's backward pass over G = dL/dy [P, O] (row-major):
+/// c[o] += double(G[p, o] z[p, o]) (z = z0, or z0 - bias when given; float
+/// product), gtu[j O + o] = fma(G[p, o], u[p, j], gtu[j O + o]) for p in
+/// order, and ghb[p r + j] = the sum over o of G[p, o] w_t[j O + o], lane
+/// o mod 16 an FMA chain (zero beyond O), the lanes added as lane_tree16.
+inline void dora_backward_rows(const float* g, const float* z, const float* bias, const float* u, const float* w_t,
+                               std::int64_t O, std::int64_t r, std::int64_t p0, std::int64_t p1, double* c, float* gtu,
+                               float* ghb, isa_tier tier) {
+  RIMC_ISA_CALL(tier, dora_backward_rows, g, z, bias, u, w_t, O, r, p0, p1, c, gtu, ghb);
 }
 
 /// Adam's update of n elements without weight decay (float moments, double step).

@@ -113,6 +113,99 @@ inline void adam_update(float* p, const float* g, float* m, float* v, std::int64
   }
 }
 
+/// Lanes l + (l + 8), then + 4, + 2, + 1 of 16: the AVX-512 and AVX2 forms' horizontal sum.
+inline float lane_tree16(const float* v) {
+  float s8[8], s4[4];
+  for (int l = 0; l < 8; ++l) s8[l] = v[l] + v[l + 8];
+  for (int l = 0; l < 4; ++l) s4[l] = s8[l] + s8[l + 4];
+  const float s2a = s4[0] + s4[2], s2b = s4[1] + s4[3];
+  return s2a + s2b;
+}
+
+/// Output pixels [p0, p1) of u = conv(x, A) (see dispatch.hpp's thin_conv_rows).
+inline void thin_conv_rows(const thin_conv_geometry& g, const float* x, const float* a, std::int64_t p0,
+                           std::int64_t p1, float* u) {
+  for (std::int64_t j0 = 0; j0 < g.r; j0 += 4) {
+    const std::int64_t jn = std::min<std::int64_t>(4, g.r - j0);
+    thin_conv_pixel at(g, p0);
+    for (std::int64_t p = p0; p < p1; ++p, at.next(g)) {
+      const std::int64_t n = at.n, oh = at.oh, ow = at.ow;
+      float acc[4][16] = {};
+      for (std::int64_t kh = 0; kh < g.KH; ++kh) {
+        const std::int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+        if (ih < 0 || ih >= g.H) continue;
+        for (std::int64_t kw = 0; kw < g.KW; ++kw) {
+          const std::int64_t iw = ow * g.sw - g.pw + kw * g.dw;
+          if (iw < 0 || iw >= g.W) continue;
+          const float* xp = x + ((n * g.H + ih) * g.W + iw) * g.C;
+          const float* ap = a + ((kh * g.KW + kw) * g.r + j0) * g.Cp;
+          for (std::int64_t b = 0; b < g.Cp; b += 16)
+            for (std::int64_t l = 0; l < 16; ++l) {
+              const float xv = b + l < g.C ? xp[b + l] : 0.0f;
+              for (std::int64_t j = 0; j < jn; ++j) acc[j][l] = std::fma(xv, ap[j * g.Cp + b + l], acc[j][l]);
+            }
+        }
+      }
+      for (std::int64_t j = 0; j < jn; ++j) u[p * g.r + j0 + j] = lane_tree16(acc[j]);
+    }
+  }
+}
+
+/// Adds output pixels [p0, p1)'s weight gradient to acc (see dispatch.hpp's thin_conv_weight_rows).
+inline void thin_conv_weight_rows(const thin_conv_geometry& g, const float* x, const float* du, std::int64_t p0,
+                                  std::int64_t p1, float* acc) {
+  thin_conv_pixel at(g, p0);
+  for (std::int64_t p = p0; p < p1; ++p, at.next(g)) {
+    const std::int64_t n = at.n, oh = at.oh, ow = at.ow;
+    for (std::int64_t kh = 0; kh < g.KH; ++kh) {
+      const std::int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+      if (ih < 0 || ih >= g.H) continue;
+      for (std::int64_t kw = 0; kw < g.KW; ++kw) {
+        const std::int64_t iw = ow * g.sw - g.pw + kw * g.dw;
+        if (iw < 0 || iw >= g.W) continue;
+        const float* xp = x + ((n * g.H + ih) * g.W + iw) * g.C;
+        float* gp = acc + (kh * g.KW + kw) * g.r * g.Cp;
+        for (std::int64_t j = 0; j < g.r; ++j) {
+          const float d = du[p * g.r + j];
+          for (std::int64_t c = 0; c < g.Cp; ++c) {
+            const float xv = c < g.C ? xp[c] : 0.0f;
+            gp[j * g.Cp + c] = std::fma(d, xv, gp[j * g.Cp + c]);
+          }
+        }
+      }
+    }
+  }
+}
+
+/// Rows [p0, p1) of DoRA's backward pass (see dispatch.hpp's dora_backward_rows).
+inline void dora_backward_rows(const float* g, const float* z, const float* bias, const float* u, const float* w_t,
+                               std::int64_t O, std::int64_t r, std::int64_t p0, std::int64_t p1, double* c, float* gtu,
+                               float* ghb) {
+  const std::int64_t O16 = (O + 15) / 16 * 16;
+  for (std::int64_t p = p0; p < p1; ++p) {
+    const float* gr = g + p * O;
+    const float* zr = z + p * O;
+    for (std::int64_t o = 0; o < O; ++o) {
+      const float zo = bias ? zr[o] - bias[o] : zr[o];
+      float prod = gr[o] * zo;
+      RIMC_NO_CONTRACT(prod);
+      c[o] += static_cast<double>(prod);
+    }
+    for (std::int64_t j = 0; j < r; ++j) {
+      const float uj = u[p * r + j];
+      float* tj = gtu + j * O;
+      const float* wj = w_t + j * O;
+      float lane[16] = {};
+      for (std::int64_t o = 0; o < O16; ++o) {
+        const float go = o < O ? gr[o] : 0.0f, wo = o < O ? wj[o] : 0.0f;
+        if (o < O) tj[o] = std::fma(go, uj, tj[o]);
+        lane[o & 15] = std::fma(go, wo, lane[o & 15]);
+      }
+      ghb[p * r + j] = lane_tree16(lane);
+    }
+  }
+}
+
 /// Standard normals for indices [first, first + n) of (seed, stream) (rimc::detail::normal_fill_body).
 inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, std::int64_t n, float* out) {
   normal_fill_body<philox16_portable>(seed, stream, first, n, out);
