@@ -40,6 +40,7 @@ struct args {
   int steps = 100, threads = 2, reads = 1;
   bool recalibrate_adc = true;
   adapter_inference inference = adapter_inference::factorised;
+  low_rank_kernel training_kernel = low_rank_kernel::shift_add;
   std::uint64_t seed = 0;
   bool from_teacher_norms = false;
   std::string csv = "calibration.csv";
@@ -51,7 +52,7 @@ struct args {
 args parse(int argc, char** argv) {
   args a;
   std::string preset = "relative", loss_path = "automatic", bounds = "physical", chip = "ideal",
-              inference = "factorised";
+              inference = "factorised", training_kernel = "shift-add";
   constexpr auto u64max = std::numeric_limits<std::uint64_t>::max();
   cli::command_line cl("calibrate_fashion_mnist",
                        "Programs the shipped ResNet-20 Fashion-MNIST teacher onto drifting RRAM crossbars and recovers "
@@ -103,6 +104,7 @@ args parse(int argc, char** argv) {
   cl.flag("--no-backprop", no_backprop, "skip the backprop baseline");
   cl.flag("--layers", a.layers, "print each layer's feature MSE before and after calibration (always on a terminal)");
   cl.choice("--inference", inference, lab::inference_help, {"factorised", "merged"});
+  cl.choice("--training-kernel", training_kernel, lab::training_kernel_help, {"shift-add", "direct"});
   cl.text("--csv", a.csv, "where the table is written (CSV)");
   cl.text("--model", a.model, "the teacher's weights (safetensors)");
   cl.text("--data", a.data, "the Fashion-MNIST directory (train-*/t10k-* IDX files, gz or not)");
@@ -132,6 +134,7 @@ args parse(int argc, char** argv) {
     }
     a.loss_path = lab::parse_loss_path(loss_path);
     a.inference = lab::parse_inference(inference);
+    a.training_kernel = lab::parse_training_kernel(training_kernel);
     a.backprop = !no_backprop;
     if (!(a.lr > 0)) throw cli::usage_error(detail::concat("--lr: must be > 0, got ", a.lr));
     lab::check_rank("--rank", a.rank);
@@ -187,6 +190,7 @@ int main(int argc, char** argv) try {
   const dataset calib = lab.calibration_set(a.samples, a.seed);
   calibration_config cfg = lab::feature_kd_config(a.rank, a.steps, a.lr, a.seed, a.from_teacher_norms, a.loss_path);
   cfg.reads = a.reads;
+  cfg.training_kernel = a.training_kernel;
   cfg.recalibrate_adc = a.recalibrate_adc;  // the backprop baseline below follows the same choice
   if (a.layers || ::isatty(2)) {  // one progress line per calibrated layer
     cfg.on_layer = [](const layer_calibration& l, std::size_t i, std::size_t n) {
@@ -212,6 +216,7 @@ int main(int argc, char** argv) try {
     backprop_config bcfg =
         lab::backprop_settings(a.rank, a.bp_steps, a.bp_lr, a.bp_ce, a.bp_kl, backprop_config{}.temperature, a.seed);
     bcfg.recalibrate_adc_every = a.recalibrate_adc ? 10 : 0;
+    bcfg.training_kernel = a.training_kernel;
     bp = calibrate_backprop(lab.teacher(), chip->net(), calib.images, calib.labels, bcfg);
     set_adapter_inference(chip->net(), a.inference);
     backprop = lab.evaluate(chip->net());
@@ -279,6 +284,7 @@ int main(int argc, char** argv) try {
   row("adc_headroom", a.chip.adc_headroom);
   row("adc_recalibrated", a.recalibrate_adc ? 1.0 : 0.0);
   if (a.inference == adapter_inference::merged) row("merged_inference", 1.0);  // absent: factorised
+  if (a.training_kernel == low_rank_kernel::direct) row("direct_training_kernel", 1.0);  // absent: shift-add
   row("samples", static_cast<double>(a.samples));
   row("rank", static_cast<double>(a.rank));
   row("ideal_top1", ideal.top1);

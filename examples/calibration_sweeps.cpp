@@ -56,6 +56,7 @@ struct args {
   std::vector<double> bp_lrs{1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2};  // bp-tune's grid
   std::vector<double> bp_temps{4};
   adapter_inference inference = adapter_inference::factorised;
+  low_rank_kernel training_kernel = low_rank_kernel::shift_add;
   std::string out = "examples/results";
   std::string model = lab::default_model;
   std::string data = lab::default_data;
@@ -101,8 +102,9 @@ args parse(int argc, char** argv, int default_threads) {
   cl.numbers("--bp-temps", a.bp_temps, "bp-tune's temperatures, > 0", 0.0, 1e3);
   cl.choice("--drift-bounds", bounds, lab::drift_bounds_help, {"physical", "floor-g-min", "window"});
   cl.choice("--chip", chip, lab::chip_help, {"ideal", "realistic"});
-  std::string inference = "factorised";
+  std::string inference = "factorised", training_kernel = "shift-add";
   cl.choice("--inference", inference, lab::inference_help, {"factorised", "merged"});
+  cl.choice("--training-kernel", training_kernel, lab::training_kernel_help, {"shift-add", "direct"});
   cl.text("--out", a.out, "directory of the CSVs");
   cl.text("--model", a.model, "the teacher's weights (safetensors)");
   cl.text("--data", a.data, "the Fashion-MNIST directory");
@@ -112,6 +114,7 @@ args parse(int argc, char** argv, int default_threads) {
     a.bounds = lab::parse_drift_bounds(bounds);
     a.realistic = chip == "realistic";
     a.inference = lab::parse_inference(inference);
+    a.training_kernel = lab::parse_training_kernel(training_kernel);
     if (!(a.lr > 0)) throw cli::usage_error(detail::concat("--lr: must be > 0, got ", a.lr));
     if (!(a.bp_lr > 0)) throw cli::usage_error(detail::concat("--bp-lr: must be > 0, got ", a.bp_lr));
     if (!(a.bp_temperature > 0)) throw cli::usage_error(detail::concat("--bp-temperature: must be > 0, got ", a.bp_temperature));
@@ -246,7 +249,8 @@ class item_runner {
         case method::feature_kd:
         case method::feature_kd_teacher_norms: {
           const bool teacher_norms = it.m == method::feature_kd_teacher_norms;
-          const calibration_config cfg = lab::feature_kd_config(r.rank, a_.steps, a_.lr, r.seed, teacher_norms, a_.loss_path);
+          calibration_config cfg = lab::feature_kd_config(r.rank, a_.steps, a_.lr, r.seed, teacher_norms, a_.loss_path);
+          cfg.training_kernel = a_.training_kernel;
           const dataset calib = lab_.calibration_set(r.samples, r.seed);
           const calibration_result res = calibrate_feature_kd(lab_.teacher(), chip->net(), calib.images, cfg);
           check_no_writes(res);
@@ -254,8 +258,9 @@ class item_runner {
           break;
         }
         case method::backprop: {
-          const backprop_config cfg =
+          backprop_config cfg =
               lab::backprop_settings(r.rank, it.bp_steps, it.bp_lr, it.bp_ce, it.bp_kl, it.bp_temperature, r.seed);
+          cfg.training_kernel = a_.training_kernel;
           const dataset calib = lab_.calibration_set(r.samples, r.seed);
           const calibration_result res = calibrate_backprop(lab_.teacher(), chip->net(), calib.images, calib.labels, cfg);
           check_no_writes(res);
@@ -327,6 +332,7 @@ sweep::json settings_of(const args& a) {
                 {"drift_bounds", std::string(rimc::to_string(a.bounds))},
                 {"chip", a.realistic ? "realistic" : "ideal"}};
   if (a.inference == adapter_inference::merged) s["inference"] = "merged";  // absent: factorised (older manifests)
+  if (a.training_kernel == low_rank_kernel::direct) s["training_kernel"] = "direct";  // absent: shift-add
   return s;
 }
 

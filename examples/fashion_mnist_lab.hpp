@@ -60,6 +60,16 @@ inline constexpr const char* inference_help =
     "computes) or merged (one kernel per layer on the merged weights where the periphery is ideal: the same maths, "
     "float rounding aside, at the bare chip's cost)";
 
+/// --training-kernel's help (the demo and the sweeps).
+inline constexpr const char* training_kernel_help =
+    "kernels of the adapters' calibration steps: shift-add (oneDNN GEMMs, the bits of the committed results) or "
+    "direct (rimc's thin-convolution kernels: faster; backprop then rounds differently)";
+
+/// --training-kernel's value ("shift-add" or "direct"; the flag's choice list has refused any other).
+inline low_rank_kernel parse_training_kernel(std::string_view s) {
+  return s == "direct" ? low_rank_kernel::direct : low_rank_kernel::shift_add;
+}
+
 /// Sets the inference form of every adapter of `net` that has a merged form (the others,
 /// e.g. BN recalibration's affine adapters, stay factorised).
 inline void use_inference(const graph& net, adapter_inference form) {

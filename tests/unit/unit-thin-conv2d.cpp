@@ -58,6 +58,10 @@ TEST_SUITE("thin_conv2d") {
           conv.backward(x, du, dw, &dx);
           test::check_close(dw, reference::conv2d_backward_weights(x, du, k.w, k.p), 1e-4, 1e-4);
           test::check_close(dx, reference::conv2d_backward_data(du, w, k.p, k.x), 1e-5, 1e-5);
+          Tensor dw_shift_add, dx_shift_add;  // the shift-add form of the backward
+          conv.backward_shift_add(x, du, dw_shift_add, &dx_shift_add);
+          test::check_close(dw_shift_add, reference::conv2d_backward_weights(x, du, k.w, k.p), 1e-4, 1e-4);
+          CHECK(dx_shift_add == dx);  // one input-gradient path
         }
       }
     }

@@ -57,10 +57,12 @@ struct backprop_config {
   /// adapted network (calibrate_adcs, range_update::widen); 0: never. No
   /// effect on layers without them.
   int recalibrate_adc_every = 10;
+  /// The kernels of every step's adapter forward and backward (low_rank_kernel).
+  low_rank_kernel training_kernel = low_rank_kernel::shift_add;
   calibration_progress on_progress;  ///< optional: called once at the end with the run's report
 
   /// The DoRA factory these settings describe (the default adapters).
-  [[nodiscard]] dora_factory adapters() const { return {rank, alpha, false, norm, false}; }
+  [[nodiscard]] dora_factory adapters() const { return {rank, alpha, false, norm, false, training_kernel}; }
 
   /// Throws value_error naming the first invalid field.
   void validate() const {

@@ -127,7 +127,8 @@ class low_rank_kernels {
   /// u = A x, then rows_done(p0, p1) over ranges of u's rows covering them
   /// once: for the training form of a thin convolution in the same parallel
   /// region (each range as soon as its rows exist), otherwise after it in
-  /// blocks of combine_block_rows over threads.
+  /// blocks of combine_block_rows, over threads when there are more than
+  /// 65536 row elements (`row_elems` per row), as combine_rows does.
   /// Which kernels forwards that fill a cache, and backward, run (shift_add unless set).
   [[nodiscard]] low_rank_kernel training_kernel() const noexcept { return training_; }
   /// Sets training_kernel().
@@ -138,7 +139,7 @@ class low_rank_kernels {
   }
 
   template <class RowsDone>
-  void forward(const Tensor& x, Tensor& u, RowsDone&& rows_done, u_form form) const {
+  void forward(const Tensor& x, Tensor& u, RowsDone&& rows_done, u_form form, std::int64_t row_elems) const {
     if (direct(form)) {
       thin_->forward(x, u, rows_done);
       return;
@@ -146,7 +147,7 @@ class low_rank_kernels {
     forward(x, u, form);
     const std::int64_t P = u.numel() / (conv_ || thin_ ? u.dim(1) : u.dim(u.rank() - 1));
     const std::int64_t blocks = (P + combine_block_rows - 1) / combine_block_rows;
-#pragma omp parallel for schedule(static) if (blocks > 1)
+#pragma omp parallel for schedule(static) if (P * row_elems > 65536)
     for (std::int64_t b = 0; b < blocks; ++b) rows_done(b * combine_block_rows, std::min(P, (b + 1) * combine_block_rows));
   }
   /// u = A x, channels-last for conv, in the given form.
@@ -252,7 +253,7 @@ inline void low_rank_forward(const low_rank_kernels& k, const Tensor& x, Tensor&
       [&](std::int64_t p0, std::int64_t p1) {
         combine_rows_block(u.data(), sb, zd, ub, g, sh, r, O, p0, p1, yd + p0 * O, opts.relu, tier);
       },
-      form);
+      form, O);
 }
 
 /// The additive low-rank forward LoRA and VeRA share: u = A x (into the cache

@@ -78,6 +78,8 @@ struct calibration_config {
   double lr = 1e-2;                     ///< Adam learning rate
   std::uint64_t seed = 0;               ///< seeds each adapter (mixed with the layer's index)
   bool magnitude_from_teacher = false;  ///< DoRA: init m from the teacher's (ideal) row norms, not the drifted ones
+  /// DoRA: the kernels of each step on the direct path (low_rank_kernel; the statistics path runs none).
+  low_rank_kernel training_kernel = low_rank_kernel::shift_add;
   std::vector<std::string> targets;     ///< layers to adapt; empty: every conv2d and linear node
   kd_loss_path loss_path = kd_loss_path::automatic;  ///< how each step's loss and gradients are computed
   /// automatic: no statistics path for a layer whose statistics need more bytes than this
@@ -169,10 +171,12 @@ struct dora_factory {
   norm_mode norm = norm_mode::detached;
   /// Init m from the teacher's (ideal) row norms, not the drifted ones.
   bool magnitude_from_teacher = false;
+  /// The kernels the adapters' calibration steps run.
+  low_rank_kernel training_kernel = low_rank_kernel::shift_add;
 
   /// The factory the config describes.
   [[nodiscard]] static dora_factory from(const calibration_config& cfg) {
-    return {cfg.rank, cfg.alpha, cfg.use_rslora, cfg.norm, cfg.magnitude_from_teacher};
+    return {cfg.rank, cfg.alpha, cfg.use_rslora, cfg.norm, cfg.magnitude_from_teacher, cfg.training_kernel};
   }
   /// A DoRA adapter for `r.base`, seeded with `r.seed`.
   [[nodiscard]] dora_adapter operator()(const adapter_request& r) const {
@@ -183,6 +187,7 @@ struct dora_factory {
     dc.norm = norm;
     dc.seed = r.seed;
     dora_adapter a(r.base, dc);
+    a.set_training_kernel(training_kernel);
     if (magnitude_from_teacher) {
       a.init_magnitude_from(r.teacher.node(r.name).params.at("weight"));
       a.refresh(r.base);

@@ -113,8 +113,8 @@ class thin_conv2d {
   /// u = conv(src, weights) as forward(), by shift-and-add: one GEMM Y = X
   /// A_cat over every input pixel and tap (oneDNN), then each output pixel
   /// adds its in-bounds taps' r-vectors in tap order. The same values to float
-  /// rounding; rimc's factorised inference uses it so that its results stay
-  /// bitwise those of earlier releases (the direct form rounds differently).
+  /// rounding; adapters' inference and their default (shift_add) calibration
+  /// kernels use it, so their results stay bitwise those of earlier releases.
   void forward_shift_add(const Tensor& src, Tensor& u) const {
     const Shape out = output_shape(src.shape());
     thread_local Tensor x_scratch;
