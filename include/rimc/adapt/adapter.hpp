@@ -95,8 +95,9 @@ enum class low_rank_kernel : std::uint8_t {
   shift_add,
   /// rimc's direct channels-last kernels (kernels/arch; bitwise the same on
   /// every ISA tier and thread count), fused with the combination and with
-  /// DoRA's reductions: 1.3-6x faster forward + backward on thin layers
-  /// (README, "Benchmarks"); a backprop calibration then rounds differently.
+  /// DoRA's reductions: 1.6-2.9x faster forward + backward on the benchmarked
+  /// thin layers with OMP_WAIT_POLICY=passive (README, "Benchmarks"); a
+  /// backprop calibration then rounds differently.
   direct
 };
 

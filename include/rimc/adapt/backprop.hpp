@@ -57,7 +57,8 @@ struct backprop_config {
   /// adapted network (calibrate_adcs, range_update::widen); 0: never. No
   /// effect on layers without them.
   int recalibrate_adc_every = 10;
-  /// The kernels of every step's adapter forward and backward (low_rank_kernel).
+  /// The kernels of every step's adapter forward and backward (low_rank_kernel), for the
+  /// default DoRA adapters (adapters()); a caller's own factory sets its adapters' kernels.
   low_rank_kernel training_kernel = low_rank_kernel::shift_add;
   calibration_progress on_progress;  ///< optional: called once at the end with the run's report
 

@@ -78,7 +78,8 @@ struct calibration_config {
   double lr = 1e-2;                     ///< Adam learning rate
   std::uint64_t seed = 0;               ///< seeds each adapter (mixed with the layer's index)
   bool magnitude_from_teacher = false;  ///< DoRA: init m from the teacher's (ideal) row norms, not the drifted ones
-  /// DoRA: the kernels of each step on the direct path (low_rank_kernel; the statistics path runs none).
+  /// DoRA: the kernels of each step on the direct path (low_rank_kernel; the statistics path
+  /// runs none), for the default adapters (dora_factory::from); a caller's factory sets its own.
   low_rank_kernel training_kernel = low_rank_kernel::shift_add;
   std::vector<std::string> targets;     ///< layers to adapt; empty: every conv2d and linear node
   kd_loss_path loss_path = kd_loss_path::automatic;  ///< how each step's loss and gradients are computed
