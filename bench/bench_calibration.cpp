@@ -18,6 +18,8 @@
 //                          the paper's headline setting at S = 224, N = 10. Counters add the peak
 //                          RSS of the process (run it alone: --benchmark_filter=resnet50_whole) and
 //                          how many layers took each loss path.
+//   calibrate_resnet50_whole_direct/S/N  the same with the direct training kernels
+//                          (calibration_config::training_kernel) on the layers that take the direct path
 //   calibrate_resnet20_cold/10   the same on a freshly deployed chip and teacher with oneDNN's
 //                          primitive cache off: every primitive created afresh, none shared
 //                          between identical layers or between teacher and chip (the worst case)
@@ -210,7 +212,7 @@ void calibrate_resnet50(benchmark::State& state) {
   state.counters["layers"] = static_cast<double>(targets.size());
 }
 
-void calibrate_resnet50_whole(benchmark::State& state) {
+void resnet50_whole(benchmark::State& state, low_rank_kernel kernel) {
   const auto size = state.range(0), n = state.range(1);
   network teacher = resnet50(1000, size);
   bench::torchvision_init(teacher);
@@ -227,6 +229,7 @@ void calibrate_resnet50_whole(benchmark::State& state) {
   fill_uniform(images, counter_rng(13), -2, 2);
   calibration_config cfg = demo_config();
   cfg.rank = 4;
+  cfg.training_kernel = kernel;
   std::int64_t steps = 0, statistics = 0, direct = 0;
   double mse_before = 0, mse_after = 0;
   for (auto _ : state) {
@@ -252,6 +255,9 @@ void calibrate_resnet50_whole(benchmark::State& state) {
   state.counters["layers"] = static_cast<double>(statistics + direct);
   state.counters["mse_after_over_before"] = mse_after / mse_before;
 }
+
+void calibrate_resnet50_whole(benchmark::State& state) { resnet50_whole(state, low_rank_kernel::shift_add); }
+void calibrate_resnet50_whole_direct(benchmark::State& state) { resnet50_whole(state, low_rank_kernel::direct); }
 
 /// Calibrations on a freshly deployed chip and teacher; with `cache_off` oneDNN's primitive
 /// cache stays off during the calibration, else it is only emptied before it.
@@ -315,6 +321,12 @@ BENCHMARK(calibrate_resnet20)
 BENCHMARK(calibrate_resnet20_direct)->Arg(10)->Arg(100)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(calibrate_resnet50)->Args({32, 10})->Args({224, 10})->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(calibrate_resnet50_whole)->Args({32, 10})->Args({224, 10})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(calibrate_resnet50_whole_direct)
+    ->Args({32, 10})
+    ->Args({224, 10})
+    ->Iterations(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(calibrate_resnet20_cold)->Arg(10)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(calibrate_resnet20_fresh)->Arg(10)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(evaluate_calibrated)->Arg(50)->Arg(250)->UseRealTime()->Unit(benchmark::kMillisecond);

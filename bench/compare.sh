@@ -19,7 +19,7 @@
 # PyTorch's) with ONEDNN_MAX_CPU_ISA=AVX2, PyTorch's own kernels with
 # ATEN_CPU_CAPABILITY=avx2; -i scalar: rimc's portable tier, oneDNN at SSE4.1,
 # ATEN_CPU_CAPABILITY=default. Needs python3-torch, python3-numpy and GNU
-# time (installed with apt when missing and running as root).
+# time (tools/install-deps.sh installs them with apt when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reps=3 build=build/release threads=2 out=bench/results/compare tier=native
@@ -48,9 +48,8 @@ extra=("$@")
 # passive against 3.7 s by default in one pair of runs here).
 rimc_wait=${OMP_WAIT_POLICY:-passive}
 
-if [ ! -x /usr/bin/time ]; then
-  if [ "$(id -u)" = 0 ]; then apt-get install -y time >/dev/null; else echo "compare.sh: needs GNU time (apt-get install time)" >&2; exit 1; fi
-fi
+# The peer's packages and GNU time, with rimc's own (apt, when missing).
+tools/install-deps.sh python3-torch python3-numpy time >/dev/null
 if [ ! -f "$build/CMakeCache.txt" ]; then
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 fi

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Inference throughput, rimc (bench_network) next to PyTorch eager (bench/peer/torch_inference.py),
 # both with 2 threads, run back to back in one go; prints images/s and the ratio.
-#   bench/compare_inference.sh [build-dir]     (default build/release; needs python3-torch, python3-torchvision)
+#   bench/compare_inference.sh [build-dir]     (default build/release; installs python3-torch and python3-torchvision when missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build/release}
+tools/install-deps.sh python3-torch python3-torchvision python3-numpy >/dev/null  # the peer's packages, with rimc's
 cmake --build "$build" --target bench_network >/dev/null
 out=$(mktemp -d)
 OMP_NUM_THREADS=2 "$build/bench/bench_network" --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \

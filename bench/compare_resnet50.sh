@@ -18,14 +18,13 @@ while getopts "b:t:o:" opt; do
     *) sed -n '2,9p' "$0"; exit 2 ;;
   esac
 done
-if [ ! -x /usr/bin/time ]; then
-  if [ "$(id -u)" = 0 ]; then apt-get install -y time >/dev/null; else echo "compare_resnet50.sh: needs GNU time" >&2; exit 1; fi
-fi
+# The peer's packages and GNU time, with rimc's own (apt, when missing).
+tools/install-deps.sh python3-torch python3-numpy time >/dev/null
 cmake --build "$build" --target bench_calibration >/dev/null
 mkdir -p "$out"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >"$out/conditions.txt"
 OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$threads /usr/bin/time -v -o "$out/rimc.time" \
-  "$build/bench/bench_calibration" --benchmark_filter=resnet50_whole --benchmark_out="$out/rimc.json" \
+  "$build/bench/bench_calibration" --benchmark_filter='^calibrate_resnet50_whole/224/10/' --benchmark_out="$out/rimc.json" \
   --benchmark_out_format=json >"$out/rimc.log" 2>&1
 for f in direct statistics; do
   OMP_NUM_THREADS=$threads /usr/bin/time -v -o "$out/$f.time" /usr/bin/python3 bench/peer/torch_resnet50.py \
