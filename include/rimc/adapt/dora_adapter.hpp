@@ -401,14 +401,18 @@ inline void dora_backward_pass(const float* g, const float* z, const Tensor* bia
                                Eigen::Index P, Eigen::Index O, Eigen::Index r, Eigen::VectorXd& c, RowMatrixXf& gtu,
                                float* ghb) {
   const Eigen::Index blocks = (P + dora_block_rows - 1) / dora_block_rows;
-  Eigen::MatrixXd part = Eigen::MatrixXd::Zero(O, blocks);
-  Eigen::MatrixXf part_gtu = Eigen::MatrixXf::Zero(r * O, blocks);  // column blk: [r][O]
+  thread_local Eigen::MatrixXd part;      // column blk: block blk's sum_p G z0
+  thread_local Eigen::MatrixXf part_gtu;  // column blk: block blk's G^T u as [r][O]
+  part.setZero(O, blocks);
+  part_gtu.setZero(r * O, blocks);
   const float* b = bias ? bias->data() : nullptr;
   const isa_tier tier = active_isa();
+  double* pc = part.data();  // the calling thread's buffers, by pointer: inside the region
+  float* pt = part_gtu.data();  // a thread_local name would be each worker's own
 #pragma omp parallel for schedule(static) if (blocks > 1)
   for (Eigen::Index blk = 0; blk < blocks; ++blk) {
     const Eigen::Index p0 = blk * dora_block_rows, p1 = std::min(P, p0 + dora_block_rows);
-    dora_backward_rows(g, z, b, u, w_t, O, r, p0, p1, part.col(blk).data(), part_gtu.col(blk).data(), ghb, tier);
+    dora_backward_rows(g, z, b, u, w_t, O, r, p0, p1, pc + blk * O, pt + blk * r * O, ghb, tier);
   }
   c = Eigen::VectorXd::Zero(O);
   for (Eigen::Index blk = 0; blk < blocks; ++blk) c += part.col(blk);

@@ -295,12 +295,9 @@ __attribute__((target("avx2,fma"))) inline void thin_conv_pixels(const thin_conv
     RIMC_UNROLL
     for (int j = 0; j < J; ++j) lo[q][j] = hi[q][j] = _mm256_setzero_ps();
   for (std::int64_t kh = 0; kh < g.KH; ++kh) {
-    const std::int64_t ih = at.oh * g.sh - g.ph + kh * g.dh;
-    if (ih < 0 || ih >= g.H) continue;
     for (std::int64_t kw = 0; kw < g.KW; ++kw) {
-      const std::int64_t iw = at.ow * g.sw - g.pw + kw * g.dw;
-      if (Q == 1 && (iw < 0 || iw >= g.W)) continue;
-      const float* xp = x + ((at.n * g.H + ih) * g.W + iw) * g.C;
+      const float* xp = thin_conv_tap(g, x, at, kh, kw, Q > 1);
+      if (!xp) continue;
       const float* ap = a + ((kh * g.KW + kw) * g.r + j0) * g.Cp;
       for (std::int64_t b = 0; b < full; b += 16)
         RIMC_UNROLL
@@ -367,12 +364,9 @@ __attribute__((target("avx2,fma"))) inline void thin_conv_weight_pixels(const th
   const std::int64_t full = g.C / 8 * 8, tail = g.C - full, step = g.sw * g.C;
   const __m256i m = lanes(tail);
   for (std::int64_t kh = 0; kh < g.KH; ++kh) {
-    const std::int64_t ih = at.oh * g.sh - g.ph + kh * g.dh;
-    if (ih < 0 || ih >= g.H) continue;
     for (std::int64_t kw = 0; kw < g.KW; ++kw) {
-      const std::int64_t iw = at.ow * g.sw - g.pw + kw * g.dw;
-      if (Q == 1 && (iw < 0 || iw >= g.W)) continue;
-      const float* xp = x + ((at.n * g.H + ih) * g.W + iw) * g.C;
+      const float* xp = thin_conv_tap(g, x, at, kh, kw, Q > 1);
+      if (!xp) continue;
       float* gp = acc + (kh * g.KW + kw) * g.r * g.Cp;
       for (std::int64_t j = 0; j < g.r; ++j) {
         __m256 d[Q];

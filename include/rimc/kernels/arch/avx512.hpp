@@ -69,12 +69,9 @@ __attribute__((target("avx512f"))) inline void thin_conv_pixels(const thin_conv_
     RIMC_UNROLL
     for (int j = 0; j < J; ++j) acc[q][j] = _mm512_setzero_ps();
   for (std::int64_t kh = 0; kh < g.KH; ++kh) {
-    const std::int64_t ih = at.oh * g.sh - g.ph + kh * g.dh;
-    if (ih < 0 || ih >= g.H) continue;
     for (std::int64_t kw = 0; kw < g.KW; ++kw) {
-      const std::int64_t iw = at.ow * g.sw - g.pw + kw * g.dw;
-      if (Q == 1 && (iw < 0 || iw >= g.W)) continue;
-      const float* xp = x + ((at.n * g.H + ih) * g.W + iw) * g.C;
+      const float* xp = thin_conv_tap(g, x, at, kh, kw, Q > 1);
+      if (!xp) continue;
       const float* ap = a + ((kh * g.KW + kw) * g.r + j0) * g.Cp;
       for (std::int64_t b = 0; b < full; b += 16) {
         __m512 av[J];
@@ -145,12 +142,9 @@ __attribute__((target("avx512f"))) inline void thin_conv_weight_pixels(const thi
   const std::int64_t full = g.C / 16 * 16, tail = g.C - full, step = g.sw * g.C;
   const auto tm = static_cast<__mmask16>((1u << tail) - 1u);
   for (std::int64_t kh = 0; kh < g.KH; ++kh) {
-    const std::int64_t ih = at.oh * g.sh - g.ph + kh * g.dh;
-    if (ih < 0 || ih >= g.H) continue;
     for (std::int64_t kw = 0; kw < g.KW; ++kw) {
-      const std::int64_t iw = at.ow * g.sw - g.pw + kw * g.dw;
-      if (Q == 1 && (iw < 0 || iw >= g.W)) continue;
-      const float* xp = x + ((at.n * g.H + ih) * g.W + iw) * g.C;
+      const float* xp = thin_conv_tap(g, x, at, kh, kw, Q > 1);
+      if (!xp) continue;
       float* gp = acc + (kh * g.KW + kw) * g.r * g.Cp;
       for (std::int64_t j = 0; j < g.r; ++j) {
         __m512 d[Q];

@@ -49,6 +49,16 @@ struct thin_conv_pixel {
   }
 };
 
+/// Where tap (kh, kw) of output pixel `at` reads the channels-last input x,
+/// or null when the tap falls in the padding (the column is not checked when
+/// the caller knows it is in bounds: thin_conv_walk's wide runs).
+inline const float* thin_conv_tap(const thin_conv_geometry& g, const float* x, const thin_conv_pixel& at,
+                                  std::int64_t kh, std::int64_t kw, bool column_in_bounds = false) noexcept {
+  const std::int64_t ih = at.oh * g.sh - g.ph + kh * g.dh, iw = at.ow * g.sw - g.pw + kw * g.dw;
+  if (ih < 0 || ih >= g.H || (!column_in_bounds && (iw < 0 || iw >= g.W))) return nullptr;
+  return x + ((at.n * g.H + ih) * g.W + iw) * g.C;
+}
+
 /// Walks output pixels [p0, p1) in order: run(at, p, true) for Q pixels of one
 /// output row whose every tap reads an in-bounds column (the vector forms
 /// then keep Q pixels' accumulators in flight), run(at, p, false) for one

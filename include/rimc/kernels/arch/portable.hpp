@@ -129,15 +129,11 @@ inline void thin_conv_rows(const thin_conv_geometry& g, const float* x, const fl
     const std::int64_t jn = std::min<std::int64_t>(4, g.r - j0);
     thin_conv_pixel at(g, p0);
     for (std::int64_t p = p0; p < p1; ++p, at.next(g)) {
-      const std::int64_t n = at.n, oh = at.oh, ow = at.ow;
       float acc[4][16] = {};
       for (std::int64_t kh = 0; kh < g.KH; ++kh) {
-        const std::int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-        if (ih < 0 || ih >= g.H) continue;
         for (std::int64_t kw = 0; kw < g.KW; ++kw) {
-          const std::int64_t iw = ow * g.sw - g.pw + kw * g.dw;
-          if (iw < 0 || iw >= g.W) continue;
-          const float* xp = x + ((n * g.H + ih) * g.W + iw) * g.C;
+          const float* xp = thin_conv_tap(g, x, at, kh, kw);
+          if (!xp) continue;
           const float* ap = a + ((kh * g.KW + kw) * g.r + j0) * g.Cp;
           for (std::int64_t b = 0; b < g.Cp; b += 16)
             for (std::int64_t l = 0; l < 16; ++l) {
@@ -156,14 +152,10 @@ inline void thin_conv_weight_rows(const thin_conv_geometry& g, const float* x, c
                                   std::int64_t p1, float* acc) {
   thin_conv_pixel at(g, p0);
   for (std::int64_t p = p0; p < p1; ++p, at.next(g)) {
-    const std::int64_t n = at.n, oh = at.oh, ow = at.ow;
     for (std::int64_t kh = 0; kh < g.KH; ++kh) {
-      const std::int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-      if (ih < 0 || ih >= g.H) continue;
       for (std::int64_t kw = 0; kw < g.KW; ++kw) {
-        const std::int64_t iw = ow * g.sw - g.pw + kw * g.dw;
-        if (iw < 0 || iw >= g.W) continue;
-        const float* xp = x + ((n * g.H + ih) * g.W + iw) * g.C;
+        const float* xp = thin_conv_tap(g, x, at, kh, kw);
+        if (!xp) continue;
         float* gp = acc + (kh * g.KW + kw) * g.r * g.Cp;
         for (std::int64_t j = 0; j < g.r; ++j) {
           const float d = du[p * g.r + j];
