@@ -18,6 +18,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -284,7 +285,7 @@ TEST_SUITE("isa tiers") {
 
   TEST_CASE("the normal generator gives the portable form's bits on every tier, at any offset and length") {
     for (const std::uint64_t first : {std::uint64_t{0}, std::uint64_t{3}, std::uint64_t{61}, std::uint64_t{1} << 40}) {
-      for (const std::int64_t n : {1, 5, 63, 64, 65, 1000}) {
+      for (const std::int64_t n : {1, 5, 63, 64, 65, 127, 128, 129, 1000, 20011}) {
         CAPTURE(first);
         CAPTURE(n);
         std::vector<float> ref(static_cast<std::size_t>(n));
@@ -300,7 +301,92 @@ TEST_SUITE("isa tiers") {
           detail::normal_fill(11, 12, first, n, got.data(), t);
           CHECK(same_bits(ref, got));
         });
+        if (n == 20011) {  // long enough to reach the tail quantile (|z| > 2.93, w >= 5) dozens of times
+          const auto tail = std::count_if(ref.begin(), ref.end(), [](float z) { return std::abs(z) > 2.94f; });
+          CHECK(tail > 20);
+        }
       }
+    }
+  }
+
+  TEST_CASE("the crossbar periphery (DAC, read noise, ADC, epilogue) gives the portable form's bits on every tier") {
+    for (const std::int64_t n : {1, 15, 16, 17, 100, 1031}) {
+      CAPTURE(n);
+      const auto c = test::random_tensor(Shape{n}, 21, layout::nchw, -2.0f, 2.0f);
+      auto v = test::random_tensor(Shape{n}, 22, layout::nchw, -1e-3f, 4.0f);  // a few negative roundings
+      v[0] = 0.0f;
+      std::vector<float> z(static_cast<std::size_t>(n));
+      detail::portable::normal_fill(3, 4, 0, n, z.data());
+      std::vector<float> ref(static_cast<std::size_t>(n));
+      detail::portable::add_read_noise(c.data(), v.data(), z.data(), n, ref.data());
+      CHECK(std::isfinite(ref[0]));
+      CHECK(ref[0] == doctest::Approx(c[0]));  // zero variance: no noise
+      for_each_tier([&](isa_tier t) {
+        std::vector<float> got(static_cast<std::size_t>(n));
+        detail::add_read_noise(c.data(), v.data(), z.data(), n, got.data(), t);
+        CHECK(same_bits(ref, got));
+      });
+    }
+    for (const std::int64_t n : {1, 15, 16, 17, 100, 1031}) {
+      CAPTURE(n);
+      auto x = test::random_tensor(Shape{n}, 41, layout::nchw, -3.0f, 3.0f);  // beyond the range too
+      x[0] = -0.0f;
+      std::vector<float> ref(static_cast<std::size_t>(n)), ref_sq(static_cast<std::size_t>(n));
+      detail::portable::dac_codes(x.data(), n, 0.5f, 127.0f, ref.data(), ref_sq.data());
+      CHECK(ref[n - 1] == doctest::Approx(std::clamp(x[n - 1] * 0.5f, -1.0f, 1.0f)).epsilon(0.01 + 1.0 / 127));
+      for (std::int64_t i = 0; i < n; ++i) CHECK(ref_sq[i] == ref[i] * ref[i]);
+      for_each_tier([&](isa_tier t) {
+        std::vector<float> got(static_cast<std::size_t>(n)), got_sq(static_cast<std::size_t>(n), -1.0f);
+        detail::dac_codes(x.data(), n, 0.5f, 127.0f, got.data(), got_sq.data(), t);
+        CHECK(same_bits(ref, got));
+        CHECK(same_bits(ref_sq, got_sq));
+        std::vector<float> only(static_cast<std::size_t>(n));
+        detail::dac_codes(x.data(), n, 0.5f, 127.0f, only.data(), nullptr, t);
+        CHECK(same_bits(ref, only));
+      });
+    }
+    for (const std::int64_t C : {1, 7, 16, 20, 33, 64}) {
+      const std::int64_t M = 5, ldy = C + 3;
+      const auto cur = test::random_tensor(Shape{M * C}, 31, layout::nchw, -1.5f, 1.5f);
+      const auto f = test::random_tensor(Shape{C}, 32, layout::nchw, 0.1f, 2.0f);
+      const auto to = test::random_tensor(Shape{C}, 33, layout::nchw, 50.0f, 200.0f);
+      const auto lsb = test::random_tensor(Shape{C}, 34, layout::nchw, 0.001f, 0.02f);
+      const auto gain = test::random_tensor(Shape{C}, 35, layout::nchw, 0.5f, 1.5f);
+      const auto bias = test::random_tensor(Shape{C}, 36, layout::nchw, -0.5f, 0.5f);
+      const auto y0 = test::random_tensor(Shape{M * ldy}, 37, layout::nchw, -1.0f, 1.0f);
+      const std::vector<float> xscale = {0.5f, 1.0f, 2.0f, 0.25f, 3.0f};
+      for (int mode = 0; mode < 3; ++mode)      // per-column ADC, per-tile ADC, none
+        for (int tail = 0; tail < 4; ++tail) {  // no epilogue, gain, gain + bias, gain + bias + ReLU
+          CAPTURE(C);
+          CAPTURE(mode);
+          CAPTURE(tail);
+          detail::adc_readout a;
+          a.factor = f.data();
+          if (mode < 2) a.steps = 127.0f;
+          if (mode == 0) {
+            a.to_steps = to.data();
+            a.lsb = lsb.data();
+          } else {
+            a.to_all = 90.0f;
+            a.lsb_all = 0.01f;
+          }
+          if (tail > 0) a.gain = gain.data();
+          if (tail > 1) a.bias = bias.data();
+          a.relu = tail > 2;
+          for (const bool overwrite : {false, true}) {
+            const float* xs = overwrite ? xscale.data() : nullptr;
+            std::vector<float> ref(y0.data(), y0.data() + M * ldy);
+            detail::portable::adc_rows(a, cur.data(), M, C, xs, 0.75f, 2.0f, ref.data(), ldy, overwrite);
+            for_each_tier([&](isa_tier t) {
+              std::vector<float> got(y0.data(), y0.data() + M * ldy);
+              detail::adc_rows(a, cur.data(), M, C, xs, 0.75f, 2.0f, got.data(), ldy, overwrite, t);
+              CHECK(same_bits(ref, got));
+            });
+            // the columns past C in each row are untouched
+            for (std::int64_t m = 0; m < M; ++m)
+              for (std::int64_t j = C; j < ldy; ++j) CHECK(ref[m * ldy + j] == y0[m * ldy + j]);
+          }
+        }
     }
   }
 }

@@ -140,6 +140,21 @@ namespace detail {
   return w * y;
 }
 
+/// Rounds |v| < 2^22 to the nearest integer, ties to even (as std::nearbyint in
+/// the default rounding mode), without a library call, so loops vectorise.
+[[nodiscard]] inline float round_half_even(float v) noexcept {
+  // (v + 1.5 * 2^23) - 1.5 * 2^23: IEEE addition rounds to the nearest integer at that
+  // magnitude; compilers do not fold it without -ffast-math (which rimc never uses).
+  constexpr float magic = 12582912.0f;
+  return (v + magic) - magic;
+}
+
+/// Quantises v / scale (clipped to [-1, 1]) to `steps` levels per side; returns the code in [-1, 1].
+[[nodiscard]] inline float quantise_unit(float v, float inv_scale, float steps) noexcept {
+  const float u = std::clamp(v * inv_scale, -1.0f, 1.0f);
+  return round_half_even(u * steps) / steps;
+}
+
 /// The standard normal quantile from 32 random bits, in two parts so that
 /// loops vectorise: u = (k + 1/2) 2^-23 for the top 23 bits k (so |z| <=
 /// 5.3) and z = sqrt(2) erfinv(2u - 1) by M. Giles' single-precision erfinv

@@ -549,15 +549,22 @@ class basic_analog_conv2d {
           const Tile& block = a.tile(rb, 0);
           const auto ch0 = block.row0() / KK, chn = block.rows() / KK;
           const Tensor* xin = &src;
+          bool squared = false;
           if (ng < N || chn < C_in || dac) {
-            // The group's images, the tile's input channels, through the DAC.
+            // The group's images, the tile's input channels, through the DAC (with read noise, the
+            // codes' squares in the same pass where the channels are contiguous).
             xb.ensure(Shape{ng, chn, H, W}, layout::nhwc);
+            squared = reading && dac && ch_stride == 1;
+            if (squared) xsq.ensure(xb.shape(), layout::nhwc);
             for (std::int64_t n = 0; n < ng; ++n)
               for (std::int64_t h = 0; h < H; ++h)
                 for (std::int64_t w = 0; w < W; ++w) {
-                  float* d = xb.data() + xb.offset(n, 0, h, w);
+                  const auto at = xb.offset(n, 0, h, w);
+                  float* d = xb.data() + at;
                   const float* sp = src.data() + src.offset(n0 + n, ch0, h, w);
-                  if (dac) {
+                  if (dac && ch_stride == 1) {
+                    detail::dac_codes(sp, chn, inv, steps, d, squared ? xsq.data() + at : nullptr, plan.tier);
+                  } else if (dac) {
                     for (std::int64_t ch = 0; ch < chn; ++ch) d[ch] = detail::quantise_unit(sp[ch * ch_stride], inv, steps);
                   } else {
                     for (std::int64_t ch = 0; ch < chn; ++ch) d[ch] = sp[ch * ch_stride];
@@ -565,7 +572,7 @@ class basic_analog_conv2d {
                 }
             xin = &xb;
           }
-          if (reading) {  // the squared inputs, whose convolution with the variance matrix is each read's variance
+          if (reading && !squared) {  // the squared inputs, whose convolution with the variance matrix is each read's variance
             xsq.ensure(xin->shape(), xin->memory_layout());
             const float* xp = xin->data();
             float* qp = xsq.data();

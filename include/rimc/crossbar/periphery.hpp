@@ -14,6 +14,7 @@
 /// input". ADC ranges and output noise are in these units.
 
 #include <rimc/core/error.hpp>
+#include <rimc/core/random.hpp>  // detail::round_half_even
 #include <rimc/crossbar/ir_drop.hpp>
 #include <rimc/device/device_config.hpp>
 #include <rimc/device/drift.hpp>
@@ -137,22 +138,4 @@ struct periphery_config {
   }
 };
 
-namespace detail {
-
-/// Rounds |v| < 2^22 to the nearest integer, ties to even (as std::nearbyint in
-/// the default rounding mode), without a library call, so loops vectorise.
-[[nodiscard]] inline float round_half_even(float v) noexcept {
-  // (v + 1.5 * 2^23) - 1.5 * 2^23: IEEE addition rounds to the nearest integer at that
-  // magnitude; compilers do not fold it without -ffast-math (which rimc never uses).
-  constexpr float magic = 12582912.0f;
-  return (v + magic) - magic;
-}
-
-/// Quantises v / scale (clipped to [-1, 1]) to `steps` levels per side; returns the code in [-1, 1].
-[[nodiscard]] inline float quantise_unit(float v, float inv_scale, float steps) noexcept {
-  const float u = std::clamp(v * inv_scale, -1.0f, 1.0f);
-  return round_half_even(u * steps) / steps;
-}
-
-}  // namespace detail
 }  // namespace rimc

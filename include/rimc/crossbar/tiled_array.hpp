@@ -397,7 +397,6 @@ class TiledArray {
     const bool per_col = adc && per_column_adc();
     const std::size_t a0 = adc ? adc_offset_[ts] : 0;
     const float range = adc ? adc_ranges_[a0] : 1.0f, inv_range = 1.0f / range;
-    const float* f = plan.factor.data() + o0;
     if (reading || out_noise) {
       // The noisy currents, then the same read-out as noiseless ones. Element (row r0 + m, column j)
       // draws normal number (r0 + m) * C + j of its (tile, slice) stream: the block's draws are one range.
@@ -405,20 +404,14 @@ class TiledArray {
       const auto n = M * C;
       const auto first = static_cast<std::uint64_t>(r0 * C);
       const auto stream_tail = (static_cast<std::uint64_t>(ts) + 1) << 32;
-      noisy.assign(current, current + n);
+      noisy.resize(static_cast<std::size_t>(n));
       z.resize(static_cast<std::size_t>(n));
       if (reading) {
         detail::normal_fill(plan.seed, static_cast<std::uint64_t>(rng_stream::read_noise) + stream_tail, first, n,
                             z.data(), plan.tier);
-        // sqrt of the variance (negative rounding clamped to 0, plus the least normal float so 0
-        // stays finite), without a libm call or a float select, so the loop vectorises
-        for (std::int64_t i = 0; i < n; ++i) {
-          auto vb = std::bit_cast<std::uint32_t>(variance[i]);
-          vb &= ~static_cast<std::uint32_t>(static_cast<std::int32_t>(vb) >> 31);
-          noisy[static_cast<std::size_t>(i)] +=
-              detail::sqrt_positive(std::bit_cast<float>(vb) + std::numeric_limits<float>::min()) *
-              z[static_cast<std::size_t>(i)];
-        }
+        detail::add_read_noise(current, variance, z.data(), n, noisy.data(), plan.tier);
+      } else {
+        std::copy_n(current, n, noisy.data());
       }
       if (out_noise) {
         const float sigma_out = static_cast<float>(P.output_noise);
@@ -428,31 +421,26 @@ class TiledArray {
       }
       current = noisy.data();
     }
-    for (std::int64_t m = 0; m < M; ++m) {
-      const float xs = (xscale ? xscale[m] : xscale_all) * place;
-      const float* cm = current + m * C;
-      float* ym = y_rows + m * O_ + o0;
-      if (overwrite) std::fill_n(ym, C, 0.0f);
+    // The ADC (clip to the range, round to the nearest step; one range per column or per tile)
+    // and, after the columns' last partial sum, gain, bias and ReLU while the rows are in cache.
+    detail::adc_readout out;
+    out.factor = plan.factor.data() + o0;
+    if (adc) {
+      out.steps = adc_steps;
       if (per_col) {
-        // One ADC range per column: the same clip and round with per-column scales.
-        const float* to = adc_to_steps_.data() + a0;
-        const float* lsb = adc_lsb_.data() + a0;
-        for (std::int64_t j = 0; j < C; ++j) {
-          const float code = std::min(std::max(cm[j] * to[j], -adc_steps), adc_steps);
-          ym[j] += xs * f[j] * (detail::round_half_even(code) * lsb[j]);
-        }
-      } else if (adc) {
-        // The ADC, branch-free so it vectorises: clip to the range, round to the nearest step.
-        const float lsb = range / adc_steps, to_steps = inv_range * adc_steps;
-        for (std::int64_t j = 0; j < C; ++j) {
-          const float code = std::min(std::max(cm[j] * to_steps, -adc_steps), adc_steps);
-          ym[j] += xs * f[j] * (detail::round_half_even(code) * lsb);
-        }
+        out.to_steps = adc_to_steps_.data() + a0;
+        out.lsb = adc_lsb_.data() + a0;
       } else {
-        for (std::int64_t j = 0; j < C; ++j) ym[j] += xs * f[j] * cm[j];
+        out.lsb_all = range / adc_steps;
+        out.to_all = inv_range * adc_steps;
       }
-      if (finish) finish->apply(ym - o0, o0, C);
     }
+    if (finish) {
+      out.gain = finish->gain + o0;
+      out.bias = finish->bias ? finish->bias + o0 : nullptr;
+      out.relu = finish->relu;
+    }
+    detail::adc_rows(out, current, M, C, xscale, xscale_all, place, y_rows + o0, O_, overwrite, plan.tier);
   }
 
   /// Input vectors per chunk of the tile-exact product (depends on the shape only).
@@ -591,7 +579,7 @@ class TiledArray {
           }
           sc.xscale[static_cast<std::size_t>(m)] = scale;
           const float inv = 1.0f / scale, steps = static_cast<float>(P.dac->steps());
-          for (std::int64_t r = 0; r < R; ++r) dst[r] = detail::quantise_unit(src[r], inv, steps);
+          detail::dac_codes(src, R, inv, steps, dst, nullptr, plan.tier);
         }
       }
       const Tensor& xin = direct ? sc.in : sc.block;

@@ -450,6 +450,25 @@ __attribute__((target("avx2"))) inline void normal_fill(std::uint64_t seed, std:
   normal_fill_body<philox16>(seed, stream, first, n, out);
 }
 
+/// portable::add_read_noise compiled for AVX2 (no FMA in the target: nothing fuses).
+__attribute__((target("avx2"))) inline void add_read_noise(const float* current, const float* variance, const float* z,
+                                                           std::int64_t n, float* out) {
+  add_read_noise_body(current, variance, z, n, out);
+}
+
+/// portable::dac_codes compiled for AVX2 (no FMA in the target: nothing fuses).
+__attribute__((target("avx2"))) inline void dac_codes(const float* src, std::int64_t n, float inv_scale, float steps,
+                                                      float* dst, float* squares) {
+  dac_codes_body(src, n, inv_scale, steps, dst, squares);
+}
+
+/// portable::adc_rows compiled for AVX2 (no FMA in the target: nothing fuses).
+__attribute__((target("avx2"))) inline void adc_rows(const adc_readout& a, const float* current, std::int64_t M,
+                                                     std::int64_t C, const float* xscale, float xscale_all, float place,
+                                                     float* y, std::int64_t ldy, bool overwrite) {
+  adc_rows_body(a, current, M, C, xscale, xscale_all, place, y, ldy, overwrite);
+}
+
 RIMC_SIMD_WARNINGS_ON
 
 }  // namespace rimc::detail::avx2

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #if RIMC_HAVE_X86_DISPATCH
 namespace rimc::detail::avx512 {
@@ -367,9 +368,261 @@ __attribute__((target("avx512f"))) inline void adam_update(float* p, const float
   }
 }
 
-/// The AVX2 form: an AVX-512 target would allow FMAs the portable form does not have.
-inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, std::int64_t n, float* out) {
-  avx2::normal_fill(seed, stream, first, n, out);
+/// Philox4x32-10 on 16 G counters, one per lane (philox16_portable::run):
+/// word w of block 16 g + l in lane l of register x[g][w]. The G groups'
+/// rounds interleave, so their multiply latencies overlap.
+template <int G>
+__attribute__((target("avx512f"))) inline void philox16_zmm(__m512i (&x)[G][4], std::uint32_t k0, std::uint32_t k1) {
+  const __m512i m0 = _mm512_set1_epi64(0xD2511F53), m1 = _mm512_set1_epi64(0xCD9E8D57);
+  constexpr __mmask16 odd = 0xAAAA;
+  for (int round = 0; round < 10; ++round) {
+    const __m512i key0 = _mm512_set1_epi32(static_cast<int>(k0)), key1 = _mm512_set1_epi32(static_cast<int>(k1));
+    for (int g = 0; g < G; ++g) {
+      // lo / hi words of m0 * x0 and m1 * x2, lane by lane: even lanes from one VPMULUDQ, odd from another
+      const __m512i e0 = _mm512_mul_epu32(x[g][0], m0), o0 = _mm512_mul_epu32(_mm512_srli_epi64(x[g][0], 32), m0);
+      const __m512i e2 = _mm512_mul_epu32(x[g][2], m1), o2 = _mm512_mul_epu32(_mm512_srli_epi64(x[g][2], 32), m1);
+      const __m512i lo0 = _mm512_mask_blend_epi32(odd, e0, _mm512_slli_epi64(o0, 32));
+      const __m512i hi0 = _mm512_mask_blend_epi32(odd, _mm512_srli_epi64(e0, 32), o0);
+      const __m512i lo2 = _mm512_mask_blend_epi32(odd, e2, _mm512_slli_epi64(o2, 32));
+      const __m512i hi2 = _mm512_mask_blend_epi32(odd, _mm512_srli_epi64(e2, 32), o2);
+      const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi2, x[g][1]), key0);
+      const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, x[g][3]), key1);
+      x[g][1] = lo2;
+      x[g][3] = lo0;
+      x[g][0] = n0;
+      x[g][2] = n2;
+    }
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+}
+
+/// x[w] (word w of blocks 0-15) to output order: x[k] then holds words 0-3 of
+/// blocks 4k .. 4k + 3, i.e. the normals of indices 16k .. 16k + 15.
+__attribute__((target("avx512f"))) inline void blocks_to_output_order(__m512i (&x)[4]) {
+  const __m512i t0 = _mm512_unpacklo_epi32(x[0], x[1]), t1 = _mm512_unpackhi_epi32(x[0], x[1]);
+  const __m512i t2 = _mm512_unpacklo_epi32(x[2], x[3]), t3 = _mm512_unpackhi_epi32(x[2], x[3]);
+  // 128-bit lane q of u_j: the four words of block 4q + j
+  const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
+  const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
+  // transpose the 4 x 4 grid of 128-bit lanes
+  const __m512i a0 = _mm512_shuffle_i32x4(u0, u1, 0x44), a1 = _mm512_shuffle_i32x4(u0, u1, 0xEE);
+  const __m512i a2 = _mm512_shuffle_i32x4(u2, u3, 0x44), a3 = _mm512_shuffle_i32x4(u2, u3, 0xEE);
+  x[0] = _mm512_shuffle_i32x4(a0, a2, 0x88);
+  x[1] = _mm512_shuffle_i32x4(a0, a2, 0xDD);
+  x[2] = _mm512_shuffle_i32x4(a1, a3, 0x88);
+  x[3] = _mm512_shuffle_i32x4(a1, a3, 0xDD);
+}
+
+/// p = c[0], then p = p t + c[i] for i = 1 .. 8, the product and the sum
+/// each rounded (the scalar forms' Horner steps, written either way round),
+/// in Q registers at once so that their latencies overlap.
+template <int Q>
+__attribute__((target("avx512f"))) inline void horner(const __m512 (&t)[Q], const float (&c)[9], __m512 (&p)[Q]) {
+  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
+  for (int q = 0; q < Q; ++q) p[q] = _mm512_set1_ps(c[0]);
+  for (int i = 1; i < 9; ++i) {
+    const __m512 ci = _mm512_set1_ps(c[i]);
+    for (int q = 0; q < Q; ++q) p[q] = _mm512_add_round_ps(_mm512_mul_round_ps(p[q], t[q], cur), ci, cur);
+  }
+}
+
+/// rimc::detail::fast_logf on Q registers, every step rounded as there.
+template <int Q>
+__attribute__((target("avx512f"))) inline void fast_logf(__m512 (&x)[Q]) {
+  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
+  __m512 m[Q], z[Q], fe[Q], y[Q];
+  for (int q = 0; q < Q; ++q) {
+    const __m512i b = _mm512_castps_si512(x[q]);
+    const __m512i mant = _mm512_and_si512(b, _mm512_set1_epi32(0x007fffff));
+    const __mmask16 low = _mm512_cmplt_epu32_mask(mant, _mm512_set1_epi32(0x003504f3));
+    const __m512i e = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(b, 23), _mm512_set1_epi32(0xff)),
+                                       _mm512_set1_epi32(126));
+    fe[q] = _mm512_cvtepi32_ps(_mm512_mask_sub_epi32(e, low, e, _mm512_set1_epi32(1)));  // |e| < 2^24: exact
+    const __m512i expo = _mm512_mask_blend_epi32(low, _mm512_set1_epi32(0x7e << 23), _mm512_set1_epi32(0x7f << 23));
+    m[q] = _mm512_sub_round_ps(_mm512_castsi512_ps(_mm512_or_si512(mant, expo)), _mm512_set1_ps(1.0f), cur);
+    z[q] = _mm512_mul_round_ps(m[q], m[q], cur);
+  }
+  static constexpr float c[] = {7.0376836292e-2f,  -1.1514610310e-1f, 1.1676998740e-1f,
+                                -1.2420140846e-1f, 1.4249322787e-1f,  -1.6668057665e-1f,
+                                2.0000714765e-1f,  -2.4999993993e-1f, 3.3333331174e-1f};
+  horner(m, c, y);
+  for (int q = 0; q < Q; ++q) {
+    __m512 v = _mm512_mul_round_ps(_mm512_mul_round_ps(y[q], m[q], cur), z[q], cur);
+    v = _mm512_add_round_ps(v, _mm512_mul_round_ps(_mm512_set1_ps(-2.12194440e-4f), fe[q], cur), cur);
+    v = _mm512_add_round_ps(v, _mm512_mul_round_ps(_mm512_set1_ps(-0.5f), z[q], cur), cur);
+    x[q] = _mm512_add_round_ps(_mm512_add_round_ps(m[q], v, cur),
+                               _mm512_mul_round_ps(_mm512_set1_ps(0.693359375f), fe[q], cur), cur);
+  }
+}
+
+/// rimc::detail::normal_from_bits on Q registers (normal_central, and
+/// normal_tail in the lanes where w >= 5), every step rounded as there.
+template <int Q>
+__attribute__((target("avx512f"))) inline void normal_from_bits(const __m512i (&bits)[Q], __m512 (&z)[Q]) {
+  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
+  const __m512 scale = _mm512_set1_ps(0x1p-23f), half = _mm512_set1_ps(0.5f), sqrt2 = _mm512_set1_ps(1.41421356237309505f);
+  __m512 w[Q], x[Q], t[Q], p[Q];
+  for (int q = 0; q < Q; ++q) {
+    const __m512 k = _mm512_cvtepi32_ps(_mm512_srli_epi32(bits[q], 9));  // < 2^23: exact
+    const __m512 u = _mm512_mul_round_ps(_mm512_add_round_ps(k, half, cur), scale, cur);
+    const __m512 v = _mm512_mul_round_ps(
+        _mm512_sub_round_ps(_mm512_sub_round_ps(_mm512_set1_ps(8388608.0f), k, cur), half, cur), scale, cur);
+    w[q] = _mm512_mul_round_ps(_mm512_mul_round_ps(_mm512_set1_ps(4.0f), u, cur), v, cur);
+    x[q] = _mm512_sub_round_ps(u, v, cur);
+  }
+  fast_logf(w);
+  __mmask16 any = 0;
+  for (int q = 0; q < Q; ++q) {
+    w[q] = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(w[q]), _mm512_set1_epi32(INT32_MIN)));  // -ln
+    t[q] = _mm512_sub_round_ps(w[q], _mm512_set1_ps(2.5f), cur);
+    any |= _mm512_cmp_ps_mask(w[q], _mm512_set1_ps(5.0f), _CMP_GE_OQ);
+  }
+  static constexpr float central[] = {2.81022636e-08f,  3.43273939e-07f, -3.5233877e-06f,
+                                      -4.39150654e-06f, 0.00021858087f,  -0.00125372503f,
+                                      -0.00417768164f,  0.246640727f,    1.50140941f};
+  horner(t, central, p);
+  for (int q = 0; q < Q; ++q) z[q] = _mm512_mul_round_ps(_mm512_mul_round_ps(sqrt2, p[q], cur), x[q], cur);
+  if (any == 0) return;  // the tail (about 0.3% of draws) touches about a third of 128-lane steps
+  static constexpr float outer[] = {-0.000200214257f, 0.000100950558f, 0.00134934322f,
+                                    -0.00367342844f,  0.00573950773f,  -0.0076224613f,
+                                    0.00943887047f,   1.00167406f,     2.83297682f};
+  for (int q = 0; q < Q; ++q) {
+    const __mmask16 tail = _mm512_cmp_ps_mask(w[q], _mm512_set1_ps(5.0f), _CMP_GE_OQ);
+    if (tail == 0) continue;
+    const __m512 wt[1] = {_mm512_sub_round_ps(_mm512_sqrt_round_ps(w[q], cur), _mm512_set1_ps(3.0f), cur)};
+    __m512 pt[1];
+    horner(wt, outer, pt);
+    z[q] = _mm512_mask_mul_round_ps(z[q], tail, _mm512_mul_round_ps(sqrt2, pt[0], cur), x[q], cur);
+  }
+}
+
+/// portable::normal_fill, 64 G normals per step from 16 G Philox blocks
+/// (G = 2 groups of four registers, their rounds interleaved), turned into
+/// output order before the quantile so that whole steps store straight into
+/// `out`; every float step is a _round_ intrinsic, so nothing is fused and
+/// the bits are the portable form's.
+__attribute__((target("avx512f"))) inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first,
+                                                           std::int64_t n, float* out) {
+  constexpr int G = 2, step = 64 * G;
+  if (n <= 0) return;
+  const auto k0 = static_cast<std::uint32_t>(seed), k1 = static_cast<std::uint32_t>(seed >> 32);
+  const __m512i s0 = _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream)));
+  const __m512i s1 = _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream >> 32)));
+  const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m512i idx_lo = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i idx_hi = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const std::uint64_t end = first + static_cast<std::uint64_t>(n);
+  alignas(64) float part[step];
+  for (std::uint64_t block = first / 4; block * 4 < end; block += 16 * G) {
+    __m512i x[G][4];
+    for (int g = 0; g < G; ++g) {  // counters block + 16 g + l: low and high words of 16 64-bit numbers
+      const __m512i b0 = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(block + 16 * g)), lane);
+      const __m512i b1 = _mm512_add_epi64(b0, _mm512_set1_epi64(8));
+      x[g][0] = _mm512_permutex2var_epi32(b0, idx_lo, b1);
+      x[g][1] = _mm512_permutex2var_epi32(b0, idx_hi, b1);
+      x[g][2] = s0;
+      x[g][3] = s1;
+    }
+    philox16_zmm<G>(x, k0, k1);
+    __m512i bits[4 * G];
+    for (int g = 0; g < G; ++g) {
+      blocks_to_output_order(x[g]);
+      for (int q = 0; q < 4; ++q) bits[4 * g + q] = x[g][q];
+    }
+    __m512 z[4 * G];
+    normal_from_bits(bits, z);
+    const std::uint64_t base = block * 4;
+    if (base >= first && base + step <= end) {
+      float* o = out + (base - first);
+      for (int q = 0; q < 4 * G; ++q) _mm512_storeu_ps(o + 16 * q, z[q]);
+    } else {  // the first or last step: only [first, end) of it
+      for (int q = 0; q < 4 * G; ++q) _mm512_store_ps(part + 16 * q, z[q]);
+      const std::uint64_t lo = std::max(base, first), hi = std::min(base + step, end);
+      std::copy(part + (lo - base), part + (hi - base), out + (lo - first));
+    }
+  }
+}
+
+/// portable::add_read_noise, 16 elements a step (masked tail).
+__attribute__((target("avx512f"))) inline void add_read_noise(const float* current, const float* variance,
+                                                              const float* z, std::int64_t n, float* out) {
+  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
+  const __m512 tiny = _mm512_set1_ps(std::numeric_limits<float>::min());
+  const __m512 half = _mm512_set1_ps(0.5f), three_halves = _mm512_set1_ps(1.5f);
+  const __m512i magic = _mm512_set1_epi32(0x5f3759df);
+  for (std::int64_t i = 0; i < n; i += 16) {
+    const auto m = static_cast<__mmask16>(n - i >= 16 ? 0xFFFFu : (1u << (n - i)) - 1u);
+    __m512i vb = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, variance + i));
+    vb = _mm512_andnot_si512(_mm512_srai_epi32(vb, 31), vb);  // negative -> +0
+    const __m512 w = _mm512_add_round_ps(_mm512_castsi512_ps(vb), tiny, cur);
+    // sqrt_positive: the reciprocal-square-root estimate, three Newton steps, times w
+    __m512 y = _mm512_castsi512_ps(_mm512_sub_epi32(magic, _mm512_srli_epi32(_mm512_castps_si512(w), 1)));
+    for (int k = 0; k < 3; ++k) {
+      const __m512 t = _mm512_mul_round_ps(_mm512_mul_round_ps(_mm512_mul_round_ps(half, w, cur), y, cur), y, cur);
+      y = _mm512_mul_round_ps(y, _mm512_sub_round_ps(three_halves, t, cur), cur);
+    }
+    const __m512 root = _mm512_mul_round_ps(w, y, cur);
+    const __m512 noisy = _mm512_add_round_ps(_mm512_maskz_loadu_ps(m, current + i),
+                                             _mm512_mul_round_ps(root, _mm512_maskz_loadu_ps(m, z + i), cur), cur);
+    _mm512_mask_storeu_ps(out + i, m, noisy);
+  }
+}
+
+/// portable::dac_codes, 16 elements a step (masked tail). std::clamp(v, -1,
+/// 1) is _mm512_min_ps(1, _mm512_max_ps(-1, v)): the same for NaN and +-0.
+__attribute__((target("avx512f"))) inline void dac_codes(const float* src, std::int64_t n, float inv_scale,
+                                                         float steps, float* dst, float* squares) {
+  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
+  const __m512 inv = _mm512_set1_ps(inv_scale), st = _mm512_set1_ps(steps), magic = _mm512_set1_ps(12582912.0f);
+  const __m512 one = _mm512_set1_ps(1.0f), minus_one = _mm512_set1_ps(-1.0f);
+  for (std::int64_t i = 0; i < n; i += 16) {
+    const auto m = static_cast<__mmask16>(n - i >= 16 ? 0xFFFFu : (1u << (n - i)) - 1u);
+    const __m512 u = _mm512_min_ps(one, _mm512_max_ps(minus_one, _mm512_mul_round_ps(_mm512_maskz_loadu_ps(m, src + i), inv, cur)));
+    const __m512 q = _mm512_sub_round_ps(_mm512_add_round_ps(_mm512_mul_round_ps(u, st, cur), magic, cur), magic, cur);
+    const __m512 d = _mm512_div_round_ps(q, st, cur);
+    _mm512_mask_storeu_ps(dst + i, m, d);
+    if (squares) _mm512_mask_storeu_ps(squares + i, m, _mm512_mul_round_ps(d, d, cur));
+  }
+}
+
+/// portable::adc_rows, 16 columns a step (masked tail), the epilogue applied
+/// in the same pass. std::max(v, lo) is _mm512_max_ps(lo, v) and
+/// std::min(v, hi) _mm512_min_ps(hi, v): the same result for NaN and +-0.
+__attribute__((target("avx512f"))) inline void adc_rows(const adc_readout& a, const float* current, std::int64_t M,
+                                                        std::int64_t C, const float* xscale, float xscale_all,
+                                                        float place, float* y, std::int64_t ldy, bool overwrite) {
+  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
+  const bool adc = a.steps > 0, per_col = adc && a.to_steps;
+  const __m512 hi = _mm512_set1_ps(a.steps), lo = _mm512_set1_ps(-a.steps), magic = _mm512_set1_ps(12582912.0f);
+  const __m512 to_all = _mm512_set1_ps(a.to_all), lsb_all = _mm512_set1_ps(a.lsb_all), zero = _mm512_setzero_ps();
+  for (std::int64_t m = 0; m < M; ++m) {
+    const __m512 xs = _mm512_set1_ps((xscale ? xscale[m] : xscale_all) * place);
+    const float* cm = current + m * C;
+    float* ym = y + m * ldy;
+    for (std::int64_t j = 0; j < C; j += 16) {
+      const auto k = static_cast<__mmask16>(C - j >= 16 ? 0xFFFFu : (1u << (C - j)) - 1u);
+      const __m512 c = _mm512_maskz_loadu_ps(k, cm + j);
+      const __m512 xf = _mm512_mul_round_ps(xs, _mm512_maskz_loadu_ps(k, a.factor + j), cur);
+      __m512 t;
+      if (adc) {
+        const __m512 to = per_col ? _mm512_maskz_loadu_ps(k, a.to_steps + j) : to_all;
+        const __m512 lsb = per_col ? _mm512_maskz_loadu_ps(k, a.lsb + j) : lsb_all;
+        const __m512 code = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_mul_round_ps(c, to, cur)));
+        const __m512 q = _mm512_sub_round_ps(_mm512_add_round_ps(code, magic, cur), magic, cur);
+        t = _mm512_mul_round_ps(xf, _mm512_mul_round_ps(q, lsb, cur), cur);
+      } else {
+        t = _mm512_mul_round_ps(xf, c, cur);
+      }
+      __m512 v = _mm512_add_round_ps(overwrite ? zero : _mm512_maskz_loadu_ps(k, ym + j), t, cur);
+      if (a.gain) {
+        const __m512 b = a.bias ? _mm512_maskz_loadu_ps(k, a.bias + j) : zero;
+        v = _mm512_add_round_ps(_mm512_mul_round_ps(v, _mm512_maskz_loadu_ps(k, a.gain + j), cur), b, cur);
+        if (a.relu) v = _mm512_max_ps(zero, v);
+      }
+      _mm512_mask_storeu_ps(ym + j, k, v);
+    }
+  }
 }
 
 RIMC_SIMD_WARNINGS_ON

@@ -25,6 +25,23 @@ struct adam_step_consts {
   double c1, c2, lr, eps;    ///< bias corrections 1 - beta^t, step size, epsilon
 };
 
+/// How a crossbar's column currents become outputs (adc_rows): per column j
+/// of a row, code = min(max(c_j to_j, -steps), steps) rounded half to even,
+/// y_j += (xs f_j) (code lsb_j) with the ADC (to_j, lsb_j per column, or the
+/// tile's to_all, lsb_all), y_j += (xs f_j) c_j without; after the last
+/// partial sum (gain set) y_j = y_j gain_j + bias_j (+ 0 without bias), then
+/// max(y_j, 0) with relu. Every product and sum rounded on its own.
+struct adc_readout {
+  const float* factor = nullptr;    ///< [C] column factors f
+  float steps = 0;                  ///< ADC steps per side; 0: no ADC
+  const float* to_steps = nullptr;  ///< [C] per-column current-to-steps factors, or null: to_all
+  const float* lsb = nullptr;       ///< [C] per-column step sizes, or null: lsb_all
+  float to_all = 1, lsb_all = 1;    ///< the tile's ADC factors
+  const float* gain = nullptr;      ///< [C] epilogue gain, or null: no epilogue
+  const float* bias = nullptr;      ///< [C] epilogue bias, or null
+  bool relu = false;                ///< ReLU after the epilogue
+};
+
 /// A thin convolution's geometry for the direct kernels: input channels-last
 /// [N, H, W, C], output [N, OH, OW, r], a KH x KW window with stride,
 /// padding and dilation (h, w); Cp is C rounded up to a multiple of 16.
@@ -176,6 +193,31 @@ inline void dora_backward_rows(const float* g, const float* z, const float* bias
 /// Adam's update of n elements without weight decay (float moments, double step).
 inline void adam_update(float* p, const float* g, float* m, float* v, std::int64_t n, const adam_step_consts& c) {
   RIMC_ISA_CALL(active_isa(), adam_update, p, g, m, v, n, c);
+}
+
+/// out[i] = current[i] + sqrt_positive(max(variance[i], 0) + FLT_MIN) z[i]
+/// for i in [0, n): the noisy column currents (variance's negative rounding
+/// clamped to +0; the least normal float keeps the root finite at 0).
+inline void add_read_noise(const float* current, const float* variance, const float* z, std::int64_t n, float* out,
+                           isa_tier tier) {
+  RIMC_ISA_CALL(tier, add_read_noise, current, variance, z, n, out);
+}
+
+/// dst[i] = quantise_unit(src[i], inv_scale, steps) for i in [0, n): the DAC
+/// code round_half_even(clamp(src inv_scale, -1, 1) steps) / steps; with
+/// `squares`, squares[i] = dst[i] dst[i] too (the read-noise variance's input).
+inline void dac_codes(const float* src, std::int64_t n, float inv_scale, float steps, float* dst, float* squares,
+                      isa_tier tier) {
+  RIMC_ISA_CALL(tier, dac_codes, src, n, inv_scale, steps, dst, squares);
+}
+
+/// Rows [0, M) of C column currents (row-major, `current`) read out by `a`
+/// into y [M, ldy] (y points at the block's first column); row m's input
+/// scale is (xscale ? xscale[m] : xscale_all) place. With `overwrite` each
+/// row's columns start from +0 instead of their values.
+inline void adc_rows(const adc_readout& a, const float* current, std::int64_t M, std::int64_t C, const float* xscale,
+                     float xscale_all, float place, float* y, std::int64_t ldy, bool overwrite, isa_tier tier) {
+  RIMC_ISA_CALL(tier, adc_rows, a, current, M, C, xscale, xscale_all, place, y, ldy, overwrite);
 }
 
 /// Standard normals (float) for indices [first, first + n) of (seed, stream)

@@ -14,8 +14,82 @@
 #include <rimc/core/random.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+
+namespace rimc::detail {
+
+/// dispatch.hpp's add_read_noise, written so that GCC vectorises it (integer
+/// clamp, sqrt_positive instead of a libm call); the AVX2 form compiles it
+/// for AVX2 (no FMA in that target, so nothing fuses).
+#if defined(__GNUC__) || defined(__clang__)
+[[gnu::always_inline]]
+#endif
+inline void add_read_noise_body(const float* current, const float* variance, const float* z, std::int64_t n,
+                                float* out) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    auto vb = std::bit_cast<std::uint32_t>(variance[i]);
+    vb &= ~static_cast<std::uint32_t>(static_cast<std::int32_t>(vb) >> 31);
+    out[i] = current[i] + sqrt_positive(std::bit_cast<float>(vb) + std::numeric_limits<float>::min()) * z[i];
+  }
+}
+
+/// dispatch.hpp's dac_codes (std::clamp, the rounding and a division: all vectorise).
+#if defined(__GNUC__) || defined(__clang__)
+[[gnu::always_inline]]
+#endif
+inline void dac_codes_body(const float* src, std::int64_t n, float inv_scale, float steps, float* dst,
+                           float* squares) {
+  for (std::int64_t i = 0; i < n; ++i) dst[i] = quantise_unit(src[i], inv_scale, steps);
+  if (squares)
+    for (std::int64_t i = 0; i < n; ++i) squares[i] = dst[i] * dst[i];
+}
+
+/// dispatch.hpp's adc_rows, branch-free per element so that it vectorises.
+#if defined(__GNUC__) || defined(__clang__)
+[[gnu::always_inline]]
+#endif
+inline void adc_rows_body(const adc_readout& a, const float* current, std::int64_t M, std::int64_t C,
+                          const float* xscale, float xscale_all, float place, float* y, std::int64_t ldy,
+                          bool overwrite) {
+  const float* f = a.factor;
+  const float steps = a.steps;
+  for (std::int64_t m = 0; m < M; ++m) {
+    const float xs = (xscale ? xscale[m] : xscale_all) * place;
+    const float* cm = current + m * C;
+    float* ym = y + m * ldy;
+    if (overwrite) std::fill_n(ym, C, 0.0f);
+    if (steps > 0 && a.to_steps) {
+      const float* to = a.to_steps;
+      const float* lsb = a.lsb;
+      for (std::int64_t j = 0; j < C; ++j) {
+        const float code = std::min(std::max(cm[j] * to[j], -steps), steps);
+        ym[j] += xs * f[j] * (round_half_even(code) * lsb[j]);
+      }
+    } else if (steps > 0) {
+      const float to = a.to_all, lsb = a.lsb_all;
+      for (std::int64_t j = 0; j < C; ++j) {
+        const float code = std::min(std::max(cm[j] * to, -steps), steps);
+        ym[j] += xs * f[j] * (round_half_even(code) * lsb);
+      }
+    } else {
+      for (std::int64_t j = 0; j < C; ++j) ym[j] += xs * f[j] * cm[j];
+    }
+    if (a.gain) {
+      if (a.bias) {
+        for (std::int64_t j = 0; j < C; ++j) ym[j] = ym[j] * a.gain[j] + a.bias[j];
+      } else {
+        for (std::int64_t j = 0; j < C; ++j) ym[j] = ym[j] * a.gain[j] + 0.0f;
+      }
+      if (a.relu)
+        for (std::int64_t j = 0; j < C; ++j) ym[j] = std::max(ym[j], 0.0f);
+    }
+  }
+}
+
+}  // namespace rimc::detail
 
 namespace rimc::detail::portable {
 
@@ -196,6 +270,22 @@ inline void dora_backward_rows(const float* g, const float* z, const float* bias
       ghb[p * r + j] = lane_tree16(lane);
     }
   }
+}
+
+/// dispatch.hpp's add_read_noise.
+inline void add_read_noise(const float* current, const float* variance, const float* z, std::int64_t n, float* out) {
+  add_read_noise_body(current, variance, z, n, out);
+}
+
+/// dispatch.hpp's dac_codes.
+inline void dac_codes(const float* src, std::int64_t n, float inv_scale, float steps, float* dst, float* squares) {
+  dac_codes_body(src, n, inv_scale, steps, dst, squares);
+}
+
+/// dispatch.hpp's adc_rows.
+inline void adc_rows(const adc_readout& a, const float* current, std::int64_t M, std::int64_t C, const float* xscale,
+                     float xscale_all, float place, float* y, std::int64_t ldy, bool overwrite) {
+  adc_rows_body(a, current, M, C, xscale, xscale_all, place, y, ldy, overwrite);
 }
 
 /// Standard normals for indices [first, first + n) of (seed, stream) (rimc::detail::normal_fill_body).
