@@ -6,9 +6,9 @@
 // device; for each class the table gives its share of the weights and of
 // the error energy sum (w_chip - w_ideal)^2, split into the programming
 // error (before drift) and the drift error (after drift, against the
-// programmed weights), for relative drift 0 and 0.2, with and without
-// fault-aware programming. "wrong sign" counts the SA1 pairs whose weight
-// has the sign the pair cannot represent: with g_min = 0 a pair whose
+// programmed weights), for relative drift 0 and 0.2, without fault-aware
+// programming, with it, and with it and fault-aware row order. "wrong sign"
+// counts the SA1 pairs whose weight has the sign the pair cannot represent: with g_min = 0 a pair whose
 // positive device sits at g_max reads g_max - G- >= 0 whatever G- is.
 //
 //   build/release/bench/fault_budget
@@ -32,7 +32,7 @@ struct classes {
   double weights[3] = {}, programming[3] = {}, drift[3] = {}, energy = 0, wrong_sign = 0;
 };
 
-std::pair<network, analog_deployment<>> deployed(bool faults, bool aware) {
+std::pair<network, analog_deployment<>> deployed(bool faults, bool aware, bool rows) {
   network net = resnet20(1, 10, 28);
   net.load(RIMC_MODEL_DIR "/resnet20_fmnist.safetensors");
   net.fold_batch_norm();
@@ -42,13 +42,14 @@ std::pair<network, analog_deployment<>> deployed(bool faults, bool aware) {
   opt.device.bounds = drift_bounds::physical;
   if (faults) opt.device.faults = presets::hfox_stuck_at();
   opt.device.fault_aware_programming = aware;
+  opt.device.fault_aware_row_order = rows;
   auto chip = deploy_analog(net, opt);
   return {std::move(net), std::move(chip)};
 }
 
-classes measure(double rho, bool aware) {
-  auto [ideal_net, ideal] = deployed(false, false);
-  auto [chip_net, chip] = deployed(true, aware);
+classes measure(double rho, bool aware, bool rows) {
+  auto [ideal_net, ideal] = deployed(false, false, false);
+  auto [chip_net, chip] = deployed(true, aware, rows);
   std::map<std::string, Tensor> w_ideal, w_programmed;
   ideal.for_each([&](const std::string& name, const auto& a) { w_ideal[name] = a.array().effective_weights(); });
   chip.for_each([&](const std::string& name, const auto& a) { w_programmed[name] = a.array().effective_weights(); });
@@ -91,20 +92,22 @@ int main() {
   std::printf("| drift rho | fault-aware | pair | weights | programming error | drift error | error / weight energy |\n");
   std::printf("| ---: | --- | --- | ---: | ---: | ---: | ---: |\n");
   const char* names[3] = {"healthy", "an SA0 device", "an SA1 device"};
+  const char* modes[3] = {"no", "programming", "programming + row order"};
   for (const double rho : {0.0, 0.2})
-    for (const bool aware : {false, true}) {
-      const classes k = measure(rho, aware);
+    for (int mode = 0; mode < 3; ++mode) {
+      const classes k = measure(rho, mode > 0, mode > 1);
+      const char* aware = modes[mode];
       double n = 0, total = 0;
       for (int c = 0; c < 3; ++c) {
         n += k.weights[c];
         total += k.programming[c] + k.drift[c];
       }
       for (int c = 0; c < 3; ++c)
-        std::printf("| %.1f | %s | %s | %.2f%% | %.2f%% | %.2f%% | %.4f |\n", rho, aware ? "yes" : "no", names[c],
+        std::printf("| %.1f | %s | %s | %.2f%% | %.2f%% | %.2f%% | %.4f |\n", rho, aware, names[c],
                     100 * k.weights[c] / n, 100 * k.programming[c] / total, 100 * k.drift[c] / total,
                     (k.programming[c] + k.drift[c]) / k.energy);
       std::printf("| %.1f | %s | all (%.0f weights; SA1 pairs of the wrong sign: %.2f%% of the weights) | 100%% | | | %.4f |\n",
-                  rho, aware ? "yes" : "no", n, 100 * k.wrong_sign / n, total / k.energy);
+                  rho, aware, n, 100 * k.wrong_sign / n, total / k.energy);
     }
   return 0;
 }

@@ -66,6 +66,9 @@ args parse(int argc, char** argv) {
   auto* sa0 = cl.number("--sa0", a.chip.faults.sa0, "fraction of cells stuck at g_min (e.g. 0.0175, Chen et al. 2017)", 0.0, 1.0);
   auto* sa1 = cl.number("--sa1", a.chip.faults.sa1, "fraction of cells stuck at g_max (e.g. 0.0904, Chen et al. 2017)", 0.0, 1.0);
   auto* aware = cl.flag("--fault-aware", a.chip.fault_aware, "program the partner of a stuck device to compensate it (knows the fault map)");
+  auto* aware_rows = cl.flag("--fault-aware-rows,!--no-fault-aware-rows", a.chip.fault_aware_rows,
+                             "place each tile's weight rows on the word lines whose stuck devices they suffer least "
+                             "from (knows the fault map; on in --chip realistic)");
   auto* wire = cl.number("--wire-ohm", a.chip.wire_ohm, "wire resistance between neighbouring cells (IR drop, fast model)",
                          0.0, 1e6, "ohm");
   cl.choice("--chip", chip, std::string(lab::chip_help) + "; the flags here set one non-ideality each (a given one "
@@ -122,6 +125,7 @@ args parse(int argc, char** argv) {
       if (sa0->count() == 0) a.chip.faults.sa0 = r.faults.sa0;
       if (sa1->count() == 0) a.chip.faults.sa1 = r.faults.sa1;
       if (aware->count() == 0) a.chip.fault_aware = r.fault_aware;
+      if (aware_rows->count() == 0) a.chip.fault_aware_rows = r.fault_aware_rows;
       if (wire->count() == 0) a.chip.wire_ohm = r.wire_ohm;
     }
     if (a.chip.adc_bits == 1 || a.chip.dac_bits == 1) {
@@ -249,7 +253,10 @@ int main(int argc, char** argv) try {
     const fault_count stuck = chip->stuck_cells();
     std::printf("stuck cells: %llu at g_min, %llu at g_max%s; wire resistance %g ohm per segment\n",
                 static_cast<unsigned long long>(stuck.sa0), static_cast<unsigned long long>(stuck.sa1),
-                a.chip.fault_aware ? " (fault-aware programming)" : "", a.chip.wire_ohm);
+                a.chip.fault_aware ? (a.chip.fault_aware_rows ? " (fault-aware programming and row order)"
+                                                               : " (fault-aware programming)")
+                                   : (a.chip.fault_aware_rows ? " (fault-aware row order)" : ""),
+                a.chip.wire_ohm);
     std::printf("periphery: ADC %s, DAC %s, read noise %s, %d read%s per calibration sample\n",
                 a.chip.adc_bits ? detail::concat(a.chip.adc_bits, "-bit per ", a.chip.adc_per_tile ? "tile" : "column",
                                                  ", headroom ", a.chip.adc_headroom,
@@ -276,6 +283,7 @@ int main(int argc, char** argv) try {
   row("sa1", a.chip.faults.sa1);
   row("wire_ohm", a.chip.wire_ohm);
   row("fault_aware", a.chip.fault_aware ? 1.0 : 0.0);
+  if (a.chip.fault_aware_rows) row("fault_aware_rows", 1.0);  // only when on, so earlier CSVs stay comparable
   row("adc_bits", a.chip.adc_bits);
   row("dac_bits", a.chip.dac_bits);
   row("read_noise", a.chip.read_noise ? 1.0 : 0.0);

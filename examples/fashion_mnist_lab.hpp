@@ -192,6 +192,7 @@ struct chip_config {
   stuck_at_faults faults{};                      ///< stuck-at fault fractions (none by default)
   double wire_ohm = 0;                           ///< wire segment resistance (IR drop, fast model), ohm
   bool fault_aware = false;                      ///< fault-aware programming (device_config::fault_aware_programming)
+  bool fault_aware_rows = false;                 ///< fault-aware row order (device_config::fault_aware_row_order)
   int adc_bits = 0;          ///< per-column percentile ADC of this many bits (0: ideal read-out)
   int dac_bits = 0;          ///< input DAC of this many bits, range calibrated per layer like the ADC (0: ideal inputs)
   bool read_noise = false;   ///< per-read noise of the CMO ReRAM form at the chip's time since programming
@@ -204,14 +205,15 @@ struct chip_config {
 
   /// The realistic chip on top of `c`'s device and drift: 8-bit per-column
   /// ADC with ranges calibrated on reference images, 8-bit DAC, read noise,
-  /// the measured stuck-at fractions with fault-aware programming, and IR
-  /// drop at realistic_wire_ohm on 256 x 256 tiles.
+  /// the measured stuck-at fractions with fault-aware programming and row
+  /// order, and IR drop at realistic_wire_ohm on 256 x 256 tiles.
   [[nodiscard]] static chip_config realistic(chip_config c) {
     c.adc_bits = 8;
     c.dac_bits = 8;
     c.read_noise = true;
     c.faults = presets::hfox_stuck_at();
     c.fault_aware = true;
+    c.fault_aware_rows = true;
     c.wire_ohm = realistic_wire_ohm;
     return c;
   }
@@ -245,6 +247,7 @@ struct chip_config {
     opt.device.bounds = bounds;
     opt.device.faults = faults;
     opt.device.fault_aware_programming = fault_aware;
+    opt.device.fault_aware_row_order = fault_aware_rows;
     opt.periphery.wires.segment_ohm = wire_ohm;
     if (adc_bits > 0) {
       opt.periphery.adc = adc_config{adc_bits, adc_range_mode::percentile, 0.0, 99.99, !adc_per_tile, adc_headroom};

@@ -4,6 +4,7 @@
 // of the tile size, the counts through the layers and the deployment, and
 // the messages for invalid fractions.
 
+#include <rimc/crossbar/assignment.hpp>
 #include <rimc/crossbar/tiled_array.hpp>
 #include <rimc/device.hpp>
 #include <rimc/nn/deploy.hpp>
@@ -13,9 +14,12 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <numeric>
+#include <vector>
 
 namespace unit_faults {
 
@@ -224,6 +228,113 @@ TEST_CASE("fault-aware programming retargets the partner of a stuck device as fa
   CHECK(zeroed > 0);
   MESSAGE("mean |weight error|: stuck ", err_plain / 12000, ", fault-aware ", err_aware / 12000);
   CHECK(err_aware < 0.5 * err_plain);
+}
+
+TEST_CASE("the minimum-cost assignment is the best of all permutations, and bad costs are errors naming them") {
+  for (std::int64_t n = 1; n <= 6; ++n)
+    for (std::uint64_t seed = 0; seed < 20; ++seed) {
+      CAPTURE(n);
+      CAPTURE(seed);
+      std::vector<double> cost(static_cast<std::size_t>(n * n));
+      const counter_rng rng(seed, 77);
+      for (std::size_t k = 0; k < cost.size(); ++k)
+        cost[k] = seed % 3 == 0 ? std::floor(rng.uniform(k, 0.0, 4.0)) : rng.uniform(k, -1.0, 10.0);  // ties too
+      const auto p = detail::min_cost_assignment(cost, n);
+      std::vector<std::int64_t> perm(static_cast<std::size_t>(n));
+      std::iota(perm.begin(), perm.end(), 0);
+      REQUIRE(std::is_permutation(p.begin(), p.end(), perm.begin()));
+      const auto total = [&](const std::vector<std::int64_t>& q) {
+        double t = 0;
+        for (std::int64_t i = 0; i < n; ++i) t += cost[static_cast<std::size_t>(i * n + q[static_cast<std::size_t>(i)])];
+        return t;
+      };
+      double best = std::numeric_limits<double>::infinity();
+      do {
+        best = std::min(best, total(perm));
+      } while (std::next_permutation(perm.begin(), perm.end()));
+      CHECK(total(p) == doctest::Approx(best).epsilon(1e-12));
+    }
+  CHECK(detail::min_cost_assignment({}, 0).empty());
+  CHECK_THROWS_WITH_AS(detail::min_cost_assignment({1.0, 2.0, 3.0}, 2),
+                       "[rimc.shape_error] min_cost_assignment: cost must hold n * n = 4 entries, got 3", shape_error);
+  CHECK_THROWS_WITH_AS(detail::min_cost_assignment({1.0, 2.0, std::numeric_limits<double>::quiet_NaN(), 3.0}, 2),
+                       "[rimc.value_error] min_cost_assignment: cost(1, 0) must be finite, got nan", value_error);
+}
+
+TEST_CASE("fault-aware row order moves rows, not faults, and never leaves more error than rows in order") {
+  const Tensor w = test::random_tensor(Shape{150, 40}, 9);
+  device_config d = faulty_device(presets::hfox_stuck_at());
+  d.noise = programming_noise::none();
+  device_config clean = d;
+  clean.faults = {};
+  const TiledArray<> ideal(w, clean, 4);
+  for (const bool aware : {false, true}) {
+    CAPTURE(aware);
+    d.fault_aware_programming = aware;
+    d.fault_aware_row_order = false;
+    const TiledArray<> in_order(w, d, 4);
+    d.fault_aware_row_order = true;
+    const TiledArray<> ordered(w, d, 4);
+    const auto& t0 = in_order.tile(0, 0);
+    const auto& t1 = ordered.tile(0, 0);
+    CHECK(t0.word_lines().empty());
+    const auto& line = t1.word_lines();
+    REQUIRE(line.size() == 150);
+    std::vector<std::int64_t> sorted(line);
+    std::sort(sorted.begin(), sorted.end());
+    for (std::int64_t r = 0; r < 150; ++r) REQUIRE(sorted[static_cast<std::size_t>(r)] == r);
+    // The same faults on the same word lines: row r now sits on word line line[r].
+    CHECK(ordered.stuck_cells().sa0 == in_order.stuck_cells().sa0);
+    CHECK(ordered.stuck_cells().sa1 == in_order.stuck_cells().sa1);
+    std::int64_t moved = 0;
+    for (std::int64_t r = 0; r < 150; ++r) {
+      moved += line[static_cast<std::size_t>(r)] != r ? 1 : 0;
+      for (std::int64_t c = 0; c < 40; ++c)
+        for (int dv = 0; dv < 2; ++dv) REQUIRE(t1.fault(r, c, 0, dv) == t0.fault(line[static_cast<std::size_t>(r)], c, 0, dv));
+    }
+    CHECK(moved > 100);
+    const Tensor wi = ideal.effective_weights(), w0 = in_order.effective_weights(), w1 = ordered.effective_weights();
+    double e0 = 0, e1 = 0;
+    for (std::int64_t i = 0; i < wi.numel(); ++i) {
+      e0 += (double(w0[i]) - wi[i]) * (double(w0[i]) - wi[i]);
+      e1 += (double(w1[i]) - wi[i]) * (double(w1[i]) - wi[i]);
+    }
+    MESSAGE("squared weight error, rows in order ", e0, ", fault-aware row order ", e1);
+    CHECK(e1 <= e0 * (1 + 1e-9));
+    CHECK(e1 < (aware ? 0.5 : 0.8) * e0);
+    // Rewriting (other weights) keeps the order, and the faults with it.
+    TiledArray<> again(w, d, 4);
+    again.reprogram(test::random_tensor(Shape{150, 40}, 19), 5);
+    CHECK(again.tile(0, 0).word_lines() == line);
+    CHECK(again.stuck_cells().total() == ordered.stuck_cells().total());
+  }
+}
+
+TEST_CASE("with fault-aware row order, IR drop follows the rows' physical word lines") {
+  const Tensor w = test::random_tensor(Shape{30, 6}, 10);
+  device_config d = faulty_device({0.05, 0.1});
+  d.fault_aware_programming = true;
+  d.fault_aware_row_order = true;
+  TiledArray<> a(w, d, 6);
+  periphery_config p;
+  p.wires = wire_config{5.0, ir_drop_model::exact};
+  a.set_periphery(p);
+  const auto& t = a.tile(0, 0);
+  const auto& line = t.word_lines();
+  REQUIRE(line.size() == 30);
+  // The physical crossbar: word line line[r] carries row r; bit line (c * S + s) * 2 + dv.
+  const std::int64_t P = 6 * 2;
+  std::vector<double> g(static_cast<std::size_t>(30 * P));
+  for (std::int64_t r = 0; r < 30; ++r)
+    for (std::int64_t c = 0; c < 6; ++c)
+      for (int dv = 0; dv < 2; ++dv)
+        g[static_cast<std::size_t>(line[static_cast<std::size_t>(r)] * P + c * 2 + dv)] = t.conductance_us(r, c, 0, dv);
+  const std::vector<double> ge = ir_drop_effective(t.wires(), g, 30, P);
+  for (std::int64_t r = 0; r < 30; ++r)
+    for (std::int64_t c = 0; c < 6; ++c)
+      for (int dv = 0; dv < 2; ++dv)
+        CHECK(t.effective_us(r, c, 0, dv) ==
+              doctest::Approx(ge[static_cast<std::size_t>(line[static_cast<std::size_t>(r)] * P + c * 2 + dv)]).epsilon(1e-6));
 }
 
 TEST_CASE("stuck-at fractions are checked with a message naming the field and the value") {

@@ -9,6 +9,7 @@
 
 #include <rimc/core/error.hpp>
 #include <rimc/core/tensor.hpp>
+#include <rimc/crossbar/assignment.hpp>
 #include <rimc/crossbar/ir_drop.hpp>
 #include <rimc/device/device_config.hpp>
 #include <rimc/device/drift.hpp>
@@ -100,6 +101,13 @@ class CrossbarTile {
   /// Cells stuck at g_min and at g_max.
   [[nodiscard]] fault_count stuck_cells() const noexcept { return faults_; }
 
+  /// The physical word line of each of the block's rows (row r of the block
+  /// sits on word line word_lines()[r]); empty when the rows sit in order,
+  /// which they do unless device_config::fault_aware_row_order placed them.
+  /// Cell (r, c, s, d) of fault() and every other accessor is the block's
+  /// row r wherever it sits; IR drop follows the physical order.
+  [[nodiscard]] const std::vector<std::int64_t>& word_lines() const noexcept { return word_line_; }
+
   /// The wires of this crossbar (ideal by default).
   [[nodiscard]] const wire_config& wires() const noexcept { return wires_; }
   /// Sets the wire resistance and IR-drop model; the matrices the tile
@@ -126,34 +134,27 @@ class CrossbarTile {
   /// tile's first programming and kept for its lifetime: a chip's defects do
   /// not move when it is rewritten. Stuck cells read g_min (SA0) or g_max (SA1);
   /// with `dev.fault_aware_programming` the working devices of a cell with a
-  /// stuck one are retargeted to compensate it.
+  /// stuck one are retargeted to compensate it. With
+  /// `dev.fault_aware_row_order` the block's rows are placed on the word
+  /// lines, at the first programming and for good, by the assignment that
+  /// minimises the weight error the stuck devices leave (word_lines()).
   std::uint64_t program(const float* w, const float* scales, const device_config& dev, std::uint64_t seed) {
-    if (!programmed_once_) draw_fault_map(dev.faults, seed);
+    if (!programmed_once_) {
+      draw_fault_map(dev.faults, seed);
+      if (dev.fault_aware_row_order && !fault_.empty()) order_rows(w, scales, dev.fault_aware_programming);
+    }
     drift_floor_us_ = dev.drift_floor_us();
     drift_ceiling_us_ = dev.drift_ceiling_us();
     const auto S = grid_.slices;
-    const mapping_codes codes{grid_.q_max, grid_.q_off};
-    const auto quantise = [](double v) { return Quantiser::quantise(v); };
+    const std::vector<double> tgt = targets(w, scales);
     const bool aware = dev.fault_aware_programming && !fault_.empty();
 #pragma omp parallel for schedule(static)
     for (std::int64_t r = 0; r < rows_; ++r) {
-      std::array<std::array<double, 4>, devices> digits{};
-      std::array<double, devices> u{}, target{};
-      for (std::int64_t c = 0; c < cols_; ++c) {
-        const auto k = row0_ + r, o = col0_ + c;
-        const double scale = scales[o];
-        const double wv = w[k * matrix_cols_ + o];
-        const double x = scale > 0 ? std::clamp(wv / scale, -1.0, 1.0) : 0.0;
-        Mapping::split(x, codes, quantise, std::span<double, devices>(u));
-        for (int d = 0; d < devices; ++d) {
-          const auto dd = static_cast<std::size_t>(d);
-          grid_.split(u[dd], std::span<double>(digits[dd].data(), static_cast<std::size_t>(S)));
-        }
+      std::array<double, devices> target{};
+      for (std::int64_t c = 0; c < cols_; ++c)
         for (int s = 0; s < S; ++s) {
-          for (int d = 0; d < devices; ++d) {
-            const auto dd = static_cast<std::size_t>(d);
-            target[dd] = grid_.conductance_us(digits[dd][static_cast<std::size_t>(s)]);
-          }
+          for (int d = 0; d < devices; ++d)
+            target[static_cast<std::size_t>(d)] = tgt[static_cast<std::size_t>(((r * cols_ + c) * S + s) * devices + d)];
           if (aware) compensate_stuck(r, c, s, target);
           for (int d = 0; d < devices; ++d) {
             const auto i = local(r, c, s, d);
@@ -163,7 +164,6 @@ class CrossbarTile {
                     : stuck_value(static_cast<cell_fault>(fault_[i])));
           }
         }
-      }
     }
     reset_drift();
     return static_cast<std::uint64_t>(cells());
@@ -259,19 +259,26 @@ class CrossbarTile {
   /// fault-free value, within [g_min, g_max]) so the stuck one is compensated
   /// as far as the levels allow.
   void compensate_stuck(std::int64_t r, std::int64_t c, int s, std::array<double, devices>& target) const noexcept {
+    std::array<std::uint8_t, devices> f{};
+    for (int d = 0; d < devices; ++d) f[static_cast<std::size_t>(d)] = fault_[local(r, c, s, d)];
+    compensate(f, target);
+  }
+
+  /// compensate_stuck for a cell whose devices have the faults `fault`.
+  void compensate(const std::array<std::uint8_t, devices>& fault, std::array<double, devices>& target) const noexcept {
     bool any = false;
-    for (int d = 0; d < devices; ++d) any = any || fault_[local(r, c, s, d)] != 0;
+    for (int d = 0; d < devices; ++d) any = any || fault[static_cast<std::size_t>(d)] != 0;
     if (!any) return;
     double want = 0;
     for (int d = 0; d < devices; ++d)
       want += Mapping::coefficients[static_cast<std::size_t>(d)] * target[static_cast<std::size_t>(d)];
     for (int d = 0; d < devices; ++d) {
-      const auto i = local(r, c, s, d);
-      if (fault_[i] != 0) target[static_cast<std::size_t>(d)] = stuck_value(static_cast<cell_fault>(fault_[i]));
+      const auto dd = static_cast<std::size_t>(d);
+      if (fault[dd] != 0) target[dd] = stuck_value(static_cast<cell_fault>(fault[dd]));
     }
     for (int f = 0; f < devices; ++f) {
       const auto ff = static_cast<std::size_t>(f);
-      if (fault_[local(r, c, s, f)] != 0 || Mapping::coefficients[ff] == 0) continue;
+      if (fault[ff] != 0 || Mapping::coefficients[ff] == 0) continue;
       double rest = 0;
       for (int d = 0; d < devices; ++d)
         if (d != f) rest += Mapping::coefficients[static_cast<std::size_t>(d)] * target[static_cast<std::size_t>(d)];
@@ -282,6 +289,100 @@ class CrossbarTile {
     }
   }
 
+  /// The per-device target conductances of every weight of the block,
+  /// [rows][cols][slices][devices]: w / scale split by the mapping, each
+  /// device's code split into slice digits, each digit's level.
+  [[nodiscard]] std::vector<double> targets(const float* w, const float* scales) const {
+    const auto S = grid_.slices;
+    const mapping_codes codes{grid_.q_max, grid_.q_off};
+    const auto quantise = [](double v) { return Quantiser::quantise(v); };
+    std::vector<double> out(static_cast<std::size_t>(rows_ * cols_ * S * devices));
+#pragma omp parallel for schedule(static)
+    for (std::int64_t r = 0; r < rows_; ++r) {
+      std::array<std::array<double, 4>, devices> digits{};
+      std::array<double, devices> u{};
+      for (std::int64_t c = 0; c < cols_; ++c) {
+        const auto o = col0_ + c;
+        const double scale = scales[o];
+        const double x = scale > 0 ? std::clamp(w[(row0_ + r) * matrix_cols_ + o] / scale, -1.0, 1.0) : 0.0;
+        Mapping::split(x, codes, quantise, std::span<double, devices>(u));
+        for (int d = 0; d < devices; ++d) {
+          const auto dd = static_cast<std::size_t>(d);
+          grid_.split(u[dd], std::span<double>(digits[dd].data(), static_cast<std::size_t>(S)));
+        }
+        for (int s = 0; s < S; ++s)
+          for (int d = 0; d < devices; ++d)
+            out[static_cast<std::size_t>(((r * cols_ + c) * S + s) * devices + d)] =
+                grid_.conductance_us(digits[static_cast<std::size_t>(d)][static_cast<std::size_t>(s)]);
+      }
+    }
+    return out;
+  }
+
+  /// Fault-aware row order: the cost of placing the block's row i on word
+  /// line p is the squared weight error, summed over the stuck cells of word
+  /// line p, that programming row i there leaves (compensated with
+  /// `aware`), each in weight units (column scale times slice place); the
+  /// minimum-cost assignment places the rows, and the fault map (drawn per
+  /// word line) is re-indexed by row.
+  void order_rows(const float* w, const float* scales, bool aware) {
+    const auto S = grid_.slices;
+    const auto R = rows_;
+    const std::vector<double> tgt = targets(w, scales);
+    // The stuck (column, slice) cells of each word line.
+    std::vector<std::vector<std::int64_t>> stuck(static_cast<std::size_t>(R));
+    for (std::int64_t p = 0; p < R; ++p)
+      for (std::int64_t c = 0; c < cols_; ++c)
+        for (int s = 0; s < S; ++s) {
+          bool any = false;
+          for (int d = 0; d < devices; ++d) any = any || fault_[local(p, c, s, d)] != 0;
+          if (any) stuck[static_cast<std::size_t>(p)].push_back(c * S + s);
+        }
+    std::vector<double> cost(static_cast<std::size_t>(R * R), 0.0);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < R; ++i) {
+      std::array<double, devices> want{}, got{};
+      std::array<std::uint8_t, devices> f{};
+      for (std::int64_t p = 0; p < R; ++p) {
+        double e2 = 0;
+        for (const std::int64_t cs : stuck[static_cast<std::size_t>(p)]) {
+          const auto c = cs / S;
+          const auto s = static_cast<int>(cs % S);
+          for (int d = 0; d < devices; ++d) {
+            const auto dd = static_cast<std::size_t>(d);
+            want[dd] = tgt[static_cast<std::size_t>(((i * cols_ + c) * S + s) * devices + d)];
+            f[dd] = fault_[local(p, c, s, d)];
+          }
+          got = want;
+          if (aware) {
+            compensate(f, got);
+          } else {
+            for (int d = 0; d < devices; ++d) {
+              const auto dd = static_cast<std::size_t>(d);
+              if (f[dd] != 0) got[dd] = stuck_value(static_cast<cell_fault>(f[dd]));
+            }
+          }
+          double e = 0;
+          for (int d = 0; d < devices; ++d) {
+            const auto dd = static_cast<std::size_t>(d);
+            e += Mapping::coefficients[dd] * (grid_.digit(got[dd]) - grid_.digit(want[dd]));
+          }
+          e *= static_cast<double>(scales[col0_ + c]) * grid_.place(s);
+          e2 += e * e;
+        }
+        cost[static_cast<std::size_t>(i * R + p)] = e2;
+      }
+    }
+    word_line_ = detail::min_cost_assignment(cost, R);
+    std::vector<std::uint8_t> by_row(fault_.size());
+    for (std::int64_t r = 0; r < R; ++r)
+      for (std::int64_t c = 0; c < cols_; ++c)
+        for (int s = 0; s < S; ++s)
+          for (int d = 0; d < devices; ++d)
+            by_row[local(r, c, s, d)] = fault_[local(word_line_[static_cast<std::size_t>(r)], c, s, d)];
+    fault_ = std::move(by_row);
+  }
+
   [[nodiscard]] Scalar stuck_value(cell_fault f) const noexcept {
     return static_cast<Scalar>(f == cell_fault::sa0 ? grid_.g_min_us : grid_.g_min_us + grid_.range_us);
   }
@@ -290,6 +391,7 @@ class CrossbarTile {
     faults.validate();
     programmed_once_ = true;
     fault_.clear();
+    word_line_.clear();
     faults_ = {};
     if (!faults.any()) return;
     fault_.assign(static_cast<std::size_t>(cells()), 0);
@@ -324,16 +426,19 @@ class CrossbarTile {
     const auto phys = [&](std::int64_t r, std::int64_t c, int s, int d) {
       return static_cast<std::size_t>(r * P + (c * S + s) * devices + d);
     };
+    const auto line = [&](std::int64_t r) { return word_line_.empty() ? r : word_line_[static_cast<std::size_t>(r)]; };
     for (std::int64_t r = 0; r < rows_; ++r)
       for (std::int64_t c = 0; c < cols_; ++c)
         for (int s = 0; s < S; ++s)
-          for (int d = 0; d < devices; ++d) g[phys(r, c, s, d)] = std::max(0.0, double(current_[local(r, c, s, d)]));
+          for (int d = 0; d < devices; ++d)
+            g[phys(line(r), c, s, d)] = std::max(0.0, double(current_[local(r, c, s, d)]));
     const std::vector<double> ge = ir_drop_effective(wires_, g, rows_, P);
     effective_.resize(current_.size());
     for (std::int64_t r = 0; r < rows_; ++r)
       for (std::int64_t c = 0; c < cols_; ++c)
         for (int s = 0; s < S; ++s)
-          for (int d = 0; d < devices; ++d) effective_[local(r, c, s, d)] = static_cast<Scalar>(ge[phys(r, c, s, d)]);
+          for (int d = 0; d < devices; ++d)
+            effective_[local(r, c, s, d)] = static_cast<Scalar>(ge[phys(line(r), c, s, d)]);
   }
 
   void rebuild() {
@@ -360,6 +465,7 @@ class CrossbarTile {
   std::vector<Scalar> effective_;  // IR-drop effective conductances, empty with ideal wires
   wire_config wires_{};
   std::vector<std::uint8_t> fault_;  // cell_fault per cell, empty when the device has no faults
+  std::vector<std::int64_t> word_line_;  // physical word line of each row, empty: in order
   fault_count faults_{};
   bool programmed_once_ = false;
   double drift_floor_us_ = 0, drift_ceiling_us_ = std::numeric_limits<double>::infinity();

@@ -204,6 +204,14 @@ struct device_config {
   /// as the levels allow (docs/formulas.md, sec. 4). Off: stuck cells are
   /// simply wrong.
   bool fault_aware_programming = false;
+  /// Fault-aware row order: with the fault map known, each tile places its
+  /// weight rows on its word lines (the inputs are routed to match) by the
+  /// minimum-cost assignment, the cost of a row on a word line being the
+  /// squared weight error the line's stuck devices leave in it (with
+  /// fault_aware_programming's compensation when that is on). Chosen at a
+  /// tile's first programming and kept (docs/formulas.md, sec. 4). Off: rows
+  /// sit on word lines in order.
+  bool fault_aware_row_order = false;
 
   /// Lowest conductance drift may reach under `bounds`, uS.
   [[nodiscard]] constexpr double drift_floor_us() const noexcept {
