@@ -6,11 +6,14 @@
 //   reference - rimc::reference's plain loops (ResNet-20 at batch 32 only)
 // Each reports a GFLOPS counter (2 * MACs per second) and the oneDNN
 // implementation as its label. fma_peak: the cores' FMA throughput;
-// omp_region: the cost of starting one (empty) OpenMP parallel region.
+// omp_region: the cost of starting one (empty) OpenMP parallel region;
+// normal_fill/<tier>: the read-noise generator on one thread, per tier
+// (counter s_per_normal; every tier gives the same bits).
 
 #include <rimc/kernels/conv2d.hpp>
 #include <rimc/kernels/reference.hpp>
 #include <rimc/core/random.hpp>
+#include <rimc/kernels/arch/dispatch.hpp>
 
 #include <benchmark/benchmark.h>
 #include <immintrin.h>
@@ -267,11 +270,34 @@ void omp_region(benchmark::State& state) {
   state.SetLabel(std::to_string(omp_get_max_threads()) + " threads");
 }
 
+/// 65,536 standard normals of one stream on `tier` (one thread, as each
+/// tile-exact block draws its own), a fresh range every iteration.
+void normal_fill(benchmark::State& state, rimc::isa_tier tier) {
+  if (rimc::detail::lower(rimc::detected_isa(), tier) != tier) {
+    state.SkipWithError("the CPU lacks this tier");
+    return;
+  }
+  constexpr std::int64_t n = 1 << 16;
+  std::vector<float> out(static_cast<std::size_t>(n));
+  std::uint64_t first = 3;
+  for (auto _ : state) {
+    rimc::detail::normal_fill(42, 7, first, n, out.data(), tier);
+    benchmark::DoNotOptimize(out.data());
+    first += n;
+  }
+  // seconds per normal, printed with an SI prefix (1.26n = 1.26 ns)
+  state.counters["s_per_normal"] = benchmark::Counter(static_cast<double>(n) * static_cast<double>(state.iterations()),
+                                                      benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("fma_peak", fma_peak)->UseRealTime();
   benchmark::RegisterBenchmark("omp_region", omp_region)->UseRealTime();
+  for (const auto tier : {rimc::isa_tier::scalar, rimc::isa_tier::avx2, rimc::isa_tier::avx512})
+    benchmark::RegisterBenchmark(("normal_fill/" + std::string(rimc::to_string(tier))).c_str(), normal_fill, tier)
+        ->UseRealTime();
   for (const auto& s : shapes()) {
     const std::string n = name_of(s);
     benchmark::RegisterBenchmark(("conv_fwd/rimc/" + n).c_str(), rimc_forward, s)->UseRealTime();

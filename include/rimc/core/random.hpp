@@ -204,7 +204,8 @@ namespace detail {
 
 /// Philox4x32-10 on 16 counters at once (four words of each in c0..c3), key
 /// (k0, k1): philox4x32 lane by lane, in 32-bit operations only so the loop
-/// vectorises. kernels/arch/avx2.hpp has the AVX2 form.
+/// vectorises (the portable tier's normal_fill_body; kernels/arch/avx2.hpp
+/// and avx512.hpp run the same rounds in registers, 8 and 16 lanes wide).
 struct philox16_portable {
   /// Counters in, random words out.
   static void run(std::uint32_t* c0, std::uint32_t* c1, std::uint32_t* c2, std::uint32_t* c3, std::uint32_t k0,
@@ -231,8 +232,9 @@ struct philox16_portable {
 /// A pure function of (seed, stream, i), like counter_rng; the fast source of
 /// per-read noise (counter_rng::normal draws one double per block). Integer
 /// operations and separately rounded float +, -, *, so every instruction set
-/// gives the same bits; kernels/arch/dispatch.hpp runs it on the best one
-/// (rimc::detail::normal_fill).
+/// gives the same bits; kernels/arch/dispatch.hpp runs the best tier's form
+/// (rimc::detail::normal_fill: this body on the portable tier, the AVX2 and
+/// AVX-512 forms in output order with every step in registers).
 template <class Philox16>
 #if defined(__GNUC__) || defined(__clang__)
 [[gnu::always_inline]]

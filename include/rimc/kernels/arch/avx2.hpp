@@ -236,44 +236,6 @@ __attribute__((target("avx2"))) inline void adam_update(float* p, const float* g
   }
 }
 
-/// philox16_portable with AVX2: each 32 x 32 -> 64-bit product by VPMULUDQ,
-/// even lanes directly and odd lanes shifted down, the halves blended back.
-struct philox16 {
-  /// Counters in, random words out (as philox16_portable::run).
-  __attribute__((target("avx2"))) static void run(std::uint32_t* c0, std::uint32_t* c1, std::uint32_t* c2,
-                                                  std::uint32_t* c3, std::uint32_t k0, std::uint32_t k1) noexcept {
-    const __m256i m0 = _mm256_set1_epi64x(0xD2511F53), m1 = _mm256_set1_epi64x(0xCD9E8D57);
-    for (int h = 0; h < 16; h += 8) {
-      __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0 + h));
-      __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c1 + h));
-      __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c2 + h));
-      __m256i x3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c3 + h));
-      std::uint32_t a = k0, b = k1;
-      for (int round = 0; round < 10; ++round) {
-        // lo / hi words of m0 * x0 and m1 * x2, lane by lane
-        const __m256i e0 = _mm256_mul_epu32(x0, m0), o0 = _mm256_mul_epu32(_mm256_srli_epi64(x0, 32), m0);
-        const __m256i e2 = _mm256_mul_epu32(x2, m1), o2 = _mm256_mul_epu32(_mm256_srli_epi64(x2, 32), m1);
-        const __m256i lo0 = _mm256_blend_epi32(e0, _mm256_slli_epi64(o0, 32), 0xAA);
-        const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(e0, 32), o0, 0xAA);
-        const __m256i lo2 = _mm256_blend_epi32(e2, _mm256_slli_epi64(o2, 32), 0xAA);
-        const __m256i hi2 = _mm256_blend_epi32(_mm256_srli_epi64(e2, 32), o2, 0xAA);
-        const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hi2, x1), _mm256_set1_epi32(static_cast<int>(a)));
-        const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), _mm256_set1_epi32(static_cast<int>(b)));
-        x1 = lo2;
-        x3 = lo0;
-        x0 = n0;
-        x2 = n2;
-        a += 0x9E3779B9u;
-        b += 0xBB67AE85u;
-      }
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c0 + h), x0);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c1 + h), x1);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c2 + h), x2);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c3 + h), x3);
-    }
-  }
-};
-
 /// portable::lane_tree16 of lanes 0-7 in `lo` and 8-15 in `hi`.
 __attribute__((target("avx2"))) inline float lane_tree16(__m256 lo, __m256 hi) {
   const __m256 s8 = _mm256_add_ps(lo, hi);
@@ -441,13 +403,171 @@ __attribute__((target("avx2,fma"))) inline void dora_backward_rows(const float* 
   }
 }
 
-/// portable::normal_fill with AVX2 Philox rounds and the float steps
-/// compiled for AVX2: the target has no FMA (built without -march flags, as
-/// rimc's presets are), so no product can be fused into a sum and every step
-/// rounds as in the portable form (unit-isa checks the bits).
+/// Philox4x32-10 on 8 G counters, one per lane (philox16_portable::run):
+/// word w of block 8 g + l in lane l of register x[g][w], the G groups'
+/// rounds interleaved.
+template <int G>
+__attribute__((target("avx2"))) inline void philox8_ymm(__m256i (&x)[G][4], std::uint32_t k0, std::uint32_t k1) {
+  const __m256i m0 = _mm256_set1_epi64x(0xD2511F53), m1 = _mm256_set1_epi64x(0xCD9E8D57);
+  for (int round = 0; round < 10; ++round) {
+    const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0)), key1 = _mm256_set1_epi32(static_cast<int>(k1));
+    for (int g = 0; g < G; ++g) {
+      const __m256i e0 = _mm256_mul_epu32(x[g][0], m0), o0 = _mm256_mul_epu32(_mm256_srli_epi64(x[g][0], 32), m0);
+      const __m256i e2 = _mm256_mul_epu32(x[g][2], m1), o2 = _mm256_mul_epu32(_mm256_srli_epi64(x[g][2], 32), m1);
+      const __m256i lo0 = _mm256_blend_epi32(e0, _mm256_slli_epi64(o0, 32), 0xAA);
+      const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(e0, 32), o0, 0xAA);
+      const __m256i lo2 = _mm256_blend_epi32(e2, _mm256_slli_epi64(o2, 32), 0xAA);
+      const __m256i hi2 = _mm256_blend_epi32(_mm256_srli_epi64(e2, 32), o2, 0xAA);
+      const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hi2, x[g][1]), key0);
+      const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x[g][3]), key1);
+      x[g][1] = lo2;
+      x[g][3] = lo0;
+      x[g][0] = n0;
+      x[g][2] = n2;
+    }
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+}
+
+/// x[w] (word w of blocks 0-7) to output order: x[k] then holds words 0-3
+/// of blocks 2k and 2k + 1, the normals of indices 8k .. 8k + 7.
+__attribute__((target("avx2"))) inline void blocks_to_output_order(__m256i (&x)[4]) {
+  const __m256i t0 = _mm256_unpacklo_epi32(x[0], x[1]), t1 = _mm256_unpackhi_epi32(x[0], x[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(x[2], x[3]), t3 = _mm256_unpackhi_epi32(x[2], x[3]);
+  // 128-bit lane q of u_j: the four words of block 4q + j
+  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+  x[0] = _mm256_permute2x128_si256(u0, u1, 0x20);
+  x[1] = _mm256_permute2x128_si256(u2, u3, 0x20);
+  x[2] = _mm256_permute2x128_si256(u0, u1, 0x31);
+  x[3] = _mm256_permute2x128_si256(u2, u3, 0x31);
+}
+
+/// p = c[0], then p = p t + c[i] (product and sum rounded on their own: the
+/// target has no FMA), in Q registers at once.
+template <int Q>
+__attribute__((target("avx2"))) inline void horner(const __m256 (&t)[Q], const float (&c)[9], __m256 (&p)[Q]) {
+  for (int q = 0; q < Q; ++q) p[q] = _mm256_set1_ps(c[0]);
+  for (int i = 1; i < 9; ++i) {
+    const __m256 ci = _mm256_set1_ps(c[i]);
+    for (int q = 0; q < Q; ++q) p[q] = _mm256_add_ps(_mm256_mul_ps(p[q], t[q]), ci);
+  }
+}
+
+/// rimc::detail::fast_logf on Q registers, every step rounded as there.
+template <int Q>
+__attribute__((target("avx2"))) inline void fast_logf(__m256 (&x)[Q]) {
+  __m256 m[Q], z[Q], fe[Q], y[Q];
+  for (int q = 0; q < Q; ++q) {
+    const __m256i b = _mm256_castps_si256(x[q]);
+    const __m256i mant = _mm256_and_si256(b, _mm256_set1_epi32(0x007fffff));
+    const __m256i low = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x003504f3), mant);  // -1 where m < sqrt(1/2)
+    const __m256i e = _mm256_add_epi32(
+        _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(b, 23), _mm256_set1_epi32(0xff)), _mm256_set1_epi32(126)),
+        low);
+    fe[q] = _mm256_cvtepi32_ps(e);  // |e| < 2^24: exact
+    const __m256i expo = _mm256_add_epi32(_mm256_set1_epi32(0x7e << 23), _mm256_and_si256(low, _mm256_set1_epi32(1 << 23)));
+    m[q] = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(mant, expo)), _mm256_set1_ps(1.0f));
+    z[q] = _mm256_mul_ps(m[q], m[q]);
+  }
+  static constexpr float c[] = {7.0376836292e-2f,  -1.1514610310e-1f, 1.1676998740e-1f,
+                                -1.2420140846e-1f, 1.4249322787e-1f,  -1.6668057665e-1f,
+                                2.0000714765e-1f,  -2.4999993993e-1f, 3.3333331174e-1f};
+  horner(m, c, y);
+  for (int q = 0; q < Q; ++q) {
+    __m256 v = _mm256_mul_ps(_mm256_mul_ps(y[q], m[q]), z[q]);
+    v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(-2.12194440e-4f), fe[q]));
+    v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(-0.5f), z[q]));
+    x[q] = _mm256_add_ps(_mm256_add_ps(m[q], v), _mm256_mul_ps(_mm256_set1_ps(0.693359375f), fe[q]));
+  }
+}
+
+/// rimc::detail::normal_from_bits on Q registers, every step rounded as there.
+template <int Q>
+__attribute__((target("avx2"))) inline void normal_from_bits(const __m256i (&bits)[Q], __m256 (&z)[Q]) {
+  const __m256 scale = _mm256_set1_ps(0x1p-23f), half = _mm256_set1_ps(0.5f), sqrt2 = _mm256_set1_ps(1.41421356237309505f);
+  __m256 w[Q], x[Q], t[Q], p[Q];
+  for (int q = 0; q < Q; ++q) {
+    const __m256 k = _mm256_cvtepi32_ps(_mm256_srli_epi32(bits[q], 9));  // < 2^23: exact
+    const __m256 u = _mm256_mul_ps(_mm256_add_ps(k, half), scale);
+    const __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(_mm256_set1_ps(8388608.0f), k), half), scale);
+    w[q] = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(4.0f), u), v);
+    x[q] = _mm256_sub_ps(u, v);
+  }
+  fast_logf(w);
+  int any = 0;
+  for (int q = 0; q < Q; ++q) {
+    w[q] = _mm256_xor_ps(w[q], _mm256_set1_ps(-0.0f));  // -ln
+    t[q] = _mm256_sub_ps(w[q], _mm256_set1_ps(2.5f));
+    any |= _mm256_movemask_ps(_mm256_cmp_ps(w[q], _mm256_set1_ps(5.0f), _CMP_GE_OQ));
+  }
+  static constexpr float central[] = {2.81022636e-08f,  3.43273939e-07f, -3.5233877e-06f,
+                                      -4.39150654e-06f, 0.00021858087f,  -0.00125372503f,
+                                      -0.00417768164f,  0.246640727f,    1.50140941f};
+  horner(t, central, p);
+  for (int q = 0; q < Q; ++q) z[q] = _mm256_mul_ps(_mm256_mul_ps(sqrt2, p[q]), x[q]);
+  if (any == 0) return;
+  static constexpr float outer[] = {-0.000200214257f, 0.000100950558f, 0.00134934322f,
+                                    -0.00367342844f,  0.00573950773f,  -0.0076224613f,
+                                    0.00943887047f,   1.00167406f,     2.83297682f};
+  for (int q = 0; q < Q; ++q) {
+    const __m256 tail = _mm256_cmp_ps(w[q], _mm256_set1_ps(5.0f), _CMP_GE_OQ);
+    if (_mm256_movemask_ps(tail) == 0) continue;
+    const __m256 wt[1] = {_mm256_sub_ps(_mm256_sqrt_ps(w[q]), _mm256_set1_ps(3.0f))};
+    __m256 pt[1];
+    horner(wt, outer, pt);
+    z[q] = _mm256_blendv_ps(z[q], _mm256_mul_ps(_mm256_mul_ps(sqrt2, pt[0]), x[q]), tail);
+  }
+}
+
+/// portable::normal_fill, 32 G normals per step from 8 G Philox blocks
+/// (G = 2 groups of four registers), turned into output order before the
+/// quantile so that whole steps store straight into `out`. The float steps
+/// are plain AVX intrinsics: the target has no FMA (built without -march
+/// flags, as rimc's presets are), so nothing fuses and every step rounds as
+/// in the portable form (unit-isa checks the bits).
 __attribute__((target("avx2"))) inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first,
                                                         std::int64_t n, float* out) {
-  normal_fill_body<philox16>(seed, stream, first, n, out);
+  constexpr int G = 2, step = 32 * G;
+  if (n <= 0) return;
+  const auto k0 = static_cast<std::uint32_t>(seed), k1 = static_cast<std::uint32_t>(seed >> 32);
+  const __m256i s0 = _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream)));
+  const __m256i s1 = _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream >> 32)));
+  const std::uint64_t end = first + static_cast<std::uint64_t>(n);
+  alignas(32) float part[step];
+  alignas(32) std::uint32_t lo[8], hi[8];
+  for (std::uint64_t block = first / 4; block * 4 < end; block += 8 * G) {
+    __m256i x[G][4];
+    for (int g = 0; g < G; ++g) {  // counters block + 8 g + l: low and high words
+      for (int l = 0; l < 8; ++l) {
+        const std::uint64_t b = block + static_cast<std::uint64_t>(8 * g + l);
+        lo[l] = static_cast<std::uint32_t>(b);
+        hi[l] = static_cast<std::uint32_t>(b >> 32);
+      }
+      x[g][0] = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
+      x[g][1] = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
+      x[g][2] = s0;
+      x[g][3] = s1;
+    }
+    philox8_ymm<G>(x, k0, k1);
+    __m256i bits[4 * G];
+    for (int g = 0; g < G; ++g) {
+      blocks_to_output_order(x[g]);
+      for (int q = 0; q < 4; ++q) bits[4 * g + q] = x[g][q];
+    }
+    __m256 z[4 * G];
+    normal_from_bits(bits, z);
+    const std::uint64_t base = block * 4;
+    if (base >= first && base + step <= end) {
+      float* o = out + (base - first);
+      for (int q = 0; q < 4 * G; ++q) _mm256_storeu_ps(o + 8 * q, z[q]);
+    } else {  // the first or last step: only [first, end) of it
+      for (int q = 0; q < 4 * G; ++q) _mm256_store_ps(part + 8 * q, z[q]);
+      const std::uint64_t l0 = std::max(base, first), l1 = std::min(base + step, end);
+      std::copy(part + (l0 - base), part + (l1 - base), out + (l0 - first));
+    }
+  }
 }
 
 /// portable::add_read_noise compiled for AVX2 (no FMA in the target: nothing fuses).
