@@ -22,6 +22,7 @@ declare -A flags=(
   [faults]="--no-backprop --sa0 0.0175 --sa1 0.0904 --fault-aware"
   [faultsrows]="--no-backprop --sa0 0.0175 --sa1 0.0904 --fault-aware --fault-aware-rows"
   [inorder]="--no-backprop --chip realistic --no-fault-aware-rows"
+  [noread]="--no-backprop --chip realistic --read-noise none"
   [keep]="--no-backprop --chip realistic --keep-adc-ranges"
   [reads4]="--no-backprop --chip realistic --reads 4"
   [rank4]="--no-backprop --chip realistic --rank 4"
@@ -29,7 +30,7 @@ declare -A flags=(
   [faultsadc]="--no-backprop --sa0 0.0175 --sa1 0.0904 --fault-aware --adc-bits 8"
   [faultswire]="--no-backprop --sa0 0.0175 --sa1 0.0904 --fault-aware --wire-ohm 1"
 )
-order="realistic ideal dac8 adc8 read wire faults faultsrows nofaults inorder faultsadc faultswire keep reads4 rank4"
+order="realistic ideal dac8 adc8 read wire faults faultsrows nofaults inorder noread faultsadc faultswire keep reads4 rank4"
 if [ "${1:-}" != tables ]; then
   tools/install-deps.sh
   cmake --preset release >/dev/null
