@@ -97,7 +97,8 @@ periphery_config noisy() {
 }
 
 /// The realistic chip's periphery (examples' --chip realistic): noisy() with a calibrated
-/// 8-bit DAC and per-column ADC ranges (headroom 1.5).
+/// 8-bit DAC and per-column ADC ranges (headroom 1.5; the examples' chip now uses 2, which
+/// changes the ranges, not the work).
 periphery_config realistic() {
   periphery_config p = noisy();
   p.dac = dac_config{8, dac_scaling::calibrated, 1.0, 99.99};

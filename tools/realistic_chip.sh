@@ -16,21 +16,22 @@ declare -A flags=(
   [realistic]="--chip realistic"
   [ideal]="--no-backprop"
   [dac8]="--no-backprop --dac-bits 8"
-  [adc8]="--no-backprop --adc-bits 8"
+  [adc8]="--no-backprop --adc-bits 8 --adc-headroom 1.5"
   [read]="--no-backprop --read-noise cmo"
   [wire]="--no-backprop --wire-ohm 1"
   [faults]="--no-backprop --sa0 0.0175 --sa1 0.0904 --fault-aware"
   [faultsrows]="--no-backprop --sa0 0.0175 --sa1 0.0904 --fault-aware --fault-aware-rows"
   [inorder]="--no-backprop --chip realistic --no-fault-aware-rows"
+  [headroom15]="--no-backprop --chip realistic --adc-headroom 1.5"
   [noread]="--no-backprop --chip realistic --read-noise none"
   [keep]="--no-backprop --chip realistic --keep-adc-ranges"
   [reads4]="--no-backprop --chip realistic --reads 4"
   [rank4]="--no-backprop --chip realistic --rank 4"
   [nofaults]="--no-backprop --chip realistic --sa0 0 --sa1 0"
-  [faultsadc]="--no-backprop --sa0 0.0175 --sa1 0.0904 --fault-aware --adc-bits 8"
+  [faultsadc]="--no-backprop --sa0 0.0175 --sa1 0.0904 --fault-aware --adc-bits 8 --adc-headroom 1.5"
   [faultswire]="--no-backprop --sa0 0.0175 --sa1 0.0904 --fault-aware --wire-ohm 1"
 )
-order="realistic ideal dac8 adc8 read wire faults faultsrows nofaults inorder noread faultsadc faultswire keep reads4 rank4"
+order="realistic ideal dac8 adc8 read wire faults faultsrows nofaults inorder headroom15 noread faultsadc faultswire keep reads4 rank4"
 if [ "${1:-}" != tables ]; then
   tools/install-deps.sh
   cmake --preset release >/dev/null
