@@ -228,17 +228,13 @@ struct philox16_portable {
 /// Standard normals (float) for indices [first, first + n) of (seed, stream)
 /// into out[0, n): index i is normal_from_bits of 32-bit word i % 4 of
 /// counter_rng(seed, stream).bits(i / 4), so four normals come from one
-/// Philox block (`Philox16` runs 16 blocks at a time, as philox16_portable).
+/// Philox block (philox16_portable runs 16 blocks at a time).
 /// A pure function of (seed, stream, i), like counter_rng; the fast source of
 /// per-read noise (counter_rng::normal draws one double per block). Integer
 /// operations and separately rounded float +, -, *, so every instruction set
 /// gives the same bits; kernels/arch/dispatch.hpp runs the best tier's form
 /// (rimc::detail::normal_fill: this body on the portable tier, the AVX2 and
 /// AVX-512 forms in output order with every step in registers).
-template <class Philox16>
-#if defined(__GNUC__) || defined(__clang__)
-[[gnu::always_inline]]
-#endif
 inline void normal_fill_body(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, std::int64_t n, float* out) {
   constexpr int lanes = 16;
   const auto k0 = static_cast<std::uint32_t>(seed), k1 = static_cast<std::uint32_t>(seed >> 32);
@@ -256,7 +252,7 @@ inline void normal_fill_body(std::uint64_t seed, std::uint64_t stream, std::uint
       c[2][l] = s0;
       c[3][l] = s1;
     }
-    Philox16::run(c[0], c[1], c[2], c[3], k0, k1);
+    philox16_portable::run(c[0], c[1], c[2], c[3], k0, k1);
     for (int j = 0; j < 4 * lanes; ++j) z[j] = normal_central(words[j], w[j], x[j]);  // vectorises
     // Copy the part of [block * 4, block * 4 + 4 lanes) that lies in [first, end): index i is word
     // i % 4 of block i / 4; the rare tail draws are finished here.

@@ -290,7 +290,7 @@ inline void adc_rows(const adc_readout& a, const float* current, std::int64_t M,
 
 /// Standard normals for indices [first, first + n) of (seed, stream) (rimc::detail::normal_fill_body).
 inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, std::int64_t n, float* out) {
-  normal_fill_body<philox16_portable>(seed, stream, first, n, out);
+  normal_fill_body(seed, stream, first, n, out);
 }
 
 }  // namespace rimc::detail::portable
