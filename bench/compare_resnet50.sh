@@ -2,9 +2,10 @@
 # Whole-ResNet-50 calibration at 224x224 (N = 10, rank 4, 100 steps per layer, every conv and the
 # fc), rimc next to the PyTorch peer in both formulations (bench/peer/torch_resnet50.py): one run
 # of each, back to back, 2 threads, each under /usr/bin/time -v; prints the calibration times, the
-# ratios, the summed feature MSE after / before and the peak RSS. The peers use the same setting
-# with their own random weights, images and drift draws (torch's generator), so their MSE ratios
-# match rimc's only statistically.
+# ratios, the summed feature MSE after / before and the peak RSS. The peers draw the weights,
+# drift, images and adapter initialisations with rimc's counters (torch_resnet50.py --draws rimc);
+# before the runs, rimc_dump --resnet50 writes rimc's chip and the peer's --check must find the
+# same one (drifted weights, node ids, lora_A, images), so the MSE ratios compare like for like.
 #
 #   bench/compare_resnet50.sh [-b build-dir] [-t threads] [-o out-dir]      (~8 min on 2 cores)
 set -euo pipefail
@@ -20,8 +21,17 @@ while getopts "b:t:o:" opt; do
 done
 # The peer's packages and GNU time, with rimc's own (apt, when missing).
 tools/install-deps.sh python3-torch python3-numpy time >/dev/null
-cmake --build "$build" --target bench_calibration >/dev/null
+cmake --build "$build" --target bench_calibration rimc_dump >/dev/null
 mkdir -p "$out"
+# The same chip on both sides (about 100 MB of weights in a temporary file).
+dump=$(mktemp --suffix=.safetensors)
+trap 'rm -f "$dump"' EXIT
+"$build/bench/rimc_dump" "$dump" --resnet50 224 >/dev/null
+/usr/bin/python3 bench/peer/torch_resnet50.py --size 224 --check "$dump" >"$out/check.log" || {
+  cat "$out/check.log" >&2
+  exit 1
+}
+rm -f "$dump"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >"$out/conditions.txt"
 OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$threads /usr/bin/time -v -o "$out/rimc.time" \
   "$build/bench/bench_calibration" --benchmark_filter='^calibrate_resnet50_whole/224/10/' --benchmark_out="$out/rimc.json" \
@@ -52,4 +62,5 @@ print("| --- | ---: | ---: | ---: | ---: |")
 for name, s, m, r in rows:
     print(f"| {name} | {s:.1f} | {s / rimc_s:.1f}x | {m:.3f} | {r:.0f} |")
 print(f"\nrimc's layers: {b['statistics_layers']:.0f} on the statistics path, {b['direct_layers']:.0f} direct")
+print("peer's " + (out / "check.log").read_text().strip().splitlines()[-1])
 PY

@@ -8,13 +8,22 @@
 //   logits       the calibrated chip's logits of the first 1000 test images (with --calibrate)
 // for the main job's settings (relative drift rho, drift seed, g 0-40 uS, rank r, seed).
 //
+// With --resnet50 S, the chip of bench_calibration's calibrate_resnet50_whole/S/N instead (what
+// bench/peer/torch_resnet50.py --check must reproduce): ResNet-50 at S x S with torchvision's
+// initialisation from bench::torchvision_init's draws, the same <node>.weight, <node>.lora_A and
+// <node>.node_id, and
+//   images       the N = --samples calibration images [N, 3, S, S]
+//
 //   rimc_dump out.safetensors [--rho 0.2] [--drift-seed 1] [--samples 10] [--seed 0] [--rank 2] [--calibrate]
+//   rimc_dump out.safetensors --resnet50 S [--rho 0.2] [--drift-seed 1] [--samples 10] [--seed 0] [--rank 4]
 
 #include <rimc/adapt/feature_kd.hpp>
 #include <rimc/data/dataset.hpp>
 #include <rimc/io/safetensors.hpp>
 #include <rimc/nn/deploy.hpp>
 #include <rimc/nn/models.hpp>
+
+#include "../bench_util.hpp"
 
 #include <cstdio>
 #include <cstdlib>
@@ -25,12 +34,14 @@
 int main(int argc, char** argv) try {
   using namespace rimc;
   if (argc < 2) {
-    std::fprintf(stderr, "usage: rimc_dump out.safetensors [--rho R] [--drift-seed S] [--samples N] [--seed S] [--rank R] [--calibrate]\n");
+    std::fprintf(stderr,
+                 "usage: rimc_dump out.safetensors [--resnet50 SIZE] [--rho R] [--drift-seed S] [--samples N] [--seed S] "
+                 "[--rank R] [--calibrate]\n");
     return 2;
   }
   double rho = 0.2;
   std::uint64_t drift_seed = 1, seed = 0;
-  std::int64_t samples = 10, rank = 2;
+  std::int64_t samples = 10, rank = -1, resnet50_size = 0;
   bool calibrate = false;
   for (int i = 2; i < argc; ++i) {
     const std::string_view k = argv[i];
@@ -41,18 +52,29 @@ int main(int argc, char** argv) try {
     else if (k == "--seed") seed = std::strtoull(next(), nullptr, 10);
     else if (k == "--rank") rank = std::atoll(next());
     else if (k == "--calibrate") calibrate = true;
+    else if (k == "--resnet50") resnet50_size = std::atoll(next());
     else throw value_error(detail::concat("unknown option ", k));
   }
-  const std::string model = RIMC_MODEL_DIR "/resnet20_fmnist.safetensors";
-  network net = resnet20(1, 10, 28);
-  net.load(model);
-  net.fold_batch_norm();
-  const network teacher = [&] {
+  if (resnet50_size < 0 || (resnet50_size > 0 && resnet50_size < 32)) {
+    throw value_error(detail::concat("--resnet50: the image size must be >= 32, got ", resnet50_size));
+  }
+  if (resnet50_size > 0 && calibrate) throw value_error("--calibrate dumps the ResNet-20 main job only, not --resnet50");
+  if (rank < 0) rank = resnet50_size > 0 ? 4 : 2;  // bench_calibration's ResNet-50 runs rank 4, the main job 2
+  // The ResNet-20 teacher of the main job, or bench_calibration's whole ResNet-50.
+  const auto model = [&] {
+    if (resnet50_size > 0) {
+      network t = resnet50(1000, resnet50_size);
+      bench::torchvision_init(t);
+      t.fold_batch_norm();
+      return t;
+    }
     network t = resnet20(1, 10, 28);
-    t.load(model);
+    t.load(RIMC_MODEL_DIR "/resnet20_fmnist.safetensors");
     t.fold_batch_norm();
     return t;
-  }();
+  };
+  network net = model();
+  const network teacher = model();
   analog_options opt;
   opt.device.g_min_us = 0.0;
   opt.device.g_max_us = 40.0;
@@ -73,6 +95,14 @@ int main(int argc, char** argv) try {
     dc.seed = seed ^ (0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(net.id(name) + 1));
     const dora_adapter a(*n.layer, dc);
     out[name + ".lora_A"] = a.lora_A();
+  }
+  if (resnet50_size > 0) {  // bench_calibration's random images
+    Tensor images(Shape{samples, 3, resnet50_size, resnet50_size});
+    fill_uniform(images, counter_rng(13), -2, 2);
+    out["images"] = images;
+    save_safetensors(argv[1], out);
+    std::printf("wrote %s (%zu tensors)\n", argv[1], out.size());
+    return 0;
   }
   const dataset train = load_mnist_like(fashion_mnist_dir, "train");
   const auto idx = sample_indices(train.size(), samples, seed);

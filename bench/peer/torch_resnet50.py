@@ -2,20 +2,29 @@
 """The whole-ResNet-50 calibration of bench_calibration's calibrate_resnet50_whole, written with
 PyTorch: the peer for rimc's ResNet-50 number (README, "Calibration speed").
 
-The same setting, not the same numbers: ResNet-50 at --size (224) with torchvision's
-initialisation (conv weights normal, std sqrt(2 / (O kh kw)); batch norm 1, 0, mean 0, var 1,
-folded into the convs as rimc folds it; fc uniform +-1/sqrt(in)), every conv and fc weight
-quantised to 8-bit differential pairs with a per-row scale, g 0-40 uS, relative drift rho = 0.2
-with G' = max(G + rho G xi, 0) (xi from torch's generator, not rimc's Philox), N random images in
-[-2, 2], and rimc's layer-wise feature-KD calibration of DoRA adapters (rank --rank, 100 Adam
-steps per layer, lr 1e-2, keep-the-best rule) as bench/peer/torch_calibrate.py implements it, in
-either formulation (--formulation direct: the convolutions every step; statistics: rimc's maths).
+The same setting on the same chip: ResNet-50 at --size (224) with torchvision's initialisation
+(conv weights normal, std sqrt(2 / (O kh kw)); batch norm 1, 0, mean 0, var 1, folded into the
+convs as rimc folds it; fc uniform +-1/sqrt(in)), every conv and fc weight quantised to 8-bit
+differential pairs with a per-row scale, g 0-40 uS, relative drift rho = 0.2 with
+G' = max(G + rho G xi, 0), N random images in [-2, 2], and rimc's layer-wise feature-KD
+calibration of DoRA adapters (rank --rank, 100 Adam steps per layer, lr 1e-2, keep-the-best
+rule) as bench/peer/torch_calibrate.py implements it, in either formulation (--formulation
+direct: the convolutions every step; statistics: rimc's maths). With --draws rimc (the default)
+the weights, drift draws, images and adapter initialisations are rimc's own (its Philox counters
+and seeds, as bench::torchvision_init and bench_calibration draw them), so the drifted weights
+equal rimc's to float rounding and the feature MSEs can be compared with rimc's; --draws torch
+draws the weights, drift and images from torch's generator (--draw-seed) instead.
 Prints the calibration time, the summed feature MSE before and after, and the peak RSS.
 
   /usr/bin/python3 bench/peer/torch_resnet50.py [--size 224] [--samples 10] [--rank 4] [--steps 100]
-      [--threads 2] [--formulation direct|statistics] [--draw-seed 1] [--csv peer_resnet50.csv]
+      [--threads 2] [--formulation direct|statistics] [--draws rimc|torch] [--draw-seed 1]
+      [--check rimc_dump.safetensors] [--csv peer_resnet50.csv]
+
+--check compares the drifted weights, node ids, adapter initialisations and images with a dump
+written by build/.../bench/rimc_dump --resnet50 SIZE (then exits without calibrating).
 """
 import argparse
+import math
 import pathlib
 import resource
 import sys
@@ -72,13 +81,7 @@ def torchvision_state(nodes, classes, gen):
     for i, (name, kind, inputs, stride, _) in enumerate(nodes):
         if kind == "conv":
             c = chans[inputs[0]]
-            if name == "conv1":
-                o, k = 64, 7
-            else:
-                stage = int(name[5]) - 1
-                width = 64 << stage
-                leaf = name.rsplit(".", 1)[1] if not name.endswith("downsample.0") else "downsample"
-                o, k = {"conv1": (width, 1), "conv2": (width, 3), "conv3": (width * 4, 1), "downsample": (width * 4, 1)}[leaf]
+            o, k = conv_shape(name)
             std = (2.0 / (o * k * k)) ** 0.5
             state[name + ".weight"] = (torch.randn(o, c, k, k, generator=gen) * std).numpy()
             chans[i] = o
@@ -98,6 +101,87 @@ def torchvision_state(nodes, classes, gen):
         elif kind != "input":
             chans[i] = chans[inputs[0]]
     return state
+
+
+def rimc_state(nodes, classes):
+    """bench::torchvision_init's parameters (rimc's Philox counters): conv weights normal from
+    counter_rng(1), counter_rng(2), ... in node order, then the fc's bias and weight (its parameters
+    in name order) uniform; batch norm 1, 0, mean 0, var 1."""
+    state, chans, seed = {}, {0: 3}, 1
+    for i, (name, kind, inputs, _, _) in enumerate(nodes):
+        if kind == "conv":
+            o, k = conv_shape(name)
+            shape = (o, chans[inputs[0]], k, k)
+            std = float(np.float32(math.sqrt(2.0 / (o * k * k))))  # rimc passes the std as float
+            z = tc.normal(np.arange(int(np.prod(shape)), dtype=np.uint64), 0, seed)
+            state[name + ".weight"] = (0.0 + std * z).astype(np.float32).reshape(shape)
+            seed += 1
+            chans[i] = o
+        elif kind == "bn":
+            o = chans[inputs[0]]
+            state.update({name + ".weight": np.ones(o, np.float32), name + ".bias": np.zeros(o, np.float32),
+                          name + ".running_mean": np.zeros(o, np.float32),
+                          name + ".running_var": np.ones(o, np.float32)})
+            chans[i] = o
+        elif kind == "linear":
+            c = chans[inputs[0]]
+            bound = float(np.float32(1.0 / math.sqrt(c)))
+            for p, shape in (("bias", (classes,)), ("weight", (classes, c))):
+                u = tc.uniform(np.arange(int(np.prod(shape)), dtype=np.uint64), 0, seed)
+                state[name + "." + p] = (-bound + (bound - -bound) * u).astype(np.float32).reshape(shape)
+                seed += 1
+            chans[i] = classes
+        elif kind != "input":
+            chans[i] = chans[inputs[0]]
+    return state
+
+
+def rimc_images(n, size):
+    """bench_calibration's images: fill_uniform(images, counter_rng(13), -2, 2) in NCHW order."""
+    u = tc.uniform(np.arange(n * 3 * size * size, dtype=np.uint64), 0, 13)
+    return torch.from_numpy((-2.0 + 4.0 * u).astype(np.float32).reshape(n, 3, size, size))
+
+
+def conv_shape(name):
+    """(output channels, kernel size) of a ResNet-50 conv node."""
+    if name == "conv1":
+        return 64, 7
+    width = 64 << (int(name[5]) - 1)
+    leaf = "downsample" if name.endswith("downsample.0") else name.rsplit(".", 1)[1]
+    return {"conv1": (width, 1), "conv2": (width, 3), "conv3": (width * 4, 1), "downsample": (width * 4, 1)}[leaf]
+
+
+def check(path, nodes, drifted, images, rank, seed):
+    """Compares this peer's chip with rimc_dump --resnet50's; True when it is the same experiment."""
+    d = tc.load_safetensors(path)
+    ok, worst, mismatched, total = True, 0.0, 0, 0
+    for i, (name, kind, *_rest) in enumerate(nodes):
+        if kind not in ("conv", "linear"):
+            continue
+        w = drifted[name]
+        ref = d[name + ".weight"].reshape(w.shape)
+        mismatched += int((ref != w).sum())
+        total += w.size
+        worst = max(worst, float(np.abs(ref - w).max() / max(np.abs(ref).max(), 1e-30)))
+        if int(d[name + ".node_id"][0]) != i:
+            print(f"check: {name}: node id {i}, rimc {int(d[name + '.node_id'][0])}")
+            ok = False
+        a0 = tc.initial_lora_a((rank,) + w.shape[1:], i, seed)
+        if not np.array_equal(d[name + ".lora_A"].reshape(a0.shape), a0):
+            print(f"check: {name}: lora_A differs from rimc's")
+            ok = False
+    print(f"check: drifted weights: {mismatched} of {total} differ from rimc's (max relative difference {worst:.3g})")
+    ok &= worst < 1e-5
+    ref = d["images"]
+    if ref.size != images.numel():
+        print(f"check: images: rimc's dump holds {ref.size} values, this run {images.numel()} "
+              f"(--samples and --size must match the dump's)")
+        ok = False
+    elif not np.array_equal(ref.reshape(images.shape), images.numpy()):
+        print(f"check: images: {int((ref.reshape(images.shape) != images.numpy()).sum())} of {ref.size} differ from rimc's")
+        ok = False
+    print("check: " + ("the same experiment as rimc's" if ok else "MISMATCH"))
+    return ok
 
 
 def drifted(w, rho, gen):
@@ -124,18 +208,35 @@ def main():
     ap.add_argument("--rho", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--formulation", choices=("direct", "statistics"), default="direct")
-    ap.add_argument("--draw-seed", type=int, default=1, help="seed of torch's generator (weights, drift, images)")
+    ap.add_argument("--draws", choices=("rimc", "torch"), default="rimc",
+                    help="weights, drift, images from rimc's counters (the same chip as rimc's) or torch's generator")
+    ap.add_argument("--draw-seed", type=int, default=1, help="seed of torch's generator with --draws torch")
+    ap.add_argument("--drift-seed", type=int, default=1, help="rimc's drift seed with --draws rimc")
+    ap.add_argument("--check", help="a rimc_dump --resnet50 file to compare the chip with (then exit)")
     ap.add_argument("--csv", default="peer_resnet50.csv")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.draw_seed)
     nodes = resnet50_nodes()
-    weights, biases = tc.fold_batch_norm(torchvision_state(nodes, 1000, gen), nodes)
+    state = rimc_state(nodes, 1000) if args.draws == "rimc" else torchvision_state(nodes, 1000, gen)
+    weights, biases = tc.fold_batch_norm(state, nodes)
+    del state
     teacher = tc.Net(nodes, weights, biases)
     t0 = time.perf_counter()
-    student = tc.Net(nodes, {k: drifted(v, args.rho, gen) for k, v in weights.items()}, biases)
+    if args.draws == "rimc":  # rimc's programming and drift (per node id), as torch_calibrate.py draws them
+        ids = {name: i for i, (name, *_rest) in enumerate(nodes)}
+        drifted_w = {k: tc.drifted_weights(v, ids[k], args.rho, args.drift_seed) for k, v in weights.items()}
+    else:
+        drifted_w = {k: drifted(v, args.rho, gen) for k, v in weights.items()}
+    student = tc.Net(nodes, drifted_w, biases)
     deploy_s = time.perf_counter() - t0
-    images = torch.rand(args.samples, 3, args.size, args.size, generator=gen) * 4 - 2
+    if args.draws == "rimc":
+        images = rimc_images(args.samples, args.size)
+    else:
+        images = torch.rand(args.samples, 3, args.size, args.size, generator=gen) * 4 - 2
+    if args.check:
+        sys.exit(0 if check(args.check, nodes, drifted_w, images, args.rank, args.seed) else 1)
+    del drifted_w
     report = []
     t0 = time.perf_counter()
     tc.calibrate(teacher, student, images, args, report)
@@ -143,7 +244,7 @@ def main():
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     before, after = sum(r[1] for r in report), sum(r[2] for r in report)
     print(f"ResNet-50 at {args.size}x{args.size}, N = {args.samples}, rank {args.rank}, {args.steps} steps, "
-          f"{args.formulation}, PyTorch {torch.__version__}, {args.threads} threads: calibration {calib_s:.3f} s "
+          f"{args.formulation}, {args.draws}'s draws, PyTorch {torch.__version__}, {args.threads} threads: calibration {calib_s:.3f} s "
           f"({len(report)} layers), summed feature MSE {before:.4g} -> {after:.4g} ({after / before:.3f}), "
           f"deploy + drift {deploy_s:.2f} s, peak RSS {peak:.0f} MiB")
     rows = [("calibration_seconds", calib_s), ("layers", len(report)), ("mse_after_over_before", after / before),
