@@ -35,7 +35,7 @@ struct args {
   int bp_steps = 100;
   bool backprop = true;
   bool layers = false;  // --layers
-  std::int64_t samples = 10, rank = 2, test_images = 10000, eval_batch = 50;
+  std::int64_t samples = 10, rank = 2, test_images = 10000, test_offset = 0, eval_batch = 50;
   kd_loss_path loss_path = kd_loss_path::automatic;
   int steps = 100, threads = 2, reads = 1;
   bool recalibrate_adc = true;
@@ -94,8 +94,12 @@ args parse(int argc, char** argv) {
             u64max);
   cl.number("--drift-seed", a.chip.drift_seed, "seed of the drift", std::uint64_t{0}, u64max);
   cl.threads(a.threads);
-  cl.number("--test-images", a.test_images, "test images evaluated (the first ones)", std::int64_t{1},
-            std::int64_t{1} << 40);
+  cl.number("--test-images", a.test_images, "test images evaluated (the first ones, or from --test-offset on)",
+            std::int64_t{1}, std::int64_t{1} << 40);
+  cl.number("--test-offset", a.test_offset,
+            "index of the first test image evaluated (e.g. 5000 with --test-images 5000: the second half, to report "
+            "a setting chosen on the first)",
+            std::int64_t{0}, std::int64_t{1} << 40);
   cl.number("--eval-batch", a.eval_batch, "test images per forward", std::int64_t{1}, std::int64_t{1} << 20);
   cl.choice("--loss-path", loss_path, "how each calibration step is computed (both exact)",
             {"automatic", "statistics", "direct"});
@@ -150,7 +154,7 @@ args parse(int argc, char** argv) {
       }
     }
     cli::check_input_file("--model", a.model);
-    lab::check_data(a.data, a.samples, "--samples", a.test_images);
+    lab::check_data(a.data, a.samples, "--samples", a.test_images, a.test_offset);
     cli::check_writable_file("--csv", a.csv);
     if (!a.save_adapter.empty()) cli::check_writable_dir("--save-adapter", a.save_adapter);
   });
@@ -172,7 +176,7 @@ int main(int argc, char** argv) try {
   const args a = parse(argc, argv);
   set_num_threads(a.threads);
   std::fprintf(stderr, "loading Fashion-MNIST and the teacher...\n");
-  const lab::fashion_mnist_lab lab(a.model, a.test_images, a.eval_batch, a.data);
+  const lab::fashion_mnist_lab lab(a.model, a.test_images, a.eval_batch, a.data, a.test_offset);
   const eval_result ideal = lab.evaluate(lab.teacher());
 
   // Program every conv and linear layer onto crossbars (differential pairs, 8-bit cells), then drift.
@@ -228,16 +232,19 @@ int main(int argc, char** argv) try {
 
   const auto& f = cal.footprint;
   const auto pct = [](const eval_result& r) { return 100 * r.top1; };
+  const auto n_test = static_cast<long long>(lab.test().size());
+  const std::string images = a.test_offset == 0 ? detail::concat(n_test, " test images")
+                                                : detail::concat("test images ", a.test_offset, "-", a.test_offset + n_test - 1);
   if (a.chip.preset == lab::drift_preset::relative) {
-    std::printf("ResNet-20 on Fashion-MNIST (%lld test images), relative drift %.2f (g_min = %.2f g_max, %s drift "
+    std::printf("ResNet-20 on Fashion-MNIST (%s), relative drift %.2f (g_min = %.2f g_max, %s drift "
                 "bounds), N = %lld, rank %lld\n\n",
-                static_cast<long long>(lab.test().size()), a.chip.rho, a.chip.g_min_ratio,
+                images.c_str(), a.chip.rho, a.chip.g_min_ratio,
                 std::string(to_string(a.chip.bounds)).c_str(), static_cast<long long>(a.samples),
                 static_cast<long long>(a.rank));
   } else {
-    std::printf("ResNet-20 on Fashion-MNIST (%lld test images), %s drift at t = %g s (%s drift bounds), N = %lld, "
+    std::printf("ResNet-20 on Fashion-MNIST (%s), %s drift at t = %g s (%s drift bounds), N = %lld, "
                 "rank %lld\n\n",
-                static_cast<long long>(lab.test().size()), lab::to_string(a.chip.preset), a.chip.time_s,
+                images.c_str(), lab::to_string(a.chip.preset), a.chip.time_s,
                 std::string(to_string(a.chip.bounds)).c_str(), static_cast<long long>(a.samples),
                 static_cast<long long>(a.rank));
   }
@@ -293,6 +300,7 @@ int main(int argc, char** argv) try {
   row("adc_recalibrated", a.recalibrate_adc ? 1.0 : 0.0);
   if (a.inference == adapter_inference::merged) row("merged_inference", 1.0);  // absent: factorised
   if (a.training_kernel == low_rank_kernel::direct) row("direct_training_kernel", 1.0);  // absent: shift-add
+  if (a.test_offset > 0) row("test_offset", static_cast<double>(a.test_offset));  // absent: from the first test image
   row("samples", static_cast<double>(a.samples));
   row("rank", static_cast<double>(a.rank));
   row("ideal_top1", ideal.top1);

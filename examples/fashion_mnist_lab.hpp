@@ -114,8 +114,10 @@ inline void check_rank(std::string_view flag, std::int64_t rank) {
 }
 
 /// Rejects a dataset directory without Fashion-MNIST's files, and a number of
-/// calibration samples or test images it cannot provide (reads the headers only).
-inline void check_data(const std::string& dir, std::int64_t samples, std::string_view samples_flag, std::int64_t test_images) {
+/// calibration samples or test images (from test image `test_offset` on) it
+/// cannot provide (reads the headers only).
+inline void check_data(const std::string& dir, std::int64_t samples, std::string_view samples_flag, std::int64_t test_images,
+                       std::int64_t test_offset = 0) {
   cli::check_input_dir("--data", dir);
   std::int64_t train = 0, test = 0;
   try {
@@ -128,9 +130,13 @@ inline void check_data(const std::string& dir, std::int64_t samples, std::string
     throw cli::usage_error(detail::concat(samples_flag, ": must be at most the ", train, " training images of '", dir,
                                           "', got ", samples));
   }
-  if (test_images > test) {
+  if (test_offset == 0 && test_images > test) {
     throw cli::usage_error(detail::concat("--test-images: must be at most the ", test, " test images of '", dir, "', got ",
                                           test_images));
+  }
+  if (test_offset > 0 && test_offset + test_images > test) {
+    throw cli::usage_error(detail::concat("--test-offset and --test-images: test images ", test_offset, " to ",
+                                          test_offset + test_images - 1, " asked, '", dir, "' has ", test));
   }
 }
 
@@ -369,9 +375,10 @@ class drifted_chip {
 /// The teacher and the data, loaded once.
 class fashion_mnist_lab {
  public:
-  /// `eval_batch`: test images per forward in evaluate(); `data`: the dataset directory.
+  /// `eval_batch`: test images per forward in evaluate(); `data`: the dataset directory;
+  /// evaluate() runs test images [test_offset, test_offset + test_images) (those the set has).
   explicit fashion_mnist_lab(std::string model, std::int64_t test_images = 10000, std::int64_t eval_batch = 250,
-                             const std::string& data = default_data)
+                             const std::string& data = default_data, std::int64_t test_offset = 0)
       : model_(std::move(model)),
         eval_batch_(eval_batch),
         train_(load_mnist_like(data, "train")),
@@ -379,10 +386,14 @@ class fashion_mnist_lab {
         teacher_(load_folded(model_)) {
     if (test_images < 1) throw value_error(detail::concat("--test-images must be >= 1, got ", test_images));
     if (eval_batch < 1) throw value_error(detail::concat("--eval-batch must be >= 1, got ", eval_batch));
-    if (test_images < test_.size()) {
-      std::vector<std::int64_t> first(static_cast<std::size_t>(test_images));
-      for (std::size_t i = 0; i < first.size(); ++i) first[i] = static_cast<std::int64_t>(i);
-      test_ = test_.subset(first);
+    if (test_offset < 0 || test_offset >= test_.size()) {
+      throw value_error(detail::concat("--test-offset must be in [0, ", test_.size() - 1, "], got ", test_offset));
+    }
+    if (test_offset > 0 || test_images < test_.size()) {
+      const auto count = std::min(test_images, test_.size() - test_offset);
+      std::vector<std::int64_t> picked(static_cast<std::size_t>(count));
+      for (std::size_t i = 0; i < picked.size(); ++i) picked[i] = test_offset + static_cast<std::int64_t>(i);
+      test_ = test_.subset(picked);
     }
   }
 
