@@ -393,6 +393,39 @@ TEST_SUITE("crossbar") {
     CHECK_FALSE(one[0] == one[1]);
   }
 
+  TEST_CASE("the noisy read-out draws by element index: any split of the rows gives the same bits") {
+    // The tile path calls accumulate() on chunks of rows that depend on the kernel (GEMM chunks,
+    // per-tile convolution groups); element (row r, column j) must draw normal number r * C + j of
+    // its (tile, slice) stream whatever the chunks. One call over 300 rows of a 37-column tile
+    // must equal one call per row (whose draws start at odd indices), with and without the ADC.
+    device_config d;
+    const Tensor w = test::random_tensor(Shape{50, 37}, 21);
+    const std::int64_t M = 300, C = 37, r0 = 11;
+    Tensor current(Shape{M, C}), variance(Shape{M, C});
+    fill_uniform(current, counter_rng(22), -1.0f, 1.0f);
+    fill_uniform(variance, counter_rng(23), 0.0f, 0.01f);
+    for (const bool adc : {false, true}) {
+      CAPTURE(adc);
+      periphery_config p = adc ? periphery_config::quantised(8, 8, 99.99, true) : periphery_config{};
+      p.read = read_noise::constant(0.1);
+      p.output_noise = adc ? 0.01 : 0.0;
+      p.noise_seed = 24;
+      TiledArray<CrossbarTile<float, 64, 64>> a(w, d, 1, p);
+      if (adc) a.calibrate_adc(test::random_tensor(Shape{30, 50}, 25));
+      const auto plan = a.begin_call();
+      Tensor whole(Shape{M, C}), rows(Shape{M, C});
+      a.accumulate(plan, 0, 0, r0, M, current.data(), variance.data(), nullptr, 1.0f, whole.data(), true);
+      for (std::int64_t m = 0; m < M; ++m)
+        a.accumulate(plan, 0, 0, r0 + m, 1, current.data() + m * C, variance.data() + m * C, nullptr, 1.0f,
+                     rows.data() + m * C, true);
+      CHECK(whole == rows);
+      // The noise is there: another call's draws differ.
+      Tensor other(Shape{M, C});
+      a.accumulate(a.begin_call(), 0, 0, r0, M, current.data(), variance.data(), nullptr, 1.0f, other.data(), true);
+      CHECK_FALSE(whole == other);
+    }
+  }
+
   TEST_CASE("programming, reads and drift are counted as RRAM writes only when cells are written") {
     device_config d;
     d.slices = 2;
