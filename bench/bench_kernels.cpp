@@ -7,6 +7,8 @@
 // Each reports a GFLOPS counter (2 * MACs per second) and the oneDNN
 // implementation as its label. fma_peak: the cores' FMA throughput;
 // omp_region: the cost of starting one (empty) OpenMP parallel region;
+// memory_bandwidth: a 128 MiB read + 128 MiB write stream on all threads
+// (bytes_per_second counts both), the bound of memory-bound kernels;
 // normal_fill/<tier>: the read-noise generator on one thread, per tier
 // (counter s_per_normal; every tier gives the same bits).
 
@@ -270,6 +272,24 @@ void omp_region(benchmark::State& state) {
   state.SetLabel(std::to_string(omp_get_max_threads()) + " threads");
 }
 
+/// y = x + 1 over 32 Mi floats (128 MiB read, 128 MiB written) on all threads in
+/// one parallel region: the memory bandwidth a streaming kernel can reach
+/// (bytes_per_second counts the bytes read and written).
+void memory_bandwidth(benchmark::State& state) {
+  const std::int64_t n = std::int64_t{1} << 25;
+  std::vector<float> x(static_cast<std::size_t>(n), 1.0f), y(static_cast<std::size_t>(n), 0.0f);
+  const float* xp = x.data();
+  float* yp = y.data();
+  for (auto _ : state) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) yp[i] = xp[i] + 1.0f;
+    benchmark::DoNotOptimize(yp);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * n * 8);
+  state.SetLabel(std::to_string(omp_get_max_threads()) + " threads");
+}
+
 /// 65,536 standard normals of one stream on `tier` (one thread, as each
 /// tile-exact block draws its own), a fresh range every iteration.
 void normal_fill(benchmark::State& state, rimc::isa_tier tier) {
@@ -295,6 +315,7 @@ void normal_fill(benchmark::State& state, rimc::isa_tier tier) {
 int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("fma_peak", fma_peak)->UseRealTime();
   benchmark::RegisterBenchmark("omp_region", omp_region)->UseRealTime();
+  benchmark::RegisterBenchmark("memory_bandwidth", memory_bandwidth)->UseRealTime()->Unit(benchmark::kMillisecond);
   for (const auto tier : {rimc::isa_tier::scalar, rimc::isa_tier::avx2, rimc::isa_tier::avx512})
     benchmark::RegisterBenchmark(("normal_fill/" + std::string(rimc::to_string(tier))).c_str(), normal_fill, tier)
         ->UseRealTime();
