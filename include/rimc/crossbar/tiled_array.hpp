@@ -368,7 +368,7 @@ class TiledArray {
     std::vector<float> factor;  ///< per column: scale * lm1 / q_max (normalised current -> weight units)
     float offset_code = 0;      ///< offset mapping: code removed per unit input, in units of factor
     std::uint64_t seed = 0;     ///< noise seed of this call
-    isa_tier tier = isa_tier::scalar;  ///< the vector tier the noise is drawn on (read before any parallel region)
+    isa_tier tier = isa_tier::scalar;  ///< the vector tier of the periphery kernels (read before any parallel region)
   };
 
   /// The constants of one tile-exact product; each call draws fresh output / read noise.
@@ -526,7 +526,9 @@ class TiledArray {
                                          grid_.q_off / grid_.lm1);
     }
     p.seed = detail::mix_seed(periphery_.noise_seed, call);
-    if (!periphery_.read.is_none() || periphery_.output_noise > 0) p.tier = active_isa();
+    // The caller's tier for the DAC codes, the noise and the ADC read-out (the same bits on every
+    // tier), with or without noise: a noise-free periphery ran them on the portable tier before.
+    p.tier = active_isa();
     return p;
   }
 
