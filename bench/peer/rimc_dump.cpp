@@ -74,7 +74,6 @@ int main(int argc, char** argv) try {
     return t;
   };
   network net = model();
-  const network teacher = model();
   analog_options opt;
   opt.device.g_min_us = 0.0;
   opt.device.g_max_us = 40.0;
@@ -113,6 +112,7 @@ int main(int argc, char** argv) try {
     calibration_config cfg;
     cfg.rank = rank;
     cfg.seed = seed;
+    const network teacher = model();
     const auto r = calibrate_feature_kd(teacher, net, train.subset(idx).images, cfg);
     for (const auto& [name, a] : r.adapters) {
       out["calibrated." + name + ".magnitude"] = a->adapter().magnitude();
