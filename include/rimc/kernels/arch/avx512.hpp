@@ -169,10 +169,59 @@ __attribute__((target("avx512f"))) inline void thin_conv_weight_pixels(const thi
   }
 }
 
-/// portable::thin_conv_weight_rows, 16 channels a step, four pixels at a time where it can.
+/// thin_conv_weight_rows for 16 channels and a 3 x 3 kernel, ranks [j0, j0 + R)
+/// (R <= 3): their 9 R accumulators stay in registers over all the rows' pixels
+/// (loaded from acc first, stored back last) and each pixel loads a tap's
+/// inputs once for the R ranks. The same FMAs on each element in the same
+/// pixel order as thin_conv_weight_pixels, so the same bits.
+template <int R>
+__attribute__((target("avx512f"))) inline void thin_conv_weight_rows_c16k3(const thin_conv_geometry& g,
+                                                                            const float* x, const float* du,
+                                                                            std::int64_t j0, std::int64_t p0,
+                                                                            std::int64_t p1, float* acc) {
+  __m512 a[9 * R];
+  RIMC_UNROLL
+  for (int t = 0; t < 9; ++t) {
+    RIMC_UNROLL
+    for (int j = 0; j < R; ++j) a[t * R + j] = _mm512_loadu_ps(acc + (t * g.r + j0 + j) * g.Cp);
+  }
+  thin_conv_pixel at(g, p0);
+  for (std::int64_t p = p0; p < p1; ++p) {
+    __m512 d[R];
+    RIMC_UNROLL
+    for (int j = 0; j < R; ++j) d[j] = _mm512_set1_ps(du[p * g.r + j0 + j]);
+    RIMC_UNROLL
+    for (int t = 0; t < 9; ++t) {
+      const float* xp = thin_conv_tap(g, x, at, t / 3, t % 3);
+      if (!xp) continue;
+      const __m512 xv = _mm512_loadu_ps(xp);
+      RIMC_UNROLL
+      for (int j = 0; j < R; ++j) a[t * R + j] = _mm512_fmadd_ps(d[j], xv, a[t * R + j]);
+    }
+    at.next(g);
+  }
+  RIMC_UNROLL
+  for (int t = 0; t < 9; ++t) {
+    RIMC_UNROLL
+    for (int j = 0; j < R; ++j) _mm512_storeu_ps(acc + (t * g.r + j0 + j) * g.Cp, a[t * R + j]);
+  }
+}
+
+/// portable::thin_conv_weight_rows, 16 channels a step, four pixels at a time where it can
+/// (16-channel 3 x 3 layers: every pixel, up to three ranks' accumulators in registers at a time).
 __attribute__((target("avx512f"))) inline void thin_conv_weight_rows(const thin_conv_geometry& g, const float* x,
                                                                       const float* du, std::int64_t p0,
                                                                       std::int64_t p1, float* acc) {
+  if (g.C == 16 && g.KH == 3 && g.KW == 3) {
+    for (std::int64_t j0 = 0; j0 < g.r; j0 += 3) {
+      switch (std::min<std::int64_t>(3, g.r - j0)) {
+        case 1: thin_conv_weight_rows_c16k3<1>(g, x, du, j0, p0, p1, acc); break;
+        case 2: thin_conv_weight_rows_c16k3<2>(g, x, du, j0, p0, p1, acc); break;
+        default: thin_conv_weight_rows_c16k3<3>(g, x, du, j0, p0, p1, acc); break;
+      }
+    }
+    return;
+  }
   thin_conv_walk<4>(g, p0, p1, [&](const thin_conv_pixel& at, std::int64_t p, bool wide) {
     if (wide) {
       thin_conv_weight_pixels<4>(g, x, du + p * g.r, at, acc);
