@@ -16,13 +16,16 @@ cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 out=${OUT:-examples/results/realistic_chip}
 demo=build/release/examples/calibrate_fashion_mnist
+build_demo() {
+  tools/install-deps.sh
+  cmake --preset release >/dev/null
+  cmake --build --preset release --target calibrate_fashion_mnist
+}
 if [ "${1:-}" = holdout ]; then
   hold=$out/holdout
   headrooms="1.5 2 2.5 3"
   if [ "${2:-}" != tables ]; then
-    tools/install-deps.sh
-    cmake --preset release >/dev/null
-    cmake --build --preset release --target calibrate_fashion_mnist
+    build_demo
     mkdir -p "$hold"
     for h in $headrooms; do
       for s in 0 1 2 3 4; do
@@ -71,9 +74,7 @@ declare -A flags=(
 )
 order="realistic ideal dac8 adc8 read wire faults faultsrows nofaults inorder headroom15 noread faultsadc faultswire keep reads4 rank4"
 if [ "${1:-}" != tables ]; then
-  tools/install-deps.sh
-  cmake --preset release >/dev/null
-  cmake --build --preset release --target calibrate_fashion_mnist
+  build_demo
   mkdir -p "$out"
   for k in $order; do
     for s in 0 1 2 3 4; do

@@ -414,8 +414,8 @@ def evaluate(net, x, y, batch):
     return hits / x.shape[0], time.perf_counter() - t0
 
 
-def check(dump_path, weights, drifted, lora_a0, samples, student, nodes):
-    d = load_safetensors(dump_path)
+def check_chip(d, drifted, lora_a0, nodes):
+    """Compares drifted weights, node ids and initial lora_A with a rimc_dump file's tensors d; True when equal."""
     ok = True
     worst = 0.0
     mismatched = total = 0
@@ -432,7 +432,12 @@ def check(dump_path, weights, drifted, lora_a0, samples, student, nodes):
             print(f"check: {name}: lora_A differs from rimc's")
             ok = False
     print(f"check: drifted weights: {mismatched} of {total} differ from rimc's (max relative difference {worst:.3g})")
-    ok &= worst < 1e-5
+    return ok and worst < 1e-5
+
+
+def check(dump_path, weights, drifted, lora_a0, samples, student, nodes):
+    d = load_safetensors(dump_path)
+    ok = check_chip(d, drifted, lora_a0, nodes)
     if not np.array_equal(d["samples"].astype(np.int64), samples):
         print(f"check: sample indices {samples} != rimc's {d['samples'].astype(np.int64)}")
         ok = False

@@ -154,24 +154,9 @@ def conv_shape(name):
 def check(path, nodes, drifted, images, rank, seed):
     """Compares this peer's chip with rimc_dump --resnet50's; True when it is the same experiment."""
     d = tc.load_safetensors(path)
-    ok, worst, mismatched, total = True, 0.0, 0, 0
-    for i, (name, kind, *_rest) in enumerate(nodes):
-        if kind not in ("conv", "linear"):
-            continue
-        w = drifted[name]
-        ref = d[name + ".weight"].reshape(w.shape)
-        mismatched += int((ref != w).sum())
-        total += w.size
-        worst = max(worst, float(np.abs(ref - w).max() / max(np.abs(ref).max(), 1e-30)))
-        if int(d[name + ".node_id"][0]) != i:
-            print(f"check: {name}: node id {i}, rimc {int(d[name + '.node_id'][0])}")
-            ok = False
-        a0 = tc.initial_lora_a((rank,) + w.shape[1:], i, seed)
-        if not np.array_equal(d[name + ".lora_A"].reshape(a0.shape), a0):
-            print(f"check: {name}: lora_A differs from rimc's")
-            ok = False
-    print(f"check: drifted weights: {mismatched} of {total} differ from rimc's (max relative difference {worst:.3g})")
-    ok &= worst < 1e-5
+    lora_a0 = {name: tc.initial_lora_a((rank,) + drifted[name].shape[1:], i, seed)
+               for i, (name, kind, *_rest) in enumerate(nodes) if kind in ("conv", "linear")}
+    ok = tc.check_chip(d, drifted, lora_a0, nodes)
     ref = d["images"]
     if ref.size != images.numel():
         print(f"check: images: rimc's dump holds {ref.size} values, this run {images.numel()} "
