@@ -346,9 +346,15 @@ TEST_SUITE("isa tiers") {
         std::vector<float> only(static_cast<std::size_t>(n));
         detail::dac_codes(x.data(), n, 0.5f, 127.0f, only.data(), nullptr, t);
         CHECK(same_bits(ref, only));
+        std::vector<float> in_place(x.data(), x.data() + n), in_place_sq(static_cast<std::size_t>(n));
+        detail::dac_codes(in_place.data(), n, 0.5f, 127.0f, in_place.data(), in_place_sq.data(), t);
+        CHECK(same_bits(ref, in_place));
+        CHECK(same_bits(ref_sq, in_place_sq));
       });
     }
-    for (const std::int64_t C : {1, 7, 16, 20, 33, 64}) {
+    // C <= 16, 32 and 64 with one input scale take the register-resident form on AVX-512 (40: an
+    // empty fourth chunk); 65 and a per-row scale the general one
+    for (const std::int64_t C : {1, 7, 16, 20, 32, 33, 40, 64, 65}) {
       const std::int64_t M = 5, ldy = C + 3;
       const auto cur = test::random_tensor(Shape{M * C}, 31, layout::nchw, -1.5f, 1.5f);
       const auto f = test::random_tensor(Shape{C}, 32, layout::nchw, 0.1f, 2.0f);
@@ -376,8 +382,10 @@ TEST_SUITE("isa tiers") {
           if (tail > 0) a.gain = gain.data();
           if (tail > 1) a.bias = bias.data();
           a.relu = tail > 2;
-          for (const bool overwrite : {false, true}) {
-            const float* xs = overwrite ? xscale.data() : nullptr;
+          for (int variant = 0; variant < 4; ++variant) {
+            const bool overwrite = variant % 2 == 1;
+            const float* xs = variant < 2 ? nullptr : xscale.data();
+            CAPTURE(variant);
             std::vector<float> ref(y0.data(), y0.data() + M * ldy);
             detail::portable::adc_rows(a, cur.data(), M, C, xs, 0.75f, 2.0f, ref.data(), ldy, overwrite);
             for_each_tier([&](isa_tier t) {

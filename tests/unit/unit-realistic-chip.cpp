@@ -194,6 +194,43 @@ TEST_SUITE("realistic chip") {
     CHECK_THROWS_WITH_AS(bad.validate(), "[rimc.value_error] adc_config: headroom must be finite, got nan", value_error);
   }
 
+  TEST_CASE("the per-tile convolution kernel gives the same bits for channels-first and channels-last sources") {
+    // The tiles' input channels reach them by different ways (read straight through the DAC, gathered
+    // per pixel, gathered per channel plane, copied whole), each an element-wise copy or DAC code, so
+    // both layouts give the same outputs bit for bit. 14 images of 16 x 16 with 20 outputs make two
+    // groups, so every source is copied; 40 channels split over six row blocks of 7 channels.
+    const conv2d_params geometry{{1, 1}, {1, 1}};
+    for (const std::int64_t C : {1, 3, 40}) {
+      const Tensor w = test::random_tensor(Shape{20, C, 3, 3}, 13);
+      const Tensor nhwc = test::random_tensor(Shape{14, C, 16, 16}, 14, layout::nhwc, 0.0f, 1.5f);
+      const Tensor nchw = nhwc.to_layout(layout::nchw);
+      for (const bool dac : {false, true})
+        for (const bool reading : {false, true}) {
+          CAPTURE(C);
+          CAPTURE(dac);
+          CAPTURE(reading);
+          periphery_config p;
+          if (dac) p.dac = dac_config{8, dac_scaling::fixed, 1.0};  // clips the inputs above 1 too
+          p.adc = adc_config{8, adc_range_mode::percentile, 0.0, 99.0};
+          if (reading) p.read = read_noise::proportional(0.1);
+          p.noise_seed = 15;
+          auto run = [&](const Tensor& src) {  // a fresh layer: the noise depends on the call count
+            basic_analog_conv2d<small_tile> layer(w, std::nullopt, geometry, options());
+            layer.set_periphery(p);
+            layer.calibrate_adc(nhwc);
+            REQUIRE(layer.conv_kernel_exact());
+            REQUIRE(layer.array().tile_grid_rows() == (C == 40 ? 6 : 1));
+            Tensor y;
+            layer.forward_tiles(src, y, tile_kernel::conv);
+            return y;
+          };
+          const Tensor a = run(nhwc), b = run(nchw);
+          CHECK(a.memory_layout() == b.memory_layout());
+          CHECK(a == b);
+        }
+    }
+  }
+
   TEST_CASE("with read noise the per-tile convolution kernel draws the GEMM kernel's noise") {
     // Same counters, same variances up to float rounding: the two kernels agree closely, the noise is
     // fresh per call, and neither depends on the thread count.

@@ -552,24 +552,33 @@ class basic_analog_conv2d {
           bool squared = false;
           if (ng < N || chn < C_in || dac) {
             // The group's images, the tile's input channels, through the DAC (with read noise, the
-            // codes' squares in the same pass where the channels are contiguous).
+            // codes' squares in the same pass). Where they are one contiguous run of src (channels-last
+            // with every channel, or a single channel) the DAC reads src directly; otherwise they are
+            // gathered first (channels-first source: one plane at a time) and quantised in place.
+            // Every code is the same element-wise quantise_unit, whichever way it is reached.
             xb.ensure(Shape{ng, chn, H, W}, layout::nhwc);
-            squared = reading && dac && ch_stride == 1;
+            squared = reading && dac;
             if (squared) xsq.ensure(xb.shape(), layout::nhwc);
-            for (std::int64_t n = 0; n < ng; ++n)
-              for (std::int64_t h = 0; h < H; ++h)
-                for (std::int64_t w = 0; w < W; ++w) {
-                  const auto at = xb.offset(n, 0, h, w);
-                  float* d = xb.data() + at;
-                  const float* sp = src.data() + src.offset(n0 + n, ch0, h, w);
-                  if (dac && ch_stride == 1) {
-                    detail::dac_codes(sp, chn, inv, steps, d, squared ? xsq.data() + at : nullptr, plan.tier);
-                  } else if (dac) {
-                    for (std::int64_t ch = 0; ch < chn; ++ch) d[ch] = detail::quantise_unit(sp[ch * ch_stride], inv, steps);
-                  } else {
-                    for (std::int64_t ch = 0; ch < chn; ++ch) d[ch] = sp[ch * ch_stride];
-                  }
+            const auto HW = H * W, count = ng * HW * chn;
+            float* d = xb.data();
+            const float* from = d;
+            if (chn == C_in && (ch_stride == 1 || C_in == 1)) {
+              from = src.data() + src.offset(n0, 0, 0, 0);
+              if (!dac) std::copy(from, from + count, d);
+            } else if (ch_stride == 1) {
+              for (std::int64_t p = 0; p < ng * HW; ++p) {
+                const float* sp = src.data() + (n0 * HW + p) * C_in + ch0;
+                std::copy(sp, sp + chn, d + p * chn);
+              }
+            } else {
+              for (std::int64_t n = 0; n < ng; ++n)
+                for (std::int64_t ch = 0; ch < chn; ++ch) {
+                  const float* sp = src.data() + src.offset(n0 + n, ch0 + ch, 0, 0);
+                  float* dp = d + n * HW * chn + ch;
+                  for (std::int64_t p = 0; p < HW; ++p) dp[p * chn] = sp[p];
                 }
+            }
+            if (dac) detail::dac_codes(from, count, inv, steps, d, squared ? xsq.data() : nullptr, plan.tier);
             xin = &xb;
           }
           if (reading && !squared) {  // the squared inputs, whose convolution with the variance matrix is each read's variance

@@ -635,12 +635,61 @@ __attribute__((target("avx512f"))) inline void dac_codes(const float* src, std::
   }
 }
 
+/// adc_rows for rows of V * 16 columns or fewer (C <= 16 V) with one input
+/// scale for every row: the per-column constants (xs f, the ADC factors,
+/// gain and bias) are loaded once into registers instead of once per row;
+/// the same operations on the same values as the general loop below.
+template <int V>
+__attribute__((target("avx512f"))) inline void adc_rows_fixed_scale(const adc_readout& a, const float* current,
+                                                                    std::int64_t M, std::int64_t C, float xs_all,
+                                                                    float* y, std::int64_t ldy, bool overwrite) {
+  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
+  const bool adc = a.steps > 0, per_col = adc && a.to_steps;
+  const __m512 hi = _mm512_set1_ps(a.steps), lo = _mm512_set1_ps(-a.steps), magic = _mm512_set1_ps(12582912.0f);
+  const __m512 zero = _mm512_setzero_ps(), xs = _mm512_set1_ps(xs_all);
+  __mmask16 k[V];
+  __m512 xf[V], to[V], lsb[V], gain[V], bias[V];
+  for (int v = 0; v < V; ++v) {
+    const std::int64_t j = 16 * v;
+    k[v] = static_cast<__mmask16>(C - j >= 16 ? 0xFFFFu : C > j ? (1u << (C - j)) - 1u : 0u);
+    xf[v] = _mm512_mul_round_ps(xs, _mm512_maskz_loadu_ps(k[v], a.factor + j), cur);
+    to[v] = per_col ? _mm512_maskz_loadu_ps(k[v], a.to_steps + j) : _mm512_set1_ps(a.to_all);
+    lsb[v] = per_col ? _mm512_maskz_loadu_ps(k[v], a.lsb + j) : _mm512_set1_ps(a.lsb_all);
+    gain[v] = a.gain ? _mm512_maskz_loadu_ps(k[v], a.gain + j) : zero;
+    bias[v] = a.bias ? _mm512_maskz_loadu_ps(k[v], a.bias + j) : zero;
+  }
+  for (std::int64_t m = 0; m < M; ++m) {
+    const float* cm = current + m * C;
+    float* ym = y + m * ldy;
+    for (int v = 0; v < V; ++v) {
+      const __m512 c = _mm512_maskz_loadu_ps(k[v], cm + 16 * v);
+      __m512 t;
+      if (adc) {
+        const __m512 code = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_mul_round_ps(c, to[v], cur)));
+        const __m512 q = _mm512_sub_round_ps(_mm512_add_round_ps(code, magic, cur), magic, cur);
+        t = _mm512_mul_round_ps(xf[v], _mm512_mul_round_ps(q, lsb[v], cur), cur);
+      } else {
+        t = _mm512_mul_round_ps(xf[v], c, cur);
+      }
+      __m512 u = _mm512_add_round_ps(overwrite ? zero : _mm512_maskz_loadu_ps(k[v], ym + 16 * v), t, cur);
+      if (a.gain) {
+        u = _mm512_add_round_ps(_mm512_mul_round_ps(u, gain[v], cur), bias[v], cur);
+        if (a.relu) u = _mm512_max_ps(zero, u);
+      }
+      _mm512_mask_storeu_ps(ym + 16 * v, k[v], u);
+    }
+  }
+}
+
 /// portable::adc_rows, 16 columns a step (masked tail), the epilogue applied
 /// in the same pass. std::max(v, lo) is _mm512_max_ps(lo, v) and
 /// std::min(v, hi) _mm512_min_ps(hi, v): the same result for NaN and +-0.
 __attribute__((target("avx512f"))) inline void adc_rows(const adc_readout& a, const float* current, std::int64_t M,
                                                         std::int64_t C, const float* xscale, float xscale_all,
                                                         float place, float* y, std::int64_t ldy, bool overwrite) {
+  if (!xscale && C <= 16) return adc_rows_fixed_scale<1>(a, current, M, C, xscale_all * place, y, ldy, overwrite);
+  if (!xscale && C <= 32) return adc_rows_fixed_scale<2>(a, current, M, C, xscale_all * place, y, ldy, overwrite);
+  if (!xscale && C <= 64) return adc_rows_fixed_scale<4>(a, current, M, C, xscale_all * place, y, ldy, overwrite);
   constexpr int cur = _MM_FROUND_CUR_DIRECTION;
   const bool adc = a.steps > 0, per_col = adc && a.to_steps;
   const __m512 hi = _mm512_set1_ps(a.steps), lo = _mm512_set1_ps(-a.steps), magic = _mm512_set1_ps(12582912.0f);

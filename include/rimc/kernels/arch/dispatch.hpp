@@ -206,6 +206,7 @@ inline void add_read_noise(const float* current, const float* variance, const fl
 /// dst[i] = quantise_unit(src[i], inv_scale, steps) for i in [0, n): the DAC
 /// code round_half_even(clamp(src inv_scale, -1, 1) steps) / steps; with
 /// `squares`, squares[i] = dst[i] dst[i] too (the read-noise variance's input).
+/// src may be dst (quantised in place).
 inline void dac_codes(const float* src, std::int64_t n, float inv_scale, float steps, float* dst, float* squares,
                       isa_tier tier) {
   RIMC_ISA_CALL(tier, dac_codes, src, n, inv_scale, steps, dst, squares);
