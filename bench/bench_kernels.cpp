@@ -11,9 +11,15 @@
 // (bytes_per_second counts both), the bound of memory-bound kernels;
 // normal_fill/<tier>: the read-noise generator on one thread, per tier
 // (counter s_per_normal; every tier gives the same bits).
+// read_convs/{pair,grouped}/<shape>: what a read-noise tile block's two
+// convolutions cost on one thread (the tile path's image groups and tile
+// channel counts of ResNet-20): the current's and the variance's as two
+// calls, or as one grouped convolution (two groups; counter differing: the
+// outputs whose bits differ from the pair's).
 
 #include <rimc/kernels/conv2d.hpp>
 #include <rimc/kernels/reference.hpp>
+#include <rimc/core/parallel.hpp>
 #include <rimc/core/random.hpp>
 #include <rimc/kernels/arch/dispatch.hpp>
 
@@ -21,6 +27,7 @@
 #include <immintrin.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -310,6 +317,67 @@ void normal_fill(benchmark::State& state, rimc::isa_tier tier) {
                                                       benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
+/// The tile path's blocks under read noise: images per group (about 256 KiB
+/// of output), input channels per 256-row tile (whole channels of 3 x 3).
+std::vector<conv_shape> read_conv_shapes() {
+  return {{"resnet20_28", 5, 1, 16, 28, 3, 1, 1},  {"resnet20_32", 4, 3, 16, 32, 3, 1, 1},
+          {"resnet20_28", 5, 16, 16, 28, 3, 1, 1}, {"resnet20_28", 10, 16, 32, 28, 3, 2, 1},
+          {"resnet20_28", 10, 28, 32, 14, 3, 1, 1}, {"resnet20_28", 20, 28, 64, 14, 3, 2, 1},
+          {"resnet20_28", 20, 28, 64, 7, 3, 1, 1}};
+}
+
+/// The current's and the variance's convolutions of one block, channels-last,
+/// on one thread: two conv2d calls, or one with groups = 2 (codes and squares
+/// interleaved per pixel, output [currents | variances] per pixel).
+void read_convs(benchmark::State& state, const conv_shape& s, bool grouped) {
+  const thread_count_guard one(1);
+  conv2d_params p;
+  p.stride = {s.stride, s.stride};
+  p.padding = {s.pad, s.pad};
+  Tensor w(Shape{s.o, s.c, s.k, s.k}), wv(Shape{s.o, s.c, s.k, s.k});
+  fill_uniform(w, counter_rng(1), -1.0f, 1.0f);
+  fill_uniform(wv, counter_rng(2), 0.0f, 1.0f);
+  Tensor x(Shape{s.n, s.c, s.hw, s.hw}, layout::nhwc), xsq(Shape{s.n, s.c, s.hw, s.hw}, layout::nhwc);
+  fill_uniform(x, counter_rng(3), -1.0f, 1.0f);
+  for (std::int64_t i = 0; i < x.numel(); ++i) xsq.data()[i] = x.data()[i] * x.data()[i];
+  const conv2d cur(w, std::nullopt, p), var(wv, std::nullopt, p);
+  Tensor y, yv;
+  cur.forward(x, y);
+  var.forward(xsq, yv);
+  const double flops = 2.0 * 2.0 * static_cast<double>(y.numel()) * static_cast<double>(s.c * s.k * s.k);
+  if (!grouped) {
+    for (auto _ : state) {
+      cur.forward(x, y);
+      var.forward(xsq, yv);
+    }
+    set_counters(state, flops, "two calls");
+    return;
+  }
+  Tensor wg(Shape{2 * s.o, s.c, s.k, s.k}), xg(Shape{s.n, 2 * s.c, s.hw, s.hw}, layout::nhwc), yg;
+  std::copy_n(w.data(), w.numel(), wg.data());
+  std::copy_n(wv.data(), wv.numel(), wg.data() + w.numel());
+  for (std::int64_t q = 0; q < s.n * s.hw * s.hw; ++q)
+    for (std::int64_t c = 0; c < s.c; ++c) {
+      xg.data()[q * 2 * s.c + c] = x.data()[q * s.c + c];
+      xg.data()[q * 2 * s.c + s.c + c] = xsq.data()[q * s.c + c];
+    }
+  conv2d_params pg = p;
+  pg.groups = 2;
+  const conv2d both(wg, std::nullopt, pg);
+  for (auto _ : state) both.forward(xg, yg);
+  // Whether one call gives the pair's sums: outputs whose bits differ.
+  const Tensor yn = y.to_layout(layout::nhwc), yvn = yv.to_layout(layout::nhwc), ygn = yg.to_layout(layout::nhwc);
+  std::int64_t differ = 0;
+  const auto pixels = yn.numel() / s.o;
+  for (std::int64_t q = 0; q < pixels; ++q)
+    for (std::int64_t o = 0; o < s.o; ++o) {
+      differ += ygn.data()[q * 2 * s.o + o] != yn.data()[q * s.o + o];
+      differ += ygn.data()[q * 2 * s.o + s.o + o] != yvn.data()[q * s.o + o];
+    }
+  state.counters["differing"] = static_cast<double>(differ);
+  set_counters(state, flops, "one grouped call");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -319,6 +387,12 @@ int main(int argc, char** argv) {
   for (const auto tier : {rimc::isa_tier::scalar, rimc::isa_tier::avx2, rimc::isa_tier::avx512})
     benchmark::RegisterBenchmark(("normal_fill/" + std::string(rimc::to_string(tier))).c_str(), normal_fill, tier)
         ->UseRealTime();
+  for (const auto& s : read_conv_shapes()) {
+    for (const bool grouped : {false, true})
+      benchmark::RegisterBenchmark(
+          ("read_convs/" + std::string(grouped ? "grouped/" : "pair/") + name_of(s)).c_str(), read_convs, s, grouped)
+          ->UseRealTime();
+  }
   for (const auto& s : shapes()) {
     const std::string n = name_of(s);
     benchmark::RegisterBenchmark(("conv_fwd/rimc/" + n).c_str(), rimc_forward, s)->UseRealTime();

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Summarises bench_kernels JSON: per shape, rimc's wrapper vs the direct oneDNN
-primitive (GFLOPS and their ratio), the reference, and the share of the FMA peak.
+primitive (GFLOPS and their ratio), the reference, and the share of the FMA peak;
+then the read-noise block's two convolutions as a pair of calls vs one grouped call.
 
 Uses the median aggregate when the run had --benchmark_repetitions, else the single run.
 
@@ -15,12 +16,15 @@ def main(path):
     with open(path) as f:
         data = json.load(f)
     rows = {}
+    differing = {}
     for b in data["benchmarks"]:
         if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
             continue
         name = b["run_name"] if "run_name" in b else b["name"]
         name = name.replace("/iterations:1", "").replace("/real_time", "")
-        rows.setdefault(name, []).append((b.get("run_type"), b["GFLOPS"], b.get("label", ""), b["real_time"],
+        if "differing" in b:
+            differing[name] = b["differing"]
+        rows.setdefault(name, []).append((b.get("run_type"), b.get("GFLOPS", float("nan")), b.get("label", ""), b["real_time"],
                                           b.get("time_unit", "ns")))
     value = {}
     for name, entries in rows.items():
@@ -54,6 +58,15 @@ def main(path):
     for op, r in ratios.items():
         if r:
             print(f"{op}: rimc/direct median {statistics.median(r):.3f}, min {min(r):.3f} over {len(r)} shapes")
+    pairs = [n[len("read_convs/pair/"):] for n in value if n.startswith("read_convs/pair/")]
+    if pairs:
+        print(f"\n{'read-noise block':44} {'pair':>9} {'grouped':>9} {'speedup':>7} {'differing':>9}")
+    for shape in pairs:
+        pair, grouped = value[f"read_convs/pair/{shape}"], value.get(f"read_convs/grouped/{shape}")
+        if grouped is None or pair[3] != grouped[3]:
+            continue
+        print(f"{shape:44} {pair[2]:9.1f} {grouped[2]:9.1f} {pair[2] / grouped[2]:7.2f} "
+              f"{differing.get(f'read_convs/grouped/{shape}', float('nan')):9.0f}  ({pair[3]})")
     if r20_peak:
         print(f"ResNet-20 shapes (rimc, forward and backward-data): median {100 * statistics.median(r20_peak):.1f}% "
               f"of the FMA peak, max {100 * max(r20_peak):.1f}%")
