@@ -64,6 +64,7 @@ struct args {
   drift_bounds bounds = drift_bounds::physical;
   bool realistic = false;  // --chip realistic
   sweep::flags run;        // --resume, --merge, --shard
+  bool threads_given = false;  // --threads on the command line (else this process's share of its node)
 
   /// A chip of the sweep before its setting: the drift bounds, and the realistic periphery and faults if asked.
   [[nodiscard]] lab::chip_config chip() const {
@@ -73,15 +74,15 @@ struct args {
   }
 };
 
-args parse(int argc, char** argv, int default_threads) {
+args parse(int argc, char** argv) {
   args a;
-  a.threads = default_threads;
+  a.threads = sweep::default_threads(1);  // until MPI tells this process's share (main)
   std::string loss_path = "automatic", bounds = "physical", chip = "ideal";
   cli::command_line cl("calibration_sweeps",
                        "The paper's figures on Fashion-MNIST: accuracy of every recovery method on many drifted chips.");
   cl.choice("--sweep", a.sweep, "which sweep", {"rho", "time", "samples", "bp-tune", "resnet50"})->required();
   cl.number("--seeds", a.seeds, "chips (drift seeds 1..n) per setting", 1, 100000);
-  cl.threads(a.threads);
+  const CLI::Option* threads = cl.threads(a.threads);
   cl.number("--steps", a.steps, "Adam steps per layer (feature KD)", 0, 1000000);
   cl.number("--lr", a.lr, "Adam learning rate (feature KD), > 0", 0.0, 100.0);
   cl.choice("--loss-path", loss_path, "how each calibration step is computed (both exact)",
@@ -135,6 +136,7 @@ args parse(int argc, char** argv, int default_threads) {
     lab::check_data(a.data, n, a.sweep == "samples" ? "--samples-list" : "--samples", a.test_images);
   });
   cl.parse(argc, argv);
+  a.threads_given = threads->count() > 0;
   return a;
 }
 
@@ -457,9 +459,10 @@ void sweep_resnet50(const args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  args a = sweep::flags_before_session([&] { return parse(argc, argv); });  // before MPI starts
   sweep::session session(argc, argv);
+  if (!a.threads_given) a.threads = session.default_threads();  // this process's share of its node
   try {
-    const args a = parse(argc, argv, session.default_threads());
     set_num_threads(a.threads);
     if (a.sweep == "resnet50") {
       if (session.rank() == 0) sweep_resnet50(a);

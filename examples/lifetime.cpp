@@ -82,6 +82,7 @@ struct args {
   bool dora_teacher_norms = false;  ///< --dora-magnitude teacher
   bool vera_fp16 = false;           ///< --vera-storage fp16
   sweep::flags run;  // --resume, --merge, --shard
+  bool threads_given = false;  // --threads on the command line (else this process's share of its node)
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -91,9 +92,9 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
-args parse(int argc, char** argv, int default_threads) {
+args parse(int argc, char** argv) {
   args a;
-  a.threads = default_threads;
+  a.threads = sweep::default_threads(1);  // until MPI tells this process's share (main)
   std::string presets = "cmo,pcm,neurram,relative", methods = "all";
   cli::command_line cl("lifetime", "A chip's lifetime: every recovery method from 1 s to 10 years, several chips per drift model.");
   cl.text("--presets", presets, "drift models, comma-separated: cmo,pcm,neurram,relative");
@@ -117,7 +118,7 @@ args parse(int argc, char** argv, int default_threads) {
   cl.number("--budget-fraction", a.budget_fraction, "dora_budget's bytes as a share of DoRA's at --rank", 0.0, 1.0);
   cl.number("--test-images", a.test_images, "test images evaluated (the first ones)", std::int64_t{1}, std::int64_t{10000});
   cl.number("--eval-batch", a.eval_batch, "test images per forward", std::int64_t{1}, std::int64_t{10000});
-  cl.threads(a.threads);
+  const CLI::Option* threads = cl.threads(a.threads);
   std::string bounds = "physical", inference = "factorised", magnitude = "drifted", vera_storage = "fp32";
   cl.choice("--inference", inference, lab::inference_help, {"factorised", "merged"});
   cl.choice("--dora-magnitude", magnitude,
@@ -165,6 +166,7 @@ args parse(int argc, char** argv, int default_threads) {
     lab::check_data(a.data, std::max(a.samples, a.offline_images), "--samples", a.test_images);
   });
   cl.parse(argc, argv);
+  a.threads_given = threads->count() > 0;
   return a;
 }
 
@@ -671,9 +673,10 @@ void study::run_chip(std::uint64_t seed) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  args a = sweep::flags_before_session([&] { return parse(argc, argv); });  // before MPI starts
   sweep::session session(argc, argv);
+  if (!a.threads_given) a.threads = session.default_threads();  // this process's share of its node
   try {
-    const args a = parse(argc, argv, session.default_threads());
     set_num_threads(a.threads);
     const auto t0 = std::chrono::steady_clock::now();
     if (session.rank() == 0) std::fprintf(stderr, "loading Fashion-MNIST and the teacher...\n");

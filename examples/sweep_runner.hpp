@@ -542,6 +542,22 @@ inline output run_item(const study& s, std::size_t i, int rank) {
   return std::clamp(std::min(mine, node / std::max(1, local_ranks)), 1, max_threads());
 }
 
+/// A study program's flags, read before its sweep::session starts MPI: `parse()` returns them or
+/// ends the process itself on --help (exit 0) and a bad flag (exit 2), so neither waits for MPI's
+/// start-up (about half a second, more on a loaded machine) nor exits between MPI_Init and
+/// MPI_Finalize; anything else it throws ends the process with exit 1 and the message. The
+/// default --threads depends on the ranks sharing the node, so main settles it once the session
+/// exists (session::default_threads()).
+template <class Parse>
+[[nodiscard]] auto flags_before_session(Parse&& parse) -> decltype(parse()) {
+  try {
+    return parse();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    std::exit(1);
+  }
+}
+
 /// The runner's flags on an example's command line: --resume, --merge, --shard; `shard` and `merge`
 /// hold the raw texts until run_options_of() checks them.
 struct flags {

@@ -11,7 +11,8 @@
 # refuse           --resume with another --steps, with another --threads, while another run holds the
 #                  directory's lock, and over a CSV with a foreign row: each refused with the field and
 #                  both values named, the files left unchanged
-# mpi              mpiexec -n 2: the reference's CSVs; ranks with different --threads are refused
+# mpi              mpiexec -n 2: the reference's CSVs; ranks with different --threads are refused; a rank
+#                  without --threads takes its share of the node
 # mpi-dead-worker  mpiexec -n 2 with rank 1 SIGKILLed with its 2nd item computed: the job fails, the
 #                  finished items are on disk; mpiexec -n 2 --resume ends with the reference's CSVs
 # lifetime-mpi     (SWEEPS_BINARY: the lifetime program) a small lifetime study, 1 process and 2 ranks:
@@ -109,6 +110,20 @@ case "$mode" in
     set -e
     [ "$rc" -ne 0 ] || fail "a job whose ranks use different --threads succeeded"
     grep -qF "rank 1: 'threads_per_process' differs: it was 2, this run has 1" <<<"$out" || { echo "$out" >&2; fail "no refusal message"; }
+    # Without --threads a rank takes its share of the node, known only once MPI has started (the
+    # flags are parsed before): unbound, two ranks on one node get min(affinity, cores / 2), at
+    # least 1. Rank 0 asks for another count, so the refusal names rank 1's default.
+    cores=$(getconf _NPROCESSORS_ONLN) mine=$(nproc)
+    share=$(( cores / 2 < mine ? cores / 2 : mine )); share=$(( share < 1 ? 1 : share ))
+    other=$(( share == 1 ? 2 : 1 ))
+    set +e
+    out=$(ASAN_OPTIONS=detect_leaks=0 "$RIMC_MPIEXEC" --bind-to none -n 1 "$bin" "${base[@]}" --steps 5 --threads "$other" \
+          --out "$work/mpi_default" : -n 1 "$bin" "${base[@]}" --steps 5 --out "$work/mpi_default" 2>&1)
+    rc=$?
+    set -e
+    [ "$rc" -ne 0 ] || fail "a job whose ranks use different threads succeeded"
+    grep -qF "rank 1: 'threads_per_process' differs: it was $share, this run has $other" <<<"$out" ||
+      { echo "$out" >&2; fail "rank 1's default threads are not its share of the node ($share)"; }
     ;;
   mpi-dead-worker)
     d=$work/mpi_dead
