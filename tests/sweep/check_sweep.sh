@@ -113,7 +113,8 @@ case "$mode" in
     # Without --threads a rank takes its share of the node, known only once MPI has started (the
     # flags are parsed before): unbound, two ranks on one node get min(affinity, cores / 2), at
     # least 1. Rank 0 asks for another count, so the refusal names rank 1's default.
-    cores=$(getconf _NPROCESSORS_ONLN) mine=$(nproc)
+    cores=$(getconf _NPROCESSORS_ONLN)
+    mine=$("$py" -c 'import os; print(len(os.sched_getaffinity(0)))')  # not nproc: it honours OMP_NUM_THREADS
     share=$(( cores / 2 < mine ? cores / 2 : mine )); share=$(( share < 1 ? 1 : share ))
     other=$(( share == 1 ? 2 : 1 ))
     set +e
