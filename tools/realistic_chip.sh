@@ -9,8 +9,8 @@
 #   tools/realistic_chip.sh tables   # only print the tables from the CSVs
 #   tools/realistic_chip.sh holdout [tables]
 #       # the ADC headroom chosen on held-out images: the realistic chip (--no-backprop) at headroom
-#       # 1.5, 2, 2.5 and 3 on the same 5 chips, evaluated on test images 0-4999 (where a headroom is
-#       # chosen) and 5000-9999 (where the chosen one is reported); CSVs in $OUT/holdout (about 17 min)
+#       # 1.5, 2, 2.5, 3, 4 and 5 on the same 5 chips, evaluated on test images 0-4999 (where a headroom is
+#       # chosen) and 5000-9999 (where the chosen one is reported); CSVs in $OUT/holdout (about 26 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
@@ -23,7 +23,7 @@ build_demo() {
 }
 if [ "${1:-}" = holdout ]; then
   hold=$out/holdout
-  headrooms="1.5 2 2.5 3"
+  headrooms="1.5 2 2.5 3 4 5"
   if [ "${2:-}" != tables ]; then
     build_demo
     mkdir -p "$hold"
