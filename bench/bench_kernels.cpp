@@ -11,6 +11,13 @@
 // (bytes_per_second counts both), the bound of memory-bound kernels;
 // normal_fill/<tier>: the read-noise generator on one thread, per tier
 // (counter s_per_normal; every tier gives the same bits).
+// normal_fill_candidate/table_quantile/philox{10,7}: a candidate generator
+// that is not rimc's (other bits; AVX-512 only): the same Philox counters,
+// then a per-octave degree-7 polynomial of the quantile (coefficients
+// picked from register tables by the uniform's exponent, FMA steps), with
+// 10 or 7 Philox rounds; counter max_abs_error against a double-precision
+// quantile. It sizes one option for the read-noise speed targets (README,
+// "A realistic chip").
 // read_convs/{pair,grouped}/<shape>: what a read-noise tile block's two
 // convolutions cost on one thread (the tile path's image groups and tile
 // channel counts of ResNet-20): the current's and the variance's as two
@@ -28,6 +35,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
+#include <cmath>
+#include <numbers>
 #include <string>
 #include <vector>
 
@@ -317,6 +327,194 @@ void normal_fill(benchmark::State& state, rimc::isa_tier tier) {
                                                       benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
+// GCC 12 reports the AVX-512 intrinsics' _mm512_undefined_* pass-through operands as uninitialized
+// when they are inlined into a function whose target list differs from theirs (a false positive).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+/// The standard normal quantile in double precision: Acklam's rational
+/// approximation (relative error 1.2e-9) and one Halley step on erfc
+/// (about 1e-15 for p in [2^-26, 1 - 2^-26]).
+double normal_quantile(double p) {
+  static constexpr double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+                                 1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
+  static constexpr double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+                                 6.680131188771972e+01, -1.328068155288572e+01};
+  static constexpr double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+                                 -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
+  static constexpr double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+                                 3.754408661907416e+00};
+  const auto tail = [&](double q) {
+    return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+           ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+  };
+  double x = 0;
+  if (p < 0.02425) {
+    x = tail(std::sqrt(-2 * std::log(p)));
+  } else if (p <= 1 - 0.02425) {
+    const double q = p - 0.5, r = q * q;
+    x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
+        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
+  } else {
+    x = -tail(std::sqrt(-2 * std::log(1 - p)));
+  }
+  const double e = 0.5 * std::erfc(-x / std::numbers::sqrt2) - p;
+  const double u = e * std::sqrt(2 * std::numbers::pi) * std::exp(x * x / 2);
+  return x - u / (1 + x * u / 2);
+}
+
+/// The candidate's quantile: a word's bit 31 is the sign, bits 8-30 the
+/// tail probability q = (m + 0.5) 2^-24 in [2^-25, 0.5); octave k (q in
+/// [2^-(k+2), 2^-(k+1))) is a degree-7 polynomial in t = mantissa - 1.5,
+/// interpolated at Chebyshev nodes, of -quantile(q).
+struct table_quantile {
+  static constexpr int degree = 7, octaves = 24;
+  alignas(64) std::array<std::array<float, 32>, degree + 1> coef{};  // [power][octave], octaves 24-31 unused
+
+  table_quantile() {
+    constexpr int n = degree + 1;
+    for (int k = 0; k < octaves; ++k) {
+      double A[n][n], y[n];
+      for (int j = 0; j < n; ++j) {
+        const double t = 0.5 * std::cos(std::numbers::pi * (j + 0.5) / n);
+        for (int i = 0; i < n; ++i) A[j][i] = std::pow(t, i);
+        y[j] = -normal_quantile((1.5 + t) * std::ldexp(1.0, -(k + 2)));
+      }
+      for (int col = 0; col < n; ++col) {  // Gaussian elimination with partial pivoting
+        int p = col;
+        for (int r = col + 1; r < n; ++r)
+          if (std::abs(A[r][col]) > std::abs(A[p][col])) p = r;
+        std::swap(A[col], A[p]);
+        std::swap(y[col], y[p]);
+        for (int r = col + 1; r < n; ++r) {
+          const double m = A[r][col] / A[col][col];
+          for (int i = col; i < n; ++i) A[r][i] -= m * A[col][i];
+          y[r] -= m * y[col];
+        }
+      }
+      for (int r = n - 1; r >= 0; --r) {
+        double v = y[r];
+        for (int i = r + 1; i < n; ++i) v -= A[r][i] * static_cast<double>(coef[static_cast<std::size_t>(i)][static_cast<std::size_t>(k)]);
+        coef[static_cast<std::size_t>(r)][static_cast<std::size_t>(k)] = static_cast<float>(v / A[r][r]);
+      }
+    }
+  }
+
+  __attribute__((target("avx512f,avx512dq,fma"))) __m512 operator()(__m512i bits, const __m512 (&lo)[degree + 1],
+                                                                     const __m512 (&hi)[degree + 1]) const {
+    const __m512i sign = _mm512_and_si512(bits, _mm512_set1_epi32(INT32_MIN));
+    const __m512i m = _mm512_and_si512(_mm512_srli_epi32(bits, 8), _mm512_set1_epi32(0x7FFFFF));
+    const __m512 q = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(m), _mm512_set1_ps(0.5f)), _mm512_set1_ps(0x1p-24f));
+    const __m512i idx = _mm512_sub_epi32(_mm512_set1_epi32(-2), _mm512_cvttps_epi32(_mm512_getexp_ps(q)));
+    const __m512 t = _mm512_sub_ps(_mm512_getmant_ps(q, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero), _mm512_set1_ps(1.5f));
+    __m512 p = _mm512_permutex2var_ps(lo[degree], idx, hi[degree]);
+    for (int i = degree - 1; i >= 0; --i) p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(lo[i], idx, hi[i]));
+    return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(p), sign));
+  }
+
+  /// The scalar form of one word (double arithmetic on the float coefficients), for the error check.
+  [[nodiscard]] double at(std::uint32_t w) const {
+    const double q = (static_cast<double>((w >> 8) & 0x7FFFFFu) + 0.5) * 0x1p-24;
+    int e = 0;
+    const double f = 2 * std::frexp(q, &e);  // q = f 2^(e-1), f in [1, 2)
+    const auto k = static_cast<std::size_t>(-(e - 1) - 2);
+    double p = coef[degree][k];
+    for (int i = degree - 1; i >= 0; --i) p = p * (f - 1.5) + coef[static_cast<std::size_t>(i)][k];
+    return (w >> 31) ? -p : p;
+  }
+};
+
+/// normal_fill's counters and output order, then Philox with `rounds` rounds and the table quantile:
+/// 128 normals a step from index `first` (a multiple of 128; n too).
+template <int rounds>
+__attribute__((target("avx512f,avx512dq,fma"))) void candidate_fill(const table_quantile& tq, std::uint64_t seed,
+                                                                    std::uint64_t stream, std::uint64_t first,
+                                                                    std::int64_t n, float* out) {
+  constexpr int D = table_quantile::degree;
+  __m512 lo[D + 1], hi[D + 1];
+  for (std::size_t i = 0; i <= D; ++i) {
+    lo[i] = _mm512_load_ps(tq.coef[i].data());
+    hi[i] = _mm512_load_ps(tq.coef[i].data() + 16);
+  }
+  const auto k0 = static_cast<std::uint32_t>(seed), k1 = static_cast<std::uint32_t>(seed >> 32);
+  const __m512i s0 = _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream)));
+  const __m512i s1 = _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream >> 32)));
+  const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m512i idx_lo = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i idx_hi = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512i m0 = _mm512_set1_epi64(0xD2511F53), m1 = _mm512_set1_epi64(0xCD9E8D57);
+  constexpr __mmask16 odd = 0xAAAA;
+  for (std::int64_t at = 0; at < n; at += 128) {
+    const std::uint64_t block = (first + static_cast<std::uint64_t>(at)) / 4;
+    __m512i x[2][4];
+    for (int g = 0; g < 2; ++g) {
+      const __m512i b0 = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(block + 16 * static_cast<unsigned>(g))), lane);
+      const __m512i b1 = _mm512_add_epi64(b0, _mm512_set1_epi64(8));
+      x[g][0] = _mm512_permutex2var_epi32(b0, idx_lo, b1);
+      x[g][1] = _mm512_permutex2var_epi32(b0, idx_hi, b1);
+      x[g][2] = s0;
+      x[g][3] = s1;
+    }
+    std::uint32_t c0 = k0, c1 = k1;
+    for (int r = 0; r < rounds; ++r) {  // rimc::detail::avx512::philox16_zmm's round
+      const __m512i key0 = _mm512_set1_epi32(static_cast<int>(c0)), key1 = _mm512_set1_epi32(static_cast<int>(c1));
+      for (auto& xg : x) {
+        const __m512i e0 = _mm512_mul_epu32(xg[0], m0), o0 = _mm512_mul_epu32(_mm512_srli_epi64(xg[0], 32), m0);
+        const __m512i e2 = _mm512_mul_epu32(xg[2], m1), o2 = _mm512_mul_epu32(_mm512_srli_epi64(xg[2], 32), m1);
+        const __m512i lo0 = _mm512_mask_blend_epi32(odd, e0, _mm512_slli_epi64(o0, 32));
+        const __m512i hi0 = _mm512_mask_blend_epi32(odd, _mm512_srli_epi64(e0, 32), o0);
+        const __m512i lo2 = _mm512_mask_blend_epi32(odd, e2, _mm512_slli_epi64(o2, 32));
+        const __m512i hi2 = _mm512_mask_blend_epi32(odd, _mm512_srli_epi64(e2, 32), o2);
+        const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi2, xg[1]), key0);
+        const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, xg[3]), key1);
+        xg[1] = lo2;
+        xg[3] = lo0;
+        xg[0] = n0;
+        xg[2] = n2;
+      }
+      c0 += 0x9E3779B9u;
+      c1 += 0xBB67AE85u;
+    }
+    for (int g = 0; g < 2; ++g) {
+      rimc::detail::avx512::blocks_to_output_order(x[g]);
+      for (int q = 0; q < 4; ++q) _mm512_storeu_ps(out + at + 64 * g + 16 * q, tq(x[g][q], lo, hi));
+    }
+  }
+}
+
+/// The candidate generator on one thread, as normal_fill/<tier> (65,536 normals a fresh range every
+/// iteration); max_abs_error: the table quantile against normal_quantile over every 23-bit tail
+/// probability below 2^-12 and every 61st above, both signs.
+template <int rounds>
+void normal_fill_candidate(benchmark::State& state) {
+  if (rimc::detected_isa() != rimc::isa_tier::avx512) {
+    state.SkipWithError("the CPU lacks AVX-512");
+    return;
+  }
+  static const table_quantile tq;
+  double worst = 0;
+  for (std::uint32_t m = 0; m < (1u << 23); m += m < (1u << 11) ? 1 : 61)
+    for (const std::uint32_t sign : {0u, 1u << 31}) {
+      const std::uint32_t w = sign | (m << 8);
+      const double q = (static_cast<double>(m) + 0.5) * 0x1p-24;
+      const double want = sign ? normal_quantile(q) : -normal_quantile(q);
+      worst = std::max(worst, std::abs(tq.at(w) - want));
+    }
+  constexpr std::int64_t n = 1 << 16;
+  std::vector<float> out(static_cast<std::size_t>(n));
+  std::uint64_t first = 0;
+  for (auto _ : state) {
+    candidate_fill<rounds>(tq, 42, 7, first, n, out.data());
+    benchmark::DoNotOptimize(out.data());
+    first += n;
+  }
+  state.counters["s_per_normal"] = benchmark::Counter(static_cast<double>(n) * static_cast<double>(state.iterations()),
+                                                      benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["max_abs_error"] = worst;
+}
+
+#pragma GCC diagnostic pop
+
 /// The tile path's blocks under read noise: images per group (about 256 KiB
 /// of output), input channels per 256-row tile (whole channels of 3 x 3).
 std::vector<conv_shape> read_conv_shapes() {
@@ -387,6 +585,8 @@ int main(int argc, char** argv) {
   for (const auto tier : {rimc::isa_tier::scalar, rimc::isa_tier::avx2, rimc::isa_tier::avx512})
     benchmark::RegisterBenchmark(("normal_fill/" + std::string(rimc::to_string(tier))).c_str(), normal_fill, tier)
         ->UseRealTime();
+  benchmark::RegisterBenchmark("normal_fill_candidate/table_quantile/philox10", normal_fill_candidate<10>)->UseRealTime();
+  benchmark::RegisterBenchmark("normal_fill_candidate/table_quantile/philox7", normal_fill_candidate<7>)->UseRealTime();
   for (const auto& s : read_conv_shapes()) {
     for (const bool grouped : {false, true})
       benchmark::RegisterBenchmark(
