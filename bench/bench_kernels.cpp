@@ -438,44 +438,11 @@ __attribute__((target("avx512f,avx512dq,fma"))) void candidate_fill(const table_
   __m512 lo[D + 1], hi[D + 1];
   tq.load(lo, hi);
   const auto k0 = static_cast<std::uint32_t>(seed), k1 = static_cast<std::uint32_t>(seed >> 32);
-  const __m512i s0 = _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream)));
-  const __m512i s1 = _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream >> 32)));
-  const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m512i idx_lo = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i idx_hi = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  const __m512i m0 = _mm512_set1_epi64(0xD2511F53), m1 = _mm512_set1_epi64(0xCD9E8D57);
-  constexpr __mmask16 odd = 0xAAAA;
+  const rimc::detail::avx512::philox16_counters counters(stream);
   for (std::int64_t at = 0; at < n; at += 128) {
-    const std::uint64_t block = (first + static_cast<std::uint64_t>(at)) / 4;
     __m512i x[2][4];
-    for (int g = 0; g < 2; ++g) {
-      const __m512i b0 = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(block + 16 * static_cast<unsigned>(g))), lane);
-      const __m512i b1 = _mm512_add_epi64(b0, _mm512_set1_epi64(8));
-      x[g][0] = _mm512_permutex2var_epi32(b0, idx_lo, b1);
-      x[g][1] = _mm512_permutex2var_epi32(b0, idx_hi, b1);
-      x[g][2] = s0;
-      x[g][3] = s1;
-    }
-    std::uint32_t c0 = k0, c1 = k1;
-    for (int r = 0; r < rounds; ++r) {  // rimc::detail::avx512::philox16_zmm's round
-      const __m512i key0 = _mm512_set1_epi32(static_cast<int>(c0)), key1 = _mm512_set1_epi32(static_cast<int>(c1));
-      for (auto& xg : x) {
-        const __m512i e0 = _mm512_mul_epu32(xg[0], m0), o0 = _mm512_mul_epu32(_mm512_srli_epi64(xg[0], 32), m0);
-        const __m512i e2 = _mm512_mul_epu32(xg[2], m1), o2 = _mm512_mul_epu32(_mm512_srli_epi64(xg[2], 32), m1);
-        const __m512i lo0 = _mm512_mask_blend_epi32(odd, e0, _mm512_slli_epi64(o0, 32));
-        const __m512i hi0 = _mm512_mask_blend_epi32(odd, _mm512_srli_epi64(e0, 32), o0);
-        const __m512i lo2 = _mm512_mask_blend_epi32(odd, e2, _mm512_slli_epi64(o2, 32));
-        const __m512i hi2 = _mm512_mask_blend_epi32(odd, _mm512_srli_epi64(e2, 32), o2);
-        const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi2, xg[1]), key0);
-        const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, xg[3]), key1);
-        xg[1] = lo2;
-        xg[3] = lo0;
-        xg[0] = n0;
-        xg[2] = n2;
-      }
-      c0 += 0x9E3779B9u;
-      c1 += 0xBB67AE85u;
-    }
+    counters.load<2>((first + static_cast<std::uint64_t>(at)) / 4, x);
+    rimc::detail::avx512::philox16_zmm<2, rounds>(x, k0, k1);
     for (int g = 0; g < 2; ++g) {
       rimc::detail::avx512::blocks_to_output_order(x[g]);
       for (int q = 0; q < 4; ++q) _mm512_storeu_ps(out + at + 64 * g + 16 * q, tq(x[g][q], lo, hi));

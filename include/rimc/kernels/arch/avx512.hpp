@@ -419,12 +419,13 @@ __attribute__((target("avx512f"))) inline void adam_update(float* p, const float
 
 /// Philox4x32-10 on 16 G counters, one per lane (philox16_portable::run):
 /// word w of block 16 g + l in lane l of register x[g][w]. The G groups'
-/// rounds interleave, so their multiply latencies overlap.
-template <int G>
+/// rounds interleave, so their multiply latencies overlap. (Rounds other
+/// than 10 only for bench_kernels' candidate generators.)
+template <int G, int Rounds = 10>
 __attribute__((target("avx512f"))) inline void philox16_zmm(__m512i (&x)[G][4], std::uint32_t k0, std::uint32_t k1) {
   const __m512i m0 = _mm512_set1_epi64(0xD2511F53), m1 = _mm512_set1_epi64(0xCD9E8D57);
   constexpr __mmask16 odd = 0xAAAA;
-  for (int round = 0; round < 10; ++round) {
+  for (int round = 0; round < Rounds; ++round) {
     const __m512i key0 = _mm512_set1_epi32(static_cast<int>(k0)), key1 = _mm512_set1_epi32(static_cast<int>(k1));
     for (int g = 0; g < G; ++g) {
       // lo / hi words of m0 * x0 and m1 * x2, lane by lane: even lanes from one VPMULUDQ, odd from another
@@ -546,6 +547,29 @@ __attribute__((target("avx512f"))) inline void normal_from_bits(const __m512i (&
   }
 }
 
+/// normal_fill's Philox inputs: counters block + 16 g + l (lane l of group
+/// g) as the low and high words of 16 64-bit numbers, the stream's two words.
+struct philox16_counters {
+  __m512i s0, s1, lane, idx_lo, idx_hi;
+  __attribute__((target("avx512f"))) explicit philox16_counters(std::uint64_t stream)
+      : s0(_mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream)))),
+        s1(_mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream >> 32)))),
+        lane(_mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7)),
+        idx_lo(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)),
+        idx_hi(_mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)) {}
+  template <int G>
+  __attribute__((target("avx512f"))) void load(std::uint64_t block, __m512i (&x)[G][4]) const {
+    for (int g = 0; g < G; ++g) {
+      const __m512i b0 = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(block + 16 * g)), lane);
+      const __m512i b1 = _mm512_add_epi64(b0, _mm512_set1_epi64(8));
+      x[g][0] = _mm512_permutex2var_epi32(b0, idx_lo, b1);
+      x[g][1] = _mm512_permutex2var_epi32(b0, idx_hi, b1);
+      x[g][2] = s0;
+      x[g][3] = s1;
+    }
+  }
+};
+
 /// portable::normal_fill, 64 G normals per step from 16 G Philox blocks
 /// (G = 2 groups of four registers, their rounds interleaved), turned into
 /// output order before the quantile so that whole steps store straight into
@@ -556,23 +580,12 @@ __attribute__((target("avx512f"))) inline void normal_fill(std::uint64_t seed, s
   constexpr int G = 2, step = 64 * G;
   if (n <= 0) return;
   const auto k0 = static_cast<std::uint32_t>(seed), k1 = static_cast<std::uint32_t>(seed >> 32);
-  const __m512i s0 = _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream)));
-  const __m512i s1 = _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream >> 32)));
-  const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m512i idx_lo = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i idx_hi = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const philox16_counters counters(stream);
   const std::uint64_t end = first + static_cast<std::uint64_t>(n);
   alignas(64) float part[step];
   for (std::uint64_t block = first / 4; block * 4 < end; block += 16 * G) {
     __m512i x[G][4];
-    for (int g = 0; g < G; ++g) {  // counters block + 16 g + l: low and high words of 16 64-bit numbers
-      const __m512i b0 = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(block + 16 * g)), lane);
-      const __m512i b1 = _mm512_add_epi64(b0, _mm512_set1_epi64(8));
-      x[g][0] = _mm512_permutex2var_epi32(b0, idx_lo, b1);
-      x[g][1] = _mm512_permutex2var_epi32(b0, idx_hi, b1);
-      x[g][2] = s0;
-      x[g][3] = s1;
-    }
+    counters.load<G>(block, x);
     philox16_zmm<G>(x, k0, k1);
     __m512i bits[4 * G];
     for (int g = 0; g < G; ++g) {
