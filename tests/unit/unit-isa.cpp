@@ -214,7 +214,7 @@ TEST_SUITE("isa tiers") {
     conv2d_params s2, s1;
     s2.stride = {2, 2};
     s2.padding = {1, 1};
-    s1.padding = {1, 1};  // ResNet-20's 3 x 3 layers (16-channel ones have their own AVX-512 weight gradient)
+    s1.padding = {1, 1};  // ResNet-20's 3 x 3 layers (16-channel ones have their own AVX-512 and AVX2 weight gradients)
     for (const auto& geometry : {s2, s1})
     for (const std::int64_t C : {1, 3, 8, 16, 20, 33, 64})
       for (const std::int64_t r : {1, 2, 3, 4, 6}) {

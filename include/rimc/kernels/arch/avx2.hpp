@@ -352,10 +352,84 @@ __attribute__((target("avx2,fma"))) inline void thin_conv_weight_pixels(const th
   }
 }
 
-/// portable::thin_conv_weight_rows, 8 channels a step, four pixels at a time where it can.
+/// Where a block of thin_conv_weight_rows_c16k3's pixels reads its inputs:
+/// pixel i's top-left tap at corner[i] when all its taps are in bounds (tap
+/// (kh, kw) then at corner[i] + kh row + kw col), else corner[i] is null and
+/// tap[i][t] holds each tap's address (null in the padding).
+struct c16k3_block {
+  static constexpr std::int64_t size = 64;
+  const float* corner[size];
+  const float* tap[size][9];
+  std::int64_t row = 0, col = 0;
+};
+
+/// thin_conv_weight_rows for 16 channels and a 3 x 3 kernel, rank j and
+/// channels [h, h + 8) of a block's n pixels: the 9 accumulators stay in
+/// registers over the pixels (loaded from acc first, stored back last). The
+/// same FMAs on each element in the same pixel order as
+/// thin_conv_weight_pixels, so the same bits.
+__attribute__((target("avx2,fma"))) inline void thin_conv_weight_block_c16k3(const c16k3_block& b, const float* du,
+                                                                              std::int64_t r, std::int64_t Cp,
+                                                                              std::int64_t j, std::int64_t h,
+                                                                              std::int64_t n, float* acc) {
+  __m256 a[9];
+  RIMC_UNROLL
+  for (int t = 0; t < 9; ++t) a[t] = _mm256_loadu_ps(acc + (t * r + j) * Cp + h);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const __m256 d = _mm256_set1_ps(du[i * r + j]);
+    if (const float* x0 = b.corner[i]) {
+      RIMC_UNROLL
+      for (int kh = 0; kh < 3; ++kh) {
+        const float* xr = x0 + kh * b.row + h;
+        RIMC_UNROLL
+        for (int kw = 0; kw < 3; ++kw) a[kh * 3 + kw] = _mm256_fmadd_ps(d, _mm256_loadu_ps(xr + kw * b.col), a[kh * 3 + kw]);
+      }
+    } else {
+      RIMC_UNROLL
+      for (int t = 0; t < 9; ++t) {
+        if (b.tap[i][t]) a[t] = _mm256_fmadd_ps(d, _mm256_loadu_ps(b.tap[i][t] + h), a[t]);
+      }
+    }
+  }
+  RIMC_UNROLL
+  for (int t = 0; t < 9; ++t) _mm256_storeu_ps(acc + (t * r + j) * Cp + h, a[t]);
+}
+
+/// thin_conv_weight_rows for 16 channels and a 3 x 3 kernel: blocks of 64
+/// pixels, whose tap addresses are found once, then one pass over the block
+/// per rank and half of the channels (16 registers hold 9 accumulators of
+/// 8 lanes; avx512::thin_conv_weight_rows_c16k3 holds three ranks' 16).
+__attribute__((target("avx2,fma"))) inline void thin_conv_weight_rows_c16k3(const thin_conv_geometry& g,
+                                                                             const float* x, const float* du,
+                                                                             std::int64_t p0, std::int64_t p1,
+                                                                             float* acc) {
+  c16k3_block b;
+  b.row = g.dh * g.W * g.C;
+  b.col = g.dw * g.C;
+  thin_conv_pixel at(g, p0);
+  for (std::int64_t p = p0; p < p1; p += c16k3_block::size) {
+    const std::int64_t n = std::min(c16k3_block::size, p1 - p);
+    for (std::int64_t i = 0; i < n; ++i, at.next(g)) {
+      const std::int64_t ih = at.oh * g.sh - g.ph, iw = at.ow * g.sw - g.pw;
+      const bool inside = ih >= 0 && ih + 2 * g.dh < g.H && iw >= 0 && iw + 2 * g.dw < g.W;
+      b.corner[i] = inside ? x + ((at.n * g.H + ih) * g.W + iw) * g.C : nullptr;
+      if (!inside)
+        for (int t = 0; t < 9; ++t) b.tap[i][t] = thin_conv_tap(g, x, at, t / 3, t % 3);
+    }
+    for (std::int64_t j = 0; j < g.r; ++j)
+      for (std::int64_t h = 0; h < 16; h += 8) thin_conv_weight_block_c16k3(b, du + p * g.r, g.r, g.Cp, j, h, n, acc);
+  }
+}
+
+/// portable::thin_conv_weight_rows, 8 channels a step, four pixels at a time where it can
+/// (16-channel 3 x 3 layers: every pixel, one rank's half of the channels in registers at a time).
 __attribute__((target("avx2,fma"))) inline void thin_conv_weight_rows(const thin_conv_geometry& g, const float* x,
                                                                        const float* du, std::int64_t p0,
                                                                        std::int64_t p1, float* acc) {
+  if (g.C == 16 && g.KH == 3 && g.KW == 3) {
+    thin_conv_weight_rows_c16k3(g, x, du, p0, p1, acc);
+    return;
+  }
   thin_conv_walk<4>(g, p0, p1, [&](const thin_conv_pixel& at, std::int64_t p, bool wide) {
     if (wide) {
       thin_conv_weight_pixels<4>(g, x, du + p * g.r, at, acc);
