@@ -211,16 +211,19 @@ TEST_SUITE("isa tiers") {
   }
 
   TEST_CASE("the thin convolution's forward and weight gradient give the portable form's bits on every tier") {
-    conv2d_params s2, s1;
+    conv2d_params s2, s1, d2;
     s2.stride = {2, 2};
     s2.padding = {1, 1};
     s1.padding = {1, 1};  // ResNet-20's 3 x 3 layers (16-channel ones have their own AVX-512 and AVX2 weight gradients)
-    for (const auto& geometry : {s2, s1})
+    d2.padding = {2, 1};
+    d2.dilation = {2, 1};  // dilated, with padding that differs between the axes
+    for (const auto& geometry : {s2, s1, d2})
     for (const std::int64_t C : {1, 3, 8, 16, 20, 33, 64})
       for (const std::int64_t r : {1, 2, 3, 4, 6}) {
         CAPTURE(C);
         CAPTURE(r);
         CAPTURE(geometry.stride[0]);
+        CAPTURE(geometry.dilation[0]);
         const thin_conv2d conv(test::random_tensor(Shape{r, C, 3, 3}, 1), geometry);
         const Tensor x = test::random_tensor(Shape{3, C, 9, 8}, 2, layout::nhwc);
         Tensor u0, dw0;
