@@ -412,7 +412,7 @@ __attribute__((target("avx2,fma"))) inline void thin_conv_weight_rows_c16k3(cons
     for (std::int64_t i = 0; i < n; ++i, at.next(g)) {
       const std::int64_t ih = at.oh * g.sh - g.ph, iw = at.ow * g.sw - g.pw;
       const bool inside = ih >= 0 && ih + 2 * g.dh < g.H && iw >= 0 && iw + 2 * g.dw < g.W;
-      b.corner[i] = inside ? x + ((at.n * g.H + ih) * g.W + iw) * g.C : nullptr;
+      b.corner[i] = inside ? thin_conv_tap(g, x, at, 0, 0, true) : nullptr;
       if (!inside)
         for (int t = 0; t < 9; ++t) b.tap[i][t] = thin_conv_tap(g, x, at, t / 3, t % 3);
     }
