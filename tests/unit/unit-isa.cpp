@@ -403,6 +403,123 @@ TEST_SUITE("isa tiers") {
         }
     }
   }
+
+  TEST_CASE("every normal the generator gives lies within normal_bound, and the approximate quantile within approx_normal_error of it") {
+    // All 2^23 inputs of the quantile (the top 23 bits of a word).
+    std::vector<std::uint32_t> bits(std::size_t{1} << 23);
+    std::vector<float> exact(bits.size());
+    float largest = 0;
+    for (std::uint32_t k = 0; k < (1u << 23); ++k) {
+      bits[k] = k << 9 | (k * 2654435761u >> 23);  // the low 9 bits play no part
+      exact[k] = detail::normal_from_bits(bits[k]);
+      largest = std::max(largest, std::abs(exact[k]));
+    }
+    CHECK(largest == exact.back());
+    CHECK(largest == -exact.front());
+    CHECK(largest > 5.29f);
+    CHECK(largest <= detail::normal_bound);
+    if (detected_isa() < isa_tier::avx512) {
+      MESSAGE("the approximate quantile is AVX-512 only; this CPU lacks it");
+      return;
+    }
+    std::vector<float> approx(bits.size());
+    detail::avx512::approx_normals(bits.data(), static_cast<std::int64_t>(bits.size()), approx.data());
+    double worst = 0;
+    for (std::size_t k = 0; k < bits.size(); ++k)
+      worst = std::max(worst, std::abs(static_cast<double>(approx[k]) - exact[k]));
+    CHECK(worst > 1e-6);  // an approximation (3.6e-5 where written)
+    CHECK(worst <= detail::approx_normal_error);
+  }
+
+  TEST_CASE("normals_at gives normal_fill's value at scattered indices on every tier") {
+    const std::uint64_t first = (std::uint64_t{1} << 33) + 3;  // blocks beyond 32 bits, not a multiple of 4
+    constexpr std::int64_t span = 20011;
+    std::vector<float> all(span);
+    detail::portable::normal_fill(5, 6, first, span, all.data());
+    std::vector<std::uint32_t> offsets;
+    for (std::uint32_t i = 0; i < span; i += 1 + i % 5) offsets.push_back(i);
+    for (std::uint32_t i = 0; i < span; ++i)
+      if (std::abs(all[i]) > 2.94f) offsets.push_back(i);  // the tail quantile too
+    offsets.push_back(0);                                 // repeats and any order
+    const auto n = static_cast<std::int64_t>(offsets.size());
+    for_each_tier([&](isa_tier t) {
+      for (const std::int64_t len : {std::int64_t{1}, std::int64_t{15}, std::int64_t{17}, n}) {
+        std::vector<float> got(static_cast<std::size_t>(len), -1.0f);
+        detail::normals_at(5, 6, first, offsets.data(), len, got.data(), t);
+        for (std::int64_t k = 0; k < len; ++k) CHECK(got[k] == all[offsets[k]]);
+      }
+    });
+  }
+
+  TEST_CASE("noisy_for_adc: the ADC reads the exact noisy currents' codes from its currents on every tier") {
+    // Per-column and per-tile ADCs of 4 and 8 bits, noise from 1e-6 to 3 ADC steps, and currents
+    // placed so that the exact noisy current (the generator's own normal) lies a little either side
+    // of a code's rounding boundary or of the clipping; zeros, infinities and NaNs too. The
+    // read-out of noisy_for_adc's currents equals that of the exact ones bit for bit.
+    const std::uint64_t seed = 7, stream = 8, first = 1000003;
+    for (const std::int64_t C : {1, 16, 20, 64, 65}) {
+      const std::int64_t M = 211, n = M * C;
+      const auto to = test::random_tensor(Shape{C}, 51, layout::nchw, 50.0f, 200.0f);
+      const auto f = test::random_tensor(Shape{C}, 52, layout::nchw, 0.1f, 2.0f);
+      const auto lsb = test::random_tensor(Shape{C}, 53, layout::nchw, 0.001f, 0.02f);
+      const auto u = test::random_tensor(Shape{4 * n}, 54, layout::nchw, 0.0f, 1.0f);
+      std::vector<float> z(static_cast<std::size_t>(n));
+      detail::portable::normal_fill(seed, stream, first, n, z.data());
+      for (const float steps : {7.0f, 127.0f})
+        for (const bool per_col : {true, false}) {
+          CAPTURE(C);
+          CAPTURE(steps);
+          CAPTURE(per_col);
+          detail::adc_readout a;
+          a.factor = f.data();
+          a.steps = steps;
+          if (per_col) {
+            a.to_steps = to.data();
+            a.lsb = lsb.data();
+          } else {
+            a.to_all = 90.0f;
+            a.lsb_all = 0.01f;
+          }
+          std::vector<float> c(static_cast<std::size_t>(n)), v(static_cast<std::size_t>(n));
+          for (std::int64_t i = 0; i < n; ++i) {
+            const float tj = per_col ? to[i % C] : 90.0f;
+            const float* ui = u.data() + 4 * i;
+            const float sigma_steps = std::pow(10.0f, -6.0f + 6.5f * ui[0]) / 5.3f;  // the noise in ADC steps
+            v[i] = (sigma_steps / tj) * (sigma_steps / tj);
+            // the exact noisy current at a rounding boundary (k + 1/2) or the clipping, moved by
+            // -+1e-7 to -+1e-2 steps (or not at all)
+            const float k = std::floor((2 * ui[1] - 1) * (steps + 2));
+            const float edge = ui[2] < 0.8f ? k + 0.5f : (ui[2] < 0.9f ? steps : -steps);
+            const float shift = ui[3] < 0.1f ? 0.0f : std::copysign(std::pow(10.0f, -7.0f + 5.0f * ui[3]), ui[3] - 0.55f);
+            c[i] = (edge + shift) / tj - std::sqrt(v[i]) * z[i];
+          }
+          const auto nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+          c[0] = nan;
+          c[1 % n] = inf;
+          c[2 % n] = -0.0f;
+          c[3 % n] = 0.0f;
+          v[3 % n] = 0.0f;
+          v[4 % n] = nan;
+          v[5 % n] = -1e-12f;  // a negative rounding: no noise
+          v[6 % n] = inf;
+          v[7 % n] = 1e30f;
+          v[8 % n] = -nan;
+          std::vector<float> noisy(static_cast<std::size_t>(n));
+          detail::portable::add_read_noise(c.data(), v.data(), z.data(), n, noisy.data());
+          std::vector<float> want(static_cast<std::size_t>(n), 0.5f);
+          detail::portable::adc_rows(a, noisy.data(), M, C, nullptr, 0.75f, 2.0f, want.data(), C, false);
+          for_each_tier([&](isa_tier t) {
+            std::vector<float> got_noisy(static_cast<std::size_t>(n)), scratch(static_cast<std::size_t>(n));
+            std::vector<std::uint32_t> undecided(static_cast<std::size_t>(n));
+            detail::noisy_for_adc(seed, stream, first, a, c.data(), v.data(), M, C, got_noisy.data(), scratch.data(),
+                                  undecided.data(), t);
+            std::vector<float> got(static_cast<std::size_t>(n), 0.5f);
+            detail::portable::adc_rows(a, got_noisy.data(), M, C, nullptr, 0.75f, 2.0f, got.data(), C, false);
+            CHECK(same_bits(want, got));
+          });
+        }
+    }
+  }
 }
 
 }  // namespace unit_isa

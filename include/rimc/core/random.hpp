@@ -201,6 +201,27 @@ namespace detail {
   const float z = normal_central(bits, w, x);
   return w < 5.0f ? z : normal_tail(w, x);
 }
+/// A bound on |normal_from_bits(bits)| over every input: the extreme uniforms
+/// (k = 0 and 2^23 - 1) give -+5.29470444, and the tests check all 2^23 of them.
+inline constexpr float normal_bound = 5.3f;
+
+/// The approximate quantile of the ADC read-out's shortcut (noisy_for_adc in
+/// kernels/arch/dispatch.hpp): from the bits normal_from_bits reads, the tail
+/// probability q = (min(k, 2^23 - 1 - k) + 1/2) 2^-23 in [2^-24, 1/2), its
+/// octave j (q in [2^-(j+2), 2^-(j+1))) and t = mantissa(q) - 3/2 give
+/// -+(c_0[j] + c_1[j] t + ... + c_4[j] t^4) (sign + where k >= 2^22). Row i
+/// holds c_i for the 23 octaves (padded to 32 for the vector tables), made by
+/// tools/make_quantile_table.py (interpolation at Chebyshev nodes).
+alignas(64) inline constexpr float approx_quantile_coef[5][32] = {
+    {0.318639368f, 0.887146533f, 1.31801093f, 1.67593968f, 1.98742783f, 2.26622677f, 2.52050233f, 2.75554895f, 2.97502065f, 3.18155956f, 3.37714601f, 3.56330776f, 3.74125242f, 3.91195297f, 4.07620668f, 4.23467541f, 4.387918f, 4.53640795f, 4.68055296f, 4.82070589f, 4.95717478f, 5.09023094f, 5.22011328f, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {-0.659025729f, -0.464184225f, -0.373203784f, -0.318855584f, -0.282055169f, -0.255158603f, -0.234461293f, -0.217932492f, -0.204358041f, -0.19296357f, -0.183229759f, -0.174794167f, -0.167395398f, -0.160839722f, -0.154980183f, -0.149703145f, -0.144919142f, -0.140556723f, -0.136558026f, -0.132875711f, -0.129470512f, -0.126309678f, -0.123365588f, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {0.0691231266f, 0.0955455005f, 0.0917756706f, 0.0851929262f, 0.0790572166f, 0.0737773106f, 0.0692852587f, 0.0654444769f, 0.0621300749f, 0.0592413768f, 0.0566997677f, 0.0544441044f, 0.0524265468f, 0.0506093167f, 0.0489622578f, 0.0474610366f, 0.0460858196f, 0.0448202677f, 0.0436508246f, 0.0425661243f, 0.0415565632f, 0.0406139903f, 0.0397314094f, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {-0.0616270564f, -0.0465062559f, -0.0420891978f, -0.0388550684f, -0.0361931734f, -0.0339543633f, -0.0320477895f, -0.0304056499f, -0.0289761871f, -0.0277196988f, -0.0266055204f, -0.0256097298f, -0.0247134622f, -0.0239016712f, -0.023162229f, -0.0224852487f, -0.0218626019f, -0.0212875362f, -0.0207543988f, -0.0202584211f, -0.0197955463f, -0.0193623099f, -0.0189557206f, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {0.0210843608f, 0.0220792312f, 0.020383399f, 0.0189196896f, 0.0176906902f, 0.0166495033f, 0.015757503f, 0.0149849011f, 0.0143088764f, 0.0137118772f, 0.0131802782f, 0.0127033945f, 0.0122727463f, 0.0118815331f, 0.0115242377f, 0.0111963432f, 0.010894116f, 0.010614438f, 0.0103546921f, 0.0101126591f, 0.00988644548f, 0.00967442617f, 0.00947519951f, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+};
+/// A bound on |approximate quantile - normal_from_bits| over every input (the
+/// largest is 3.6e-5; the tests check all 2^23 inputs on the tier that uses it).
+inline constexpr float approx_normal_error = 4e-5f;
 
 /// Philox4x32-10 on 16 counters at once (four words of each in c0..c3), key
 /// (k0, k1): philox4x32 lane by lane, in 32-bit operations only so the loop

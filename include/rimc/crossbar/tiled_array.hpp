@@ -397,30 +397,6 @@ class TiledArray {
     const bool per_col = adc && per_column_adc();
     const std::size_t a0 = adc ? adc_offset_[ts] : 0;
     const float range = adc ? adc_ranges_[a0] : 1.0f, inv_range = 1.0f / range;
-    if (reading || out_noise) {
-      // The noisy currents, then the same read-out as noiseless ones. Element (row r0 + m, column j)
-      // draws normal number (r0 + m) * C + j of its (tile, slice) stream: the block's draws are one range.
-      thread_local std::vector<float> noisy, z;
-      const auto n = M * C;
-      const auto first = static_cast<std::uint64_t>(r0 * C);
-      const auto stream_tail = (static_cast<std::uint64_t>(ts) + 1) << 32;
-      noisy.resize(static_cast<std::size_t>(n));
-      z.resize(static_cast<std::size_t>(n));
-      if (reading) {
-        detail::normal_fill(plan.seed, static_cast<std::uint64_t>(rng_stream::read_noise) + stream_tail, first, n,
-                            z.data(), plan.tier);
-        detail::add_read_noise(current, variance, z.data(), n, noisy.data(), plan.tier);
-      } else {
-        std::copy_n(current, n, noisy.data());
-      }
-      if (out_noise) {
-        const float sigma_out = static_cast<float>(P.output_noise);
-        detail::normal_fill(plan.seed, static_cast<std::uint64_t>(rng_stream::output_noise) + stream_tail, first, n,
-                            z.data(), plan.tier);
-        for (std::int64_t i = 0; i < n; ++i) noisy[static_cast<std::size_t>(i)] += sigma_out * z[static_cast<std::size_t>(i)];
-      }
-      current = noisy.data();
-    }
     // The ADC (clip to the range, round to the nearest step; one range per column or per tile)
     // and, after the columns' last partial sum, gain, bias and ReLU while the rows are in cache.
     detail::adc_readout out;
@@ -439,6 +415,38 @@ class TiledArray {
       out.gain = finish->gain + o0;
       out.bias = finish->bias ? finish->bias + o0 : nullptr;
       out.relu = finish->relu;
+    }
+    if (reading || out_noise) {
+      // The noisy currents, then the same read-out as noiseless ones. Element (row r0 + m, column j)
+      // draws normal number (r0 + m) * C + j of its (tile, slice) stream: the block's draws are one range.
+      thread_local std::vector<float> noisy, z;
+      thread_local std::vector<std::uint32_t> undecided;
+      const auto n = M * C;
+      const auto first = static_cast<std::uint64_t>(r0 * C);
+      const auto stream_tail = (static_cast<std::uint64_t>(ts) + 1) << 32;
+      const auto read_stream = static_cast<std::uint64_t>(rng_stream::read_noise) + stream_tail;
+      noisy.resize(static_cast<std::size_t>(n));
+      z.resize(static_cast<std::size_t>(n));
+      if (reading && adc && !out_noise && !P.draw_every_read && n <= std::numeric_limits<std::uint32_t>::max()) {
+        // Only the codes matter: noisy_for_adc gives currents with the exact noisy currents' codes.
+        undecided.resize(static_cast<std::size_t>(n));
+        detail::noisy_for_adc(plan.seed, read_stream, first, out, current, variance, M, C, noisy.data(), z.data(),
+                              undecided.data(), plan.tier);
+      } else {
+        if (reading) {
+          detail::normal_fill(plan.seed, read_stream, first, n, z.data(), plan.tier);
+          detail::add_read_noise(current, variance, z.data(), n, noisy.data(), plan.tier);
+        } else {
+          std::copy_n(current, n, noisy.data());
+        }
+        if (out_noise) {
+          const float sigma_out = static_cast<float>(P.output_noise);
+          detail::normal_fill(plan.seed, static_cast<std::uint64_t>(rng_stream::output_noise) + stream_tail, first, n,
+                              z.data(), plan.tier);
+          for (std::int64_t i = 0; i < n; ++i) noisy[static_cast<std::size_t>(i)] += sigma_out * z[static_cast<std::size_t>(i)];
+        }
+      }
+      current = noisy.data();
     }
     detail::adc_rows(out, current, M, C, xscale, xscale_all, place, y_rows + o0, O_, overwrite, plan.tier);
   }

@@ -650,6 +650,20 @@ __attribute__((target("avx2"))) inline void add_read_noise(const float* current,
   add_read_noise_body(current, variance, z, n, out);
 }
 
+/// portable::normals_at compiled for AVX2 (no FMA in the target: nothing fuses).
+__attribute__((target("avx2"))) inline void normals_at(std::uint64_t seed, std::uint64_t stream, std::uint64_t first,
+                                                       const std::uint32_t* offsets, std::int64_t n, float* out) {
+  portable::normals_at(seed, stream, first, offsets, n, out);
+}
+
+/// portable::noisy_for_adc with this tier's generator and noise: every current's exact noisy value.
+inline void noisy_for_adc(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, const adc_readout& /*a*/,
+                          const float* current, const float* variance, std::int64_t M, std::int64_t C, float* noisy,
+                          float* z, std::uint32_t* /*undecided*/) {
+  normal_fill(seed, stream, first, M * C, z);
+  add_read_noise(current, variance, z, M * C, noisy);
+}
+
 /// portable::dac_codes compiled for AVX2 (no FMA in the target: nothing fuses).
 __attribute__((target("avx2"))) inline void dac_codes(const float* src, std::int64_t n, float inv_scale, float steps,
                                                       float* dst, float* squares) {

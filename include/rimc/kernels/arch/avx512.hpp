@@ -11,6 +11,7 @@
 #endif
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <limits>
 
@@ -547,6 +548,42 @@ __attribute__((target("avx512f"))) inline void normal_from_bits(const __m512i (&
   }
 }
 
+/// rimc::detail::approx_quantile_coef in registers: power i's octaves 0-15 in lo[i], 16-31 in hi[i].
+__attribute__((target("avx512f"))) inline void load_approx_quantile(__m512 (&lo)[5], __m512 (&hi)[5]) {
+  for (int i = 0; i < 5; ++i) {
+    lo[i] = _mm512_load_ps(approx_quantile_coef[i]);
+    hi[i] = _mm512_load_ps(approx_quantile_coef[i] + 16);
+  }
+}
+
+/// The approximate quantile (random.hpp: approx_quantile_coef) of 16 words:
+/// the octave from the exponent of q, each coefficient picked from the
+/// tables by a two-register permute, Horner's steps fused.
+__attribute__((target("avx512f"))) inline __m512 approx_quantile(__m512i bits, const __m512 (&lo)[5],
+                                                                 const __m512 (&hi)[5]) {
+  const __m512i upper = _mm512_srai_epi32(bits, 31);  // k >= 2^22: u > 1/2, a positive normal
+  const __m512i k = _mm512_and_si512(_mm512_xor_si512(_mm512_srli_epi32(bits, 9), _mm512_srli_epi32(upper, 9)),
+                                     _mm512_set1_epi32(0x3FFFFF));  // min(k, 2^23 - 1 - k)
+  const __m512 q = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_or_si512(_mm512_slli_epi32(k, 1), _mm512_set1_epi32(1))),
+                                 _mm512_set1_ps(0x1p-24f));  // (2k + 1) 2^-24, exact
+  const __m512i j = _mm512_sub_epi32(_mm512_set1_epi32(-2), _mm512_cvttps_epi32(_mm512_getexp_ps(q)));
+  const __m512 t = _mm512_sub_ps(_mm512_getmant_ps(q, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero), _mm512_set1_ps(1.5f));
+  __m512 p = _mm512_permutex2var_ps(lo[4], j, hi[4]);
+  for (int i = 3; i >= 0; --i) p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(lo[i], j, hi[i]));
+  const __m512i sign = _mm512_andnot_si512(upper, _mm512_set1_epi32(INT32_MIN));
+  return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(p), sign));
+}
+
+/// The approximate quantile of n words (for the tests' check of approx_normal_error).
+__attribute__((target("avx512f"))) inline void approx_normals(const std::uint32_t* bits, std::int64_t n, float* out) {
+  __m512 lo[5], hi[5];
+  load_approx_quantile(lo, hi);
+  for (std::int64_t i = 0; i < n; i += 16) {
+    const auto m = static_cast<__mmask16>(n - i >= 16 ? 0xFFFFu : (1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(out + i, m, approx_quantile(_mm512_maskz_loadu_epi32(m, bits + i), lo, hi));
+  }
+}
+
 /// normal_fill's Philox inputs: counters block + 16 g + l (lane l of group
 /// g) as the low and high words of 16 64-bit numbers, the stream's two words.
 struct philox16_counters {
@@ -575,10 +612,14 @@ struct philox16_counters {
 /// output order before the quantile so that whole steps store straight into
 /// `out`; every float step is a _round_ intrinsic, so nothing is fused and
 /// the bits are the portable form's.
+/// With `approximate`, the quantile is approx_quantile's instead (noisy_for_adc).
+template <bool approximate = false>
 __attribute__((target("avx512f"))) inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first,
                                                            std::int64_t n, float* out) {
   constexpr int G = 2, step = 64 * G;
   if (n <= 0) return;
+  __m512 table_lo[5], table_hi[5];  // approx_quantile's tables
+  if constexpr (approximate) load_approx_quantile(table_lo, table_hi);
   const auto k0 = static_cast<std::uint32_t>(seed), k1 = static_cast<std::uint32_t>(seed >> 32);
   const philox16_counters counters(stream);
   const std::uint64_t end = first + static_cast<std::uint64_t>(n);
@@ -593,7 +634,11 @@ __attribute__((target("avx512f"))) inline void normal_fill(std::uint64_t seed, s
       for (int q = 0; q < 4; ++q) bits[4 * g + q] = x[g][q];
     }
     __m512 z[4 * G];
-    normal_from_bits(bits, z);
+    if constexpr (approximate) {
+      for (int q = 0; q < 4 * G; ++q) z[q] = approx_quantile(bits[q], table_lo, table_hi);
+    } else {
+      normal_from_bits(bits, z);
+    }
     const std::uint64_t base = block * 4;
     if (base >= first && base + step <= end) {
       float* o = out + (base - first);
@@ -603,6 +648,34 @@ __attribute__((target("avx512f"))) inline void normal_fill(std::uint64_t seed, s
       const std::uint64_t lo = std::max(base, first), hi = std::min(base + step, end);
       std::copy(part + (lo - base), part + (hi - base), out + (lo - first));
     }
+  }
+}
+
+/// portable::normals_at, 16 indices a step (masked tail): lane l runs the
+/// Philox block of its index and keeps the index's word for the quantile.
+__attribute__((target("avx512f"))) inline void normals_at(std::uint64_t seed, std::uint64_t stream, std::uint64_t first,
+                                                          const std::uint32_t* offsets, std::int64_t n, float* out) {
+  const auto k0 = static_cast<std::uint32_t>(seed), k1 = static_cast<std::uint32_t>(seed >> 32);
+  const __m512i s0 = _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream)));
+  const __m512i s1 = _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream >> 32)));
+  for (std::int64_t i = 0; i < n; i += 16) {
+    const int len = static_cast<int>(std::min<std::int64_t>(16, n - i));
+    alignas(64) std::uint32_t lo[16] = {}, hi[16] = {}, word[16] = {};
+    for (int l = 0; l < len; ++l) {
+      const std::uint64_t idx = first + offsets[i + l], block = idx / 4;
+      lo[l] = static_cast<std::uint32_t>(block);
+      hi[l] = static_cast<std::uint32_t>(block >> 32);
+      word[l] = static_cast<std::uint32_t>(idx % 4);
+    }
+    __m512i x[1][4] = {{_mm512_load_si512(lo), _mm512_load_si512(hi), s0, s1}};
+    philox16_zmm<1>(x, k0, k1);
+    const __m512i w = _mm512_load_si512(word);
+    __m512i bits[1] = {x[0][0]};
+    for (int q = 1; q < 4; ++q)
+      bits[0] = _mm512_mask_mov_epi32(bits[0], _mm512_cmpeq_epi32_mask(w, _mm512_set1_epi32(q)), x[0][q]);
+    __m512 z[1];
+    normal_from_bits(bits, z);
+    _mm512_mask_storeu_ps(out + i, static_cast<__mmask16>((1u << len) - 1u), z[0]);
   }
 }
 
@@ -628,6 +701,73 @@ __attribute__((target("avx512f"))) inline void add_read_noise(const float* curre
     const __m512 noisy = _mm512_add_round_ps(_mm512_maskz_loadu_ps(m, current + i),
                                              _mm512_mul_round_ps(root, _mm512_maskz_loadu_ps(m, z + i), cur), cur);
     _mm512_mask_storeu_ps(out + i, m, noisy);
+  }
+}
+
+/// portable::noisy_for_adc's codes, found without most of the exact normals.
+/// The approximate normals za (approx_quantile, within approx_normal_error of
+/// the exact ones) give t = (c + s za) to, s the root of the variance (the
+/// 2^-14 estimate and one Newton step); the exact t lies within
+/// d = |to| s (approx_normal_error + 2^-16) + |t| 2^-20 of it (the 2^-16
+/// covers the roots' errors times |z| <= 5.3 and the roundings of the sums,
+/// the 2^-20 the products'). Rounding and clipping are monotone, so where
+/// t - d and t + d give one code the exact current gives it too, and
+/// c + s za, whose product with to is t, is stored: adc_rows reads that
+/// code. The others (about 2 d wide around each rounding boundary: a few in
+/// ten thousand) get their exact normal (normals_at) and add_read_noise's value.
+__attribute__((target("avx512f"))) inline void noisy_for_adc(std::uint64_t seed, std::uint64_t stream,
+                                                             std::uint64_t first, const adc_readout& a,
+                                                             const float* current, const float* variance,
+                                                             std::int64_t M, std::int64_t C, float* noisy, float* z,
+                                                             std::uint32_t* undecided) {
+  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
+  normal_fill<true>(seed, stream, first, M * C, z);
+  const __m512 hi = _mm512_set1_ps(a.steps), lo = _mm512_set1_ps(-a.steps), magic = _mm512_set1_ps(12582912.0f);
+  const __m512 tiny = _mm512_set1_ps(std::numeric_limits<float>::min());
+  const __m512 huge = _mm512_set1_ps(std::numeric_limits<float>::max());
+  const __m512 half = _mm512_set1_ps(0.5f), three_halves = _mm512_set1_ps(1.5f);
+  const __m512 noise_k = _mm512_set1_ps(approx_normal_error + 0x1p-16f), rel = _mm512_set1_ps(0x1p-20f);
+  const __m512 to_all = _mm512_set1_ps(a.to_all);
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  std::int64_t count = 0;
+  for (std::int64_t m = 0; m < M; ++m) {
+    const std::int64_t row = m * C;
+    for (std::int64_t j = 0; j < C; j += 16) {
+      const auto k = static_cast<__mmask16>(C - j >= 16 ? 0xFFFFu : (1u << (C - j)) - 1u);
+      const __m512 c = _mm512_maskz_loadu_ps(k, current + row + j);
+      __m512i vb = _mm512_castps_si512(_mm512_maskz_loadu_ps(k, variance + row + j));
+      vb = _mm512_andnot_si512(_mm512_srai_epi32(vb, 31), vb);  // negative -> +0, as add_read_noise
+      const __m512 w = _mm512_add_round_ps(_mm512_castsi512_ps(vb), tiny, cur);
+      __m512 r = _mm512_rsqrt14_ps(w);
+      r = _mm512_mul_ps(r, _mm512_sub_ps(three_halves, _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(half, w), r), r)));
+      const __m512 root = _mm512_mul_ps(w, r);
+      const __m512 nz = _mm512_fmadd_ps(root, _mm512_maskz_loadu_ps(k, z + row + j), c);
+      const __m512 to = a.to_steps ? _mm512_maskz_loadu_ps(k, a.to_steps + j) : to_all;
+      const __m512 t = _mm512_mul_round_ps(nz, to, cur);  // as adc_rows computes it from nz
+      const __m512 abs_to = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(to), abs_mask));
+      const __m512 abs_t = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(t), abs_mask));
+      const __m512 d = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(abs_to, root), noise_k), _mm512_mul_ps(abs_t, rel));
+      // the codes at t - d and t + d (clipped, rounded half to even as adc_rows rounds)
+      const __m512 below = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_sub_ps(t, d)));
+      const __m512 above = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(t, d)));
+      const __m512 q_below = _mm512_sub_round_ps(_mm512_add_round_ps(below, magic, cur), magic, cur);
+      const __m512 q_above = _mm512_sub_round_ps(_mm512_add_round_ps(above, magic, cur), magic, cur);
+      const __mmask16 same = _mm512_cmp_ps_mask(q_below, q_above, _CMP_EQ_OQ) & _mm512_cmp_ps_mask(d, huge, _CMP_LE_OQ);
+      _mm512_mask_storeu_ps(noisy + row + j, k, nz);
+      for (unsigned open = static_cast<unsigned>(k & ~same); open != 0; open &= open - 1)
+        undecided[count++] = static_cast<std::uint32_t>(row + j + std::countr_zero(open));
+    }
+  }
+  for (std::int64_t i = 0; i < count; i += 16) {  // the undecided currents, exactly
+    const auto len = std::min<std::int64_t>(16, count - i);
+    alignas(64) float zz[16], cc[16], vv[16];
+    normals_at(seed, stream, first, undecided + i, len, zz);
+    for (std::int64_t l = 0; l < len; ++l) {
+      cc[l] = current[undecided[i + l]];
+      vv[l] = variance[undecided[i + l]];
+    }
+    add_read_noise(cc, vv, zz, len, cc);
+    for (std::int64_t l = 0; l < len; ++l) noisy[undecided[i + l]] = cc[l];
   }
 }
 

@@ -203,6 +203,30 @@ inline void add_read_noise(const float* current, const float* variance, const fl
   RIMC_ISA_CALL(tier, add_read_noise, current, variance, z, n, out);
 }
 
+/// out[k] = normal number first + offsets[k] of (seed, stream), k in [0, n):
+/// the value normal_fill gives that index, for scattered indices; the same
+/// bits on every tier.
+inline void normals_at(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, const std::uint32_t* offsets,
+                       std::int64_t n, float* out, isa_tier tier) {
+  RIMC_ISA_CALL(tier, normals_at, seed, stream, first, offsets, n, out);
+}
+
+/// Noisy column currents for an ADC: noisy [M, C] (row-major, as current and
+/// variance) such that adc_rows with `a` (which must have an ADC) reads from
+/// them, bit for bit, the codes it reads from the exact noisy currents
+/// add_read_noise(current, variance, z) with z = normal_fill(seed, stream,
+/// first, M C). The values may differ by tier, the codes do not: the
+/// portable and AVX2 forms compute the exact currents; the AVX-512 form finds
+/// most codes from a cheaper approximate quantile and a bound on its error,
+/// drawing exact normals only for the currents near a code's boundary (see
+/// avx512::noisy_for_adc and docs/formulas.md, sec. 5). z and undecided are
+/// scratch of M C elements.
+inline void noisy_for_adc(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, const adc_readout& a,
+                          const float* current, const float* variance, std::int64_t M, std::int64_t C, float* noisy,
+                          float* z, std::uint32_t* undecided, isa_tier tier) {
+  RIMC_ISA_CALL(tier, noisy_for_adc, seed, stream, first, a, current, variance, M, C, noisy, z, undecided);
+}
+
 /// dst[i] = quantise_unit(src[i], inv_scale, steps) for i in [0, n): the DAC
 /// code round_half_even(clamp(src inv_scale, -1, 1) steps) / steps; with
 /// `squares`, squares[i] = dst[i] dst[i] too (the read-noise variance's input).

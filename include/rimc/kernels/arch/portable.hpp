@@ -282,6 +282,17 @@ inline void dac_codes(const float* src, std::int64_t n, float inv_scale, float s
   dac_codes_body(src, n, inv_scale, steps, dst, squares);
 }
 
+/// dispatch.hpp's normals_at: normal_from_bits of word i % 4 of Philox block
+/// i / 4 for each index i, one at a time.
+inline void normals_at(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, const std::uint32_t* offsets,
+                       std::int64_t n, float* out) {
+  const counter_rng rng(seed, stream);
+  for (std::int64_t k = 0; k < n; ++k) {
+    const std::uint64_t i = first + offsets[k];
+    out[k] = normal_from_bits(rng.bits(i / 4)[i % 4]);
+  }
+}
+
 /// dispatch.hpp's adc_rows.
 inline void adc_rows(const adc_readout& a, const float* current, std::int64_t M, std::int64_t C, const float* xscale,
                      float xscale_all, float place, float* y, std::int64_t ldy, bool overwrite) {
@@ -291,6 +302,14 @@ inline void adc_rows(const adc_readout& a, const float* current, std::int64_t M,
 /// Standard normals for indices [first, first + n) of (seed, stream) (rimc::detail::normal_fill_body).
 inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, std::int64_t n, float* out) {
   normal_fill_body(seed, stream, first, n, out);
+}
+
+/// dispatch.hpp's noisy_for_adc: every current's exact noisy value.
+inline void noisy_for_adc(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, const adc_readout& /*a*/,
+                          const float* current, const float* variance, std::int64_t M, std::int64_t C, float* noisy,
+                          float* z, std::uint32_t* /*undecided*/) {
+  normal_fill(seed, stream, first, M * C, z);
+  add_read_noise(current, variance, z, M * C, noisy);
 }
 
 }  // namespace rimc::detail::portable
