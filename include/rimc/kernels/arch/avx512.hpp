@@ -704,60 +704,90 @@ __attribute__((target("avx512f"))) inline void add_read_noise(const float* curre
   }
 }
 
-/// portable::noisy_for_adc's codes, found without most of the exact normals.
-/// The approximate normals za (approx_quantile, within approx_normal_error of
-/// the exact ones) give t = (c + s za) to, s the root of the variance (the
-/// 2^-14 estimate and one Newton step); the exact t lies within
-/// d = |to| s (approx_normal_error + 2^-16) + |t| 2^-20 of it (the 2^-16
-/// covers the roots' errors times |z| <= 5.3 and the roundings of the sums,
-/// the 2^-20 the products'). Rounding and clipping are monotone, so where
-/// t - d and t + d give one code the exact current gives it too, and
-/// c + s za, whose product with to is t, is stored: adc_rows reads that
-/// code. The others (about 2 d wide around each rounding boundary: a few in
-/// ten thousand) get their exact normal (normals_at) and add_read_noise's value.
+/// noisy_for_adc's pass over the currents, given the approximate normals za
+/// (approx_quantile, within approx_normal_error of the exact ones): t =
+/// (c + s za) to, s = w rsqrt14(w) the root of w = v + FLT_MIN (within
+/// 2^-13 of add_read_noise's). The exact t lies within d = |to| s
+/// (approx_normal_error + 2^-11) + |t| 2^-20 of t: 2^-11 covers the roots'
+/// difference times |z| <= 5.3 and the roundings of the noisy sum, 2^-20
+/// those of the products. Where the clipped t is farther than d from the
+/// nearest rounding boundary, rounding and clipping (both monotone) give the
+/// exact current's code too, so c + s za, whose product with to is t, is
+/// stored: adc_rows reads that code. The others are listed in `undecided`
+/// (NaN, infinite or negative inputs among them); returns their count. With
+/// V > 0 (C <= 16 V) the per-column constants stay in registers across rows.
+template <int V>
+__attribute__((target("avx512f"))) inline std::int64_t noisy_codes_rows(const adc_readout& a, const float* current,
+                                                                        const float* variance, const float* z,
+                                                                        std::int64_t M, std::int64_t C, float* noisy,
+                                                                        std::uint32_t* undecided) {
+  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
+  constexpr int R = V > 0 ? V : 1;
+  const __m512 hi = _mm512_set1_ps(a.steps), lo = _mm512_set1_ps(-a.steps), magic = _mm512_set1_ps(12582912.0f);
+  const __m512 tiny = _mm512_set1_ps(std::numeric_limits<float>::min()), half = _mm512_set1_ps(0.5f);
+  const __m512 noise_k = _mm512_set1_ps(approx_normal_error + 0x1p-11f), rel = _mm512_set1_ps(0x1p-20f);
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  const bool per_col = a.to_steps != nullptr;
+  __mmask16 kr[R];
+  __m512 tor[R], ktor[R];  // to and |to| (approx_normal_error + 2^-11) per column
+  for (int v = 0; v < R; ++v) {
+    const std::int64_t j = 16 * v;
+    kr[v] = static_cast<__mmask16>(C - j >= 16 ? 0xFFFFu : C > j ? (1u << (C - j)) - 1u : 0u);
+    tor[v] = per_col ? _mm512_maskz_loadu_ps(kr[v], a.to_steps + j) : _mm512_set1_ps(a.to_all);
+    ktor[v] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(tor[v]), abs_mask)), noise_k);
+  }
+  std::int64_t count = 0;
+  for (std::int64_t m = 0; m < M; ++m) {
+    const std::int64_t row = m * C;
+    for (std::int64_t j = 0, v = 0; j < C; j += 16, ++v) {
+      __mmask16 k;
+      __m512 to, kto;
+      if constexpr (V > 0) {
+        k = kr[v];
+        to = tor[v];
+        kto = ktor[v];
+      } else {
+        k = static_cast<__mmask16>(C - j >= 16 ? 0xFFFFu : (1u << (C - j)) - 1u);
+        to = per_col ? _mm512_maskz_loadu_ps(k, a.to_steps + j) : tor[0];
+        kto = per_col ? _mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(to), abs_mask)), noise_k)
+                      : ktor[0];
+      }
+      const __m512 c = _mm512_maskz_loadu_ps(k, current + row + j);
+      const __m512 w = _mm512_add_ps(_mm512_maskz_loadu_ps(k, variance + row + j), tiny);
+      const __m512 root = _mm512_mul_ps(w, _mm512_rsqrt14_ps(w));
+      const __m512 nz = _mm512_fmadd_ps(root, _mm512_maskz_loadu_ps(k, z + row + j), c);
+      const __m512 t = _mm512_mul_round_ps(nz, to, cur);  // as adc_rows computes it from nz
+      const __m512 abs_t = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(t), abs_mask));
+      const __m512 d = _mm512_fmadd_ps(kto, root, _mm512_mul_ps(abs_t, rel));
+      // the distance of the clipped t from the nearest rounding boundary (exact; NaN stays NaN)
+      const __m512 tc = _mm512_min_ps(hi, _mm512_max_ps(lo, t));
+      const __m512 q = _mm512_sub_round_ps(_mm512_add_round_ps(tc, magic, cur), magic, cur);
+      const __m512 off = _mm512_sub_ps(tc, q);
+      const __m512 dist = _mm512_sub_ps(half, _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(off), abs_mask)));
+      const __mmask16 decided = _mm512_cmp_ps_mask(dist, d, _CMP_GT_OQ);
+      _mm512_mask_storeu_ps(noisy + row + j, k, nz);
+      for (unsigned open = static_cast<unsigned>(k & ~decided); open != 0; open &= open - 1)
+        undecided[count++] = static_cast<std::uint32_t>(row + j + std::countr_zero(open));
+    }
+  }
+  return count;
+}
+
+/// portable::noisy_for_adc without most of the exact normals: the
+/// approximate normals (normal_fill<true>), noisy_codes_rows, and for the
+/// undecided currents (about one in ten thousand at a quarter of a step of
+/// noise) their exact normal (normals_at) and add_read_noise's value.
 __attribute__((target("avx512f"))) inline void noisy_for_adc(std::uint64_t seed, std::uint64_t stream,
                                                              std::uint64_t first, const adc_readout& a,
                                                              const float* current, const float* variance,
                                                              std::int64_t M, std::int64_t C, float* noisy, float* z,
                                                              std::uint32_t* undecided) {
-  constexpr int cur = _MM_FROUND_CUR_DIRECTION;
   normal_fill<true>(seed, stream, first, M * C, z);
-  const __m512 hi = _mm512_set1_ps(a.steps), lo = _mm512_set1_ps(-a.steps), magic = _mm512_set1_ps(12582912.0f);
-  const __m512 tiny = _mm512_set1_ps(std::numeric_limits<float>::min());
-  const __m512 huge = _mm512_set1_ps(std::numeric_limits<float>::max());
-  const __m512 half = _mm512_set1_ps(0.5f), three_halves = _mm512_set1_ps(1.5f);
-  const __m512 noise_k = _mm512_set1_ps(approx_normal_error + 0x1p-16f), rel = _mm512_set1_ps(0x1p-20f);
-  const __m512 to_all = _mm512_set1_ps(a.to_all);
-  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
-  std::int64_t count = 0;
-  for (std::int64_t m = 0; m < M; ++m) {
-    const std::int64_t row = m * C;
-    for (std::int64_t j = 0; j < C; j += 16) {
-      const auto k = static_cast<__mmask16>(C - j >= 16 ? 0xFFFFu : (1u << (C - j)) - 1u);
-      const __m512 c = _mm512_maskz_loadu_ps(k, current + row + j);
-      __m512i vb = _mm512_castps_si512(_mm512_maskz_loadu_ps(k, variance + row + j));
-      vb = _mm512_andnot_si512(_mm512_srai_epi32(vb, 31), vb);  // negative -> +0, as add_read_noise
-      const __m512 w = _mm512_add_round_ps(_mm512_castsi512_ps(vb), tiny, cur);
-      __m512 r = _mm512_rsqrt14_ps(w);
-      r = _mm512_mul_ps(r, _mm512_sub_ps(three_halves, _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(half, w), r), r)));
-      const __m512 root = _mm512_mul_ps(w, r);
-      const __m512 nz = _mm512_fmadd_ps(root, _mm512_maskz_loadu_ps(k, z + row + j), c);
-      const __m512 to = a.to_steps ? _mm512_maskz_loadu_ps(k, a.to_steps + j) : to_all;
-      const __m512 t = _mm512_mul_round_ps(nz, to, cur);  // as adc_rows computes it from nz
-      const __m512 abs_to = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(to), abs_mask));
-      const __m512 abs_t = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(t), abs_mask));
-      const __m512 d = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(abs_to, root), noise_k), _mm512_mul_ps(abs_t, rel));
-      // the codes at t - d and t + d (clipped, rounded half to even as adc_rows rounds)
-      const __m512 below = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_sub_ps(t, d)));
-      const __m512 above = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(t, d)));
-      const __m512 q_below = _mm512_sub_round_ps(_mm512_add_round_ps(below, magic, cur), magic, cur);
-      const __m512 q_above = _mm512_sub_round_ps(_mm512_add_round_ps(above, magic, cur), magic, cur);
-      const __mmask16 same = _mm512_cmp_ps_mask(q_below, q_above, _CMP_EQ_OQ) & _mm512_cmp_ps_mask(d, huge, _CMP_LE_OQ);
-      _mm512_mask_storeu_ps(noisy + row + j, k, nz);
-      for (unsigned open = static_cast<unsigned>(k & ~same); open != 0; open &= open - 1)
-        undecided[count++] = static_cast<std::uint32_t>(row + j + std::countr_zero(open));
-    }
-  }
+  const std::int64_t count =
+      C <= 16   ? noisy_codes_rows<1>(a, current, variance, z, M, C, noisy, undecided)
+      : C <= 32 ? noisy_codes_rows<2>(a, current, variance, z, M, C, noisy, undecided)
+      : C <= 64 ? noisy_codes_rows<4>(a, current, variance, z, M, C, noisy, undecided)
+                : noisy_codes_rows<0>(a, current, variance, z, M, C, noisy, undecided);
   for (std::int64_t i = 0; i < count; i += 16) {  // the undecided currents, exactly
     const auto len = std::min<std::int64_t>(16, count - i);
     alignas(64) float zz[16], cc[16], vv[16];
