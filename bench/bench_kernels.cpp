@@ -18,6 +18,12 @@
 // 10 or 7 Philox rounds; counter max_abs_error against a double-precision
 // quantile. It sizes one option for the read-noise speed targets (README,
 // "A realistic chip").
+// noisy_read/{exact,shortcut}/<tier>: a tile block's read noise before an
+// 8-bit per-column ADC on one thread (65,536 currents of 16 columns, noise a
+// quarter of an ADC step, as on the realistic chip's stem): normal_fill +
+// add_read_noise, or noisy_for_adc (on AVX-512 the approximate quantile and
+// exact normals only near a code's boundary; the same ADC codes); counter
+// s_per_current.
 // read_convs/{pair,grouped}/<shape>: what a read-noise tile block's two
 // convolutions cost on one thread (the tile path's image groups and tile
 // channel counts of ResNet-20): the current's and the variance's as two
@@ -327,6 +333,45 @@ void normal_fill(benchmark::State& state, rimc::isa_tier tier) {
                                                       benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
+void noisy_read(benchmark::State& state, rimc::isa_tier tier, bool shortcut) {
+  if (rimc::detail::lower(rimc::detected_isa(), tier) != tier) {
+    state.SkipWithError("the CPU lacks this tier");
+    return;
+  }
+  constexpr std::int64_t C = 16, M = 4096, n = M * C;
+  std::vector<float> current(n), variance(n), noisy(n), z(n), to(C), lsb(C), factor(C, 1.0f);
+  std::vector<std::uint32_t> undecided(n);
+  for (std::int64_t j = 0; j < C; ++j) {
+    to[j] = 28.0f + static_cast<float>(j);  // 127 steps over a range of about 4.5
+    lsb[j] = 1.0f / to[j];
+  }
+  const rimc::counter_rng rng(5, 6);
+  for (std::int64_t i = 0; i < n; ++i) {
+    current[i] = static_cast<float>(rng.uniform(static_cast<std::uint64_t>(i), -2.0, 2.0));
+    const float sigma = 0.25f / to[i % C];  // a quarter of a step
+    variance[i] = sigma * sigma;
+  }
+  rimc::detail::adc_readout a;
+  a.factor = factor.data();
+  a.steps = 127.0f;
+  a.to_steps = to.data();
+  a.lsb = lsb.data();
+  std::uint64_t first = 3;
+  for (auto _ : state) {
+    if (shortcut) {
+      rimc::detail::noisy_for_adc(42, 7, first, a, current.data(), variance.data(), M, C, noisy.data(), z.data(),
+                                  undecided.data(), tier);
+    } else {
+      rimc::detail::normal_fill(42, 7, first, n, z.data(), tier);
+      rimc::detail::add_read_noise(current.data(), variance.data(), z.data(), n, noisy.data(), tier);
+    }
+    benchmark::DoNotOptimize(noisy.data());
+    first += n;
+  }
+  state.counters["s_per_current"] = benchmark::Counter(static_cast<double>(n) * static_cast<double>(state.iterations()),
+                                                       benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
 // GCC 12 reports the AVX-512 intrinsics' _mm512_undefined_* pass-through operands as uninitialized
 // when they are inlined into a function whose target list differs from theirs (a false positive).
 #pragma GCC diagnostic push
@@ -557,6 +602,12 @@ int main(int argc, char** argv) {
   for (const auto tier : {rimc::isa_tier::scalar, rimc::isa_tier::avx2, rimc::isa_tier::avx512})
     benchmark::RegisterBenchmark(("normal_fill/" + std::string(rimc::to_string(tier))).c_str(), normal_fill, tier)
         ->UseRealTime();
+  for (const bool shortcut : {false, true})
+    for (const auto tier : {rimc::isa_tier::scalar, rimc::isa_tier::avx2, rimc::isa_tier::avx512})
+      benchmark::RegisterBenchmark(
+          ("noisy_read/" + std::string(shortcut ? "shortcut/" : "exact/") + std::string(rimc::to_string(tier))).c_str(),
+          noisy_read, tier, shortcut)
+          ->UseRealTime();
   benchmark::RegisterBenchmark("normal_fill_candidate/table_quantile/philox10", normal_fill_candidate<10>)->UseRealTime();
   benchmark::RegisterBenchmark("normal_fill_candidate/table_quantile/philox7", normal_fill_candidate<7>)->UseRealTime();
   for (const auto& s : read_conv_shapes()) {

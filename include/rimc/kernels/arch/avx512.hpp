@@ -775,7 +775,7 @@ __attribute__((target("avx512f"))) inline std::int64_t noisy_codes_rows(const ad
 
 /// portable::noisy_for_adc without most of the exact normals: the
 /// approximate normals (normal_fill<true>), noisy_codes_rows, and for the
-/// undecided currents (about one in ten thousand at a quarter of a step of
+/// undecided currents (about four in ten thousand at a quarter of a step of
 /// noise) their exact normal (normals_at) and add_read_noise's value.
 __attribute__((target("avx512f"))) inline void noisy_for_adc(std::uint64_t seed, std::uint64_t stream,
                                                              std::uint64_t first, const adc_readout& a,
