@@ -13,7 +13,9 @@
 #endif
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
+#include <limits>
 
 #if RIMC_HAVE_X86_DISPATCH
 namespace rimc::detail::avx2 {
@@ -595,52 +597,142 @@ __attribute__((target("avx2"))) inline void normal_from_bits(const __m256i (&bit
   }
 }
 
+/// The Philox key (the seed's words) and the stream's words in every lane.
+struct philox8_keys {
+  std::uint32_t k0, k1;
+  __m256i s0, s1;
+  __attribute__((target("avx2"))) philox8_keys(std::uint64_t seed, std::uint64_t stream)
+      : k0(static_cast<std::uint32_t>(seed)),
+        k1(static_cast<std::uint32_t>(seed >> 32)),
+        s0(_mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream)))),
+        s1(_mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream >> 32)))) {}
+};
+
+/// One step of normal_fill: the Philox words of blocks block .. block + 8 G
+/// - 1, in output order (bits[k] holds the words of indices 8 k .. 8 k + 7
+/// of the step).
+template <int G>
+__attribute__((target("avx2"))) inline void philox_step_bits(std::uint64_t block, const philox8_keys& keys,
+                                                             __m256i (&bits)[4 * G]) {
+  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6), odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+  __m256i x[G][4];
+  for (int g = 0; g < G; ++g) {  // counters block + 8 g + l (64-bit): low and high words
+    const __m256i b0 = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<long long>(block + 8 * g)), _mm256_setr_epi64x(0, 1, 2, 3));
+    const __m256i b1 = _mm256_add_epi64(b0, _mm256_set1_epi64x(4));
+    x[g][0] = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(b0, even), _mm256_permutevar8x32_epi32(b1, even), 0xF0);
+    x[g][1] = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(b0, odd), _mm256_permutevar8x32_epi32(b1, odd), 0xF0);
+    x[g][2] = keys.s0;
+    x[g][3] = keys.s1;
+  }
+  philox8_ymm<G>(x, keys.k0, keys.k1);
+  for (int g = 0; g < G; ++g) {
+    blocks_to_output_order(x[g]);
+    for (int q = 0; q < 4; ++q) bits[4 * g + q] = x[g][q];
+  }
+}
+
+/// Stores a step's Q = 4 G registers of normals (indices base .. base + 8 Q
+/// - 1) into out, which holds indices [first, end).
+template <int Q>
+__attribute__((target("avx2"))) inline void store_normal_step(const __m256 (&z)[Q], std::uint64_t base,
+                                                              std::uint64_t first, std::uint64_t end, float* out) {
+  constexpr std::uint64_t step = 8 * Q;
+  if (base >= first && base + step <= end) {
+    float* o = out + (base - first);
+    for (int q = 0; q < Q; ++q) _mm256_storeu_ps(o + 8 * q, z[q]);
+  } else {  // the first or last step: only [first, end) of it
+    alignas(32) float part[step];
+    for (int q = 0; q < Q; ++q) _mm256_store_ps(part + 8 * q, z[q]);
+    const std::uint64_t l0 = std::max(base, first), l1 = std::min(base + step, end);
+    std::copy(part + (l0 - base), part + (l1 - base), out + (l0 - first));
+  }
+}
+
 /// portable::normal_fill, 32 G normals per step from 8 G Philox blocks
-/// (G = 2 groups of four registers), turned into output order before the
+/// (G = 3 groups of four registers), turned into output order before the
 /// quantile so that whole steps store straight into `out`. The float steps
 /// are plain AVX intrinsics: the target has no FMA (built without -march
 /// flags, as rimc's presets are), so nothing fuses and every step rounds as
 /// in the portable form (unit-isa checks the bits).
 __attribute__((target("avx2"))) inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first,
                                                         std::int64_t n, float* out) {
-  constexpr int G = 2, step = 32 * G;
+  constexpr int G = 3;
   if (n <= 0) return;
-  const auto k0 = static_cast<std::uint32_t>(seed), k1 = static_cast<std::uint32_t>(seed >> 32);
-  const __m256i s0 = _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream)));
-  const __m256i s1 = _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(stream >> 32)));
+  const philox8_keys keys(seed, stream);
   const std::uint64_t end = first + static_cast<std::uint64_t>(n);
-  alignas(32) float part[step];
-  alignas(32) std::uint32_t lo[8], hi[8];
   for (std::uint64_t block = first / 4; block * 4 < end; block += 8 * G) {
-    __m256i x[G][4];
-    for (int g = 0; g < G; ++g) {  // counters block + 8 g + l: low and high words
-      for (int l = 0; l < 8; ++l) {
-        const std::uint64_t b = block + static_cast<std::uint64_t>(8 * g + l);
-        lo[l] = static_cast<std::uint32_t>(b);
-        hi[l] = static_cast<std::uint32_t>(b >> 32);
-      }
-      x[g][0] = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
-      x[g][1] = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
-      x[g][2] = s0;
-      x[g][3] = s1;
-    }
-    philox8_ymm<G>(x, k0, k1);
     __m256i bits[4 * G];
-    for (int g = 0; g < G; ++g) {
-      blocks_to_output_order(x[g]);
-      for (int q = 0; q < 4; ++q) bits[4 * g + q] = x[g][q];
-    }
+    philox_step_bits<G>(block, keys, bits);
     __m256 z[4 * G];
     normal_from_bits(bits, z);
-    const std::uint64_t base = block * 4;
-    if (base >= first && base + step <= end) {
-      float* o = out + (base - first);
-      for (int q = 0; q < 4 * G; ++q) _mm256_storeu_ps(o + 8 * q, z[q]);
-    } else {  // the first or last step: only [first, end) of it
-      for (int q = 0; q < 4 * G; ++q) _mm256_store_ps(part + 8 * q, z[q]);
-      const std::uint64_t l0 = std::max(base, first), l1 = std::min(base + step, end);
-      std::copy(part + (l0 - base), part + (l1 - base), out + (l0 - first));
-    }
+    store_normal_step(z, block * 4, first, end, out);
+  }
+}
+
+/// avx512::approx_quantile on 8 words for the octaves 0-15 of the tail
+/// probability (down to 2^-17), whose coefficients two registers per power
+/// hold (tab[i][0]: octaves 0-7, tab[i][1]: 8-15; two permutes and a blend
+/// pick them); the same operations, so the same values there. The lanes of
+/// octaves 16-22 (128 of the 2^23 inputs) get NaN: noisy_codes_rows leaves
+/// them undecided, so they draw their exact normal.
+__attribute__((target("avx2,fma"))) inline __m256 approx_quantile(__m256i bits, const __m256 (&tab)[5][2]) {
+  const __m256i upper = _mm256_srai_epi32(bits, 31);  // k >= 2^22: u > 1/2, a positive normal
+  const __m256i k = _mm256_and_si256(_mm256_xor_si256(_mm256_srli_epi32(bits, 9), _mm256_srli_epi32(upper, 9)),
+                                     _mm256_set1_epi32(0x3FFFFF));  // min(k, 2^23 - 1 - k)
+  const __m256i qb = _mm256_castps_si256(
+      _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_or_si256(_mm256_slli_epi32(k, 1), _mm256_set1_epi32(1))),
+                    _mm256_set1_ps(0x1p-24f)));  // q = (2k + 1) 2^-24 in [2^-24, 1/2), exact and normal
+  // j = -2 - getexp(q) = 125 - the biased exponent; t = getmant(q) - 1.5 with the mantissa in [1, 2)
+  const __m256i j = _mm256_sub_epi32(_mm256_set1_epi32(125), _mm256_srli_epi32(qb, 23));
+  const __m256 t = _mm256_sub_ps(
+      _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(qb, _mm256_set1_epi32(0x7FFFFF)), _mm256_set1_epi32(0x3F800000))),
+      _mm256_set1_ps(1.5f));
+  const __m256 second = _mm256_castsi256_ps(_mm256_slli_epi32(j, 28));  // bit 3 of j: octaves 8-15
+  __m256 p = _mm256_blendv_ps(_mm256_permutevar8x32_ps(tab[4][0], j), _mm256_permutevar8x32_ps(tab[4][1], j), second);
+  for (int i = 3; i >= 0; --i) {
+    const __m256 c = _mm256_blendv_ps(_mm256_permutevar8x32_ps(tab[i][0], j), _mm256_permutevar8x32_ps(tab[i][1], j), second);
+    p = _mm256_fmadd_ps(p, t, c);
+  }
+  const __m256i sign = _mm256_andnot_si256(upper, _mm256_set1_epi32(INT32_MIN));
+  p = _mm256_castsi256_ps(_mm256_xor_si256(_mm256_castps_si256(p), sign));
+  const __m256 far = _mm256_castsi256_ps(_mm256_cmpgt_epi32(j, _mm256_set1_epi32(15)));
+  return _mm256_blendv_ps(p, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()), far);
+}
+
+/// approx_quantile's table in registers (see there).
+__attribute__((target("avx2"))) inline void load_approx_quantile(__m256 (&tab)[5][2]) {
+  for (int i = 0; i < 5; ++i) {
+    tab[i][0] = _mm256_load_ps(approx_quantile_coef[i]);
+    tab[i][1] = _mm256_load_ps(approx_quantile_coef[i] + 8);
+  }
+}
+
+/// The approximate quantile of n words (for the tests' check of approx_normal_error).
+__attribute__((target("avx2,fma"))) inline void approx_normals(const std::uint32_t* bits, std::int64_t n, float* out) {
+  __m256 tab[5][2];
+  load_approx_quantile(tab);
+  for (std::int64_t i = 0; i < n; i += 8) {
+    const __m256i m = lanes(n - i);
+    _mm256_maskstore_ps(out + i, m, approx_quantile(_mm256_maskload_epi32(reinterpret_cast<const int*>(bits + i), m), tab));
+  }
+}
+
+/// normal_fill with approx_quantile's values instead of the exact quantile
+/// (NaN for the farthest tails): noisy_for_adc's approximate normals.
+__attribute__((target("avx2,fma"))) inline void approx_normal_fill(std::uint64_t seed, std::uint64_t stream,
+                                                                    std::uint64_t first, std::int64_t n, float* out) {
+  constexpr int G = 3;
+  if (n <= 0) return;
+  const philox8_keys keys(seed, stream);
+  const std::uint64_t end = first + static_cast<std::uint64_t>(n);
+  __m256 tab[5][2];
+  load_approx_quantile(tab);
+  for (std::uint64_t block = first / 4; block * 4 < end; block += 8 * G) {
+    __m256i bits[4 * G];
+    philox_step_bits<G>(block, keys, bits);
+    __m256 z[4 * G];
+    for (int q = 0; q < 4 * G; ++q) z[q] = approx_quantile(bits[q], tab);
+    store_normal_step(z, block * 4, first, end, out);
   }
 }
 
@@ -656,12 +748,56 @@ __attribute__((target("avx2"))) inline void normals_at(std::uint64_t seed, std::
   portable::normals_at(seed, stream, first, offsets, n, out);
 }
 
-/// portable::noisy_for_adc with this tier's generator and noise: every current's exact noisy value.
-inline void noisy_for_adc(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, const adc_readout& /*a*/,
+/// avx512::noisy_codes_rows, 8 currents a step, the root by VSQRTPS
+/// (correctly rounded, so within a few ulp of add_read_noise's and well
+/// inside the bound's 2^-11). NaN normals (approx_quantile's farthest
+/// tails) leave their currents undecided. t is rounded on its own, as
+/// adc_rows rounds it; d is a bound with room to spare, fused or not.
+__attribute__((target("avx2,fma"))) inline std::int64_t noisy_codes_rows(const adc_readout& a, const float* current,
+                                                                         const float* variance, const float* z,
+                                                                         std::int64_t M, std::int64_t C, float* noisy,
+                                                                         std::uint32_t* undecided) {
+  const __m256 hi = _mm256_set1_ps(a.steps), lo = _mm256_set1_ps(-a.steps), magic = _mm256_set1_ps(12582912.0f);
+  const __m256 tiny = _mm256_set1_ps(std::numeric_limits<float>::min()), half = _mm256_set1_ps(0.5f);
+  const __m256 noise_k = _mm256_set1_ps(approx_normal_error + 0x1p-11f), rel = _mm256_set1_ps(0x1p-20f);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const bool per_col = a.to_steps != nullptr;
+  const __m256 to_all = _mm256_set1_ps(a.to_all), kto_all = _mm256_mul_ps(_mm256_and_ps(to_all, abs_mask), noise_k);
+  std::int64_t count = 0;
+  for (std::int64_t m = 0; m < M; ++m) {
+    const std::int64_t row = m * C;
+    for (std::int64_t j = 0; j < C; j += 8) {
+      const __m256i k = lanes(C - j);
+      const __m256 to = per_col ? _mm256_maskload_ps(a.to_steps + j, k) : to_all;
+      const __m256 kto = per_col ? _mm256_mul_ps(_mm256_and_ps(to, abs_mask), noise_k) : kto_all;
+      const __m256 c = _mm256_maskload_ps(current + row + j, k);
+      const __m256 root = _mm256_sqrt_ps(_mm256_add_ps(_mm256_maskload_ps(variance + row + j, k), tiny));
+      const __m256 nz = _mm256_fmadd_ps(root, _mm256_maskload_ps(z + row + j, k), c);
+      __m256 t = _mm256_mul_ps(nz, to);  // as adc_rows computes it from nz
+      RIMC_NO_CONTRACT(t);
+      const __m256 d = _mm256_fmadd_ps(kto, root, _mm256_mul_ps(_mm256_and_ps(t, abs_mask), rel));
+      // the distance of the clipped t from the nearest rounding boundary (exact; NaN stays NaN)
+      const __m256 tc = _mm256_min_ps(hi, _mm256_max_ps(lo, t));
+      const __m256 q = _mm256_sub_ps(_mm256_add_ps(tc, magic), magic);
+      const __m256 dist = _mm256_sub_ps(half, _mm256_and_ps(_mm256_sub_ps(tc, q), abs_mask));
+      const int decided = _mm256_movemask_ps(_mm256_cmp_ps(dist, d, _CMP_GT_OQ));
+      _mm256_maskstore_ps(noisy + row + j, k, nz);
+      for (unsigned open = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(k)) & ~decided); open != 0;
+           open &= open - 1)
+        undecided[count++] = static_cast<std::uint32_t>(row + j + std::countr_zero(open));
+    }
+  }
+  return count;
+}
+
+/// avx512::noisy_for_adc on this tier: approx_normal_fill, noisy_codes_rows,
+/// and for the undecided currents their exact normal and noisy value.
+inline void noisy_for_adc(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, const adc_readout& a,
                           const float* current, const float* variance, std::int64_t M, std::int64_t C, float* noisy,
-                          float* z, std::uint32_t* /*undecided*/) {
-  normal_fill(seed, stream, first, M * C, z);
-  add_read_noise(current, variance, z, M * C, noisy);
+                          float* z, std::uint32_t* undecided) {
+  approx_normal_fill(seed, stream, first, M * C, z);
+  const std::int64_t count = noisy_codes_rows(a, current, variance, z, M, C, noisy, undecided);
+  exact_undecided<normals_at, add_read_noise>(seed, stream, first, current, variance, undecided, count, noisy);
 }
 
 /// portable::dac_codes compiled for AVX2 (no FMA in the target: nothing fuses).

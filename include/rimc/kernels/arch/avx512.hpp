@@ -425,19 +425,21 @@ __attribute__((target("avx512f"))) inline void adam_update(float* p, const float
 template <int G, int Rounds = 10>
 __attribute__((target("avx512f"))) inline void philox16_zmm(__m512i (&x)[G][4], std::uint32_t k0, std::uint32_t k1) {
   const __m512i m0 = _mm512_set1_epi64(0xD2511F53), m1 = _mm512_set1_epi64(0xCD9E8D57);
-  constexpr __mmask16 odd = 0xAAAA;
+  constexpr __mmask16 odd = 0xAAAA, even = 0x5555;
+  constexpr auto swap = _MM_PERM_CDAB;  // the two words of each 64-bit lane exchanged
   for (int round = 0; round < Rounds; ++round) {
     const __m512i key0 = _mm512_set1_epi32(static_cast<int>(k0)), key1 = _mm512_set1_epi32(static_cast<int>(k1));
     for (int g = 0; g < G; ++g) {
-      // lo / hi words of m0 * x0 and m1 * x2, lane by lane: even lanes from one VPMULUDQ, odd from another
+      // lo / hi words of m0 * x0 and m1 * x2, lane by lane: even lanes from one VPMULUDQ, odd from
+      // another; each product's word moved to its lane by a masked in-lane swap (one instruction)
       const __m512i e0 = _mm512_mul_epu32(x[g][0], m0), o0 = _mm512_mul_epu32(_mm512_srli_epi64(x[g][0], 32), m0);
       const __m512i e2 = _mm512_mul_epu32(x[g][2], m1), o2 = _mm512_mul_epu32(_mm512_srli_epi64(x[g][2], 32), m1);
-      const __m512i lo0 = _mm512_mask_blend_epi32(odd, e0, _mm512_slli_epi64(o0, 32));
-      const __m512i hi0 = _mm512_mask_blend_epi32(odd, _mm512_srli_epi64(e0, 32), o0);
-      const __m512i lo2 = _mm512_mask_blend_epi32(odd, e2, _mm512_slli_epi64(o2, 32));
-      const __m512i hi2 = _mm512_mask_blend_epi32(odd, _mm512_srli_epi64(e2, 32), o2);
-      const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi2, x[g][1]), key0);
-      const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, x[g][3]), key1);
+      const __m512i lo0 = _mm512_mask_shuffle_epi32(e0, odd, o0, swap);
+      const __m512i hi0 = _mm512_mask_shuffle_epi32(o0, even, e0, swap);
+      const __m512i lo2 = _mm512_mask_shuffle_epi32(e2, odd, o2, swap);
+      const __m512i hi2 = _mm512_mask_shuffle_epi32(o2, even, e2, swap);
+      const __m512i n0 = _mm512_ternarylogic_epi32(hi2, x[g][1], key0, 0x96);  // hi2 ^ x1 ^ key0
+      const __m512i n2 = _mm512_ternarylogic_epi32(hi0, x[g][3], key1, 0x96);
       x[g][1] = lo2;
       x[g][3] = lo0;
       x[g][0] = n0;
@@ -608,7 +610,7 @@ struct philox16_counters {
 };
 
 /// portable::normal_fill, 64 G normals per step from 16 G Philox blocks
-/// (G = 2 groups of four registers, their rounds interleaved), turned into
+/// (G = 4 groups of four registers, their rounds interleaved), turned into
 /// output order before the quantile so that whole steps store straight into
 /// `out`; every float step is a _round_ intrinsic, so nothing is fused and
 /// the bits are the portable form's.
@@ -616,7 +618,7 @@ struct philox16_counters {
 template <bool approximate = false>
 __attribute__((target("avx512f"))) inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t first,
                                                            std::int64_t n, float* out) {
-  constexpr int G = 2, step = 64 * G;
+  constexpr int G = 4, step = 64 * G;
   if (n <= 0) return;
   __m512 table_lo[5], table_hi[5];  // approx_quantile's tables
   if constexpr (approximate) load_approx_quantile(table_lo, table_hi);
@@ -788,17 +790,7 @@ __attribute__((target("avx512f"))) inline void noisy_for_adc(std::uint64_t seed,
       : C <= 32 ? noisy_codes_rows<2>(a, current, variance, z, M, C, noisy, undecided)
       : C <= 64 ? noisy_codes_rows<4>(a, current, variance, z, M, C, noisy, undecided)
                 : noisy_codes_rows<0>(a, current, variance, z, M, C, noisy, undecided);
-  for (std::int64_t i = 0; i < count; i += 16) {  // the undecided currents, exactly
-    const auto len = std::min<std::int64_t>(16, count - i);
-    alignas(64) float zz[16], cc[16], vv[16];
-    normals_at(seed, stream, first, undecided + i, len, zz);
-    for (std::int64_t l = 0; l < len; ++l) {
-      cc[l] = current[undecided[i + l]];
-      vv[l] = variance[undecided[i + l]];
-    }
-    add_read_noise(cc, vv, zz, len, cc);
-    for (std::int64_t l = 0; l < len; ++l) noisy[undecided[i + l]] = cc[l];
-  }
+  exact_undecided<normals_at, add_read_noise>(seed, stream, first, current, variance, undecided, count, noisy);
 }
 
 /// portable::dac_codes, 16 elements a step (masked tail). std::clamp(v, -1,

@@ -9,6 +9,7 @@
 
 #include <rimc/kernels/arch/isa.hpp>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace rimc::detail {
@@ -41,6 +42,25 @@ struct adc_readout {
   const float* bias = nullptr;      ///< [C] epilogue bias, or null
   bool relu = false;                ///< ReLU after the epilogue
 };
+
+/// The last step of a tier's noisy_for_adc: the exact normal (the tier's
+/// normals_at) and exact noisy value (its add_read_noise) of each of the
+/// `count` undecided currents (indices into current, variance and noisy).
+template <auto normals_at_fn, auto add_read_noise_fn>
+inline void exact_undecided(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, const float* current,
+                            const float* variance, const std::uint32_t* undecided, std::int64_t count, float* noisy) {
+  for (std::int64_t i = 0; i < count; i += 16) {
+    const auto len = std::min<std::int64_t>(16, count - i);
+    alignas(64) float zz[16], cc[16], vv[16];
+    normals_at_fn(seed, stream, first, undecided + i, len, zz);
+    for (std::int64_t l = 0; l < len; ++l) {
+      cc[l] = current[undecided[i + l]];
+      vv[l] = variance[undecided[i + l]];
+    }
+    add_read_noise_fn(cc, vv, zz, len, cc);
+    for (std::int64_t l = 0; l < len; ++l) noisy[undecided[i + l]] = cc[l];
+  }
+}
 
 /// A thin convolution's geometry for the direct kernels: input channels-last
 /// [N, H, W, C], output [N, OH, OW, r], a KH x KW window with stride,
@@ -216,7 +236,7 @@ inline void normals_at(std::uint64_t seed, std::uint64_t stream, std::uint64_t f
 /// them, bit for bit, the codes it reads from the exact noisy currents
 /// add_read_noise(current, variance, z) with z = normal_fill(seed, stream,
 /// first, M C). The values may differ by tier, the codes do not: the
-/// portable and AVX2 forms compute the exact currents; the AVX-512 form finds
+/// portable form computes the exact currents; the AVX2 and AVX-512 forms find
 /// most codes from a cheaper approximate quantile and a bound on its error,
 /// drawing exact normals only for the currents near a code's boundary (see
 /// avx512::noisy_for_adc and docs/formulas.md, sec. 5). z and undecided are
