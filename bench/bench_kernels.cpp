@@ -21,7 +21,7 @@
 // noisy_read/{exact,shortcut}/<tier>: a tile block's read noise before an
 // 8-bit per-column ADC on one thread (65,536 currents of 16 columns, noise a
 // quarter of an ADC step, as on the realistic chip's stem): normal_fill +
-// add_read_noise, or noisy_for_adc (on AVX-512 the approximate quantile and
+// add_read_noise, or noisy_for_adc (on AVX-512 and AVX2 the approximate quantile and
 // exact normals only near a code's boundary; the same ADC codes); counter
 // s_per_current.
 // read_convs/{pair,grouped}/<shape>: what a read-noise tile block's two
