@@ -1,6 +1,7 @@
 // Tests of rimc::conv2d (oneDNN) against the reference, and of the reference's
 // backward pass against finite differences in double precision.
 
+#include <rimc/core/half.hpp>
 #include <rimc/core/parallel.hpp>
 #include <rimc/kernels/conv2d.hpp>
 #include <rimc/kernels/reference.hpp>
@@ -9,6 +10,8 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <cstdint>
 #include <vector>
 
 // This file's names live in a namespace of their own: all unit-test files build into one
@@ -256,6 +259,57 @@ TEST_SUITE("conv2d backward-weights") {
           REQUIRE(y(n * out[2] * out[3] + i, o) ==
                   doctest::Approx(expected[(n * out[1] + o) * out[2] * out[3] + i]).epsilon(1e-5));
   }
+
+TEST_SUITE("conv2d bf16") {
+  TEST_CASE("forward_bf16 is the convolution of the bf16-rounded source and weights, summed in f32") {
+    // Against a double reference on the bf16 values (weights rounded to nearest even): within the
+    // f32 summation's rounding, K 2^-23 times the sum of |products|, for every output. Where oneDNN
+    // has no bf16 convolution the call is a backend_error and the implementation's name empty.
+    struct bf16_case {
+      Shape src, weights;
+      conv2d_params p;
+    };
+    for (const auto& c : {bf16_case{Shape{2, 16, 9, 9}, Shape{24, 16, 3, 3}, conv2d_params{{1, 1}, {1, 1}}},
+                          bf16_case{Shape{3, 5, 10, 7}, Shape{8, 5, 3, 3}, conv2d_params{{2, 2}, {0, 0}}},
+                          bf16_case{Shape{1, 28, 7, 7}, Shape{64, 28, 1, 1}, conv2d_params{}}}) {
+      CAPTURE(c.src.to_string());
+      const Tensor x = test::random_tensor(c.src, 40, layout::nhwc);
+      const Tensor w = test::random_tensor(c.weights, 41);
+      const conv2d conv(w, std::nullopt, c.p);
+      std::vector<std::uint16_t> xb(static_cast<std::size_t>(x.numel()));
+      for (std::int64_t i = 0; i < x.numel(); ++i) xb[static_cast<std::size_t>(i)] = float_to_bf16_bits(x.data()[i]);
+      Tensor y;
+      if (conv.bf16_implementation(c.src).empty()) {
+        MESSAGE("oneDNN has no bf16 convolution here");
+        CHECK_THROWS_AS(conv.forward_bf16(xb.data(), c.src, y), backend_error);
+        continue;
+      }
+      conv.forward_bf16(xb.data(), c.src, y);
+      CHECK(y.memory_layout() == layout::nhwc);
+      REQUIRE(y.shape() == conv.output_shape(c.src));
+      // The reference on the rounded values, and the sum of |products| for the tolerance.
+      Tensor xr(c.src), wr(c.weights);
+      const Tensor xp = x.to_layout(layout::nchw);
+      for (std::int64_t i = 0; i < xr.numel(); ++i) xr[i] = bf16_bits_to_float(float_to_bf16_bits(xp[i]));
+      for (std::int64_t i = 0; i < wr.numel(); ++i) wr[i] = bf16_bits_to_float(float_to_bf16_bits(w[i]));
+      Tensor xa = xr, wa = wr;
+      for (std::int64_t i = 0; i < xa.numel(); ++i) xa[i] = std::abs(xa[i]);
+      for (std::int64_t i = 0; i < wa.numel(); ++i) wa[i] = std::abs(wa[i]);
+      const Tensor want = reference::conv2d(xr, wr, nullptr, c.p).to_layout(layout::nchw);
+      const Tensor mag = reference::conv2d(xa, wa, nullptr, c.p).to_layout(layout::nchw);
+      const Tensor got = y.to_layout(layout::nchw);
+      const double K = static_cast<double>(c.weights[1] * c.weights[2] * c.weights[3]);
+      double worst = 0;
+      for (std::int64_t i = 0; i < got.numel(); ++i) {
+        worst = std::max(worst, std::abs(double(got[i]) - double(want[i])) / (K * 0x1p-23 * double(mag[i]) + 1e-30));
+      }
+      CHECK(worst <= 1.0);
+      // A bias has no place in it.
+      const conv2d with_bias(w, test::random_tensor(Shape{c.weights[0]}, 42), c.p);
+      CHECK_THROWS_AS(with_bias.forward_bf16(xb.data(), c.src, y), value_error);
+    }
+  }
+}
 }
 
 }  // namespace unit_conv2d

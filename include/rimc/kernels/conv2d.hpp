@@ -8,6 +8,7 @@
 #include <rimc/kernels/onednn.hpp>
 #include <rimc/kernels/params.hpp>
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -213,6 +214,32 @@ class conv2d {
     return bwd_entry(Tensor::empty(output_shape(src), layout::nhwc), src)->pd.impl_info_str();
   }
 
+  /// dst (f32, channels-last, resized as needed) = the convolution of `src`, given as bfloat16
+  /// bit patterns of a channels-last tensor of shape `src_shape`, with the weights rounded to
+  /// bfloat16 (nearest, ties to even): products of bfloat16 numbers summed in f32, no bias, no
+  /// ReLU. An approximate convolution for a fast estimate (the read variance's shortcut in
+  /// analog_conv2d); backend_error where oneDNN has no such convolution, value_error with a bias.
+  void forward_bf16(const std::uint16_t* src, const Shape& src_shape, Tensor& dst) const {
+    if (s_->bias) throw value_error("conv2d::forward_bf16: the convolution has a bias; forward_bf16 adds none");
+    const auto e = bf16_entry(src_shape);
+    dst.ensure(e->dst_shape, layout::nhwc);
+    auto& args = detail::thread_args();
+    args[DNNL_ARG_SRC] = dnnl::memory(e->pd.src_desc(), detail::cpu_engine(), const_cast<std::uint16_t*>(src));
+    args[DNNL_ARG_WEIGHTS] = s_->weights.get(e->pd.weights_desc());
+    args[DNNL_ARG_DST] = detail::wrap(e->pd.dst_desc(), dst.data());
+    args[DNNL_ARG_SCRATCHPAD] = detail::thread_scratchpad(e->pd.scratchpad_desc());
+    detail::onednn_call("conv2d forward_bf16", [&] { detail::execute(e->prim, args); });
+  }
+
+  /// oneDNN's implementation of forward_bf16 for a source of this shape, or "" where it has none.
+  [[nodiscard]] std::string bf16_implementation(const Shape& src_shape) const {
+    try {
+      return bf16_entry(src_shape)->pd.impl_info_str();
+    } catch (const backend_error&) {
+      return {};
+    }
+  }
+
   /// The source layout the forward primitive for this shape consumes directly.
   [[nodiscard]] layout preferred_src_layout(const Shape& src) const {
     return fwd_entry(Tensor::empty(src, layout::nhwc), false, s_->params.relu)->src_layout;
@@ -333,6 +360,33 @@ class conv2d {
                                                           : dnnl::prop_kind::forward_inference,
                                     relu, sl, dl);
         return fwd_state{pd, dnnl::convolution_forward(pd), sl, dl, output_shape(src.shape())};
+      });
+    });
+  }
+
+  /// forward_bf16's primitive for a source of shape `src` (channels-last), created on first use.
+  [[nodiscard]] std::shared_ptr<const fwd_state> bf16_entry(const Shape& src) const {
+    if (src.rank() != 4) {
+      throw shape_error(detail::concat("conv2d: src must be rank 4 (N, C, H, W), got ", src.to_string()));
+    }
+    return s_->fwd.get(detail::kernel_key{src, layout::nhwc, num_threads(), 16, {}, layout::nchw}, [&] {
+      return detail::onednn_call("conv2d: creating the bf16 forward primitive", [&] {
+        const auto& p = s_->params;
+        const Shape dst = output_shape(src);
+        const dnnl::memory::desc src_md(detail::to_dims(src), detail::dnnl_dt::bf16, detail::dnnl_tag::nhwc);
+        const dnnl::memory::desc dst_md(detail::to_dims(dst), detail::dnnl_dt::f32, detail::dnnl_tag::nhwc);
+        const auto g = p.groups;
+        const Shape& w = weights().shape();
+        const dnnl::memory::desc w_md = g == 1 ? dnnl::memory::desc(detail::to_dims(w), detail::dnnl_dt::bf16,
+                                                                    detail::dnnl_tag::any)
+                                               : dnnl::memory::desc({g, w[0] / g, w[1], w[2], w[3]},
+                                                                    detail::dnnl_dt::bf16, detail::dnnl_tag::any);
+        const dnnl::convolution_forward::desc desc(
+            dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src_md, w_md, dst_md,
+            detail::to_dims(p.stride), detail::to_dims(p.dilation, 1), detail::to_dims(p.padding),
+            detail::to_dims(p.padding));
+        const fwd_pd pd(desc, detail::user_scratchpad(), detail::cpu_engine());
+        return fwd_state{pd, dnnl::convolution_forward(pd), layout::nhwc, layout::nhwc, dst};
       });
     });
   }

@@ -49,6 +49,14 @@ using dnnl_dt = dnnl::memory::data_type;
   return stream;
 }
 
+/// Whether oneDNN runs bfloat16 dot products natively here (AVX-512 BF16 or AMX; respects
+/// ONEDNN_MAX_CPU_ISA): elsewhere its bf16 kernels are emulated or missing.
+[[nodiscard]] inline bool onednn_native_bf16() {
+  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const auto bf16 = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_bf16);
+  return (isa & bf16) == bf16;
+}
+
 /// Runs `f`, turning a dnnl::error into a rimc::backend_error that names `what`.
 template <class F>
 decltype(auto) onednn_call(std::string_view what, F&& f) {
