@@ -5,6 +5,7 @@
 // adapter epilogue where oneDNN runs AVX-512 (its own kernels differ in
 // rounding at lower ISAs), and within float rounding of it elsewhere.
 
+#include <rimc/core/half.hpp>
 #include <rimc/core/random.hpp>
 #include <rimc/kernels/arch/dispatch.hpp>
 #include <rimc/kernels/combine.hpp>
@@ -22,6 +23,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -543,6 +545,143 @@ TEST_SUITE("isa tiers") {
             CHECK(same_bits(want, got));
           });
         }
+    }
+  }
+
+  TEST_CASE("noisy_for_adc with approximate variances: the exact variances' codes on every tier, exact ones asked for near a boundary only") {
+    // Each approximate variance lies up to the bound's edge away from the exact one (either side);
+    // the exact noisy current sits a little either side of a rounding boundary, noise from 1e-6 to
+    // 3 ADC steps. The read-out equals the exact currents' bit for bit; the vector tiers ask for few
+    // exact variances, the portable one for all.
+    const std::uint64_t seed = 17, stream = 18, first = 77;
+    const std::int64_t C = 20, M = 307, n = M * C;
+    const auto u = test::random_tensor(Shape{5 * n}, 81, layout::nchw, 0.0f, 1.0f);
+    std::vector<float> z(static_cast<std::size_t>(n));
+    detail::portable::normal_fill(seed, stream, first, n, z.data());
+    const float tiny = std::numeric_limits<float>::min();
+    detail::variance_bound bound;
+    bound.rel = 0x1p-8f;
+    bound.abs = 1e-12f;
+    for (const float steps : {7.0f, 127.0f}) {
+      CAPTURE(steps);
+      detail::adc_readout a;
+      const std::vector<float> f(static_cast<std::size_t>(C), 0.5f);
+      a.factor = f.data();
+      a.steps = steps;
+      a.to_all = 90.0f;
+      a.lsb_all = 0.01f;
+      std::vector<float> c(static_cast<std::size_t>(n)), v(static_cast<std::size_t>(n)), va(static_cast<std::size_t>(n));
+      for (std::int64_t i = 0; i < n; ++i) {
+        const float* ui = u.data() + 5 * i;
+        const float sigma_steps = std::pow(10.0f, -6.0f + 6.5f * ui[0]) / 5.3f;
+        v[i] = (sigma_steps / 90.0f) * (sigma_steps / 90.0f);
+        // the approximate root up to the bound's edge from the exact one, either side
+        const float r = std::sqrt(v[i] + tiny), d = (2 * ui[4] - 1) * 0.999f;
+        const float ra = (r - bound.abs * d) / (1 + bound.rel * d);
+        va[i] = std::max(ra * ra - tiny, 0.0f);
+        const float k = std::floor((2 * ui[1] - 1) * (steps + 2));
+        const float shift = std::copysign(std::pow(10.0f, -7.0f + 5.0f * ui[3]), ui[3] - 0.55f);
+        c[i] = (k + 0.5f + shift) / 90.0f - std::sqrt(v[i]) * z[i];
+      }
+      std::vector<float> noisy(static_cast<std::size_t>(n));
+      detail::portable::add_read_noise(c.data(), v.data(), z.data(), n, noisy.data());
+      std::vector<float> want(static_cast<std::size_t>(n), 0.5f);
+      detail::portable::adc_rows(a, noisy.data(), M, C, nullptr, 0.75f, 2.0f, want.data(), C, false);
+      for_each_tier([&](isa_tier t) {
+        std::int64_t asked = 0;
+        bound.exact = [&](const std::uint32_t* idx, std::int64_t count, float* out) {
+          asked += count;
+          for (std::int64_t i = 0; i < count; ++i) out[i] = v[idx[i]];
+        };
+        std::vector<float> got_noisy(static_cast<std::size_t>(n)), scratch(static_cast<std::size_t>(n));
+        std::vector<std::uint32_t> undecided(static_cast<std::size_t>(n));
+        detail::noisy_for_adc(seed, stream, first, a, c.data(), va.data(), M, C, got_noisy.data(), scratch.data(),
+                              undecided.data(), t, &bound);
+        std::vector<float> got(static_cast<std::size_t>(n), 0.5f);
+        detail::portable::adc_rows(a, got_noisy.data(), M, C, nullptr, 0.75f, 2.0f, got.data(), C, false);
+        CHECK(same_bits(want, got));
+        if (t == isa_tier::scalar) {
+          CHECK(asked == n);
+        } else {
+          // the currents sit near boundaries on purpose (about half within the bound's margin), yet some decide
+          CHECK(asked > 0);
+          CHECK(asked < n);
+        }
+      });
+    }
+  }
+
+  TEST_CASE("bf16_round rounds to nearest even and finds the largest input on every tier") {
+    std::vector<float> x;
+    const auto r = test::random_tensor(Shape{1000}, 90, layout::nchw, -30.0f, 30.0f);
+    for (std::int64_t i = 0; i < r.numel(); ++i) x.push_back(std::exp2(r[i]) * (i % 3 ? 1.0f : 1.0f + 0x1p-8f));
+    for (const float e : {0.0f, 1e-40f, std::numeric_limits<float>::min(), std::numeric_limits<float>::max(),
+                          std::numeric_limits<float>::infinity(), 1.0f + 0x1p-8f, 1.0f + 0x1p-7f + 0x1p-8f, 3.0f})
+      x.push_back(e);
+    std::vector<std::uint16_t> want(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) want[i] = float_to_bf16_bits(x[i]);
+    CHECK(want[want.size() - 3] == 0x3f80);  // 1 + 2^-8: a tie, to even
+    CHECK(want[want.size() - 2] == 0x3f82);  // 1 + 2^-7 + 2^-8: a tie, to even (up)
+    x.pop_back();  // the largest is infinity; 3 was only for the layout of the ties
+    want.pop_back();
+    for_each_tier([&](isa_tier t) {
+      for (const std::size_t len : {x.size(), std::size_t{1}, std::size_t{17}, x.size() - 9}) {
+        std::vector<std::uint16_t> got(len);
+        const float top = detail::bf16_round(x.data(), static_cast<std::int64_t>(len), got.data(), t);
+        CHECK(same_bits(got, std::vector<std::uint16_t>(want.begin(), want.begin() + static_cast<std::ptrdiff_t>(len))));
+        CHECK(top == *std::max_element(x.begin(), x.begin() + static_cast<std::ptrdiff_t>(len)));
+      }
+    });
+  }
+
+  TEST_CASE("conv_chain_values is the per-output FMA chain over in-bounds taps, the same bits on every tier") {
+    // Strides, padding, dilation, 1 to 28 channels, 1 to 20 outputs; listed outputs in scattered
+    // order. The reference skips the padding's taps instead of reading zeros.
+    struct geo {
+      std::int64_t C, r, k, s, p, d;
+    };
+    for (const geo q : {geo{1, 16, 3, 1, 1, 1}, geo{3, 20, 3, 2, 1, 1}, geo{12, 5, 3, 1, 2, 2}, geo{28, 1, 3, 2, 0, 1},
+                        geo{8, 7, 1, 1, 0, 1}, geo{5, 9, 5, 1, 2, 1}}) {
+      CAPTURE(q.C);
+      CAPTURE(q.k);
+      detail::thin_conv_geometry g;
+      g.N = 2;
+      g.H = 9;
+      g.W = 8;
+      g.C = g.Cp = q.C;
+      g.KH = g.KW = q.k;
+      g.sh = g.sw = q.s;
+      g.ph = g.pw = q.p;
+      g.dh = g.dw = q.d;
+      g.OH = (g.H + 2 * q.p - q.d * (q.k - 1) - 1) / q.s + 1;
+      g.OW = (g.W + 2 * q.p - q.d * (q.k - 1) - 1) / q.s + 1;
+      g.r = q.r;
+      const auto x = test::random_tensor(Shape{g.N * g.H * g.W * g.C}, 91, layout::nchw, 0.0f, 2.0f);
+      const auto w = test::random_tensor(Shape{g.r * g.KH * g.KW * g.C}, 92, layout::nchw, 0.0f, 1e-3f);
+      const std::int64_t outputs = g.N * g.OH * g.OW * g.r;
+      std::vector<std::uint32_t> idx;
+      for (std::int64_t i = 0; i < outputs; ++i) idx.push_back(static_cast<std::uint32_t>((i * 7919) % outputs));
+      std::vector<float> want(idx.size());
+      for (std::size_t i = 0; i < idx.size(); ++i) {
+        const std::int64_t o = idx[i] % g.r, p = idx[i] / g.r, n = p / (g.OH * g.OW), oh = p % (g.OH * g.OW) / g.OW,
+                           ow = p % g.OW;
+        float acc = 0.0f;
+        for (std::int64_t kh = 0; kh < g.KH; ++kh)
+          for (std::int64_t kw = 0; kw < g.KW; ++kw) {
+            const std::int64_t ih = oh * g.sh - g.ph + kh * g.dh, iw = ow * g.sw - g.pw + kw * g.dw;
+            if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+            for (std::int64_t c = 0; c < g.C; ++c)
+              acc = std::fma(x[((n * g.H + ih) * g.W + iw) * g.C + c], w[((o * g.KH + kh) * g.KW + kw) * g.C + c], acc);
+          }
+        want[i] = acc;
+      }
+      for_each_tier([&](isa_tier t) {
+        for (const std::size_t len : {idx.size(), std::size_t{1}, std::size_t{13}}) {
+          std::vector<float> got(len);
+          detail::conv_chain_values(g, x.data(), w.data(), idx.data(), static_cast<std::int64_t>(len), got.data(), t);
+          CHECK(same_bits(got, std::vector<float>(want.begin(), want.begin() + static_cast<std::ptrdiff_t>(len))));
+        }
+      });
     }
   }
 }

@@ -752,17 +752,23 @@ __attribute__((target("avx2"))) inline void normals_at(std::uint64_t seed, std::
 /// (correctly rounded, so within a few ulp of add_read_noise's and well
 /// inside the bound's 2^-11). NaN normals (approx_quantile's farthest
 /// tails) leave their currents undecided. t is rounded on its own, as
-/// adc_rows rounds it; d is a bound with room to spare, fused or not.
+/// adc_rows rounds it; d is a bound with room to spare, fused or not. With
+/// approximate variances (var_rel, var_abs: variance_bound's), d grows by
+/// |to| (|za| + approx_normal_error) (s var_rel + var_abs).
 __attribute__((target("avx2,fma"))) inline std::int64_t noisy_codes_rows(const adc_readout& a, const float* current,
                                                                          const float* variance, const float* z,
                                                                          std::int64_t M, std::int64_t C, float* noisy,
-                                                                         std::uint32_t* undecided) {
+                                                                         std::uint32_t* undecided, float var_rel,
+                                                                         float var_abs) {
   const __m256 hi = _mm256_set1_ps(a.steps), lo = _mm256_set1_ps(-a.steps), magic = _mm256_set1_ps(12582912.0f);
   const __m256 tiny = _mm256_set1_ps(std::numeric_limits<float>::min()), half = _mm256_set1_ps(0.5f);
   const __m256 noise_k = _mm256_set1_ps(approx_normal_error + 0x1p-11f), rel = _mm256_set1_ps(0x1p-20f);
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const bool per_col = a.to_steps != nullptr;
   const __m256 to_all = _mm256_set1_ps(a.to_all), kto_all = _mm256_mul_ps(_mm256_and_ps(to_all, abs_mask), noise_k);
+  const __m256 vrel = _mm256_set1_ps(var_rel), vabs = _mm256_set1_ps(var_abs);
+  const __m256 zerr = _mm256_set1_ps(approx_normal_error);
+  const bool approx = var_rel != 0.0f || var_abs != 0.0f;
   std::int64_t count = 0;
   for (std::int64_t m = 0; m < M; ++m) {
     const std::int64_t row = m * C;
@@ -772,10 +778,15 @@ __attribute__((target("avx2,fma"))) inline std::int64_t noisy_codes_rows(const a
       const __m256 kto = per_col ? _mm256_mul_ps(_mm256_and_ps(to, abs_mask), noise_k) : kto_all;
       const __m256 c = _mm256_maskload_ps(current + row + j, k);
       const __m256 root = _mm256_sqrt_ps(_mm256_add_ps(_mm256_maskload_ps(variance + row + j, k), tiny));
-      const __m256 nz = _mm256_fmadd_ps(root, _mm256_maskload_ps(z + row + j, k), c);
+      const __m256 za = _mm256_maskload_ps(z + row + j, k);
+      const __m256 nz = _mm256_fmadd_ps(root, za, c);
       __m256 t = _mm256_mul_ps(nz, to);  // as adc_rows computes it from nz
       RIMC_NO_CONTRACT(t);
-      const __m256 d = _mm256_fmadd_ps(kto, root, _mm256_mul_ps(_mm256_and_ps(t, abs_mask), rel));
+      __m256 d = _mm256_fmadd_ps(kto, root, _mm256_mul_ps(_mm256_and_ps(t, abs_mask), rel));
+      if (approx) {  // what the variance's error can move t by
+        const __m256 zt = _mm256_mul_ps(_mm256_add_ps(_mm256_and_ps(za, abs_mask), zerr), _mm256_and_ps(to, abs_mask));
+        d = _mm256_fmadd_ps(zt, _mm256_fmadd_ps(root, vrel, vabs), d);
+      }
       // the distance of the clipped t from the nearest rounding boundary (exact; NaN stays NaN)
       const __m256 tc = _mm256_min_ps(hi, _mm256_max_ps(lo, t));
       const __m256 q = _mm256_sub_ps(_mm256_add_ps(tc, magic), magic);
@@ -794,10 +805,26 @@ __attribute__((target("avx2,fma"))) inline std::int64_t noisy_codes_rows(const a
 /// and for the undecided currents their exact normal and noisy value.
 inline void noisy_for_adc(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, const adc_readout& a,
                           const float* current, const float* variance, std::int64_t M, std::int64_t C, float* noisy,
-                          float* z, std::uint32_t* undecided) {
+                          float* z, std::uint32_t* undecided, const variance_bound* approx) {
   approx_normal_fill(seed, stream, first, M * C, z);
-  const std::int64_t count = noisy_codes_rows(a, current, variance, z, M, C, noisy, undecided);
-  exact_undecided<normals_at, add_read_noise>(seed, stream, first, current, variance, undecided, count, noisy);
+  const std::int64_t count = noisy_codes_rows(a, current, variance, z, M, C, noisy, undecided,
+                                              approx ? approx->rel : 0.0f, approx ? approx->abs : 0.0f);
+  exact_undecided<normals_at, add_read_noise>(seed, stream, first, current, variance, undecided, count, noisy, approx);
+}
+
+/// portable::bf16_round compiled for AVX2.
+__attribute__((target("avx2"))) inline float bf16_round(const float* x, std::int64_t n, std::uint16_t* out) {
+  return bf16_round_body(x, n, out);
+}
+
+/// portable::conv_chain_values with the hardware's FMA (also the AVX-512 tier's).
+__attribute__((target("avx2,fma"))) inline void conv_chain_values(const thin_conv_geometry& g, const float* x,
+                                                                  const float* w, const std::uint32_t* idx,
+                                                                  std::int64_t count, float* out) {
+  struct fused {
+    float operator()(float a, float b, float c) const { return __builtin_fmaf(a, b, c); }
+  };
+  conv_chain_values_body(g, x, w, idx, count, out, fused{});
 }
 
 /// portable::dac_codes compiled for AVX2 (no FMA in the target: nothing fuses).

@@ -718,17 +718,23 @@ __attribute__((target("avx512f"))) inline void add_read_noise(const float* curre
 /// stored: adc_rows reads that code. The others are listed in `undecided`
 /// (NaN, infinite or negative inputs among them); returns their count. With
 /// V > 0 (C <= 16 V) the per-column constants stay in registers across rows.
+/// With approximate variances (var_rel, var_abs: variance_bound's), d grows
+/// by |to| (|za| + approx_normal_error) (s var_rel + var_abs), what the
+/// variance's error can move t by (docs/formulas.md, sec. 5).
 template <int V>
 __attribute__((target("avx512f"))) inline std::int64_t noisy_codes_rows(const adc_readout& a, const float* current,
                                                                         const float* variance, const float* z,
                                                                         std::int64_t M, std::int64_t C, float* noisy,
-                                                                        std::uint32_t* undecided) {
+                                                                        std::uint32_t* undecided, float var_rel,
+                                                                        float var_abs) {
   constexpr int cur = _MM_FROUND_CUR_DIRECTION;
   constexpr int R = V > 0 ? V : 1;
   const __m512 hi = _mm512_set1_ps(a.steps), lo = _mm512_set1_ps(-a.steps), magic = _mm512_set1_ps(12582912.0f);
   const __m512 tiny = _mm512_set1_ps(std::numeric_limits<float>::min()), half = _mm512_set1_ps(0.5f);
   const __m512 noise_k = _mm512_set1_ps(approx_normal_error + 0x1p-11f), rel = _mm512_set1_ps(0x1p-20f);
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  const __m512 vrel = _mm512_set1_ps(var_rel), vabs = _mm512_set1_ps(var_abs), zerr = _mm512_set1_ps(approx_normal_error);
+  const bool approx = var_rel != 0.0f || var_abs != 0.0f;
   const bool per_col = a.to_steps != nullptr;
   __mmask16 kr[R];
   __m512 tor[R], ktor[R];  // to and |to| (approx_normal_error + 2^-11) per column
@@ -757,10 +763,16 @@ __attribute__((target("avx512f"))) inline std::int64_t noisy_codes_rows(const ad
       const __m512 c = _mm512_maskz_loadu_ps(k, current + row + j);
       const __m512 w = _mm512_add_ps(_mm512_maskz_loadu_ps(k, variance + row + j), tiny);
       const __m512 root = _mm512_mul_ps(w, _mm512_rsqrt14_ps(w));
-      const __m512 nz = _mm512_fmadd_ps(root, _mm512_maskz_loadu_ps(k, z + row + j), c);
+      const __m512 za = _mm512_maskz_loadu_ps(k, z + row + j);
+      const __m512 nz = _mm512_fmadd_ps(root, za, c);
       const __m512 t = _mm512_mul_round_ps(nz, to, cur);  // as adc_rows computes it from nz
       const __m512 abs_t = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(t), abs_mask));
-      const __m512 d = _mm512_fmadd_ps(kto, root, _mm512_mul_ps(abs_t, rel));
+      __m512 d = _mm512_fmadd_ps(kto, root, _mm512_mul_ps(abs_t, rel));
+      if (approx) {  // what the variance's error can move t by
+        const __m512 abs_za = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(za), abs_mask));
+        const __m512 abs_to = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(to), abs_mask));
+        d = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_add_ps(abs_za, zerr), abs_to), _mm512_fmadd_ps(root, vrel, vabs), d);
+      }
       // the distance of the clipped t from the nearest rounding boundary (exact; NaN stays NaN)
       const __m512 tc = _mm512_min_ps(hi, _mm512_max_ps(lo, t));
       const __m512 q = _mm512_sub_round_ps(_mm512_add_round_ps(tc, magic, cur), magic, cur);
@@ -783,14 +795,26 @@ __attribute__((target("avx512f"))) inline void noisy_for_adc(std::uint64_t seed,
                                                              std::uint64_t first, const adc_readout& a,
                                                              const float* current, const float* variance,
                                                              std::int64_t M, std::int64_t C, float* noisy, float* z,
-                                                             std::uint32_t* undecided) {
+                                                             std::uint32_t* undecided, const variance_bound* approx) {
   normal_fill<true>(seed, stream, first, M * C, z);
+  const float vr = approx ? approx->rel : 0.0f, va = approx ? approx->abs : 0.0f;
   const std::int64_t count =
-      C <= 16   ? noisy_codes_rows<1>(a, current, variance, z, M, C, noisy, undecided)
-      : C <= 32 ? noisy_codes_rows<2>(a, current, variance, z, M, C, noisy, undecided)
-      : C <= 64 ? noisy_codes_rows<4>(a, current, variance, z, M, C, noisy, undecided)
-                : noisy_codes_rows<0>(a, current, variance, z, M, C, noisy, undecided);
-  exact_undecided<normals_at, add_read_noise>(seed, stream, first, current, variance, undecided, count, noisy);
+      C <= 16   ? noisy_codes_rows<1>(a, current, variance, z, M, C, noisy, undecided, vr, va)
+      : C <= 32 ? noisy_codes_rows<2>(a, current, variance, z, M, C, noisy, undecided, vr, va)
+      : C <= 64 ? noisy_codes_rows<4>(a, current, variance, z, M, C, noisy, undecided, vr, va)
+                : noisy_codes_rows<0>(a, current, variance, z, M, C, noisy, undecided, vr, va);
+  exact_undecided<normals_at, add_read_noise>(seed, stream, first, current, variance, undecided, count, noisy, approx);
+}
+
+/// portable::bf16_round compiled for AVX-512.
+__attribute__((target("avx512f"))) inline float bf16_round(const float* x, std::int64_t n, std::uint16_t* out) {
+  return bf16_round_body(x, n, out);
+}
+
+/// The AVX2 form (hardware FMA, one rounding: the same bits).
+inline void conv_chain_values(const thin_conv_geometry& g, const float* x, const float* w, const std::uint32_t* idx,
+                              std::int64_t count, float* out) {
+  avx2::conv_chain_values(g, x, w, idx, count, out);
 }
 
 /// portable::dac_codes, 16 elements a step (masked tail). std::clamp(v, -1,

@@ -10,7 +10,10 @@
 #include <rimc/kernels/arch/isa.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
+#include <functional>
+#include <vector>
 
 namespace rimc::detail {
 
@@ -42,25 +45,6 @@ struct adc_readout {
   const float* bias = nullptr;      ///< [C] epilogue bias, or null
   bool relu = false;                ///< ReLU after the epilogue
 };
-
-/// The last step of a tier's noisy_for_adc: the exact normal (the tier's
-/// normals_at) and exact noisy value (its add_read_noise) of each of the
-/// `count` undecided currents (indices into current, variance and noisy).
-template <auto normals_at_fn, auto add_read_noise_fn>
-inline void exact_undecided(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, const float* current,
-                            const float* variance, const std::uint32_t* undecided, std::int64_t count, float* noisy) {
-  for (std::int64_t i = 0; i < count; i += 16) {
-    const auto len = std::min<std::int64_t>(16, count - i);
-    alignas(64) float zz[16], cc[16], vv[16];
-    normals_at_fn(seed, stream, first, undecided + i, len, zz);
-    for (std::int64_t l = 0; l < len; ++l) {
-      cc[l] = current[undecided[i + l]];
-      vv[l] = variance[undecided[i + l]];
-    }
-    add_read_noise_fn(cc, vv, zz, len, cc);
-    for (std::int64_t l = 0; l < len; ++l) noisy[undecided[i + l]] = cc[l];
-  }
-}
 
 /// A thin convolution's geometry for the direct kernels: input channels-last
 /// [N, H, W, C], output [N, OH, OW, r], a KH x KW window with stride,
@@ -111,6 +95,97 @@ inline void thin_conv_walk(const thin_conv_geometry& g, std::int64_t p0, std::in
     for (int i = 0; i < q; ++i) at.next(g);
     p += q;
   }
+}
+
+/// Approximate read variances for noisy_for_adc. Each given variance va
+/// stands for an exact one v with |sqrt(v + FLT_MIN) - sqrt(va + FLT_MIN)| <=
+/// rel sqrt(va + FLT_MIN) + abs; `exact(idx, count, out)` writes the exact
+/// variances of the `count` listed currents (indices m C + j) to out.
+struct variance_bound {
+  float rel = 0;  ///< the relative part of the bound on the root
+  float abs = 0;  ///< its absolute part
+  std::function<void(const std::uint32_t*, std::int64_t, float*)> exact;  ///< the exact variances of listed currents
+};
+
+/// The last step of a tier's noisy_for_adc: the exact normal (the tier's
+/// normals_at) and exact noisy value (its add_read_noise) of each of the
+/// `count` undecided currents (indices into current, variance and noisy);
+/// with approximate variances, from their exact variances (approx->exact).
+template <auto normals_at_fn, auto add_read_noise_fn>
+inline void exact_undecided(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, const float* current,
+                            const float* variance, const std::uint32_t* undecided, std::int64_t count, float* noisy,
+                            const variance_bound* approx = nullptr) {
+  thread_local std::vector<float> exact;
+  if (approx && count > 0) {
+    exact.resize(static_cast<std::size_t>(count));
+    approx->exact(undecided, count, exact.data());
+  }
+  for (std::int64_t i = 0; i < count; i += 16) {
+    const auto len = std::min<std::int64_t>(16, count - i);
+    alignas(64) float zz[16], cc[16], vv[16];
+    normals_at_fn(seed, stream, first, undecided + i, len, zz);
+    for (std::int64_t l = 0; l < len; ++l) {
+      cc[l] = current[undecided[i + l]];
+      vv[l] = approx ? exact[static_cast<std::size_t>(i + l)] : variance[undecided[i + l]];
+    }
+    add_read_noise_fn(cc, vv, zz, len, cc);
+    for (std::int64_t l = 0; l < len; ++l) noisy[undecided[i + l]] = cc[l];
+  }
+}
+
+/// conv_chain_values' loop: for each listed output (index p r + o: pixel p
+/// of g's output, channel o), one chain acc = fma(x, w, acc) from +0 over the
+/// taps (kh, kw) in row-major order and, within a tap, the input channels in
+/// order; w is output-major [r][KH][KW][C]. Taps in the padding read zeros,
+/// which leave a chain of non-negative terms as it was. Eight chains in flight.
+template <class Fma>
+[[gnu::always_inline]] inline void conv_chain_values_body(const thin_conv_geometry& g, const float* x, const float* w,
+                                   const std::uint32_t* idx, std::int64_t count, float* out, Fma fma) {
+  constexpr int L = 8;
+  const std::int64_t K = g.KH * g.KW * g.C;
+  thread_local std::vector<float> zeros;
+  if (static_cast<std::int64_t>(zeros.size()) < g.C) zeros.assign(static_cast<std::size_t>(g.C), 0.0f);
+  for (std::int64_t i = 0; i < count; i += L) {
+    const auto len = static_cast<int>(std::min<std::int64_t>(L, count - i));
+    std::int64_t n[L], ih0[L], iw0[L];
+    const float* wrow[L];
+    float acc[L];
+    for (int l = 0; l < L; ++l) {
+      const std::int64_t id = idx[i + std::min(l, len - 1)], p = id / g.r, pix = p % (g.OH * g.OW);
+      n[l] = p / (g.OH * g.OW);
+      ih0[l] = pix / g.OW * g.sh - g.ph;
+      iw0[l] = pix % g.OW * g.sw - g.pw;
+      wrow[l] = w + id % g.r * K;
+      acc[l] = 0.0f;
+    }
+    for (std::int64_t kh = 0; kh < g.KH; ++kh)
+      for (std::int64_t kw = 0; kw < g.KW; ++kw) {
+        const float* xp[L];
+        const float* wp[L];
+        for (int l = 0; l < L; ++l) {
+          const std::int64_t ih = ih0[l] + kh * g.dh, iw = iw0[l] + kw * g.dw;
+          xp[l] = ih < 0 || ih >= g.H || iw < 0 || iw >= g.W ? zeros.data() : x + ((n[l] * g.H + ih) * g.W + iw) * g.C;
+          wp[l] = wrow[l] + (kh * g.KW + kw) * g.C;
+        }
+        for (std::int64_t c = 0; c < g.C; ++c)
+          for (int l = 0; l < L; ++l) acc[l] = fma(xp[l][c], wp[l][c], acc[l]);
+      }
+    for (int l = 0; l < len; ++l) out[i + l] = acc[l];
+  }
+}
+
+/// bf16_round's loop: out[i] = the bf16 bit pattern nearest x[i] (ties to
+/// even; a NaN may become infinity or -0, a value that rounds past the largest bf16
+/// becomes infinity); returns the largest x[i] >= +0 (as bits: NaN counts
+/// as larger than infinity), +0 when there is none.
+[[gnu::always_inline]] inline float bf16_round_body(const float* x, std::int64_t n, std::uint16_t* out) noexcept {
+  std::int32_t top = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const auto b = std::bit_cast<std::uint32_t>(x[i]);
+    out[i] = static_cast<std::uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+    top = std::max(top, static_cast<std::int32_t>(b));
+  }
+  return std::bit_cast<float>(top);
 }
 
 }  // namespace rimc::detail
@@ -241,10 +316,31 @@ inline void normals_at(std::uint64_t seed, std::uint64_t stream, std::uint64_t f
 /// drawing exact normals only for the currents near a code's boundary (see
 /// avx512::noisy_for_adc and docs/formulas.md, sec. 5). z and undecided are
 /// scratch of M C elements.
+///
+/// With `approx`, the variances are approximate (see variance_bound): the
+/// AVX2 and AVX-512 forms widen each current's bound by what the variance's
+/// error can move it and ask approx->exact for the undecided currents' exact
+/// variances; the portable form asks for every current's.
 inline void noisy_for_adc(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, const adc_readout& a,
                           const float* current, const float* variance, std::int64_t M, std::int64_t C, float* noisy,
-                          float* z, std::uint32_t* undecided, isa_tier tier) {
-  RIMC_ISA_CALL(tier, noisy_for_adc, seed, stream, first, a, current, variance, M, C, noisy, z, undecided);
+                          float* z, std::uint32_t* undecided, isa_tier tier, const variance_bound* approx = nullptr) {
+  RIMC_ISA_CALL(tier, noisy_for_adc, seed, stream, first, a, current, variance, M, C, noisy, z, undecided, approx);
+}
+
+/// x [n] rounded to bf16 (bit patterns into out; see bf16_round_body);
+/// returns the largest x[i] (NaN above infinity). The same bits on every tier.
+inline float bf16_round(const float* x, std::int64_t n, std::uint16_t* out, isa_tier tier) {
+  return RIMC_ISA_CALL(tier, bf16_round, x, n, out);
+}
+
+/// The exact chain values of listed outputs of a convolution (channels-last
+/// input x, output-major weights w [r][KH][KW][C]; see
+/// conv_chain_values_body): oneDNN's f32 direct convolution computes each
+/// output as this one chain (analog_conv2d checks that per shape before it
+/// relies on it). The same bits on every tier (an FMA rounds once).
+inline void conv_chain_values(const thin_conv_geometry& g, const float* x, const float* w, const std::uint32_t* idx,
+                              std::int64_t count, float* out, isa_tier tier) {
+  RIMC_ISA_CALL(tier, conv_chain_values, g, x, w, idx, count, out);
 }
 
 /// dst[i] = quantise_unit(src[i], inv_scale, steps) for i in [0, n): the DAC

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 namespace rimc::detail {
 
@@ -304,12 +305,29 @@ inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t 
   normal_fill_body(seed, stream, first, n, out);
 }
 
-/// dispatch.hpp's noisy_for_adc: every current's exact noisy value.
+/// dispatch.hpp's noisy_for_adc: every current's exact noisy value (with
+/// approximate variances, every current's exact variance first).
 inline void noisy_for_adc(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, const adc_readout& /*a*/,
                           const float* current, const float* variance, std::int64_t M, std::int64_t C, float* noisy,
-                          float* z, std::uint32_t* /*undecided*/) {
+                          float* z, std::uint32_t* undecided, const variance_bound* approx) {
+  thread_local std::vector<float> exact;
+  if (approx) {
+    exact.resize(static_cast<std::size_t>(M * C));
+    for (std::int64_t i = 0; i < M * C; ++i) undecided[i] = static_cast<std::uint32_t>(i);
+    approx->exact(undecided, M * C, exact.data());
+    variance = exact.data();
+  }
   normal_fill(seed, stream, first, M * C, z);
   add_read_noise(current, variance, z, M * C, noisy);
+}
+
+/// dispatch.hpp's bf16_round.
+inline float bf16_round(const float* x, std::int64_t n, std::uint16_t* out) { return bf16_round_body(x, n, out); }
+
+/// dispatch.hpp's conv_chain_values (std::fma: one rounding, in software where the CPU has no FMA).
+inline void conv_chain_values(const thin_conv_geometry& g, const float* x, const float* w, const std::uint32_t* idx,
+                              std::int64_t count, float* out) {
+  conv_chain_values_body(g, x, w, idx, count, out, [](float a, float b, float c) { return std::fma(a, b, c); });
 }
 
 }  // namespace rimc::detail::portable
