@@ -20,6 +20,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace unit_realistic_chip {
@@ -322,6 +324,120 @@ TEST_SUITE("realistic chip") {
             };
             CHECK(linear(false) == linear(true));
           }
+    }
+  }
+
+  TEST_CASE("the read variances' bf16 estimate gives the outputs of the exact variances, bit for bit") {
+    // Convolutions whose tiles hold 14 (3x3) or 20 (1x1) input channels, so the bf16 estimate
+    // runs where oneDNN has native bf16 (the 6-channel second tile of the 3x3 layers keeps the f32
+    // convolution): strides, padding, dilation, a channels-first source, per-column and per-tile
+    // ADCs of 4 and 8 bits, read noise at 5% and 300% of each cell and the CMO ReRAM form, two
+    // calls each. The outputs equal those with draw_every_read (every variance exact) on every tier.
+    using tile128 = CrossbarTile<float, 128, 32>;
+    struct geometry_case {
+      std::int64_t k, stride, pad, dilation;
+    };
+    const isa_tier top = detail::lower(detected_isa(), detail::environment_isa_cap());
+    const conv2d w3(test::random_tensor(Shape{40, 14, 3, 3}, 60), std::nullopt, conv2d_params{});
+    const bool shortcut_expected =
+        detail::onednn_native_bf16() && w3.implementation(Shape{2, 14, 11, 11}).rfind("brgconv:avx512_core", 0) == 0;
+    if (!shortcut_expected) MESSAGE("no native bf16 or another f32 convolution here: the estimate may not run");
+    for (const geometry_case gc : {geometry_case{3, 1, 1, 1}, geometry_case{3, 2, 0, 1}, geometry_case{3, 1, 2, 2},
+                                   geometry_case{1, 1, 0, 1}}) {
+      const Tensor w = test::random_tensor(Shape{40, 20, gc.k, gc.k}, 61);
+      conv2d_params geometry;
+      geometry.stride = {gc.stride, gc.stride};
+      geometry.padding = {gc.pad, gc.pad};
+      geometry.dilation = {gc.dilation, gc.dilation};
+      for (const layout l : {layout::nhwc, layout::nchw}) {
+        const Tensor src = test::random_tensor(Shape{3, 20, 11, 11}, 62, l, 0.0f, 1.0f);
+        for (const isa_tier tier : {isa_tier::scalar, isa_tier::avx2, isa_tier::avx512}) {
+          if (tier > top) continue;
+          const isa_guard cap(tier);
+          for (const int bits : {4, 8})
+            for (const bool per_column : {true, false})
+              for (const read_noise noise :
+                   {read_noise::proportional(0.05), read_noise::proportional(3.0), read_noise::cmo_reram(seconds{86400.0})}) {
+                CAPTURE(gc.k);
+                CAPTURE(gc.stride);
+                CAPTURE(gc.pad);
+                CAPTURE(gc.dilation);
+                CAPTURE(l == layout::nhwc);
+                CAPTURE(to_string(tier));
+                CAPTURE(bits);
+                CAPTURE(per_column);
+                CAPTURE(noise.value);
+                periphery_config p = realistic_periphery();
+                p.adc = adc_config{bits, adc_range_mode::percentile, 0.0, 99.9, per_column};
+                p.read = noise;
+                std::size_t estimated = 0;
+                auto run = [&](bool every) {
+                  basic_analog_conv2d<tile128> layer(w, std::nullopt, geometry, options());
+                  REQUIRE(layer.array().tile_grid_rows() == (gc.k == 3 ? 2 : 1));
+                  auto q = p;
+                  q.draw_every_read = every;
+                  layer.set_periphery(q);
+                  layer.calibrate_adc(src);
+                  std::vector<Tensor> ys(2);
+                  for (auto& y : ys) layer.forward_tiles(src, y, tile_kernel::conv);
+                  CHECK_FALSE(ys[0] == ys[1]);
+                  if (!every) estimated = layer.bf16_variance_shapes();
+                  CHECK((!every || layer.bf16_variance_shapes() == 0));
+                  return ys;
+                };
+                const auto fast = run(false), exact = run(true);
+                CHECK(fast[0] == exact[0]);
+                CHECK(fast[1] == exact[1]);
+                if (tier == isa_tier::scalar) {
+                  CHECK(estimated == 0);  // the portable read-out computes every current exactly
+                } else if (shortcut_expected) {
+                  CHECK(estimated == 2);  // the first row of tiles (two columns of tiles), one source shape
+                }
+              }
+        }
+      }
+    }
+  }
+
+  TEST_CASE("a bf16 convolution's read variances keep within bf16_variance_bound of the f32 ones") {
+    // Squared inputs and variance matrices over many magnitudes (down to below 2^-126, zeros
+    // among them), 1 to 28 channels: every output's root lies within the bound's relative and
+    // absolute parts of the f32 convolution's root.
+    const float tiny = std::numeric_limits<float>::min();
+    for (const std::int64_t C : {1, 8, 14, 28}) {
+      CAPTURE(C);
+      Tensor x = test::random_tensor(Shape{4, C, 9, 9}, 70, layout::nhwc, 0.0f, 1.0f);
+      Tensor v = test::random_tensor(Shape{24, C, 3, 3}, 71, layout::nchw, 0.0f, 1.0f);
+      const Tensor e = test::random_tensor(Shape{x.numel() + v.numel()}, 72, layout::nchw, -40.0f, 2.0f);
+      for (std::int64_t i = 0; i < x.numel(); ++i) x[i] = i % 17 == 0 ? 0.0f : x[i] * std::exp2(e[i]);
+      for (std::int64_t i = 0; i < v.numel(); ++i) v[i] = v[i] * std::exp2(e[x.numel() + i]) * 1e-3f;
+      x[1] = 1e-40f;  // below 2^-126
+      v[1] = 1e-41f;
+      const conv2d conv(v, std::nullopt, conv2d_params{{1, 1}, {1, 1}});
+      if (conv.bf16_implementation(x.shape()).empty()) {
+        MESSAGE("oneDNN has no bf16 convolution here");
+        CHECK_THROWS_AS(conv.forward_bf16(nullptr, x.shape(), v), backend_error);
+        continue;
+      }
+      std::vector<std::uint16_t> xb(static_cast<std::size_t>(x.numel()));
+      const float x_max = detail::bf16_round(x.data(), x.numel(), xb.data(), active_isa());
+      float v_max = 0.0f;
+      for (std::int64_t i = 0; i < v.numel(); ++i) v_max = std::max(v_max, v[i]);
+      Tensor exact, approx;
+      conv.forward(x, exact);
+      conv.forward_bf16(xb.data(), x.shape(), approx);
+      exact = exact.to_layout(layout::nhwc);
+      REQUIRE(approx.shape() == exact.shape());
+      const auto b = detail::bf16_variance_bound(C * 9, v_max, x_max);
+      CHECK(b.rel < 0.0042f);  // about 2^-8
+      double worst = 0;
+      for (std::int64_t i = 0; i < exact.numel(); ++i) {
+        const double r = std::sqrt(double(exact[i]) + tiny), ra = std::sqrt(double(approx[i]) + tiny);
+        const double allowed = double(b.rel) * ra + double(b.abs);
+        worst = std::max(worst, std::abs(r - ra) / allowed);
+      }
+      CHECK(worst <= 1.0);
+      CHECK(worst > 0.05);  // the bound is not vacuous: some roots use a good part of it
     }
   }
 

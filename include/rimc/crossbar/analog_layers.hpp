@@ -21,9 +21,12 @@
 #include <rimc/kernels/params.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <exception>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -136,6 +139,29 @@ class analog_core {
     throw shape_error(concat(who, ": bias ", bias->shape().to_string(), " does not match ", O, " outputs"));
   }
   return std::move(*bias);
+}
+
+/// How far the root of a read variance estimated by a bf16 convolution
+/// (conv2d::forward_bf16 of bf16(x^2) with bf16(V), K <= `K` taps per
+/// output) can lie from the root of the f32 convolution's, given the
+/// largest V and x^2 (rel and abs of variance_bound; docs/formulas.md,
+/// sec. 5): x^2 and V are each rounded to bf16 (relative error <= 2^-8),
+/// their products are exact, and both convolutions sum K non-negative
+/// terms in f32 (relative error <= gamma = K 2^-24 each, in any order), so
+/// the estimate va and the exact v satisfy |va - v| <= eps v with eps =
+/// (1 + 2^-8)^2 (1 + gamma) / (1 - gamma) - 1, plus at most K 2^-126 (3 +
+/// max V + max x^2) where bf16 arithmetic flushes values below 2^-126 to
+/// zero. With w = v + FLT_MIN and wa = va + FLT_MIN, |sqrt(w) - sqrt(wa)| =
+/// |v - va| / (sqrt(w) + sqrt(wa)) <= (eps / 2)(1 + eps) sqrt(wa) + flushed
+/// / (2 2^-63); noisy_codes_rows' root is within 2^-13 of sqrt(wa), and 1%
+/// covers the float arithmetic of the bound itself.
+[[nodiscard]] inline variance_bound bf16_variance_bound(std::int64_t K, float v_max, float x2_max) {
+  const double k = static_cast<double>(K), gamma = k * 0x1p-24 * 1.01;
+  const double eps = (1 + 0x1p-8) * (1 + 0x1p-8) * (1 + gamma) / (1 - gamma) - 1;
+  variance_bound b;
+  b.rel = static_cast<float>(eps / 2 * (1 + eps) * (1 + 0x1p-13) * 1.01);
+  b.abs = static_cast<float>(k * 0x1p-64 * (3.0 + static_cast<double>(v_max) + static_cast<double>(x2_max)) * 1.01);
+  return b;
 }
 
 }  // namespace detail
@@ -387,6 +413,11 @@ class basic_analog_conv2d {
     return dst;
   }
 
+  /// How many (tile, slice, source shape) combinations read their read-noise variances through
+  /// the bf16 estimate now (with the per-tile convolution kernel, read noise before an ADC and
+  /// oneDNN's native bf16; docs/formulas.md, sec. 5): 0 before the first such forward.
+  [[nodiscard]] std::size_t bf16_variance_shapes() const { return shortcut_->approved(); }
+
   /// The input gradient through the effective weights (no bias, no ReLU).
   void backward_data(const Tensor& diff_dst, const Shape& src_shape, Tensor& diff_src) const {
     digital_.backward_data(diff_dst, src_shape, diff_src);
@@ -480,6 +511,9 @@ class basic_analog_conv2d {
   /// (squared inputs times the per-read variance matrix); none otherwise.
   void refresh_variance_convs() {
     const auto& a = core_.array();
+    shortcut_->clear();
+    var_chain_.clear();
+    var_max_.clear();
     if (tile_convs_.empty() || a.periphery().read.is_none()) {
       var_convs_.clear();
       return;
@@ -487,15 +521,120 @@ class basic_analog_conv2d {
     const auto S = static_cast<std::size_t>(a.grid().slices);
     conv2d_params tp = params();
     tp.relu = false;
+    const auto KK = wshape_[2] * wshape_[3];
     for (std::size_t i = 0; i < tile_convs_.size(); ++i) {
       const Tile& t = a.tiles()[i / S];
-      Tensor w = tile_weights(t, a.read_variance(i / S, static_cast<int>(i % S)));
+      const Tensor& m = a.read_variance(i / S, static_cast<int>(i % S));
+      Tensor w = tile_weights(t, m);
       if (i < var_convs_.size()) {
         var_convs_[i].set_weights(std::move(w));
       } else {
         var_convs_.emplace_back(w, std::nullopt, tp);
       }
+      // The chain's weights, output-major [C][kh][kw][channels], and the largest variance.
+      const auto R = t.rows(), C = t.cols(), chn = R / KK;
+      Tensor chain = Tensor::empty(Shape{C, R});
+      float vmax = 0.0f;
+      for (std::int64_t r = 0; r < R; ++r)
+        for (std::int64_t j = 0; j < C; ++j) {
+          const float e = m[r * C + j];
+          chain[j * R + (r % KK) * chn + r / KK] = e;
+          vmax = std::max(vmax, e);
+        }
+      var_chain_.push_back(std::move(chain));
+      var_max_.push_back(vmax);
     }
+  }
+
+  /// Per (tile, slice) and source shape, whether the f32 variance convolution was seen to
+  /// compute every output as the chain of detail::conv_chain_values (then its bf16 estimate
+  /// and that chain stand in for it). Shared by the threads of a forward; cleared with new weights.
+  class variance_shortcut {
+   public:
+    enum class verdict : std::uint8_t { unknown, yes, no };
+    [[nodiscard]] verdict state(std::size_t ts, const Shape& shape) const {
+      std::lock_guard lock(mutex_);
+      for (const auto& e : seen_)
+        if (e.ts == ts && e.shape == shape) return e.ok ? verdict::yes : verdict::no;
+      return verdict::unknown;
+    }
+    void record(std::size_t ts, const Shape& shape, bool ok) {
+      std::lock_guard lock(mutex_);
+      for (const auto& e : seen_)
+        if (e.ts == ts && e.shape == shape) return;
+      seen_.push_back({ts, shape, ok});
+    }
+    void clear() {
+      std::lock_guard lock(mutex_);
+      seen_.clear();
+    }
+    [[nodiscard]] std::size_t approved() const {
+      std::lock_guard lock(mutex_);
+      return static_cast<std::size_t>(std::count_if(seen_.begin(), seen_.end(), [](const entry& e) { return e.ok; }));
+    }
+
+   private:
+    struct entry {
+      std::size_t ts;
+      Shape shape;
+      bool ok;
+    };
+    mutable std::mutex mutex_;
+    std::vector<entry> seen_;
+  };
+
+  /// The chain's geometry for source `xsq` (channels-last) on tile t, slice of (tile, slice) ts.
+  [[nodiscard]] detail::thin_conv_geometry chain_geometry(std::size_t ts, const Tensor& xsq, const Tile& t) const {
+    const auto& p = params();
+    detail::thin_conv_geometry g;
+    g.N = xsq.dim(0);
+    g.C = g.Cp = xsq.dim(1);
+    g.H = xsq.dim(2);
+    g.W = xsq.dim(3);
+    const Shape o = var_convs_[ts].output_shape(xsq.shape());
+    g.OH = o[2];
+    g.OW = o[3];
+    g.KH = wshape_[2];
+    g.KW = wshape_[3];
+    g.r = t.cols();
+    g.sh = p.stride[0];
+    g.sw = p.stride[1];
+    g.ph = p.padding[0];
+    g.pw = p.padding[1];
+    g.dh = p.dilation[0];
+    g.dw = p.dilation[1];
+    return g;
+  }
+
+  /// Whether the f32 variance convolution's outputs `v` of (tile, slice) ts equal the chain's, bit
+  /// for bit, on the group's first and last 256 output pixels (every border of the image, every column).
+  [[nodiscard]] bool chain_matches(std::size_t ts, const Tile& t, const Tensor& xsq, const Tensor& v, const Shape& out,
+                                   isa_tier tier) const {
+    const auto g = chain_geometry(ts, xsq, t);
+    const std::int64_t pixels = g.N * out[2] * out[3], P = std::min<std::int64_t>(256, (pixels + 1) / 2), C = g.r;
+    std::vector<std::uint32_t> idx;
+    for (std::int64_t p = 0; p < pixels; ++p) {
+      if (p == P && pixels - P > P) p = pixels - P;
+      for (std::int64_t j = 0; j < C; ++j) idx.push_back(static_cast<std::uint32_t>(p * C + j));
+    }
+    std::vector<float> chain(idx.size());
+    detail::conv_chain_values(g, xsq.data(), var_chain_[ts].data(), idx.data(), static_cast<std::int64_t>(idx.size()),
+                              chain.data(), tier);
+    for (std::size_t i = 0; i < idx.size(); ++i)
+      if (std::bit_cast<std::uint32_t>(chain[i]) != std::bit_cast<std::uint32_t>(v[idx[i]])) return false;
+    return true;
+  }
+
+  /// The bf16 variance estimate's bound for (tile, slice) ts and squared inputs `xsq` (largest
+  /// xsq_max), and the way to the exact variances (the f32 chain).
+  [[nodiscard]] detail::variance_bound variance_approx(std::size_t ts, const Tile& t, const Tensor& xsq, float xsq_max,
+                                                       isa_tier tier) const {
+    detail::variance_bound b = detail::bf16_variance_bound(t.rows(), var_max_[ts], xsq_max);
+    b.exact = [this, ts, g = chain_geometry(ts, xsq, t), x = xsq.data(), tier](const std::uint32_t* idx, std::int64_t n,
+                                                                            float* vals) {
+      detail::conv_chain_values(g, x, var_chain_[ts].data(), idx, n, vals, tier);
+    };
+    return b;
   }
 
   /// A [rows x cols] matrix `m` of tile t as convolution weights [cols, channels, kh, kw] (the tile's rows are whole channels).
@@ -529,6 +668,14 @@ class basic_analog_conv2d {
     const auto plan = a.begin_call();
     const auto fin = core_.finish(bias_, params().relu);
     const bool dac = P.dac.has_value(), reading = !P.read.is_none();
+    // With the read-out's shortcut and native bf16 dot products, the read variances come from a
+    // bf16 convolution, each within a stated bound of the f32 one, and the currents near a code
+    // boundary get their exact variance from the f32 chain (see variance_shortcut below).
+    const bool approx_possible = reading && a.read_shortcut(plan) && bf16_variance_ && !var_convs_.empty();
+    // Below 8 channels per tile the bf16 convolution is no faster (oneDNN 2.7, one thread, batch 4-8:
+    // 1 channel 0.025 ms either way, 3 channels 0.022 vs 0.027 ms before the bf16 rounding pass, 16
+    // channels 0.051 vs 0.090 ms).
+    constexpr std::int64_t bf16_variance_min_channels = 8;
     const float xs_all = dac ? static_cast<float>(P.dac->range) : 1.0f;
     const float inv = 1.0f / xs_all, steps = dac ? static_cast<float>(P.dac->steps()) : 1.0f;
     // About 256 KiB of output per group: enough groups to keep every core busy at small
@@ -543,6 +690,7 @@ class basic_analog_conv2d {
       try {
         const thread_count_guard single(1);
         thread_local Tensor xb, xsq, c, v;  // this thread's scratch, reused across calls
+        thread_local std::vector<std::uint16_t> xsq16;  // xsq in bf16, when the variance shortcut runs
         const auto n0 = gi * group, ng = std::min(group, N - n0), rows = ng * pixels, r_base = n0 * pixels;
         float* yg = y.data() + r_base * O;
         for (std::int64_t rb = 0; rb < a.tile_grid_rows(); ++rb) {
@@ -588,20 +736,39 @@ class basic_analog_conv2d {
             const auto count = xsq.numel();  // hoisted: xsq is thread_local, so the compiler would recompute it
             for (std::int64_t i = 0; i < count; ++i) qp[i] = xp[i] * xp[i];
           }
+          float xsq_max = -1.0f;  // < 0: xsq16 not made yet for this block of channels
           for (std::int64_t cb = 0; cb < a.tile_grid_cols(); ++cb) {
             const auto ti = static_cast<std::size_t>(rb * a.tile_grid_cols() + cb);
             for (int s = 0; s < S; ++s) {
               const auto ts = ti * static_cast<std::size_t>(S) + static_cast<std::size_t>(s);
               tile_convs_[ts].forward(*xin, c);
               if (c.memory_layout() != layout::nhwc) c = c.to_layout(layout::nhwc);
+              std::optional<detail::variance_bound> approx;
               if (reading) {
-                var_convs_[ts].forward(xsq, v);
-                if (v.memory_layout() != layout::nhwc) v = v.to_layout(layout::nhwc);
+                const auto probe = approx_possible && chn >= bf16_variance_min_channels &&
+                                           xsq.memory_layout() == layout::nhwc &&
+                                           rows * a.tile(rb, cb).cols() <= 0xffffffffLL
+                                       ? shortcut_->state(ts, xsq.shape())
+                                       : variance_shortcut::verdict::no;
+                if (probe == variance_shortcut::verdict::yes) {
+                  if (xsq_max < 0) {
+                    xsq16.resize(static_cast<std::size_t>(xsq.numel()));
+                    xsq_max = detail::bf16_round(xsq.data(), xsq.numel(), xsq16.data(), plan.tier);
+                  }
+                  var_convs_[ts].forward_bf16(xsq16.data(), xsq.shape(), v);
+                  approx = variance_approx(ts, a.tile(rb, cb), xsq, xsq_max, plan.tier);
+                } else {
+                  var_convs_[ts].forward(xsq, v);
+                  if (v.memory_layout() != layout::nhwc) v = v.to_layout(layout::nhwc);
+                  if (probe == variance_shortcut::verdict::unknown) {
+                    shortcut_->record(ts, xsq.shape(), chain_matches(ts, a.tile(rb, cb), xsq, v, out, plan.tier));
+                  }
+                }
               }
               // The first partial sum of each column assigns, the last applies gain, bias and ReLU.
               const bool assign = rb == 0 && s == 0, last = rb + 1 == a.tile_grid_rows() && s + 1 == S;
               a.accumulate(plan, ti, s, r_base, rows, c.data(), reading ? v.data() : nullptr, nullptr, xs_all, yg,
-                           assign, last ? &fin : nullptr);
+                           assign, last ? &fin : nullptr, approx ? &*approx : nullptr);
             }
           }
         }
@@ -619,6 +786,10 @@ class basic_analog_conv2d {
   conv2d digital_;
   std::vector<conv2d> tile_convs_;  ///< per (tile, slice): the tile as a convolution (mappings without digital offset)
   std::vector<conv2d> var_convs_;   ///< per (tile, slice), with read noise: the read variance as a convolution
+  std::vector<Tensor> var_chain_;   ///< per (tile, slice), with read noise: its variance matrix [C][kh][kw][channels]
+  std::vector<float> var_max_;      ///< per (tile, slice), with read noise: its largest variance
+  std::unique_ptr<variance_shortcut> shortcut_ = std::make_unique<variance_shortcut>();
+  bool bf16_variance_ = detail::onednn_native_bf16();  ///< oneDNN has native bf16 dot products here
   std::uint64_t version_ = 0;
 };
 

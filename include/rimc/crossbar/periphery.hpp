@@ -107,10 +107,12 @@ struct periphery_config {
   read_noise read{};              ///< per-MVM read noise of each cell
   std::uint64_t noise_seed = 0;   ///< seed of the output and read noise (one draw per call and element)
   wire_config wires{};            ///< word- and bit-line resistance (IR drop), ideal by default
-  /// Draw every read's exact normal. By default, on AVX-512, read noise before an ADC finds
-  /// most codes from a cheaper approximate normal and a bound on its error and draws the exact
-  /// normal only near a code's boundary (docs/formulas.md, sec. 5): the same outputs bit for
-  /// bit. This switch is for tests and benchmarks that compare the two.
+  /// Draw every read's exact normal and compute every read's exact variance. By default, on
+  /// the AVX2 and AVX-512 tiers, read noise before an ADC finds most codes from a cheaper
+  /// approximate normal (and, for convolutions where oneDNN has native bf16, a bf16 estimate of
+  /// the read variance) and a bound on their errors, and computes the exact normal and variance
+  /// only near a code's boundary (docs/formulas.md, sec. 5): the same outputs bit for bit.
+  /// This switch is for tests and benchmarks that compare the two.
   bool draw_every_read = false;
 
   /// The ideal periphery: no quantisation, no noise.

@@ -383,10 +383,14 @@ class TiledArray {
   /// with `overwrite` the tile's columns are assigned instead of added to.
   /// With `finish` (this is the columns' last partial sum), each row's
   /// columns then become y * finish->gain + finish->bias, ReLU'd if asked,
-  /// while they are in cache.
+  /// while they are in cache. With `approx`, `variance` holds approximate
+  /// variances (see detail::variance_bound): where read_shortcut(plan) the
+  /// exact ones are asked for only near a code's boundary, elsewhere for
+  /// every current; the outputs are those of the exact variances, bit for bit.
   void accumulate(const call_plan& plan, std::size_t ti, int s, std::int64_t r0, std::int64_t M, const float* current,
                   const float* variance, const float* xscale, float xscale_all, float* y_rows,
-                  bool overwrite = false, const column_epilogue* finish = nullptr) const {
+                  bool overwrite = false, const column_epilogue* finish = nullptr,
+                  const detail::variance_bound* approx = nullptr) const {
     const auto& P = periphery_;
     const Tile& t = tiles_[ti];
     const auto o0 = t.col0(), C = t.cols();
@@ -427,12 +431,20 @@ class TiledArray {
       const auto read_stream = static_cast<std::uint64_t>(rng_stream::read_noise) + stream_tail;
       noisy.resize(static_cast<std::size_t>(n));
       z.resize(static_cast<std::size_t>(n));
-      if (reading && adc && !out_noise && !P.draw_every_read && n <= std::numeric_limits<std::uint32_t>::max()) {
+      if (read_shortcut(plan) && n <= std::numeric_limits<std::uint32_t>::max()) {
         // Only the codes matter: noisy_for_adc gives currents with the exact noisy currents' codes.
         undecided.resize(static_cast<std::size_t>(n));
         detail::noisy_for_adc(plan.seed, read_stream, first, out, current, variance, M, C, noisy.data(), z.data(),
-                              undecided.data(), plan.tier);
+                              undecided.data(), plan.tier, approx);
       } else {
+        thread_local std::vector<float> exact;
+        if (approx && reading) {  // every current's exact variance
+          exact.resize(static_cast<std::size_t>(n));
+          undecided.resize(static_cast<std::size_t>(n));
+          for (std::int64_t i = 0; i < n; ++i) undecided[static_cast<std::size_t>(i)] = static_cast<std::uint32_t>(i);
+          approx->exact(undecided.data(), n, exact.data());
+          variance = exact.data();
+        }
         if (reading) {
           detail::normal_fill(plan.seed, read_stream, first, n, z.data(), plan.tier);
           detail::add_read_noise(current, variance, z.data(), n, noisy.data(), plan.tier);
@@ -449,6 +461,15 @@ class TiledArray {
       current = noisy.data();
     }
     detail::adc_rows(out, current, M, C, xscale, xscale_all, place, y_rows + o0, O_, overwrite, plan.tier);
+  }
+
+  /// Whether accumulate reads noisy currents out through noisy_for_adc's
+  /// shortcut (read noise before an ADC, no output noise, not
+  /// draw_every_read, a vector tier): the calls that can use approximate
+  /// variances to advantage.
+  [[nodiscard]] bool read_shortcut(const call_plan& plan) const noexcept {
+    const auto& P = periphery_;
+    return !P.read.is_none() && P.adc && P.output_noise == 0 && !P.draw_every_read && plan.tier != isa_tier::scalar;
   }
 
   /// Input vectors per chunk of the tile-exact product (depends on the shape only).
