@@ -259,6 +259,7 @@ TEST_SUITE("conv2d backward-weights") {
           REQUIRE(y(n * out[2] * out[3] + i, o) ==
                   doctest::Approx(expected[(n * out[1] + o) * out[2] * out[3] + i]).epsilon(1e-5));
   }
+}
 
 TEST_SUITE("conv2d bf16") {
   TEST_CASE("forward_bf16 is the convolution of the bf16-rounded source and weights, summed in f32") {
@@ -309,7 +310,6 @@ TEST_SUITE("conv2d bf16") {
       CHECK_THROWS_AS(with_bias.forward_bf16(xb.data(), c.src, y), value_error);
     }
   }
-}
 }
 
 }  // namespace unit_conv2d

@@ -19,6 +19,7 @@
 #include <rimc/kernels/im2col.hpp>
 #include <rimc/kernels/linear.hpp>
 #include <rimc/kernels/params.hpp>
+#include <rimc/kernels/thin_conv2d.hpp>
 
 #include <algorithm>
 #include <bit>
@@ -583,34 +584,17 @@ class basic_analog_conv2d {
     std::vector<entry> seen_;
   };
 
-  /// The chain's geometry for source `xsq` (channels-last) on tile t, slice of (tile, slice) ts.
-  [[nodiscard]] detail::thin_conv_geometry chain_geometry(std::size_t ts, const Tensor& xsq, const Tile& t) const {
-    const auto& p = params();
-    detail::thin_conv_geometry g;
-    g.N = xsq.dim(0);
-    g.C = g.Cp = xsq.dim(1);
-    g.H = xsq.dim(2);
-    g.W = xsq.dim(3);
-    const Shape o = var_convs_[ts].output_shape(xsq.shape());
-    g.OH = o[2];
-    g.OW = o[3];
-    g.KH = wshape_[2];
-    g.KW = wshape_[3];
-    g.r = t.cols();
-    g.sh = p.stride[0];
-    g.sw = p.stride[1];
-    g.ph = p.padding[0];
-    g.pw = p.padding[1];
-    g.dh = p.dilation[0];
-    g.dw = p.dilation[1];
-    return g;
+  /// The chain's geometry for source `xsq` (channels-last) on (tile, slice) ts.
+  [[nodiscard]] detail::thin_conv_geometry chain_geometry(std::size_t ts, const Tensor& xsq) const {
+    const conv2d& v = var_convs_[ts];
+    return detail::thin_geometry(xsq.shape(), v.output_shape(xsq.shape()), v.weights().shape(), params());
   }
 
   /// Whether the f32 variance convolution's outputs `v` of (tile, slice) ts equal the chain's, bit
   /// for bit, on the group's first and last 256 output pixels (every border of the image, every column).
-  [[nodiscard]] bool chain_matches(std::size_t ts, const Tile& t, const Tensor& xsq, const Tensor& v, const Shape& out,
+  [[nodiscard]] bool chain_matches(std::size_t ts, const Tensor& xsq, const Tensor& v, const Shape& out,
                                    isa_tier tier) const {
-    const auto g = chain_geometry(ts, xsq, t);
+    const auto g = chain_geometry(ts, xsq);
     const std::int64_t pixels = g.N * out[2] * out[3], P = std::min<std::int64_t>(256, (pixels + 1) / 2), C = g.r;
     std::vector<std::uint32_t> idx;
     for (std::int64_t p = 0; p < pixels; ++p) {
@@ -630,7 +614,7 @@ class basic_analog_conv2d {
   [[nodiscard]] detail::variance_bound variance_approx(std::size_t ts, const Tile& t, const Tensor& xsq, float xsq_max,
                                                        isa_tier tier) const {
     detail::variance_bound b = detail::bf16_variance_bound(t.rows(), var_max_[ts], xsq_max);
-    b.exact = [this, ts, g = chain_geometry(ts, xsq, t), x = xsq.data(), tier](const std::uint32_t* idx, std::int64_t n,
+    b.exact = [this, ts, g = chain_geometry(ts, xsq), x = xsq.data(), tier](const std::uint32_t* idx, std::int64_t n,
                                                                             float* vals) {
       detail::conv_chain_values(g, x, var_chain_[ts].data(), idx, n, vals, tier);
     };
@@ -671,7 +655,7 @@ class basic_analog_conv2d {
     // With the read-out's shortcut and native bf16 dot products, the read variances come from a
     // bf16 convolution, each within a stated bound of the f32 one, and the currents near a code
     // boundary get their exact variance from the f32 chain (see variance_shortcut below).
-    const bool approx_possible = reading && a.read_shortcut(plan) && bf16_variance_ && !var_convs_.empty();
+    const bool approx_possible = a.read_shortcut(plan) && bf16_variance_ && !var_convs_.empty();
     // Below 8 channels per tile the bf16 convolution is no faster (oneDNN 2.7, one thread, batch 4-8:
     // 1 channel 0.025 ms either way, 3 channels 0.022 vs 0.027 ms before the bf16 rounding pass, 16
     // channels 0.051 vs 0.090 ms).
@@ -761,7 +745,7 @@ class basic_analog_conv2d {
                   var_convs_[ts].forward(xsq, v);
                   if (v.memory_layout() != layout::nhwc) v = v.to_layout(layout::nhwc);
                   if (probe == variance_shortcut::verdict::unknown) {
-                    shortcut_->record(ts, xsq.shape(), chain_matches(ts, a.tile(rb, cb), xsq, v, out, plan.tier));
+                    shortcut_->record(ts, xsq.shape(), chain_matches(ts, xsq, v, out, plan.tier));
                   }
                 }
               }

@@ -437,13 +437,9 @@ class TiledArray {
         detail::noisy_for_adc(plan.seed, read_stream, first, out, current, variance, M, C, noisy.data(), z.data(),
                               undecided.data(), plan.tier, approx);
       } else {
-        thread_local std::vector<float> exact;
         if (approx && reading) {  // every current's exact variance
-          exact.resize(static_cast<std::size_t>(n));
           undecided.resize(static_cast<std::size_t>(n));
-          for (std::int64_t i = 0; i < n; ++i) undecided[static_cast<std::size_t>(i)] = static_cast<std::uint32_t>(i);
-          approx->exact(undecided.data(), n, exact.data());
-          variance = exact.data();
+          variance = detail::all_exact_variances(*approx, n, undecided.data());
         }
         if (reading) {
           detail::normal_fill(plan.seed, read_stream, first, n, z.data(), plan.tier);

@@ -297,10 +297,11 @@ class conv2d {
     detail::onednn_call("conv2d forward", [&] { detail::execute(e->prim, args); });
   }
 
-  [[nodiscard]] dnnl::memory::desc weights_md(const Shape& w, dnnl::memory::format_tag tag) const {
+  [[nodiscard]] dnnl::memory::desc weights_md(const Shape& w, dnnl::memory::format_tag tag,
+                                              detail::dnnl_dt type = detail::dnnl_dt::f32) const {
     const auto g = s_->params.groups;
-    if (g == 1) return {detail::to_dims(w), detail::dnnl_dt::f32, tag};
-    return {{g, w[0] / g, w[1], w[2], w[3]}, detail::dnnl_dt::f32, tag};
+    if (g == 1) return {detail::to_dims(w), type, tag};
+    return {{g, w[0] / g, w[1], w[2], w[3]}, type, tag};
   }
   [[nodiscard]] dnnl::memory::desc plain_weights_md(const Shape& w) const {
     return weights_md(w, s_->params.groups == 1 ? dnnl::memory::format_tag::oihw : dnnl::memory::format_tag::goihw);
@@ -375,12 +376,7 @@ class conv2d {
         const Shape dst = output_shape(src);
         const dnnl::memory::desc src_md(detail::to_dims(src), detail::dnnl_dt::bf16, detail::dnnl_tag::nhwc);
         const dnnl::memory::desc dst_md(detail::to_dims(dst), detail::dnnl_dt::f32, detail::dnnl_tag::nhwc);
-        const auto g = p.groups;
-        const Shape& w = weights().shape();
-        const dnnl::memory::desc w_md = g == 1 ? dnnl::memory::desc(detail::to_dims(w), detail::dnnl_dt::bf16,
-                                                                    detail::dnnl_tag::any)
-                                               : dnnl::memory::desc({g, w[0] / g, w[1], w[2], w[3]},
-                                                                    detail::dnnl_dt::bf16, detail::dnnl_tag::any);
+        const auto w_md = weights_md(weights().shape(), detail::dnnl_tag::any, detail::dnnl_dt::bf16);
         const dnnl::convolution_forward::desc desc(
             dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src_md, w_md, dst_md,
             detail::to_dims(p.stride), detail::to_dims(p.dilation, 1), detail::to_dims(p.padding),

@@ -33,6 +33,20 @@
 
 namespace rimc {
 
+namespace detail {
+
+/// The direct kernels' geometry of a convolution with weights of shape `w` [r, C, KH, KW] and
+/// parameters `p`, for a channels-last source of shape `src` [N, C, H, W] and output `out`
+/// [N, r, OH, OW]; Cp is C rounded up to a multiple of 16.
+[[nodiscard]] inline thin_conv_geometry thin_geometry(const Shape& src, const Shape& out, const Shape& w,
+                                                      const conv2d_params& p) {
+  return {.N = src[0], .H = src[2], .W = src[3], .C = w[1], .Cp = (w[1] + 15) / 16 * 16, .OH = out[2], .OW = out[3],
+          .KH = w[2], .KW = w[3], .r = w[0], .sh = p.stride[0], .sw = p.stride[1], .ph = p.padding[0],
+          .pw = p.padding[1], .dh = p.dilation[0], .dw = p.dilation[1]};
+}
+
+}  // namespace detail
+
 /// A convolution with few output channels: weights [r, C, kh, kw] (PyTorch layout).
 class thin_conv2d {
  public:
@@ -275,10 +289,7 @@ class thin_conv2d {
 
   /// The direct kernels' geometry for a channels-last source `src` and output `out`.
   [[nodiscard]] detail::thin_conv_geometry geometry(const Shape& src, const Shape& out) const {
-    return {.N = src[0], .H = src[2], .W = src[3], .C = shape_[1], .Cp = padded_channels(), .OH = out[2],
-            .OW = out[3], .KH = shape_[2], .KW = shape_[3], .r = shape_[0], .sh = params_.stride[0],
-            .sw = params_.stride[1], .ph = params_.padding[0], .pw = params_.padding[1], .dh = params_.dilation[0],
-            .dw = params_.dilation[1]};
+    return detail::thin_geometry(src, out, shape_, params_);
   }
 
   /// Multiply-adds below which the direct kernels run on the calling thread alone.

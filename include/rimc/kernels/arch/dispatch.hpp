@@ -133,6 +133,16 @@ inline void exact_undecided(std::uint64_t seed, std::uint64_t stream, std::uint6
   }
 }
 
+/// The exact variances of all n currents (approx.exact over indices 0..n-1, written to idx, n
+/// of scratch), in a buffer of this thread's that the next call reuses.
+inline const float* all_exact_variances(const variance_bound& approx, std::int64_t n, std::uint32_t* idx) {
+  thread_local std::vector<float> exact;
+  exact.resize(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) idx[i] = static_cast<std::uint32_t>(i);
+  approx.exact(idx, n, exact.data());
+  return exact.data();
+}
+
 /// conv_chain_values' loop: for each listed output (index p r + o: pixel p
 /// of g's output, channel o), one chain acc = fma(x, w, acc) from +0 over the
 /// taps (kh, kw) in row-major order and, within a tap, the input channels in

@@ -18,7 +18,6 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <vector>
 
 namespace rimc::detail {
 
@@ -310,13 +309,7 @@ inline void normal_fill(std::uint64_t seed, std::uint64_t stream, std::uint64_t 
 inline void noisy_for_adc(std::uint64_t seed, std::uint64_t stream, std::uint64_t first, const adc_readout& /*a*/,
                           const float* current, const float* variance, std::int64_t M, std::int64_t C, float* noisy,
                           float* z, std::uint32_t* undecided, const variance_bound* approx) {
-  thread_local std::vector<float> exact;
-  if (approx) {
-    exact.resize(static_cast<std::size_t>(M * C));
-    for (std::int64_t i = 0; i < M * C; ++i) undecided[i] = static_cast<std::uint32_t>(i);
-    approx->exact(undecided, M * C, exact.data());
-    variance = exact.data();
-  }
+  if (approx) variance = all_exact_variances(*approx, M * C, undecided);
   normal_fill(seed, stream, first, M * C, z);
   add_read_noise(current, variance, z, M * C, noisy);
 }
