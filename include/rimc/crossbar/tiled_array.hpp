@@ -420,32 +420,59 @@ class TiledArray {
       out.bias = finish->bias ? finish->bias + o0 : nullptr;
       out.relu = finish->relu;
     }
-    if (reading || out_noise) {
-      // The noisy currents, then the same read-out as noiseless ones. Element (row r0 + m, column j)
-      // draws normal number (r0 + m) * C + j of its (tile, slice) stream: the block's draws are one range.
-      thread_local std::vector<float> noisy, z;
-      thread_local std::vector<std::uint32_t> undecided;
-      const auto n = M * C;
-      const auto first = static_cast<std::uint64_t>(r0 * C);
-      const auto stream_tail = (static_cast<std::uint64_t>(ts) + 1) << 32;
-      const auto read_stream = static_cast<std::uint64_t>(rng_stream::read_noise) + stream_tail;
+    if (!reading && !out_noise) {
+      detail::adc_rows(out, current, M, C, xscale, xscale_all, place, y_rows + o0, O_, overwrite, plan.tier);
+      return;
+    }
+    // The noisy currents, then the same read-out as noiseless ones, in chunks of about 16k
+    // currents: the normals, the noisy currents and the chunk's outputs stay in L1/L2 between
+    // the passes (every step is element-wise, so the chunks change nothing but the speed).
+    // Element (row r0 + m, column j) draws normal number (r0 + m) * C + j of its (tile, slice)
+    // stream: the block's draws are one range.
+    thread_local std::vector<float> noisy, z;
+    thread_local std::vector<std::uint32_t> undecided;
+    const auto stream_tail = (static_cast<std::uint64_t>(ts) + 1) << 32;
+    const auto read_stream = static_cast<std::uint64_t>(rng_stream::read_noise) + stream_tail;
+    const bool shortcut = read_shortcut(plan) && M * C <= std::numeric_limits<std::uint32_t>::max();
+    const std::int64_t chunk = std::max<std::int64_t>(1, (std::int64_t{1} << 14) / C);
+    for (std::int64_t m0 = 0; m0 < M; m0 += chunk) {
+      const auto mc = std::min(chunk, M - m0), n = mc * C;
+      const auto first = static_cast<std::uint64_t>((r0 + m0) * C);
+      const float* cur = current + m0 * C;
+      const float* var = reading ? variance + m0 * C : nullptr;
       noisy.resize(static_cast<std::size_t>(n));
       z.resize(static_cast<std::size_t>(n));
-      if (read_shortcut(plan) && n <= std::numeric_limits<std::uint32_t>::max()) {
+      // The chunk's exact variances: approx->exact's indices count from the block's first current.
+      const auto offset = static_cast<std::uint32_t>(m0 * C);
+      std::optional<detail::variance_bound> part;
+      if (approx && reading) {
+        part.emplace(detail::variance_bound{approx->rel, approx->abs, {}});
+        if (offset == 0) {
+          part->exact = std::cref(approx->exact);
+        } else {
+          part->exact = [approx, offset](const std::uint32_t* idx, std::int64_t count, float* vals) {
+            thread_local std::vector<std::uint32_t> shifted;
+            shifted.resize(static_cast<std::size_t>(count));
+            for (std::int64_t i = 0; i < count; ++i) shifted[static_cast<std::size_t>(i)] = idx[i] + offset;
+            approx->exact(shifted.data(), count, vals);
+          };
+        }
+      }
+      if (shortcut) {
         // Only the codes matter: noisy_for_adc gives currents with the exact noisy currents' codes.
         undecided.resize(static_cast<std::size_t>(n));
-        detail::noisy_for_adc(plan.seed, read_stream, first, out, current, variance, M, C, noisy.data(), z.data(),
-                              undecided.data(), plan.tier, approx);
+        detail::noisy_for_adc(plan.seed, read_stream, first, out, cur, var, mc, C, noisy.data(), z.data(),
+                              undecided.data(), plan.tier, part ? &*part : nullptr);
       } else {
-        if (approx && reading) {  // every current's exact variance
+        if (part) {  // every current's exact variance
           undecided.resize(static_cast<std::size_t>(n));
-          variance = detail::all_exact_variances(*approx, n, undecided.data());
+          var = detail::all_exact_variances(*part, n, undecided.data());
         }
         if (reading) {
           detail::normal_fill(plan.seed, read_stream, first, n, z.data(), plan.tier);
-          detail::add_read_noise(current, variance, z.data(), n, noisy.data(), plan.tier);
+          detail::add_read_noise(cur, var, z.data(), n, noisy.data(), plan.tier);
         } else {
-          std::copy_n(current, n, noisy.data());
+          std::copy_n(cur, n, noisy.data());
         }
         if (out_noise) {
           const float sigma_out = static_cast<float>(P.output_noise);
@@ -454,9 +481,9 @@ class TiledArray {
           for (std::int64_t i = 0; i < n; ++i) noisy[static_cast<std::size_t>(i)] += sigma_out * z[static_cast<std::size_t>(i)];
         }
       }
-      current = noisy.data();
+      detail::adc_rows(out, noisy.data(), mc, C, xscale ? xscale + m0 : nullptr, xscale_all, place,
+                       y_rows + m0 * O_ + o0, O_, overwrite, plan.tier);
     }
-    detail::adc_rows(out, current, M, C, xscale, xscale_all, place, y_rows + o0, O_, overwrite, plan.tier);
   }
 
   /// Whether accumulate reads noisy currents out through noisy_for_adc's
