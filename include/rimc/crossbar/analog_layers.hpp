@@ -515,6 +515,7 @@ class basic_analog_conv2d {
     shortcut_->clear();
     var_chain_.clear();
     var_max_.clear();
+    var_pairs_.clear();
     if (tile_convs_.empty() || a.periphery().read.is_none()) {
       var_convs_.clear();
       return;
@@ -544,8 +545,19 @@ class basic_analog_conv2d {
         }
       var_chain_.push_back(std::move(chain));
       var_max_.push_back(vmax);
+      // Below bf16_variance_min_channels per tile, the estimate is pair_conv's (width dilation 1).
+      var_pairs_.push_back(chn < bf16_variance_min_channels && params().dilation[1] == 1
+                               ? detail::pair_conv_weights(m.data(), C, chn, wshape_[2], wshape_[3])
+                               : std::vector<std::uint32_t>{});
     }
   }
+
+  /// From this many input channels per tile the read variances' bf16 estimate is oneDNN's bf16
+  /// convolution; below, where the input's width is not dilated, rimc's own (detail::pair_conv):
+  /// oneDNN's is no faster there than its f32 one (oneDNN 2.7, one thread, batch 4-8: 1 channel
+  /// 0.025 ms either way, 3 channels 0.022 vs 0.027 ms before the bf16 rounding pass; 16 channels
+  /// 0.051 vs 0.090 ms).
+  static constexpr std::int64_t bf16_variance_min_channels = 8;
 
   /// Per (tile, slice) and source shape, whether the f32 variance convolution was seen to
   /// compute every output as the chain of detail::conv_chain_values (then its bf16 estimate
@@ -655,11 +667,8 @@ class basic_analog_conv2d {
     // With the read-out's shortcut and native bf16 dot products, the read variances come from a
     // bf16 convolution, each within a stated bound of the f32 one, and the currents near a code
     // boundary get their exact variance from the f32 chain (see variance_shortcut below).
-    const bool approx_possible = a.read_shortcut(plan) && bf16_variance_ && !var_convs_.empty();
-    // Below 8 channels per tile the bf16 convolution is no faster (oneDNN 2.7, one thread, batch 4-8:
-    // 1 channel 0.025 ms either way, 3 channels 0.022 vs 0.027 ms before the bf16 rounding pass, 16
-    // channels 0.051 vs 0.090 ms).
-    constexpr std::int64_t bf16_variance_min_channels = 8;
+    const bool approx_possible = a.read_shortcut(plan) && !var_convs_.empty();
+    const bool pairs_here = detail::pair_conv_available(plan.tier);
     const float xs_all = dac ? static_cast<float>(P.dac->range) : 1.0f;
     const float inv = 1.0f / xs_all, steps = dac ? static_cast<float>(P.dac->steps()) : 1.0f;
     // About 256 KiB of output per group: enough groups to keep every core busy at small
@@ -674,7 +683,7 @@ class basic_analog_conv2d {
       try {
         const thread_count_guard single(1);
         thread_local Tensor xb, xsq, c, v;  // this thread's scratch, reused across calls
-        thread_local std::vector<std::uint16_t> xsq16;  // xsq in bf16, when the variance shortcut runs
+        thread_local std::vector<std::uint16_t> xsq16;  // xsq in bf16 (padded for pair_conv), for the estimate
         const auto n0 = gi * group, ng = std::min(group, N - n0), rows = ng * pixels, r_base = n0 * pixels;
         float* yg = y.data() + r_base * O;
         for (std::int64_t rb = 0; rb < a.tile_grid_rows(); ++rb) {
@@ -721,6 +730,13 @@ class basic_analog_conv2d {
             for (std::int64_t i = 0; i < count; ++i) qp[i] = xp[i] * xp[i];
           }
           float xsq_max = -1.0f;  // < 0: xsq16 not made yet for this block of channels
+          // The estimate's convolution for this block of channels: oneDNN's bf16 one from
+          // bf16_variance_min_channels, else pair_conv where it runs (and the tile has its weights).
+          const bool pairs = chn < bf16_variance_min_channels && pairs_here;
+          const bool estimate = chn >= bf16_variance_min_channels ? bf16_variance_ : pairs;
+          const auto pg = detail::pair_geometry(ng, chn, H, W, out[2], out[3], 0, wshape_[2], wshape_[3],
+                                                params().stride[0], params().stride[1], params().padding[0],
+                                                params().padding[1], params().dilation[0]);
           for (std::int64_t cb = 0; cb < a.tile_grid_cols(); ++cb) {
             const auto ti = static_cast<std::size_t>(rb * a.tile_grid_cols() + cb);
             for (int s = 0; s < S; ++s) {
@@ -729,17 +745,28 @@ class basic_analog_conv2d {
               if (c.memory_layout() != layout::nhwc) c = c.to_layout(layout::nhwc);
               std::optional<detail::variance_bound> approx;
               if (reading) {
-                const auto probe = approx_possible && chn >= bf16_variance_min_channels &&
+                const auto probe = approx_possible && estimate && (!pairs || !var_pairs_[ts].empty()) &&
                                            xsq.memory_layout() == layout::nhwc &&
                                            rows * a.tile(rb, cb).cols() <= 0xffffffffLL
                                        ? shortcut_->state(ts, xsq.shape())
                                        : variance_shortcut::verdict::no;
                 if (probe == variance_shortcut::verdict::yes) {
-                  if (xsq_max < 0) {
-                    xsq16.resize(static_cast<std::size_t>(xsq.numel()));
-                    xsq_max = detail::bf16_round(xsq.data(), xsq.numel(), xsq16.data(), plan.tier);
+                  if (pairs) {
+                    if (xsq_max < 0) {
+                      xsq_max = detail::pair_conv_input(pg, xsq.data(), H, W, params().padding[0],
+                                                        params().padding[1], xsq16, plan.tier);
+                    }
+                    auto g = pg;
+                    g.cols = a.tile(rb, cb).cols();
+                    v.ensure(Shape{ng, g.cols, out[2], out[3]}, layout::nhwc);
+                    detail::pair_conv(g, xsq16.data(), var_pairs_[ts].data(), v.data(), plan.tier);
+                  } else {
+                    if (xsq_max < 0) {
+                      xsq16.resize(static_cast<std::size_t>(xsq.numel()));
+                      xsq_max = detail::bf16_round(xsq.data(), xsq.numel(), xsq16.data(), plan.tier);
+                    }
+                    var_convs_[ts].forward_bf16(xsq16.data(), xsq.shape(), v);
                   }
-                  var_convs_[ts].forward_bf16(xsq16.data(), xsq.shape(), v);
                   approx = variance_approx(ts, a.tile(rb, cb), xsq, xsq_max, plan.tier);
                 } else {
                   var_convs_[ts].forward(xsq, v);
@@ -772,6 +799,9 @@ class basic_analog_conv2d {
   std::vector<conv2d> var_convs_;   ///< per (tile, slice), with read noise: the read variance as a convolution
   std::vector<Tensor> var_chain_;   ///< per (tile, slice), with read noise: its variance matrix [C][kh][kw][channels]
   std::vector<float> var_max_;      ///< per (tile, slice), with read noise: its largest variance
+  /// per (tile, slice), with read noise, below bf16_variance_min_channels: its variance matrix as
+  /// pair_conv's bf16 weights (else empty)
+  std::vector<std::vector<std::uint32_t>> var_pairs_;
   std::unique_ptr<variance_shortcut> shortcut_ = std::make_unique<variance_shortcut>();
   bool bf16_variance_ = detail::onednn_native_bf16();  ///< oneDNN has native bf16 dot products here
   std::uint64_t version_ = 0;

@@ -54,6 +54,18 @@ struct thin_conv_geometry {
   std::int64_t sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
 };
 
+/// A thin convolution in bf16 pairs (pair_conv; analog_conv2d's read-variance
+/// estimate below 8 input channels per tile): the input is bf16 channels-last
+/// with its padding written out (pair_conv_input), so that one kernel row of
+/// a window, KW pixels of C channels, is `row_elems = KW C` consecutive
+/// values, taken two at a time (`pairs` = ceil(KW C / 2) dot products of
+/// two per kernel row; the odd one out meets a zero weight). Output pixel
+/// (n, oh, ow), kernel row kh, reads from (n Hp + oh sh + kh dh) row +
+/// ow sw C; the output is [N, OH, OW, cols] f32.
+struct pair_conv_geometry {
+  std::int64_t N = 0, Hp = 0, row = 0, C = 0, OH = 0, OW = 0, KH = 0, pairs = 0, sh = 1, sw = 1, dh = 1, cols = 0;
+};
+
 /// The (n, oh, ow) of output pixel p, stepped to p + 1 by next() without divisions.
 struct thin_conv_pixel {
   std::int64_t n = 0, oh = 0, ow = 0;
@@ -341,6 +353,85 @@ inline void noisy_for_adc(std::uint64_t seed, std::uint64_t stream, std::uint64_
 /// returns the largest x[i] (NaN above infinity). The same bits on every tier.
 inline float bf16_round(const float* x, std::int64_t n, std::uint16_t* out, isa_tier tier) {
   return RIMC_ISA_CALL(tier, bf16_round, x, n, out);
+}
+
+/// Whether pair_conv runs here: the AVX-512 tier on a CPU with AVX-512 BF16
+/// dot products (the only form: what it computes is an estimate within a
+/// stated bound, never a result, so it has no portable twin to agree with).
+[[nodiscard]] inline bool pair_conv_available(isa_tier tier) noexcept {
+#if RIMC_HAVE_X86_DISPATCH
+  static const bool cpu = __builtin_cpu_supports("avx512bf16");
+  return tier == isa_tier::avx512 && cpu;
+#else
+  (void)tier;
+  return false;
+#endif
+}
+
+/// The geometry of pair_conv for a channels-last source of N images H x W x C, an output of
+/// OH x OW pixels and `cols` channels, a KH x KW window, stride (sh, sw), padding (ph, pw) and
+/// dilation dh along the height (the width's must be 1).
+[[nodiscard]] inline pair_conv_geometry pair_geometry(std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W,
+                                                      std::int64_t OH, std::int64_t OW, std::int64_t cols,
+                                                      std::int64_t KH, std::int64_t KW, std::int64_t sh,
+                                                      std::int64_t sw, std::int64_t ph, std::int64_t pw,
+                                                      std::int64_t dh) {
+  return {.N = N, .Hp = H + 2 * ph, .row = (W + 2 * pw) * C + 2, .C = C, .OH = OH, .OW = OW, .KH = KH,
+          .pairs = (KW * C + 1) / 2, .sh = sh, .sw = sw, .dh = dh, .cols = cols};
+}
+
+/// pair_conv's input: x [N, H, W, C] (channels-last f32, non-negative: squared inputs) rounded to
+/// bf16 (bf16_round's bits) inside zero padding of ph rows and pw pixels, in `out`; two more zeros
+/// end each row (a last pair may read one value past its window). Returns bf16_round's largest x.
+inline float pair_conv_input(const pair_conv_geometry& g, const float* x, std::int64_t H, std::int64_t W,
+                             std::int64_t ph, std::int64_t pw, std::vector<std::uint16_t>& out, isa_tier tier) {
+  out.assign(static_cast<std::size_t>(g.N * g.Hp * g.row), 0);
+  float top = 0.0f;
+  for (std::int64_t n = 0; n < g.N; ++n)
+    for (std::int64_t h = 0; h < H; ++h) {
+      const float m = RIMC_ISA_CALL(tier, bf16_round, x + (n * H + h) * W * g.C, W * g.C,
+                                    out.data() + (n * g.Hp + h + ph) * g.row + pw * g.C);
+      if (!(m <= top)) top = m;  // NaN stays
+    }
+  return top;
+}
+
+/// pair_conv's weights from a [R, cols] matrix m (row r = channel KH KW + kh KW + kw, the
+/// tile's rows), rounded to bf16: per block of 16 columns, kernel row and pair, 16 lanes of two
+/// bf16 (the pair's first value in the low half); columns past `cols` and the odd one out are 0.
+[[nodiscard]] inline std::vector<std::uint32_t> pair_conv_weights(const float* m, std::int64_t cols, std::int64_t C,
+                                                                   std::int64_t KH, std::int64_t KW) {
+  const std::int64_t pairs = (KW * C + 1) / 2, blocks = (cols + 15) / 16;
+  std::vector<std::uint32_t> w(static_cast<std::size_t>(blocks * KH * pairs * 16), 0u);
+  const auto half = [&](std::int64_t kh, std::int64_t e, std::int64_t j) -> std::uint32_t {
+    if (e >= KW * C) return 0u;
+    const float v = m[((e % C) * KH * KW + kh * KW + e / C) * cols + j];
+    std::uint16_t b = 0;
+    bf16_round_body(&v, 1, &b);
+    return b;
+  };
+  for (std::int64_t cb = 0; cb < blocks; ++cb)
+    for (std::int64_t kh = 0; kh < KH; ++kh)
+      for (std::int64_t p = 0; p < pairs; ++p)
+        for (std::int64_t l = 0; l < 16 && cb * 16 + l < cols; ++l)
+          w[static_cast<std::size_t>(((cb * KH + kh) * pairs + p) * 16 + l)] =
+              half(kh, 2 * p, cb * 16 + l) | half(kh, 2 * p + 1, cb * 16 + l) << 16;
+  return w;
+}
+
+/// The convolution of pair_conv_input's x with pair_conv_weights' w into out [N, OH, OW, cols]:
+/// bf16 products, exact in f32, summed in f32 by AVX-512 BF16 dot products (VDPBF16PS: inputs
+/// below 2^-126 read as zero, sums below it flushed to zero), in an order of its own. An estimate:
+/// for non-negative x and w it lies within bf16_variance_bound's terms of the f32 convolution of
+/// the unrounded values (docs/formulas.md, sec. 5). Only where pair_conv_available(tier).
+inline void pair_conv(const pair_conv_geometry& g, const std::uint16_t* x, const std::uint32_t* w, float* out,
+                      isa_tier tier) {
+  if (!pair_conv_available(tier)) throw value_error("pair_conv: this CPU or tier has no AVX-512 BF16 dot products");
+#if RIMC_HAVE_X86_DISPATCH
+  avx512::pair_conv(g, x, w, out);
+#else
+  (void)g, (void)x, (void)w, (void)out;
+#endif
 }
 
 /// The exact chain values of listed outputs of a convolution (channels-last
