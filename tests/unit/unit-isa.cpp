@@ -635,54 +635,63 @@ TEST_SUITE("isa tiers") {
   }
 
   TEST_CASE("conv_chain_values is the per-output FMA chain over in-bounds taps, the same bits on every tier") {
-    // Strides, padding, dilation, 1 to 28 channels, 1 to 20 outputs; listed outputs in scattered
-    // order. The reference skips the padding's taps instead of reading zeros.
+    // Strides, padding, dilation, 1 to 28 channels, 1 to 40 outputs; listed outputs in scattered
+    // order, then in order (runs of one pixel's outputs) with gaps. The reference skips the
+    // padding's taps instead of reading zeros.
     struct geo {
       std::int64_t C, r, k, s, p, d;
     };
     for (const geo q : {geo{1, 16, 3, 1, 1, 1}, geo{3, 20, 3, 2, 1, 1}, geo{12, 5, 3, 1, 2, 2}, geo{28, 1, 3, 2, 0, 1},
-                        geo{8, 7, 1, 1, 0, 1}, geo{5, 9, 5, 1, 2, 1}}) {
-      CAPTURE(q.C);
-      CAPTURE(q.k);
-      detail::thin_conv_geometry g;
-      g.N = 2;
-      g.H = 9;
-      g.W = 8;
-      g.C = g.Cp = q.C;
-      g.KH = g.KW = q.k;
-      g.sh = g.sw = q.s;
-      g.ph = g.pw = q.p;
-      g.dh = g.dw = q.d;
-      g.OH = (g.H + 2 * q.p - q.d * (q.k - 1) - 1) / q.s + 1;
-      g.OW = (g.W + 2 * q.p - q.d * (q.k - 1) - 1) / q.s + 1;
-      g.r = q.r;
-      const auto x = test::random_tensor(Shape{g.N * g.H * g.W * g.C}, 91, layout::nchw, 0.0f, 2.0f);
-      const auto w = test::random_tensor(Shape{g.r * g.KH * g.KW * g.C}, 92, layout::nchw, 0.0f, 1e-3f);
-      const std::int64_t outputs = g.N * g.OH * g.OW * g.r;
-      std::vector<std::uint32_t> idx;
-      for (std::int64_t i = 0; i < outputs; ++i) idx.push_back(static_cast<std::uint32_t>((i * 7919) % outputs));
-      std::vector<float> want(idx.size());
-      for (std::size_t i = 0; i < idx.size(); ++i) {
-        const std::int64_t o = idx[i] % g.r, p = idx[i] / g.r, n = p / (g.OH * g.OW), oh = p % (g.OH * g.OW) / g.OW,
-                           ow = p % g.OW;
-        float acc = 0.0f;
-        for (std::int64_t kh = 0; kh < g.KH; ++kh)
-          for (std::int64_t kw = 0; kw < g.KW; ++kw) {
-            const std::int64_t ih = oh * g.sh - g.ph + kh * g.dh, iw = ow * g.sw - g.pw + kw * g.dw;
-            if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-            for (std::int64_t c = 0; c < g.C; ++c)
-              acc = std::fma(x[((n * g.H + ih) * g.W + iw) * g.C + c], w[((o * g.KH + kh) * g.KW + kw) * g.C + c], acc);
+                        geo{8, 7, 1, 1, 0, 1}, geo{5, 9, 5, 1, 2, 1}, geo{2, 40, 3, 1, 1, 1}})
+      for (const bool sorted : {false, true}) {
+        CAPTURE(sorted);
+        CAPTURE(q.C);
+        CAPTURE(q.k);
+        detail::thin_conv_geometry g;
+        g.N = 2;
+        g.H = 9;
+        g.W = 8;
+        g.C = g.Cp = q.C;
+        g.KH = g.KW = q.k;
+        g.sh = g.sw = q.s;
+        g.ph = g.pw = q.p;
+        g.dh = g.dw = q.d;
+        g.OH = (g.H + 2 * q.p - q.d * (q.k - 1) - 1) / q.s + 1;
+        g.OW = (g.W + 2 * q.p - q.d * (q.k - 1) - 1) / q.s + 1;
+        g.r = q.r;
+        const auto x = test::random_tensor(Shape{g.N * g.H * g.W * g.C}, 91, layout::nchw, 0.0f, 2.0f);
+        const auto w = test::random_tensor(Shape{g.r * g.KH * g.KW * g.C}, 92, layout::nchw, 0.0f, 1e-3f);
+        const std::int64_t outputs = g.N * g.OH * g.OW * g.r;
+        std::vector<std::uint32_t> idx;
+        for (std::int64_t i = 0; i < outputs; ++i) {
+          if (!sorted) {
+            idx.push_back(static_cast<std::uint32_t>((i * 7919) % outputs));
+          } else if (i % 5 != 2 && i % 11 != 3) {
+            idx.push_back(static_cast<std::uint32_t>(i));
           }
-        want[i] = acc;
-      }
-      for_each_tier([&](isa_tier t) {
-        for (const std::size_t len : {idx.size(), std::size_t{1}, std::size_t{13}}) {
-          std::vector<float> got(len);
-          detail::conv_chain_values(g, x.data(), w.data(), idx.data(), static_cast<std::int64_t>(len), got.data(), t);
-          CHECK(same_bits(got, std::vector<float>(want.begin(), want.begin() + static_cast<std::ptrdiff_t>(len))));
         }
-      });
-    }
+        std::vector<float> want(idx.size());
+        for (std::size_t i = 0; i < idx.size(); ++i) {
+          const std::int64_t o = idx[i] % g.r, p = idx[i] / g.r, n = p / (g.OH * g.OW), oh = p % (g.OH * g.OW) / g.OW,
+                             ow = p % g.OW;
+          float acc = 0.0f;
+          for (std::int64_t kh = 0; kh < g.KH; ++kh)
+            for (std::int64_t kw = 0; kw < g.KW; ++kw) {
+              const std::int64_t ih = oh * g.sh - g.ph + kh * g.dh, iw = ow * g.sw - g.pw + kw * g.dw;
+              if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+              for (std::int64_t c = 0; c < g.C; ++c)
+                acc = std::fma(x[((n * g.H + ih) * g.W + iw) * g.C + c], w[((o * g.KH + kh) * g.KW + kw) * g.C + c], acc);
+            }
+          want[i] = acc;
+        }
+        for_each_tier([&](isa_tier t) {
+          for (const std::size_t len : {idx.size(), std::size_t{1}, std::size_t{13}}) {
+            std::vector<float> got(len);
+            detail::conv_chain_values(g, x.data(), w.data(), idx.data(), static_cast<std::int64_t>(len), got.data(), t);
+            CHECK(same_bits(got, std::vector<float>(want.begin(), want.begin() + static_cast<std::ptrdiff_t>(len))));
+          }
+        });
+      }
   }
 }
 
