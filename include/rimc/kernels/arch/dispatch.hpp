@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -56,12 +57,12 @@ struct thin_conv_geometry {
 
 /// A thin convolution in bf16 pairs (pair_conv; analog_conv2d's read-variance
 /// estimate below 8 input channels per tile): the input is bf16 channels-last
-/// with its padding written out (pair_conv_input), so that one kernel row of
-/// a window, KW pixels of C channels, is `row_elems = KW C` consecutive
-/// values, taken two at a time (`pairs` = ceil(KW C / 2) dot products of
-/// two per kernel row; the odd one out meets a zero weight). Output pixel
-/// (n, oh, ow), kernel row kh, reads from (n Hp + oh sh + kh dh) row +
-/// ow sw C; the output is [N, OH, OW, cols] f32.
+/// with its padding written out (pair_conv_input: Hp padded rows of `row`
+/// values per image), so that one kernel row of a window, KW pixels of C
+/// channels, is KW C consecutive values, taken two at a time (`pairs` =
+/// ceil(KW C / 2) dot products of two per kernel row; the odd one out meets
+/// a zero weight). Output pixel (n, oh, ow), kernel row kh, reads from
+/// (n Hp + oh sh + kh dh) row + ow sw C; the output is [N, OH, OW, cols] f32.
 struct pair_conv_geometry {
   std::int64_t N = 0, Hp = 0, row = 0, C = 0, OH = 0, OW = 0, KH = 0, pairs = 0, sh = 1, sw = 1, dh = 1, cols = 0;
 };
@@ -391,7 +392,7 @@ inline float pair_conv_input(const pair_conv_geometry& g, const float* x, std::i
     for (std::int64_t h = 0; h < H; ++h) {
       const float m = RIMC_ISA_CALL(tier, bf16_round, x + (n * H + h) * W * g.C, W * g.C,
                                     out.data() + (n * g.Hp + h + ph) * g.row + pw * g.C);
-      if (!(m <= top)) top = m;  // NaN stays
+      if (!std::isnan(top) && !(m <= top)) top = m;  // a NaN, once met, stays
     }
   return top;
 }
