@@ -529,6 +529,16 @@ TEST_SUITE("realistic chip") {
     // input or weight fails), and against bf16_variance_bound from the f32 convolution's root.
     const float tiny = std::numeric_limits<float>::min();
     const isa_tier tier = active_isa();
+    {  // The input's largest square; a NaN met before larger values stays (the bound then decides nothing).
+      std::vector<float> sq(2 * 3 * 4, 1.0f);
+      sq[20] = 5.0f;
+      const auto g = detail::pair_geometry(2, 1, 3, 4, 3, 4, 1, 1, 1, 1, 1, 0, 0, 1);
+      std::vector<std::uint16_t> padded;
+      CHECK(detail::pair_conv_input(g, sq.data(), 3, 4, 0, 0, padded, tier) == 5.0f);
+      sq[2] = std::numeric_limits<float>::quiet_NaN();
+      CHECK(std::isnan(detail::pair_conv_input(g, sq.data(), 3, 4, 0, 0, padded, tier)));
+      CHECK(padded.size() == static_cast<std::size_t>(2 * 3 * (4 + 2)));
+    }
     struct pair_case {
       std::int64_t C, k, stride, pad, dh, cols, H, W;
     };
