@@ -415,8 +415,9 @@ class basic_analog_conv2d {
   }
 
   /// How many (tile, slice, source shape) combinations read their read-noise variances through
-  /// the bf16 estimate now (with the per-tile convolution kernel, read noise before an ADC and
-  /// oneDNN's native bf16; docs/formulas.md, sec. 5): 0 before the first such forward.
+  /// the bf16 estimate now (with the per-tile convolution kernel and read noise before an ADC;
+  /// from 8 channels per tile where oneDNN has native bf16, below where the CPU has AVX-512 BF16
+  /// for detail::pair_conv; docs/formulas.md, sec. 5): 0 before the first such forward.
   [[nodiscard]] std::size_t bf16_variance_shapes() const { return shortcut_->approved(); }
 
   /// The input gradient through the effective weights (no bias, no ReLU).
@@ -664,9 +665,10 @@ class basic_analog_conv2d {
     const auto plan = a.begin_call();
     const auto fin = core_.finish(bias_, params().relu);
     const bool dac = P.dac.has_value(), reading = !P.read.is_none();
-    // With the read-out's shortcut and native bf16 dot products, the read variances come from a
-    // bf16 convolution, each within a stated bound of the f32 one, and the currents near a code
-    // boundary get their exact variance from the f32 chain (see variance_shortcut below).
+    // With the read-out's shortcut and native bf16 dot products (oneDNN's from 8 channels per tile,
+    // detail::pair_conv's below), the read variances come from a bf16 convolution, each within a
+    // stated bound of the f32 one, and the currents near a code boundary get their exact variance
+    // from the f32 chain (see variance_shortcut below).
     const bool approx_possible = a.read_shortcut(plan) && !var_convs_.empty();
     const bool pairs_here = detail::pair_conv_available(plan.tier);
     const float xs_all = dac ? static_cast<float>(P.dac->range) : 1.0f;
