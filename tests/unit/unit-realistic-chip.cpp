@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <vector>
 
 namespace unit_realistic_chip {
@@ -474,6 +475,10 @@ TEST_SUITE("realistic chip") {
         geometry.stride = {gc.stride, gc.stride};
         geometry.padding = {gc.pad, gc.pad};
         geometry.dilation = {gc.dh, 1};
+        // The f32 convolutions whose order the chain was seen to follow for these shapes (oneDNN 2.7
+        // here; capped at AVX2 too). Elsewhere the probe decides, and only the outputs are checked.
+        const std::string impl = conv2d(w, std::nullopt, geometry).implementation(Shape{3, C, 13, 12});
+        const bool chain_order_known = impl.rfind("brgconv:avx512_core", 0) == 0 || impl == "jit:avx2";
         for (const layout l : {layout::nhwc, layout::nchw}) {
           const Tensor src = test::random_tensor(Shape{3, C, 13, 12}, 64, l, 0.0f, 1.0f);
           for (const isa_tier tier : {isa_tier::scalar, isa_tier::avx2, isa_tier::avx512}) {
@@ -508,11 +513,12 @@ TEST_SUITE("realistic chip") {
                   const bool nhwc_squares = dac || l == layout::nhwc;
                   if (!detail::pair_conv_available(tier)) {
                     CHECK(estimated == 0);
-                  } else if (nhwc_squares && gc.dh == 1) {
+                  } else if (nhwc_squares && gc.dh == 1 && chain_order_known) {
                     CHECK(estimated == 2);  // both columns of tiles, one source shape
                   } else {
                     // oneDNN 2.7's f32 convolution dilated along the height sums 1-3 channels in
                     // another order than the chain's here: the probe declines, the f32 one runs
+                    // (and an f32 convolution not named above may do the same)
                     CHECK(estimated <= 2);
                   }
                 }
