@@ -546,10 +546,8 @@ class basic_analog_conv2d {
         }
       var_chain_.push_back(std::move(chain));
       var_max_.push_back(vmax);
-      // Below bf16_variance_min_channels per tile, the estimate is pair_conv's (width dilation 1).
-      var_pairs_.push_back(chn < bf16_variance_min_channels && params().dilation[1] == 1
-                               ? detail::pair_conv_weights(m.data(), C, chn, wshape_[2], wshape_[3])
-                               : std::vector<std::uint32_t>{});
+      var_pairs_.push_back(pair_estimate(chn) ? detail::pair_conv_weights(m.data(), C, chn, wshape_[2], wshape_[3])
+                                              : std::vector<std::uint32_t>{});
     }
   }
 
@@ -559,6 +557,10 @@ class basic_analog_conv2d {
   /// 0.025 ms either way, 3 channels 0.022 vs 0.027 ms before the bf16 rounding pass; 16 channels
   /// 0.051 vs 0.090 ms).
   static constexpr std::int64_t bf16_variance_min_channels = 8;
+  /// Whether a tile of `chn` input channels takes its estimate from pair_conv (where the CPU runs it).
+  [[nodiscard]] bool pair_estimate(std::int64_t chn) const noexcept {
+    return chn < bf16_variance_min_channels && params().dilation[1] == 1;
+  }
 
   /// Per (tile, slice) and source shape, whether the f32 variance convolution was seen to
   /// compute every output as the chain of detail::conv_chain_values (then its bf16 estimate
@@ -733,8 +735,8 @@ class basic_analog_conv2d {
           }
           float xsq_max = -1.0f;  // < 0: xsq16 not made yet for this block of channels
           // The estimate's convolution for this block of channels: oneDNN's bf16 one from
-          // bf16_variance_min_channels, else pair_conv where it runs (and the tile has its weights).
-          const bool pairs = chn < bf16_variance_min_channels && pairs_here;
+          // bf16_variance_min_channels, else pair_conv where it runs.
+          const bool pairs = pair_estimate(chn) && pairs_here;
           const bool estimate = chn >= bf16_variance_min_channels ? bf16_variance_ : pairs;
           const auto pg = detail::pair_geometry(ng, chn, H, W, out[2], out[3], 0, wshape_[2], wshape_[3],
                                                 params().stride[0], params().stride[1], params().padding[0],
@@ -747,7 +749,7 @@ class basic_analog_conv2d {
               if (c.memory_layout() != layout::nhwc) c = c.to_layout(layout::nhwc);
               std::optional<detail::variance_bound> approx;
               if (reading) {
-                const auto probe = approx_possible && estimate && (!pairs || !var_pairs_[ts].empty()) &&
+                const auto probe = approx_possible && estimate &&
                                            xsq.memory_layout() == layout::nhwc &&
                                            rows * a.tile(rb, cb).cols() <= 0xffffffffLL
                                        ? shortcut_->state(ts, xsq.shape())
