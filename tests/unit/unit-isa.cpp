@@ -9,6 +9,7 @@
 #include <rimc/core/random.hpp>
 #include <rimc/kernels/arch/dispatch.hpp>
 #include <rimc/kernels/combine.hpp>
+#include <rimc/kernels/conv2d.hpp>
 #include <rimc/kernels/eltwise.hpp>
 #include <rimc/kernels/linear.hpp>
 #include <rimc/kernels/mse.hpp>
@@ -20,6 +21,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -632,6 +634,82 @@ TEST_SUITE("isa tiers") {
         CHECK(top == *std::max_element(x.begin(), x.begin() + static_cast<std::ptrdiff_t>(len)));
       }
     });
+  }
+
+  TEST_CASE("chain_conv is each output's FMA chain over its image taps: the same bits on every tier, and oneDNN's") {
+    // Strides, padding, height dilation, 1 to 7 channels, 1x1 to 5x5 windows, 1 to 40 columns,
+    // rows shorter and longer than the register-blocked kernel's pixels, inputs of both signs,
+    // and inputs so small that products round to -0: a chain that is -0 when it meets a padding
+    // tap turns +0 if that tap is multiplied in, so the reference skips the padding's taps.
+    // oneDNN 2.7's f32 convolution gives the same outputs where it is brgconv:avx512_core or
+    // jit:avx2 on undilated odd windows padded by at most half a window (the stems' shapes); a
+    // 2x2 window, wider padding or height dilation it sums in other orders (analog_conv2d's probe
+    // then keeps oneDNN's).
+    struct geo {
+      std::int64_t N, C, H, W, cols, k, s, p, dh;
+    };
+    int cases = 0;
+    for (const geo& q : {geo{2, 3, 9, 32, 16, 3, 1, 1, 1}, geo{3, 1, 7, 28, 16, 3, 1, 1, 1}, geo{1, 2, 6, 40, 20, 3, 1, 1, 1},
+                        geo{2, 3, 8, 21, 40, 5, 1, 2, 1}, geo{2, 1, 9, 19, 7, 5, 1, 1, 1}, geo{2, 2, 9, 12, 17, 3, 2, 1, 1},
+                        geo{1, 7, 6, 9, 33, 3, 1, 1, 1}, geo{2, 4, 5, 6, 1, 1, 1, 0, 1}, geo{2, 3, 9, 9, 16, 3, 1, 2, 2},
+                        geo{1, 3, 4, 5, 16, 3, 1, 3, 1}, geo{2, 5, 7, 8, 24, 2, 1, 1, 1}})
+      for (const bool tiny : {false, true}) {
+        CAPTURE(q.C);
+        CAPTURE(q.k);
+        CAPTURE(q.s);
+        CAPTURE(q.p);
+        CAPTURE(q.dh);
+        CAPTURE(q.W);
+        CAPTURE(tiny);
+        Tensor x = test::random_tensor(Shape{q.N, q.C, q.H, q.W}, 95 + cases, layout::nhwc, -1.0f, 1.0f);
+        Tensor w = test::random_tensor(Shape{q.cols, q.C, q.k, q.k}, 96 + cases, layout::nchw, -1.0f, 1.0f);
+        ++cases;
+        if (tiny) {  // products below the smallest float: every chain of a window ends at -0, +0 or a tiny value
+          for (std::int64_t i = 0; i < x.numel(); ++i) x[i] = i % 3 == 0 ? 1e-39f : -1e-39f;
+          for (std::int64_t i = 0; i < w.numel(); ++i) w[i] *= 1e-10f;
+        }
+        conv2d_params cp{{q.s, q.s}, {q.p, q.p}};
+        cp.dilation = {q.dh, 1};
+        const conv2d conv(w, std::nullopt, cp);
+        const Shape out = conv.output_shape(x.shape());
+        const std::int64_t OH = out[2], OW = out[3];
+        std::vector<float> want(static_cast<std::size_t>(q.N * OH * OW * q.cols));
+        std::int64_t minus_zero = 0;
+        for (std::int64_t n = 0; n < q.N; ++n)
+          for (std::int64_t oh = 0; oh < OH; ++oh)
+            for (std::int64_t ow = 0; ow < OW; ++ow)
+              for (std::int64_t j = 0; j < q.cols; ++j) {
+                float acc = 0.0f;
+                for (std::int64_t kh = 0; kh < q.k; ++kh)
+                  for (std::int64_t kw = 0; kw < q.k; ++kw) {
+                    const std::int64_t ih = oh * q.s - q.p + kh * q.dh, iw = ow * q.s - q.p + kw;
+                    if (ih < 0 || ih >= q.H || iw < 0 || iw >= q.W) continue;
+                    for (std::int64_t c = 0; c < q.C; ++c)
+                      acc = std::fma(x[((n * q.H + ih) * q.W + iw) * q.C + c], w[((j * q.C + c) * q.k + kh) * q.k + kw], acc);
+                  }
+                want[static_cast<std::size_t>(((n * OH + oh) * OW + ow) * q.cols + j)] = acc;
+                minus_zero += std::bit_cast<std::uint32_t>(acc) == 0x80000000u;
+              }
+        if (tiny) CHECK(minus_zero > 0);  // the case the padding's taps would get wrong
+        const auto g = detail::chain_conv_shape(q.N, q.C, q.H, q.W, OH, OW, q.cols, q.k, q.k, q.s, q.s, q.p, q.p, q.dh);
+        std::vector<float> xp;
+        detail::chain_conv_input(g, x.data(), xp);
+        CHECK(xp.size() == static_cast<std::size_t>(q.N * (q.H + 2 * q.p) * (q.W + 2 * q.p) * q.C));
+        const auto wp = detail::chain_conv_weights(w.data(), q.cols, q.C, q.k, q.k);
+        for_each_tier([&](isa_tier t) {
+          std::vector<float> got(want.size(), -7.0f);
+          detail::chain_conv(g, xp.data(), wp.data(), got.data(), t);
+          CHECK(same_bits(got, want));
+        });
+        const std::string impl = conv.implementation(x.shape());
+        const bool stem_like = q.dh == 1 && q.k % 2 == 1 && 2 * q.p <= q.k - 1;
+        if (stem_like && (impl.rfind("brgconv:avx512_core", 0) == 0 || impl == "jit:avx2")) {
+          Tensor y;
+          conv.forward(x, y);
+          y = y.to_layout(layout::nhwc);
+          CHECK(same_bits(std::vector<float>(y.data(), y.data() + y.numel()), want));
+        }
+      }
   }
 
   TEST_CASE("conv_chain_values is the per-output FMA chain over in-bounds taps, the same bits on every tier") {

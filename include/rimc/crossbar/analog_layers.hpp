@@ -25,6 +25,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -345,6 +346,7 @@ class basic_analog_conv2d {
       for (const auto& t : a.tiles())
         for (int s = 0; s < a.grid().slices; ++s)
           tile_convs_.emplace_back(tile_weights(t, t.analog_matrix(s)), std::nullopt, tp);
+      refresh_current_chains();
       refresh_variance_convs();
     }
   }
@@ -419,6 +421,11 @@ class basic_analog_conv2d {
   /// from 8 channels per tile where oneDNN has native bf16, below where the CPU has AVX-512 BF16
   /// for detail::pair_conv; docs/formulas.md, sec. 5): 0 before the first such forward.
   [[nodiscard]] std::size_t bf16_variance_shapes() const { return shortcut_->approved(); }
+  /// How many (tile, slice, source shape) combinations take their column currents from
+  /// detail::chain_conv now (the per-tile convolution kernel below 8 channels per tile, on the
+  /// AVX-512 tier, where oneDNN's f32 convolution was seen to sum in the same order): 0 before
+  /// the first such forward.
+  [[nodiscard]] std::size_t chain_current_shapes() const { return current_verdicts_->approved(); }
 
   /// The input gradient through the effective weights (no bias, no ReLU).
   void backward_data(const Tensor& diff_dst, const Shape& src_shape, Tensor& diff_src) const {
@@ -505,7 +512,20 @@ class basic_analog_conv2d {
       const Tile& t = a.tiles()[i / S];
       tile_convs_[i].set_weights(tile_weights(t, t.analog_matrix(static_cast<int>(i % S))));
     }
+    refresh_current_chains();
     refresh_variance_convs();
+  }
+
+  /// Per (tile, slice) of a thin tile (thin_tile): the conductances as
+  /// detail::chain_conv's weights, for the column currents; the probe's verdicts start over.
+  void refresh_current_chains() {
+    current_verdicts_->clear();
+    cur_chain_.clear();
+    for (const conv2d& tc : tile_convs_) {
+      const Shape& w = tc.weights().shape();  // [cols, channels, kh, kw]
+      cur_chain_.push_back(thin_tile(w[1]) ? detail::chain_conv_weights(tc.weights().data(), w[0], w[1], w[2], w[3])
+                                                : std::vector<float>{});
+    }
   }
 
   /// With read noise and the per-tile convolutions: per (tile, slice) the
@@ -546,7 +566,7 @@ class basic_analog_conv2d {
         }
       var_chain_.push_back(std::move(chain));
       var_max_.push_back(vmax);
-      var_pairs_.push_back(pair_estimate(chn) ? detail::pair_conv_weights(m.data(), C, chn, wshape_[2], wshape_[3])
+      var_pairs_.push_back(thin_tile(chn) ? detail::pair_conv_weights(m.data(), C, chn, wshape_[2], wshape_[3])
                                               : std::vector<std::uint32_t>{});
     }
   }
@@ -557,15 +577,22 @@ class basic_analog_conv2d {
   /// 0.025 ms either way, 3 channels 0.022 vs 0.027 ms before the bf16 rounding pass; 16 channels
   /// 0.051 vs 0.090 ms).
   static constexpr std::int64_t bf16_variance_min_channels = 8;
-  /// Whether a tile of `chn` input channels takes its estimate from pair_conv (where the CPU runs it).
-  [[nodiscard]] bool pair_estimate(std::int64_t chn) const noexcept {
+  /// Whether a tile of `chn` input channels is thin: below bf16_variance_min_channels, the
+  /// input's width not dilated. There rimc's own kernels stand in for oneDNN's where the CPU
+  /// runs them: pair_conv for the read variances' estimate, and chain_conv for the column
+  /// currents once the probe has seen oneDNN's f32 convolution sum in its order (oneDNN 2.7 is
+  /// slow on so few channels: one thread, 4 images of 32 x 32, 3 channels, 3 x 3, 16 columns,
+  /// 0.029 ms against chain_conv's 0.019 ms; 5 images of 28 x 28, 1 channel, 0.017 against 0.009 ms).
+  [[nodiscard]] bool thin_tile(std::int64_t chn) const noexcept {
     return chn < bf16_variance_min_channels && params().dilation[1] == 1;
   }
 
-  /// Per (tile, slice) and source shape, whether the f32 variance convolution was seen to
-  /// compute every output as the chain of detail::conv_chain_values (then its bf16 estimate
-  /// and that chain stand in for it). Shared by the threads of a forward; cleared with new weights.
-  class variance_shortcut {
+  /// Per (tile, slice) and source shape, whether an f32 oneDNN convolution was seen to compute
+  /// every output as rimc's FMA chain: the read variances' as detail::conv_chain_values' (then
+  /// the bf16 estimate and that chain stand in for it), or the column currents' as
+  /// detail::chain_conv's (then chain_conv does). Shared by the threads of a forward; cleared
+  /// with new weights.
+  class chain_verdicts {
    public:
     enum class verdict : std::uint8_t { unknown, yes, no };
     [[nodiscard]] verdict state(std::size_t ts, const Shape& shape) const {
@@ -645,6 +672,37 @@ class basic_analog_conv2d {
     return w;
   }
 
+  /// The column currents of (tile, slice) ts of `cols` columns for the block's inputs `xin`,
+  /// into c (channels-last): oneDNN's f32 convolution, or where `chains` (chain_conv is fast here
+  /// and the tile has few channels) and the probe has seen oneDNN's outputs equal chain_conv's,
+  /// bit for bit, on this source shape, chain_conv (xpad: the inputs padded, made once per block
+  /// of channels; `padded` says whether it is). The first call on a shape runs both and compares
+  /// every output.
+  void column_currents(std::size_t ts, const Tensor& xin, const Shape& out, std::int64_t cols, bool chains,
+                       bool& padded, std::vector<float>& xpad, Tensor& c, isa_tier tier) const {
+    const auto verdict = chains ? current_verdicts_->state(ts, xin.shape()) : chain_verdicts::verdict::no;
+    const auto g = detail::chain_conv_shape(xin.dim(0), xin.dim(1), xin.dim(2), xin.dim(3), out[2], out[3], cols,
+                                            wshape_[2], wshape_[3], params().stride[0], params().stride[1],
+                                            params().padding[0], params().padding[1], params().dilation[0]);
+    if (verdict != chain_verdicts::verdict::no && !padded) {
+      detail::chain_conv_input(g, xin.data(), xpad);
+      padded = true;
+    }
+    if (verdict == chain_verdicts::verdict::yes) {
+      c.ensure(Shape{xin.dim(0), cols, out[2], out[3]}, layout::nhwc);
+      detail::chain_conv(g, xpad.data(), cur_chain_[ts].data(), c.data(), tier);
+      return;
+    }
+    tile_convs_[ts].forward(xin, c);
+    if (c.memory_layout() != layout::nhwc) c = c.to_layout(layout::nhwc);
+    if (verdict == chain_verdicts::verdict::unknown) {
+      std::vector<float> chain(static_cast<std::size_t>(c.numel()));
+      detail::chain_conv(g, xpad.data(), cur_chain_[ts].data(), chain.data(), tier);
+      current_verdicts_->record(ts, xin.shape(),
+                                std::memcmp(chain.data(), c.data(), chain.size() * sizeof(float)) == 0);
+    }
+  }
+
   /// The tile-exact forward with one oneDNN convolution per tile and slice:
   /// the tile's column currents are the convolution of its input channels
   /// (DAC-quantised element-wise) with its normalised conductance matrix,
@@ -670,9 +728,10 @@ class basic_analog_conv2d {
     // With the read-out's shortcut and native bf16 dot products (oneDNN's from 8 channels per tile,
     // detail::pair_conv's below), the read variances come from a bf16 convolution, each within a
     // stated bound of the f32 one, and the currents near a code boundary get their exact variance
-    // from the f32 chain (see variance_shortcut below).
+    // from the f32 chain (see variance_approx). Below 8 channels per tile the column currents
+    // come from detail::chain_conv where the probe allows (see column_currents).
     const bool approx_possible = a.read_shortcut(plan) && !var_convs_.empty();
-    const bool pairs_here = detail::pair_conv_available(plan.tier);
+    const bool pairs_here = detail::pair_conv_available(plan.tier), chains_here = detail::chain_conv_fast(plan.tier);
     const float xs_all = dac ? static_cast<float>(P.dac->range) : 1.0f;
     const float inv = 1.0f / xs_all, steps = dac ? static_cast<float>(P.dac->steps()) : 1.0f;
     // About 256 KiB of output per group: enough groups to keep every core busy at small
@@ -688,6 +747,7 @@ class basic_analog_conv2d {
         const thread_count_guard single(1);
         thread_local Tensor xb, xsq, c, v;  // this thread's scratch, reused across calls
         thread_local std::vector<std::uint16_t> xsq16;  // xsq in bf16 (padded for pair_conv), for the estimate
+        thread_local std::vector<float> xpad;           // the inputs padded for chain_conv
         const auto n0 = gi * group, ng = std::min(group, N - n0), rows = ng * pixels, r_base = n0 * pixels;
         float* yg = y.data() + r_base * O;
         for (std::int64_t rb = 0; rb < a.tile_grid_rows(); ++rb) {
@@ -736,25 +796,27 @@ class basic_analog_conv2d {
           float xsq_max = -1.0f;  // < 0: xsq16 not made yet for this block of channels
           // The estimate's convolution for this block of channels: oneDNN's bf16 one from
           // bf16_variance_min_channels, else pair_conv where it runs.
-          const bool pairs = pair_estimate(chn) && pairs_here;
+          const bool pairs = thin_tile(chn) && pairs_here;
           const bool estimate = chn >= bf16_variance_min_channels ? bf16_variance_ : pairs;
           const auto pg = detail::pair_geometry(ng, chn, H, W, out[2], out[3], 0, wshape_[2], wshape_[3],
                                                 params().stride[0], params().stride[1], params().padding[0],
                                                 params().padding[1], params().dilation[0]);
+          // The column currents by chain_conv (channels-last inputs: one channel is either layout).
+          const bool chains = chains_here && thin_tile(chn) && (xin->memory_layout() == layout::nhwc || chn == 1);
+          bool padded = false;  // xpad made for this block of channels
           for (std::int64_t cb = 0; cb < a.tile_grid_cols(); ++cb) {
             const auto ti = static_cast<std::size_t>(rb * a.tile_grid_cols() + cb);
             for (int s = 0; s < S; ++s) {
               const auto ts = ti * static_cast<std::size_t>(S) + static_cast<std::size_t>(s);
-              tile_convs_[ts].forward(*xin, c);
-              if (c.memory_layout() != layout::nhwc) c = c.to_layout(layout::nhwc);
+              column_currents(ts, *xin, out, a.tile(rb, cb).cols(), chains, padded, xpad, c, plan.tier);
               std::optional<detail::variance_bound> approx;
               if (reading) {
                 const auto probe = approx_possible && estimate &&
                                            xsq.memory_layout() == layout::nhwc &&
                                            rows * a.tile(rb, cb).cols() <= 0xffffffffLL
                                        ? shortcut_->state(ts, xsq.shape())
-                                       : variance_shortcut::verdict::no;
-                if (probe == variance_shortcut::verdict::yes) {
+                                       : chain_verdicts::verdict::no;
+                if (probe == chain_verdicts::verdict::yes) {
                   if (pairs) {
                     if (xsq_max < 0) {
                       xsq_max = detail::pair_conv_input(pg, xsq.data(), H, W, params().padding[0],
@@ -775,7 +837,7 @@ class basic_analog_conv2d {
                 } else {
                   var_convs_[ts].forward(xsq, v);
                   if (v.memory_layout() != layout::nhwc) v = v.to_layout(layout::nhwc);
-                  if (probe == variance_shortcut::verdict::unknown) {
+                  if (probe == chain_verdicts::verdict::unknown) {
                     shortcut_->record(ts, xsq.shape(), chain_matches(ts, xsq, v, out, plan.tier));
                   }
                 }
@@ -806,7 +868,10 @@ class basic_analog_conv2d {
   /// per (tile, slice), with read noise, below bf16_variance_min_channels: its variance matrix as
   /// pair_conv's bf16 weights (else empty)
   std::vector<std::vector<std::uint32_t>> var_pairs_;
-  std::unique_ptr<variance_shortcut> shortcut_ = std::make_unique<variance_shortcut>();
+  std::unique_ptr<chain_verdicts> shortcut_ = std::make_unique<chain_verdicts>();  ///< the variances' estimate
+  /// per (tile, slice) of a thin tile: its conductances as chain_conv's weights (else empty)
+  std::vector<std::vector<float>> cur_chain_;
+  std::unique_ptr<chain_verdicts> current_verdicts_ = std::make_unique<chain_verdicts>();  ///< the currents' chain_conv
   bool bf16_variance_ = detail::onednn_native_bf16();  ///< oneDNN has native bf16 dot products here
   std::uint64_t version_ = 0;
 };

@@ -827,6 +827,15 @@ __attribute__((target("avx2,fma"))) inline void conv_chain_values(const thin_con
   conv_chain_values_body(g, x, w, idx, count, out, fused{});
 }
 
+/// portable::chain_conv with the hardware's FMA.
+__attribute__((target("avx2,fma"))) inline void chain_conv(const chain_conv_geometry& g, const float* x,
+                                                           const float* w, float* out) {
+  struct fused {
+    float operator()(float a, float b, float c) const { return __builtin_fmaf(a, b, c); }
+  };
+  chain_conv_body(g, x, w, out, fused{});
+}
+
 /// portable::dac_codes compiled for AVX2 (no FMA in the target: nothing fuses).
 __attribute__((target("avx2"))) inline void dac_codes(const float* src, std::int64_t n, float inv_scale, float steps,
                                                       float* dst, float* squares) {

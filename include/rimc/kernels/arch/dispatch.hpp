@@ -67,6 +67,58 @@ struct pair_conv_geometry {
   std::int64_t N = 0, Hp = 0, row = 0, C = 0, OH = 0, OW = 0, KH = 0, pairs = 0, sh = 1, sw = 1, dh = 1, cols = 0;
 };
 
+/// A thin convolution in f32, each output one FMA chain over its image taps
+/// in the order of conv_chain_values (chain_conv; analog_conv2d's column
+/// currents below 8 input channels per tile): images of H x W x C, padded by
+/// ph rows and pw pixels; the input is f32 channels-last with that padding
+/// written out (chain_conv_input: Hp = H + 2ph padded rows of `row` = (W +
+/// 2pw) C values per image), so that one kernel row of a window is `taps` =
+/// KW C consecutive values. Output pixel (n, oh, ow), kernel row kh, reads
+/// from (n Hp + oh sh + kh dh) row + ow sw C; the output is [N, OH, OW, cols].
+struct chain_conv_geometry {
+  std::int64_t N = 0, H = 0, W = 0, C = 0, ph = 0, pw = 0, Hp = 0, row = 0, KH = 0, KW = 0, taps = 0, OH = 0, OW = 0;
+  std::int64_t sh = 1, sw = 1, dh = 1, cols = 0;
+};
+
+/// The taps of output pixel (oh, ow) that read the image, not its padding: kernel rows [kh0,
+/// kh1) and columns [kw0, kw1) (chain_conv skips the others, as oneDNN's f32 convolution does).
+struct chain_conv_taps {
+  std::int64_t kh0, kh1, kw0, kw1;
+  chain_conv_taps(const chain_conv_geometry& g, std::int64_t oh, std::int64_t ow) noexcept {
+    // padded row oh sh + kh dh is image row oh sh + kh dh - ph; padded column ow sw + kw is ow sw + kw - pw
+    const std::int64_t top = g.ph - oh * g.sh, bottom = g.H + g.ph - oh * g.sh;  // kh dh must lie in [top, bottom)
+    kh0 = top <= 0 ? 0 : (top + g.dh - 1) / g.dh;
+    kh1 = bottom <= 0 ? 0 : std::min(g.KH, (bottom + g.dh - 1) / g.dh);
+    kw0 = std::max<std::int64_t>(0, g.pw - ow * g.sw);
+    kw1 = std::min(g.KW, g.W + g.pw - ow * g.sw);
+  }
+};
+
+/// chain_conv's loop on any tier: per output, acc = fma(x, w, acc) from +0
+/// over the kernel rows, then the row's KW C values in order (kw, then
+/// channel c), skipping the taps in the padding (conv_chain_values' order;
+/// skipping matters only where acc is -0). w is chain_conv_weights' packing.
+template <class Fma>
+[[gnu::always_inline]] inline void chain_conv_body(const chain_conv_geometry& g, const float* x, const float* w,
+                                                   float* out, Fma fma) {
+  for (std::int64_t n = 0; n < g.N; ++n)
+    for (std::int64_t oh = 0; oh < g.OH; ++oh)
+      for (std::int64_t ow = 0; ow < g.OW; ++ow) {
+        const chain_conv_taps t(g, oh, ow);
+        const float* xw = x + (n * g.Hp + oh * g.sh) * g.row + ow * g.sw * g.C;
+        float* o = out + ((n * g.OH + oh) * g.OW + ow) * g.cols;
+        for (std::int64_t j = 0; j < g.cols; ++j) {
+          float acc = 0.0f;
+          for (std::int64_t kh = t.kh0; kh < t.kh1; ++kh) {
+            const float* xr = xw + kh * g.dh * g.row;
+            const float* wr = w + ((j / 16) * g.KH + kh) * g.taps * 16 + j % 16;
+            for (std::int64_t e = t.kw0 * g.C; e < t.kw1 * g.C; ++e) acc = fma(xr[e], wr[16 * e], acc);
+          }
+          o[j] = acc;
+        }
+      }
+}
+
 /// The (n, oh, ow) of output pixel p, stepped to p + 1 by next() without divisions.
 struct thin_conv_pixel {
   std::int64_t n = 0, oh = 0, ow = 0;
@@ -433,6 +485,52 @@ inline void pair_conv(const pair_conv_geometry& g, const std::uint16_t* x, const
 #else
   (void)g, (void)x, (void)w, (void)out;
 #endif
+}
+
+/// Whether chain_conv is faster than oneDNN's f32 convolution here: the
+/// AVX-512 tier (the other tiers' forms are plain loops, for the tests).
+[[nodiscard]] inline bool chain_conv_fast(isa_tier tier) noexcept { return tier == isa_tier::avx512; }
+
+/// The geometry of chain_conv for a channels-last source of N images H x W x C, an output of
+/// OH x OW pixels of `cols` columns, a KH x KW window, strides, padding and height dilation.
+[[nodiscard]] inline chain_conv_geometry chain_conv_shape(std::int64_t N, std::int64_t C, std::int64_t H,
+                                                          std::int64_t W, std::int64_t OH, std::int64_t OW,
+                                                          std::int64_t cols, std::int64_t KH, std::int64_t KW,
+                                                          std::int64_t sh, std::int64_t sw, std::int64_t ph,
+                                                          std::int64_t pw, std::int64_t dh) {
+  return {.N = N, .H = H, .W = W, .C = C, .ph = ph, .pw = pw, .Hp = H + 2 * ph, .row = (W + 2 * pw) * C, .KH = KH,
+          .KW = KW, .taps = KW * C, .OH = OH, .OW = OW, .sh = sh, .sw = sw, .dh = dh, .cols = cols};
+}
+
+/// chain_conv's input: x [N, H, W, C] (channels-last f32) inside zero padding of ph rows and pw
+/// pixels, in `out`.
+inline void chain_conv_input(const chain_conv_geometry& g, const float* x, std::vector<float>& out) {
+  out.assign(static_cast<std::size_t>(g.N * g.Hp * g.row), 0.0f);
+  for (std::int64_t n = 0; n < g.N; ++n)
+    for (std::int64_t h = 0; h < g.H; ++h)
+      std::copy_n(x + (n * g.H + h) * g.W * g.C, g.W * g.C, out.data() + (n * g.Hp + h + g.ph) * g.row + g.pw * g.C);
+}
+
+/// chain_conv's weights from convolution weights w [cols, C, KH, KW]: per block of 16 columns,
+/// kernel row and tap e = kw C + c, the 16 columns' weights (0 past `cols`).
+[[nodiscard]] inline std::vector<float> chain_conv_weights(const float* w, std::int64_t cols, std::int64_t C,
+                                                           std::int64_t KH, std::int64_t KW) {
+  const std::int64_t taps = KW * C, blocks = (cols + 15) / 16;
+  std::vector<float> p(static_cast<std::size_t>(blocks * KH * taps * 16), 0.0f);
+  for (std::int64_t j = 0; j < cols; ++j)
+    for (std::int64_t c = 0; c < C; ++c)
+      for (std::int64_t kh = 0; kh < KH; ++kh)
+        for (std::int64_t kw = 0; kw < KW; ++kw)
+          p[static_cast<std::size_t>((((j / 16) * KH + kh) * taps + kw * C + c) * 16 + j % 16)] =
+              w[((j * C + c) * KH + kh) * KW + kw];
+  return p;
+}
+
+/// The convolution of chain_conv_input's x with chain_conv_weights' w (finite) into out [N, OH,
+/// OW, cols], each output the FMA chain of chain_conv_body (the same bits on every tier): where
+/// oneDNN's f32 convolution was seen to sum in that order (analog_conv2d's probe), its outputs.
+inline void chain_conv(const chain_conv_geometry& g, const float* x, const float* w, float* out, isa_tier tier) {
+  RIMC_ISA_CALL(tier, chain_conv, g, x, w, out);
 }
 
 /// The exact chain values of listed outputs of a convolution (channels-last

@@ -56,12 +56,12 @@
 #define RIMC_SIMD_WARNINGS_ON
 #endif
 
-/// Before a loop with a small constant trip count whose body keeps vector
-/// registers in arrays: unrolled fully, the arrays stay in registers.
+/// Before a loop with a small constant trip count (up to 32) whose body keeps
+/// vector registers in arrays: unrolled fully, the arrays stay in registers.
 #if defined(__clang__)
 #define RIMC_UNROLL _Pragma("unroll")
 #elif defined(__GNUC__)
-#define RIMC_UNROLL _Pragma("GCC unroll 16")
+#define RIMC_UNROLL _Pragma("GCC unroll 32")
 #else
 #define RIMC_UNROLL
 #endif

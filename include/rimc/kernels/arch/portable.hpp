@@ -323,4 +323,9 @@ inline void conv_chain_values(const thin_conv_geometry& g, const float* x, const
   conv_chain_values_body(g, x, w, idx, count, out, [](float a, float b, float c) { return std::fma(a, b, c); });
 }
 
+/// dispatch.hpp's chain_conv (std::fma: one rounding).
+inline void chain_conv(const chain_conv_geometry& g, const float* x, const float* w, float* out) {
+  chain_conv_body(g, x, w, out, [](float a, float b, float c) { return std::fma(a, b, c); });
+}
+
 }  // namespace rimc::detail::portable
