@@ -524,7 +524,7 @@ class basic_analog_conv2d {
     for (const conv2d& tc : tile_convs_) {
       const Shape& w = tc.weights().shape();  // [cols, channels, kh, kw]
       cur_chain_.push_back(thin_tile(w[1]) ? detail::chain_conv_weights(tc.weights().data(), w[0], w[1], w[2], w[3])
-                                                : std::vector<float>{});
+                                           : std::vector<float>{});
     }
   }
 
@@ -567,7 +567,7 @@ class basic_analog_conv2d {
       var_chain_.push_back(std::move(chain));
       var_max_.push_back(vmax);
       var_pairs_.push_back(thin_tile(chn) ? detail::pair_conv_weights(m.data(), C, chn, wshape_[2], wshape_[3])
-                                              : std::vector<std::uint32_t>{});
+                                          : std::vector<std::uint32_t>{});
     }
   }
 
