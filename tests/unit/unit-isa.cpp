@@ -638,7 +638,8 @@ TEST_SUITE("isa tiers") {
 
   TEST_CASE("chain_conv is each output's FMA chain over its image taps: the same bits on every tier, and oneDNN's") {
     // Strides, padding, height dilation, 1 to 7 channels, 1x1 to 5x5 windows, 1 to 40 columns,
-    // rows shorter and longer than the register-blocked kernel's pixels, inputs of both signs,
+    // rows shorter and longer than the register-blocked kernel's pixels (every one of its six
+    // forms: 1-3 channels, 3 or 5 taps per kernel row), inputs of both signs,
     // and inputs so small that products round to -0: a chain that is -0 when it meets a padding
     // tap turns +0 if that tap is multiplied in, so the reference skips the padding's taps.
     // oneDNN 2.7's f32 convolution gives the same outputs where it is brgconv:avx512_core or
@@ -652,7 +653,7 @@ TEST_SUITE("isa tiers") {
     for (const geo& q : {geo{2, 3, 9, 32, 16, 3, 1, 1, 1}, geo{3, 1, 7, 28, 16, 3, 1, 1, 1}, geo{1, 2, 6, 40, 20, 3, 1, 1, 1},
                         geo{2, 3, 8, 21, 40, 5, 1, 2, 1}, geo{2, 1, 9, 19, 7, 5, 1, 1, 1}, geo{2, 2, 9, 12, 17, 3, 2, 1, 1},
                         geo{1, 7, 6, 9, 33, 3, 1, 1, 1}, geo{2, 4, 5, 6, 1, 1, 1, 0, 1}, geo{2, 3, 9, 9, 16, 3, 1, 2, 2},
-                        geo{1, 3, 4, 5, 16, 3, 1, 3, 1}, geo{2, 5, 7, 8, 24, 2, 1, 1, 1}})
+                        geo{1, 3, 4, 5, 16, 3, 1, 3, 1}, geo{2, 5, 7, 8, 24, 2, 1, 1, 1}, geo{1, 2, 7, 30, 16, 5, 1, 2, 1}})
       for (const bool tiny : {false, true}) {
         CAPTURE(q.C);
         CAPTURE(q.k);
