@@ -13,6 +13,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -285,6 +286,40 @@ TEST_SUITE("analog") {
       };
       CHECK(run(1) == run(2));
     }
+  }
+
+  TEST_CASE("the tile-exact convolution gives each image the same outputs however the batch is grouped") {
+    // conv_tiles splits a batch into groups by its size (13 images of 8 x 8 x 40 outputs: four
+    // groups of 3 or 4; one image: one group); each image's outputs must not depend on which
+    // group, or how large a group, it went in. A fixed-range DAC, a calibrated ADC, three row
+    // blocks of 14, 14 and 12 channels, bit for bit.
+    const Tensor w = test::random_tensor(Shape{40, 40, 3, 3}, 41);
+    const Tensor b = test::random_tensor(Shape{40}, 42);
+    const Tensor src = test::random_tensor(Shape{13, 40, 8, 8}, 43, layout::nhwc);
+    basic_analog_conv2d<small_tile> layer(w, b, conv_params(1, 1, true), noisy_options());
+    layer.drift_to(relative_drift{}, drift_level{0.2}, 44);
+    periphery_config p;
+    p.dac = dac_config{8, dac_scaling::fixed, 1.0};
+    p.adc = adc_config{8, adc_range_mode::percentile, 0.0, 99.0};
+    layer.set_periphery(p);
+    layer.calibrate_adc(src);
+    REQUIRE(layer.conv_kernel_exact());
+    CHECK(layer.array().tile_grid_rows() == 3);
+    Tensor all;
+    layer.forward_tiles(src, all, tile_kernel::conv);
+    const Tensor y = all.to_layout(layout::nchw);
+    const auto C = src.dim(1), HW = src.dim(2) * src.dim(3), per_image = y.numel() / src.dim(0);
+    std::int64_t differing = 0;
+    for (std::int64_t n = 0; n < src.dim(0); ++n) {
+      Tensor one = Tensor::empty(Shape{1, C, src.dim(2), src.dim(3)}, layout::nhwc);
+      std::copy_n(src.data() + src.offset(n, 0, 0, 0), C * HW, one.data());
+      Tensor alone;
+      layer.forward_tiles(one, alone, tile_kernel::conv);
+      const Tensor a = alone.to_layout(layout::nchw);
+      for (std::int64_t i = 0; i < per_image; ++i)
+        differing += std::bit_cast<std::uint32_t>(a[i]) != std::bit_cast<std::uint32_t>(y[n * per_image + i]);
+    }
+    CHECK(differing == 0);
   }
 
   TEST_CASE("input gradients go through the effective weights") {
