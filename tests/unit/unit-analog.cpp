@@ -292,7 +292,7 @@ TEST_SUITE("analog") {
     // conv_tiles splits a batch into groups by its size (13 images of 8 x 8 x 40 outputs: four
     // groups of 3 or 4; one image: one group); each image's outputs must not depend on which
     // group, or how large a group, it went in. A fixed-range DAC, a calibrated ADC, three row
-    // blocks of 14, 14 and 12 channels, bit for bit.
+    // blocks of 14, 14 and 12 channels, bit for bit; then with read and output noise.
     const Tensor w = test::random_tensor(Shape{40, 40, 3, 3}, 41);
     const Tensor b = test::random_tensor(Shape{40}, 42);
     const Tensor src = test::random_tensor(Shape{13, 40, 8, 8}, 43, layout::nhwc);
@@ -320,6 +320,31 @@ TEST_SUITE("analog") {
         differing += std::bit_cast<std::uint32_t>(a[i]) != std::bit_cast<std::uint32_t>(y[n * per_image + i]);
     }
     CHECK(differing == 0);
+
+    // With read and output noise: element (row r, column j) draws normal r C + j of its tile's
+    // stream, so the first 13 images of a 26-image batch (four groups of 6 or 7) read what the
+    // 13-image batch (groups of 3 or 4) reads, on twin layers at their first forward.
+    p.read = read_noise::proportional(0.05);
+    p.output_noise = 0.01;
+    p.noise_seed = 45;
+    Tensor twice = Tensor::empty(Shape{26, C, src.dim(2), src.dim(3)}, layout::nhwc);
+    std::copy_n(src.data(), src.numel(), twice.data());
+    std::copy_n(src.data(), src.numel(), twice.data() + src.numel());
+    auto noisy = [&](const Tensor& batch) {
+      basic_analog_conv2d<small_tile> twin(w, b, conv_params(1, 1, true), noisy_options());
+      twin.drift_to(relative_drift{}, drift_level{0.2}, 44);
+      twin.set_periphery(p);
+      twin.calibrate_adc(src);
+      Tensor out;
+      twin.forward_tiles(batch, out, tile_kernel::conv);
+      return out.to_layout(layout::nchw);
+    };
+    const Tensor thirteen = noisy(src), twenty_six = noisy(twice);
+    CHECK_FALSE(thirteen == y);  // the noise moved some codes
+    std::int64_t noisy_differing = 0;
+    for (std::int64_t i = 0; i < thirteen.numel(); ++i)
+      noisy_differing += std::bit_cast<std::uint32_t>(thirteen[i]) != std::bit_cast<std::uint32_t>(twenty_six[i]);
+    CHECK(noisy_differing == 0);
   }
 
   TEST_CASE("input gradients go through the effective weights") {
