@@ -22,6 +22,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -548,8 +549,11 @@ TEST_SUITE("realistic chip") {
     // rimc's own bf16 convolution (the estimate below 8 channels per tile): 1 to 7 channels, 1x1
     // to 5x5 windows, strides, padding, height dilation, 1 to 40 columns, inputs and variances
     // over many magnitudes (zeros and values below 2^-126 among them). Every output is checked
-    // twice: tightly against the same sum in double of the bf16-rounded operands (so a misplaced
-    // input or weight fails), and against bf16_variance_bound from the f32 convolution's root.
+    // three times: tightly against the same sum in double of the bf16-rounded operands (so a
+    // misplaced input or weight fails), against bf16_variance_bound from the f32 convolution's
+    // root, and bit for bit against pair_conv_pixels one pixel at a time (the register-blocked
+    // rows at stride 1 with 3 x 3 windows and 1-3 channels: rows of 9 to 32 pixels, one to two
+    // runs; 7 pixels take the eight-at-a-time form).
     const float tiny = std::numeric_limits<float>::min();
     const isa_tier tier = active_isa();
     {  // The input's largest square; a NaN met before larger values stays (the bound then decides nothing).
@@ -569,7 +573,10 @@ TEST_SUITE("realistic chip") {
     for (const pair_case pc : {pair_case{1, 3, 1, 1, 1, 16, 9, 9}, pair_case{3, 3, 1, 1, 1, 16, 10, 13},
                                pair_case{3, 3, 2, 0, 1, 40, 11, 9}, pair_case{2, 5, 1, 2, 2, 7, 12, 11},
                                pair_case{7, 3, 2, 1, 1, 33, 9, 10}, pair_case{5, 1, 1, 0, 1, 16, 6, 7},
-                               pair_case{4, 2, 1, 1, 1, 1, 5, 8}, pair_case{6, 3, 1, 2, 2, 20, 9, 9}}) {
+                               pair_case{4, 2, 1, 1, 1, 1, 5, 8}, pair_case{6, 3, 1, 2, 2, 20, 9, 9},
+                               pair_case{1, 3, 1, 1, 1, 16, 5, 28}, pair_case{3, 3, 1, 1, 2, 16, 6, 32},
+                               pair_case{2, 3, 1, 1, 1, 40, 4, 17}, pair_case{3, 3, 1, 0, 1, 5, 4, 9},
+                               pair_case{1, 3, 1, 0, 1, 3, 5, 9}}) {
       CAPTURE(pc.C);
       CAPTURE(pc.k);
       CAPTURE(pc.stride);
@@ -644,6 +651,18 @@ TEST_SUITE("realistic chip") {
             }
       CHECK(loose == 0);
       CHECK(worst <= 1.0);
+      std::vector<float> one(got.size(), -1.0f);
+      const std::int64_t step = g.sw * g.C, wblock = g.KH * g.pairs * 16;
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t oh = 0; oh < OH; ++oh)
+          for (std::int64_t ow = 0; ow < OW; ++ow)
+            for (std::int64_t cb = 0; cb * 16 < pc.cols; ++cb) {
+              const auto lanes = static_cast<__mmask16>(pc.cols - cb * 16 >= 16 ? 0xFFFFu : (1u << (pc.cols - cb * 16)) - 1u);
+              detail::avx512::pair_conv_pixels<1>(g, xp.data() + (n * g.Hp + oh * g.sh) * g.row + ow * step, step,
+                                                  wp.data() + cb * wblock, lanes,
+                                                  one.data() + ((n * OH + oh) * OW + ow) * pc.cols + cb * 16);
+            }
+      CHECK(std::memcmp(one.data(), got.data(), got.size() * sizeof(float)) == 0);
     }
   }
 

@@ -64,7 +64,8 @@ struct thin_conv_geometry {
 /// a zero weight). Output pixel (n, oh, ow), kernel row kh, reads from
 /// (n Hp + oh sh + kh dh) row + ow sw C; the output is [N, OH, OW, cols] f32.
 struct pair_conv_geometry {
-  std::int64_t N = 0, Hp = 0, row = 0, C = 0, OH = 0, OW = 0, KH = 0, pairs = 0, sh = 1, sw = 1, dh = 1, cols = 0;
+  std::int64_t N = 0, Hp = 0, row = 0, C = 0, OH = 0, OW = 0, KH = 0, KW = 0, pairs = 0, sh = 1, sw = 1, dh = 1,
+               cols = 0;
 };
 
 /// A thin convolution in f32, each output one FMA chain over its image taps
@@ -429,7 +430,7 @@ inline float bf16_round(const float* x, std::int64_t n, std::uint16_t* out, isa_
                                                       std::int64_t KH, std::int64_t KW, std::int64_t sh,
                                                       std::int64_t sw, std::int64_t ph, std::int64_t pw,
                                                       std::int64_t dh) {
-  return {.N = N, .Hp = H + 2 * ph, .row = (W + 2 * pw) * C + 2, .C = C, .OH = OH, .OW = OW, .KH = KH,
+  return {.N = N, .Hp = H + 2 * ph, .row = (W + 2 * pw) * C + 2, .C = C, .OH = OH, .OW = OW, .KH = KH, .KW = KW,
           .pairs = (KW * C + 1) / 2, .sh = sh, .sw = sw, .dh = dh, .cols = cols};
 }
 
