@@ -213,24 +213,67 @@ inline const float* all_exact_variances(const variance_bound& approx, std::int64
 /// of g's output, channel o), one chain acc = fma(x, w, acc) from +0 over the
 /// taps (kh, kw) in row-major order and, within a tap, the input channels in
 /// order; w is output-major [r][KH][KW][C]. Taps in the padding read zeros,
-/// which leave a chain of non-negative terms as it was. Eight chains in flight.
+/// which leave a chain of non-negative terms as it was. Eight chains in
+/// flight: first those whose windows lie inside the image (each tap at a
+/// fixed offset from the window's corner, no bounds to check), then the
+/// others; each output's chain is the same either way.
 template <class Fma>
 [[gnu::always_inline]] inline void conv_chain_values_body(const thin_conv_geometry& g, const float* x, const float* w,
                                    const std::uint32_t* idx, std::int64_t count, float* out, Fma fma) {
   constexpr int L = 8;
-  const std::int64_t K = g.KH * g.KW * g.C;
+  const std::int64_t K = g.KH * g.KW * g.C, taps = g.KH * g.KW;
+  const std::int64_t span_h = (g.KH - 1) * g.dh, span_w = (g.KW - 1) * g.dw;
   thread_local std::vector<float> zeros;
   if (static_cast<std::int64_t>(zeros.size()) < g.C) zeros.assign(static_cast<std::size_t>(g.C), 0.0f);
-  for (std::int64_t i = 0; i < count; i += L) {
-    const auto len = static_cast<int>(std::min<std::int64_t>(L, count - i));
+  thread_local std::vector<std::int64_t> tap_offset, corner;  // per tap; per listed output (its window's corner)
+  thread_local std::vector<std::uint32_t> inside, border;      // positions in idx
+  tap_offset.resize(static_cast<std::size_t>(taps));
+  for (std::int64_t kh = 0; kh < g.KH; ++kh)
+    for (std::int64_t kw = 0; kw < g.KW; ++kw)
+      tap_offset[static_cast<std::size_t>(kh * g.KW + kw)] = (kh * g.dh * g.W + kw * g.dw) * g.C;
+  // Where each listed output's window starts: (n, ih0, iw0) of output pixel p = id / r.
+  const auto window = [&g](std::uint32_t id, std::int64_t& n, std::int64_t& ih0, std::int64_t& iw0) {
+    const std::int64_t p = id / g.r, pix = p % (g.OH * g.OW);
+    n = p / (g.OH * g.OW);
+    ih0 = pix / g.OW * g.sh - g.ph;
+    iw0 = pix % g.OW * g.sw - g.pw;
+  };
+  corner.resize(static_cast<std::size_t>(count));
+  inside.clear();
+  border.clear();
+  for (std::int64_t i = 0; i < count; ++i) {
+    std::int64_t n = 0, ih0 = 0, iw0 = 0;
+    window(idx[i], n, ih0, iw0);
+    const bool in = ih0 >= 0 && ih0 + span_h < g.H && iw0 >= 0 && iw0 + span_w < g.W;
+    corner[static_cast<std::size_t>(i)] = ((n * g.H + ih0) * g.W + iw0) * g.C;  // used only when `in`
+    (in ? inside : border).push_back(static_cast<std::uint32_t>(i));
+  }
+  for (std::size_t i = 0; i < inside.size(); i += L) {
+    const auto len = static_cast<int>(std::min<std::size_t>(L, inside.size() - i));
+    std::int64_t c0[L];
+    const float* wrow[L];
+    float acc[L];
+    for (int l = 0; l < L; ++l) {
+      const std::uint32_t q = inside[i + static_cast<std::size_t>(std::min(l, len - 1))];
+      c0[l] = corner[q];
+      wrow[l] = w + idx[q] % g.r * K;
+      acc[l] = 0.0f;
+    }
+    for (std::int64_t t = 0; t < taps; ++t) {
+      const std::int64_t xo = tap_offset[static_cast<std::size_t>(t)], wo = t * g.C;
+      for (std::int64_t c = 0; c < g.C; ++c)
+        for (int l = 0; l < L; ++l) acc[l] = fma(x[c0[l] + xo + c], wrow[l][wo + c], acc[l]);
+    }
+    for (int l = 0; l < len; ++l) out[inside[i + static_cast<std::size_t>(l)]] = acc[l];
+  }
+  for (std::size_t i = 0; i < border.size(); i += L) {
+    const auto len = static_cast<int>(std::min<std::size_t>(L, border.size() - i));
     std::int64_t n[L], ih0[L], iw0[L];
     const float* wrow[L];
     float acc[L];
     for (int l = 0; l < L; ++l) {
-      const std::int64_t id = idx[i + std::min(l, len - 1)], p = id / g.r, pix = p % (g.OH * g.OW);
-      n[l] = p / (g.OH * g.OW);
-      ih0[l] = pix / g.OW * g.sh - g.ph;
-      iw0[l] = pix % g.OW * g.sw - g.pw;
+      const std::uint32_t id = idx[border[i + static_cast<std::size_t>(std::min(l, len - 1))]];
+      window(id, n[l], ih0[l], iw0[l]);
       wrow[l] = w + id % g.r * K;
       acc[l] = 0.0f;
     }
@@ -246,7 +289,7 @@ template <class Fma>
         for (std::int64_t c = 0; c < g.C; ++c)
           for (int l = 0; l < L; ++l) acc[l] = fma(xp[l][c], wp[l][c], acc[l]);
       }
-    for (int l = 0; l < len; ++l) out[i + l] = acc[l];
+    for (int l = 0; l < len; ++l) out[border[i + static_cast<std::size_t>(l)]] = acc[l];
   }
 }
 
